@@ -1,0 +1,184 @@
+//! Request parsing with hard limits, on top of httparse.
+
+/// The most headers a request may carry; more is answered with 431.
+pub const HEADER_COUNT_MAX: usize = 64;
+
+/// A parsed request head, borrowing from the bytes read.
+#[derive(Debug)]
+pub struct Request<'b> {
+    pub method: &'b str,
+    /// The path, before any `?`; still percent-encoded.
+    pub path: &'b str,
+    /// The query string after `?`, if any.
+    pub query: Option<&'b str>,
+    pub headers: Vec<(&'b str, &'b [u8])>,
+    /// Bytes of the request head, including the blank line.
+    pub head_len: usize,
+}
+
+/// Why a request is refused before routing, each with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    /// Not HTTP/1.1 syntax.
+    Malformed,
+    /// The head is over the configured byte limit or has too many headers.
+    HeadTooLarge,
+    /// HTTP/1.0 and older cannot upgrade.
+    VersionNotSupported,
+}
+
+impl HttpError {
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::Malformed => 400,
+            HttpError::HeadTooLarge => 431,
+            HttpError::VersionNotSupported => 505,
+        }
+    }
+}
+
+impl<'b> Request<'b> {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    /// Whether any `name` header holds `token` in its comma-separated list (case-insensitive),
+    /// as `Connection: keep-alive, Upgrade` does.
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    }
+
+    /// The value of query parameter `name`, still percent-encoded.
+    pub fn query_param(&self, name: &str) -> Option<&'b str> {
+        self.query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+}
+
+/// Parses a request head from `buf`. `Ok(None)`: incomplete, read more (unless `buf` is
+/// already `head_bytes_max` long, which is an error).
+pub fn parse_request(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request<'_>>, HttpError> {
+    let mut storage = [httparse::EMPTY_HEADER; HEADER_COUNT_MAX];
+    let mut req = httparse::Request::new(&mut storage);
+    let status = match req.parse(buf) {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
+        Err(_) => return Err(HttpError::Malformed),
+    };
+    let head_len = match status {
+        httparse::Status::Complete(n) if n <= head_bytes_max => n,
+        httparse::Status::Complete(_) => return Err(HttpError::HeadTooLarge),
+        httparse::Status::Partial if buf.len() >= head_bytes_max => {
+            return Err(HttpError::HeadTooLarge)
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    if req.version != Some(1) {
+        return Err(HttpError::VersionNotSupported);
+    }
+    let method = req.method.ok_or(HttpError::Malformed)?;
+    let target = req.path.ok_or(HttpError::Malformed)?;
+    if !target.starts_with('/') {
+        return Err(HttpError::Malformed);
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let headers = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        head_len,
+    }))
+}
+
+/// Percent-decodes `s` into UTF-8. `None` for a bad escape or bytes that are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 8192;
+
+    #[test]
+    fn parses_a_websocket_upgrade() {
+        let raw = b"GET /my-doc?token=abc&x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\nextra";
+        let req = parse_request(raw, MAX).unwrap().unwrap();
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.path, "/my-doc");
+        assert_eq!(req.query_param("token"), Some("abc"));
+        assert_eq!(req.query_param("x"), Some("1"));
+        assert_eq!(req.query_param("y"), None);
+        assert!(req.header_has_token("connection", "upgrade"));
+        assert_eq!(req.header("UPGRADE"), Some(&b"websocket"[..]));
+        assert_eq!(&raw[req.head_len..], b"extra");
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more_until_the_limit() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n";
+        assert!(parse_request(raw, MAX).unwrap().is_none());
+        assert_eq!(parse_request(raw, raw.len()).unwrap_err(), HttpError::HeadTooLarge);
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=HEADER_COUNT_MAX {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let err = parse_request(&raw, 1 << 20).unwrap_err();
+        assert_eq!(err.status(), 431);
+    }
+
+    #[test]
+    fn refuses_garbage_and_old_versions() {
+        assert_eq!(parse_request(b"\x16\x03\x01\x00", MAX).unwrap_err().status(), 400);
+        assert_eq!(parse_request(b"GET / HTTP/1.0\r\n\r\n", MAX).unwrap_err().status(), 505);
+        assert_eq!(parse_request(b"GET * HTTP/1.1\r\n\r\n", MAX).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! wiresocket: a WireSocket-compatible real-time sync server for Yjs documents.
+//!
+//! Pure layers (no I/O): [`http`], [`ws`], [`sync`], [`outbox`]. The runtime that wires them
+//! to sockets, one glommio executor per core: [`server`].
+
+pub mod config;
+pub mod http;
+pub mod outbox;
+pub mod sync;
+pub mod ws;

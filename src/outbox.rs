@@ -1,0 +1,262 @@
+//! A connection's bounded outbound queue of shared, already-encoded frames.
+//!
+//! A broadcast encodes its frame once and queues the same `Rc` on every subscriber; the
+//! connection's writer drains its outbox with vectored writes. A consumer that falls
+//! `outbound_bytes_max` behind is cut off: its queue is dropped and a close frame takes its
+//! place (it resyncs when it reconnects), so a slow client never grows server memory.
+//! Free of any runtime: the writer waits through a plain `Waker`.
+
+use crate::ws::close;
+use crate::ws::frame::{encode_header, Opcode, SERVER_HEADER_MAX};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// One complete server frame (header and payload), shared by every queue it is on.
+pub type Frame = Rc<[u8]>;
+
+/// Encodes an unfragmented server frame whose payload is `parts` joined, in one allocation.
+pub fn shared_frame(opcode: Opcode, parts: &[&[u8]]) -> Frame {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut header = [0u8; SERVER_HEADER_MAX];
+    let header_len = encode_header(&mut header, opcode, payload_len);
+    let mut frame = Rc::<[u8]>::new_uninit_slice(header_len + payload_len);
+    let dst = Rc::get_mut(&mut frame).expect("a new Rc is unique");
+    let mut at = 0;
+    for part in std::iter::once(&header[..header_len]).chain(parts.iter().copied()) {
+        for (d, s) in dst[at..at + part.len()].iter_mut().zip(part) {
+            d.write(*s);
+        }
+        at += part.len();
+    }
+    assert_eq!(at, dst.len());
+    // SAFETY: every byte was written above (asserted: `at` covers the whole slice).
+    unsafe { frame.assume_init() }
+}
+
+/// Why the outbox stopped taking frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame is queued after the data (an orderly close).
+    Closing,
+    /// The consumer fell too far behind; its data was dropped.
+    Overflowed,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<Frame>,
+    /// Bytes of `queue[0]` already written.
+    head_written: usize,
+    queued_bytes: usize,
+    closed: Option<Closed>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    inner: RefCell<Inner>,
+    outbound_bytes_max: usize,
+}
+
+impl Outbox {
+    pub fn new(outbound_bytes_max: usize) -> Self {
+        Outbox {
+            inner: RefCell::new(Inner {
+                queue: VecDeque::new(),
+                head_written: 0,
+                queued_bytes: 0,
+                closed: None,
+                waker: None,
+            }),
+            outbound_bytes_max,
+        }
+    }
+
+    /// Queues a frame. Returns false if the outbox no longer takes frames, including when
+    /// this push found the consumer over its budget (it is then closed with 1008).
+    ///
+    /// A frame is taken while the queue is under budget, so one frame larger than the whole
+    /// budget still goes out to a consumer that keeps up.
+    pub fn push(&self, frame: &Frame) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closed.is_some() {
+            return false;
+        }
+        if inner.queued_bytes >= self.outbound_bytes_max {
+            drop(inner);
+            self.cut_off();
+            return false;
+        }
+        inner.queued_bytes += frame.len();
+        inner.queue.push_back(frame.clone());
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Queues a close frame after whatever is queued; nothing more is taken after it.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closed.is_some() {
+            return;
+        }
+        let frame = shared_frame(Opcode::Close, &[&close::close_payload(code, reason)]);
+        inner.queued_bytes += frame.len();
+        inner.queue.push_back(frame);
+        inner.closed = Some(Closed::Closing);
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Drops the queued data (all but a partly written frame, which must finish to keep the
+    /// stream well formed) and queues a 1008 close in its place.
+    fn cut_off(&self) {
+        let mut inner = self.inner.borrow_mut();
+        let keep = usize::from(inner.head_written > 0);
+        inner.queue.truncate(keep);
+        inner.queued_bytes = inner.queue.iter().map(|f| f.len()).sum::<usize>() - inner.head_written;
+        drop(inner);
+        self.close(
+            close::POLICY_VIOLATION,
+            "outbound buffer full: client too slow, reconnect to resync",
+        );
+        self.inner.borrow_mut().closed = Some(Closed::Overflowed);
+    }
+
+    pub fn closed(&self) -> Option<Closed> {
+        self.inner.borrow().closed
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().queued_bytes
+    }
+
+    /// Writer side: ready with `true` when frames are queued, `false` when the outbox is
+    /// closed and fully written (the writer is done).
+    pub fn poll_pending(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut inner = self.inner.borrow_mut();
+        if !inner.queue.is_empty() {
+            return Poll::Ready(true);
+        }
+        if inner.closed.is_some() {
+            return Poll::Ready(false);
+        }
+        inner.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Writer side: clones up to `frames_max` queued frames into `batch`; returns how many
+    /// bytes of the first one are already written.
+    pub fn take_batch(&self, batch: &mut Vec<Frame>, frames_max: usize) -> usize {
+        let inner = self.inner.borrow();
+        batch.clear();
+        batch.extend(inner.queue.iter().take(frames_max).cloned());
+        inner.head_written
+    }
+
+    /// Writer side: `n` more bytes went out.
+    pub fn consume(&self, mut n: usize) {
+        let mut inner = self.inner.borrow_mut();
+        inner.queued_bytes -= n;
+        while n > 0 {
+            let head_left = inner.queue[0].len() - inner.head_written;
+            if n >= head_left {
+                n -= head_left;
+                inner.queue.pop_front();
+                inner.head_written = 0;
+            } else {
+                inner.head_written += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn frame(len: usize) -> Frame {
+        shared_frame(Opcode::Binary, &[&vec![7u8; len]])
+    }
+
+    #[test]
+    fn shared_frames_are_well_formed() {
+        let f = shared_frame(Opcode::Binary, &[b"ab", b"", b"c"]);
+        assert_eq!(&f[..], &[0x82, 3, b'a', b'b', b'c']);
+        let big = shared_frame(Opcode::Text, &[&[b'x'; 300]]);
+        assert_eq!(&big[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(big.len(), 304);
+    }
+
+    #[test]
+    fn partial_writes_advance_through_frames() {
+        let o = Outbox::new(1 << 20);
+        let (a, b) = (frame(10), frame(20));
+        assert!(o.push(&a) && o.push(&b));
+        let mut batch = Vec::new();
+        assert_eq!(o.take_batch(&mut batch, 8), 0);
+        assert_eq!(batch.len(), 2);
+        o.consume(5);
+        assert_eq!(o.take_batch(&mut batch, 8), 5);
+        o.consume(a.len() - 5 + 3);
+        assert_eq!(o.take_batch(&mut batch, 8), 3);
+        assert_eq!(batch.len(), 1);
+        o.consume(b.len() - 3);
+        assert_eq!(o.queued_bytes(), 0);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_pending(&mut cx), Poll::Pending);
+    }
+
+    #[test]
+    fn a_slow_consumer_is_cut_off_at_the_budget_and_memory_is_released() {
+        let o = Outbox::new(100);
+        let f = frame(40);
+        assert!(o.push(&f)); // 42
+        assert!(o.push(&f)); // 84
+        assert!(o.push(&f)); // 126: over budget only after this push
+        assert!(!o.push(&f));
+        assert_eq!(o.closed(), Some(Closed::Overflowed));
+        // Only the close frame is left; the shared frame is no longer held.
+        assert_eq!(Rc::strong_count(&f), 1);
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 8);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0][0], 0x88);
+        assert_eq!(u16::from_be_bytes([batch[0][2], batch[0][3]]), 1008);
+        assert!(!o.push(&f));
+    }
+
+    #[test]
+    fn a_partly_written_frame_survives_the_cut_off() {
+        let o = Outbox::new(50);
+        let f = frame(40);
+        assert!(o.push(&f));
+        assert!(o.push(&f));
+        o.consume(10);
+        assert!(!o.push(&f));
+        let mut batch = Vec::new();
+        assert_eq!(o.take_batch(&mut batch, 8), 10);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(o.queued_bytes(), f.len() - 10 + batch[1].len());
+    }
+
+    #[test]
+    fn close_is_last_and_final() {
+        let o = Outbox::new(1000);
+        assert!(o.push(&frame(1)));
+        o.close(1000, "bye");
+        assert!(!o.push(&frame(1)));
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 8);
+        assert_eq!(batch.len(), 2);
+        o.consume(batch.iter().map(|f| f.len()).sum());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_pending(&mut cx), Poll::Ready(false));
+    }
+}

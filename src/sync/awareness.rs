@@ -1,0 +1,191 @@
+//! Awareness (presence) state of one room, with the y-protocols merge rules: an entry wins
+//! with a higher clock, or with the same clock when it removes a live state.
+
+use super::protocol::{AwarenessEntries, AwarenessEntry};
+use std::collections::HashMap;
+
+#[derive(Debug)]
+struct ClientState {
+    clock: u32,
+    /// JSON text; `None` once removed (the clock is kept so stale updates stay refused).
+    state: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwarenessError {
+    /// One connection claimed more client ids than allowed.
+    TooManyClientsForConnection,
+    /// The room holds as many live clients as allowed.
+    TooManyClientsForRoom,
+}
+
+impl AwarenessError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            AwarenessError::TooManyClientsForConnection => "too many awareness clients on one connection",
+            AwarenessError::TooManyClientsForRoom => "too many awareness clients in this document",
+        }
+    }
+}
+
+/// The awareness states of one room.
+#[derive(Debug)]
+pub struct AwarenessStates {
+    clients: HashMap<u64, ClientState>,
+    /// Entries (live or removed) kept at most; removed ones are forgotten first.
+    clients_max: usize,
+}
+
+impl AwarenessStates {
+    pub fn new(clients_max: usize) -> Self {
+        assert!(clients_max > 0);
+        AwarenessStates {
+            clients: HashMap::new(),
+            clients_max,
+        }
+    }
+
+    /// Applies a client's update. `owned` is the list of client ids the sending connection
+    /// controls (grown here, at most `owned_max`); they are removed when it leaves.
+    /// Returns whether anything changed, i.e. whether the update is worth relaying.
+    pub fn apply(
+        &mut self,
+        entries: &AwarenessEntries<'_>,
+        owned: &mut Vec<u64>,
+        owned_max: usize,
+    ) -> Result<bool, AwarenessError> {
+        let mut changed = false;
+        for e in entries.iter() {
+            let removes = e.state == "null";
+            match self.clients.get_mut(&e.client_id) {
+                Some(current) => {
+                    let newer = current.clock < e.clock;
+                    let removal_at_same_clock = current.clock == e.clock && removes && current.state.is_some();
+                    if newer || removal_at_same_clock {
+                        current.clock = e.clock;
+                        current.state = (!removes).then(|| e.state.into());
+                        changed = true;
+                    }
+                }
+                None => {
+                    if self.clients.len() >= self.clients_max && !self.forget_one_removed() {
+                        return Err(AwarenessError::TooManyClientsForRoom);
+                    }
+                    self.clients.insert(
+                        e.client_id,
+                        ClientState {
+                            clock: e.clock,
+                            state: (!removes).then(|| e.state.into()),
+                        },
+                    );
+                    changed |= !removes;
+                }
+            }
+            if !removes && !owned.contains(&e.client_id) {
+                if owned.len() >= owned_max {
+                    return Err(AwarenessError::TooManyClientsForConnection);
+                }
+                owned.push(e.client_id);
+            }
+        }
+        Ok(changed)
+    }
+
+    fn forget_one_removed(&mut self) -> bool {
+        let removed = self
+            .clients
+            .iter()
+            .find(|(_, c)| c.state.is_none())
+            .map(|(id, _)| *id);
+        removed.is_some_and(|id| self.clients.remove(&id).is_some())
+    }
+
+    /// Removes the live states of `client_ids` (a connection that left) and returns the
+    /// entries that announce the removal to everyone else.
+    pub fn remove(&mut self, client_ids: &[u64]) -> Vec<(u64, u32)> {
+        let mut removed = Vec::new();
+        for id in client_ids {
+            if let Some(c) = self.clients.get_mut(id) {
+                if c.state.take().is_some() {
+                    c.clock = c.clock.wrapping_add(1);
+                    removed.push((*id, c.clock));
+                }
+            }
+        }
+        removed
+    }
+
+    /// The live states, for a client that joins or asks.
+    pub fn live(&self) -> impl ExactSizeIterator<Item = AwarenessEntry<'_>> {
+        let live: Vec<AwarenessEntry<'_>> = self
+            .clients
+            .iter()
+            .filter_map(|(id, c)| {
+                c.state.as_deref().map(|state| AwarenessEntry {
+                    client_id: *id,
+                    clock: c.clock,
+                    state,
+                })
+            })
+            .collect();
+        live.into_iter()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.clients.values().filter(|c| c.state.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::protocol::{decode, encode_awareness, Message};
+    use crate::sync::update_check::UpdateLimits;
+
+    fn apply(a: &mut AwarenessStates, owned: &mut Vec<u64>, entries: &[(u64, u32, &str)]) -> Result<bool, AwarenessError> {
+        let msg = encode_awareness(entries.iter().map(|&(client_id, clock, state)| AwarenessEntry { client_id, clock, state }));
+        let Message::Awareness(e) = decode(&msg, &UpdateLimits::default()).unwrap() else { panic!() };
+        a.apply(&e, owned, 4)
+    }
+
+    #[test]
+    fn newer_clocks_win_and_stale_ones_are_ignored() {
+        let mut a = AwarenessStates::new(100);
+        let mut owned = Vec::new();
+        assert_eq!(apply(&mut a, &mut owned, &[(1, 1, "{\"a\":1}")]), Ok(true));
+        assert_eq!(apply(&mut a, &mut owned, &[(1, 1, "{\"a\":2}")]), Ok(false));
+        assert_eq!(apply(&mut a, &mut owned, &[(1, 2, "{\"a\":3}")]), Ok(true));
+        assert_eq!(a.live().next().unwrap().state, "{\"a\":3}");
+        // Same clock, removal: wins.
+        assert_eq!(apply(&mut a, &mut owned, &[(1, 2, "null")]), Ok(true));
+        assert_eq!(a.live_count(), 0);
+        assert_eq!(owned, vec![1]);
+    }
+
+    #[test]
+    fn leaving_removes_owned_states_with_a_bumped_clock() {
+        let mut a = AwarenessStates::new(100);
+        let mut owned = Vec::new();
+        apply(&mut a, &mut owned, &[(7, 5, "{}")]).unwrap();
+        assert_eq!(a.remove(&owned), vec![(7, 6)]);
+        assert_eq!(a.remove(&owned), vec![]);
+        // A stale re-add at the old clock is refused.
+        assert_eq!(apply(&mut a, &mut Vec::new(), &[(7, 5, "{}")]), Ok(false));
+    }
+
+    #[test]
+    fn bounds_per_connection_and_per_room() {
+        let mut a = AwarenessStates::new(100);
+        let mut owned = Vec::new();
+        let many: Vec<(u64, u32, &str)> = (0..5).map(|i| (i, 1, "{}")).collect();
+        assert_eq!(apply(&mut a, &mut owned, &many), Err(AwarenessError::TooManyClientsForConnection));
+
+        let mut a = AwarenessStates::new(2);
+        apply(&mut a, &mut Vec::new(), &[(1, 1, "{}")]).unwrap();
+        apply(&mut a, &mut Vec::new(), &[(2, 1, "{}")]).unwrap();
+        assert_eq!(apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]), Err(AwarenessError::TooManyClientsForRoom));
+        // Once one is removed, its slot can be reused.
+        a.remove(&[1]);
+        assert_eq!(apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]), Ok(true));
+    }
+}

@@ -1,0 +1,8 @@
+//! The y-websocket sync protocol and rooms, independent of the runtime and the HTTP layer:
+//! bounded decoding of client messages, awareness state, and `Room` (one live document).
+
+pub mod awareness;
+pub mod lib0;
+pub mod protocol;
+pub mod room;
+pub mod update_check;

@@ -1,0 +1,363 @@
+//! `Room`: one live document — its Yjs state, its awareness and its subscribers — and the
+//! y-websocket protocol between them. Runtime-free: subscribers are outboxes.
+
+use super::awareness::{AwarenessError, AwarenessStates};
+use super::protocol::{self, Message, ProtocolError, SYNC_STEP1, SYNC_STEP2};
+use super::update_check::UpdateLimits;
+use crate::outbox::{shared_frame, Frame, Outbox};
+use crate::ws::close;
+use crate::ws::frame::Opcode;
+use std::rc::Rc;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, Transact};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RoomConfig {
+    pub update_limits: UpdateLimits,
+    /// Awareness entries (live and removed) one room keeps.
+    pub awareness_clients_max: usize,
+    /// Awareness client ids one connection may introduce (a browser tab uses one).
+    pub awareness_clients_per_connection_max: usize,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            update_limits: UpdateLimits::default(),
+            awareness_clients_max: 4096,
+            awareness_clients_per_connection_max: 8,
+        }
+    }
+}
+
+/// Why a client's message is refused; the connection is closed with [`Refusal::close_code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Protocol(ProtocolError),
+    Awareness(AwarenessError),
+    /// The update decoded but yrs could not integrate it.
+    Integrate,
+}
+
+impl Refusal {
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Refusal::Protocol(ProtocolError::UnknownType) => close::UNSUPPORTED_DATA,
+            Refusal::Protocol(ProtocolError::Update(super::update_check::UpdateError::TooManyStructs)) => {
+                close::MESSAGE_TOO_BIG
+            }
+            Refusal::Protocol(_) | Refusal::Integrate => close::INVALID_PAYLOAD,
+            Refusal::Awareness(_) => close::POLICY_VIOLATION,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Protocol(p) => p.reason(),
+            Refusal::Awareness(a) => a.reason(),
+            Refusal::Integrate => "update could not be applied",
+        }
+    }
+}
+
+/// A subscriber's place in the room, returned by [`Room::join`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Rc<Outbox>,
+    /// Awareness client ids this connection introduced; removed when it leaves.
+    awareness_ids: Vec<u64>,
+}
+
+/// What handling one message did, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Frames queued on other subscribers.
+    pub deliveries: usize,
+}
+
+pub struct Room {
+    doc: yrs::Doc,
+    awareness: AwarenessStates,
+    /// A slab: leaving frees a slot, joining reuses one.
+    subscribers: Vec<Option<Subscriber>>,
+    free_slots: Vec<usize>,
+    len: usize,
+    config: RoomConfig,
+}
+
+impl Room {
+    pub fn new(config: RoomConfig) -> Self {
+        Room {
+            doc: yrs::Doc::new(),
+            awareness: AwarenessStates::new(config.awareness_clients_max),
+            subscribers: Vec::new(),
+            free_slots: Vec::new(),
+            len: 0,
+            config,
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.len
+    }
+
+    pub fn doc(&self) -> &yrs::Doc {
+        &self.doc
+    }
+
+    /// Adds a subscriber and queues what a new client gets first: the server's state vector
+    /// (sync step 1) and the current awareness states.
+    pub fn join(&mut self, outbox: Rc<Outbox>) -> Slot {
+        let sv = self.doc.transact().state_vector().encode_v1();
+        outbox.push(&sync_frame(SYNC_STEP1, &sv));
+        if self.awareness.live_count() > 0 {
+            outbox.push(&binary(&protocol::encode_awareness(self.awareness.live())));
+        }
+        let subscriber = Subscriber {
+            outbox,
+            awareness_ids: Vec::new(),
+        };
+        self.len += 1;
+        match self.free_slots.pop() {
+            Some(i) => {
+                debug_assert!(self.subscribers[i].is_none());
+                self.subscribers[i] = Some(subscriber);
+                Slot(i)
+            }
+            None => {
+                self.subscribers.push(Some(subscriber));
+                Slot(self.subscribers.len() - 1)
+            }
+        }
+    }
+
+    /// Removes a subscriber; the awareness states it introduced are removed and that removal
+    /// is broadcast to the others.
+    pub fn leave(&mut self, slot: Slot) {
+        let subscriber = self.subscribers[slot.0].take().expect("a slot leaves once");
+        self.free_slots.push(slot.0);
+        self.len -= 1;
+        let removed = self.awareness.remove(&subscriber.awareness_ids);
+        if !removed.is_empty() {
+            let entries = removed.iter().map(|&(client_id, clock)| protocol::AwarenessEntry {
+                client_id,
+                clock,
+                state: "null",
+            });
+            let frame = binary(&protocol::encode_awareness(entries.collect::<Vec<_>>().into_iter()));
+            self.broadcast(None, &frame);
+        }
+        if self.len == 0 {
+            self.subscribers.clear();
+            self.free_slots.clear();
+        }
+    }
+
+    /// Handles one binary message from the subscriber in `from`.
+    pub fn receive(&mut self, from: Slot, payload: &[u8]) -> Result<Outcome, Refusal> {
+        let message = protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)?;
+        match message {
+            Message::SyncStep1(sv) => {
+                let diff = self.doc.transact().encode_state_as_update_v1(&sv.to_state_vector());
+                self.sender(from).outbox.push(&sync_frame(SYNC_STEP2, &diff));
+                Ok(Outcome::default())
+            }
+            Message::Update { step2, update, stats } => {
+                if stats.is_empty() {
+                    return Ok(Outcome::default());
+                }
+                let decoded = yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
+                self.doc
+                    .transact_mut()
+                    .apply_update(decoded)
+                    .map_err(|_| Refusal::Integrate)?;
+                // Relay the client's own bytes: a step 2 becomes an update (type byte 2) and
+                // is otherwise the same message.
+                let frame = if step2 {
+                    binary_parts(&[&payload[..1], &[protocol::SYNC_UPDATE], &payload[2..]])
+                } else {
+                    binary(payload)
+                };
+                Ok(self.broadcast(Some(from), &frame))
+            }
+            Message::Awareness(entries) => {
+                let owned_max = self.config.awareness_clients_per_connection_max;
+                let subscriber = self.subscribers[from.0].as_mut().expect("sender is subscribed");
+                let changed = self
+                    .awareness
+                    .apply(&entries, &mut subscriber.awareness_ids, owned_max)
+                    .map_err(Refusal::Awareness)?;
+                if !changed {
+                    return Ok(Outcome::default());
+                }
+                Ok(self.broadcast(Some(from), &binary(payload)))
+            }
+            Message::QueryAwareness => {
+                if self.awareness.live_count() > 0 {
+                    let frame = binary(&protocol::encode_awareness(self.awareness.live()));
+                    self.sender(from).outbox.push(&frame);
+                }
+                Ok(Outcome::default())
+            }
+        }
+    }
+
+    /// Queues `frame` on every subscriber but `except`.
+    fn broadcast(&self, except: Option<Slot>, frame: &Frame) -> Outcome {
+        let mut deliveries = 0;
+        for (i, s) in self.subscribers.iter().enumerate() {
+            if let Some(s) = s {
+                if Some(Slot(i)) != except && s.outbox.push(frame) {
+                    deliveries += 1;
+                }
+            }
+        }
+        Outcome { deliveries }
+    }
+
+    fn sender(&self, slot: Slot) -> &Subscriber {
+        self.subscribers[slot.0].as_ref().expect("sender is subscribed")
+    }
+}
+
+fn binary(payload: &[u8]) -> Frame {
+    shared_frame(Opcode::Binary, &[payload])
+}
+
+fn binary_parts(parts: &[&[u8]]) -> Frame {
+    shared_frame(Opcode::Binary, parts)
+}
+
+fn sync_frame(step: u8, body: &[u8]) -> Frame {
+    binary(&protocol::encode_sync(step, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::protocol::{encode_awareness, AwarenessEntry, SYNC_UPDATE};
+    use std::task::{Context, Waker};
+    use yrs::{GetString, Text};
+
+    /// Takes every frame queued on `o` and returns their payloads (all are short binary frames
+    /// or 16-bit-length ones in these tests).
+    fn drain(o: &Outbox) -> Vec<Vec<u8>> {
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, usize::MAX);
+        o.consume(batch.iter().map(|f| f.len()).sum());
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = o.poll_pending(&mut cx);
+        batch
+            .iter()
+            .map(|f| {
+                let skip = if f[1] == 126 { 4 } else { 2 };
+                f[skip..].to_vec()
+            })
+            .collect()
+    }
+
+    fn client_update(text: &str) -> Vec<u8> {
+        let doc = yrs::Doc::with_client_id(42);
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, text);
+        let update = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        protocol::encode_sync(SYNC_UPDATE, &update)
+    }
+
+    #[test]
+    fn joining_sends_step1_and_updates_are_applied_and_relayed_to_others() {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        let sa = room.join(a.clone());
+        let _sb = room.join(b.clone());
+        let first = drain(&a);
+        assert_eq!(first.len(), 1);
+        assert_eq!(&first[0][..2], &[protocol::MESSAGE_SYNC, SYNC_STEP1]);
+        drain(&b);
+
+        let msg = client_update("hello");
+        let outcome = room.receive(sa, &msg).unwrap();
+        assert_eq!(outcome.deliveries, 1);
+        assert_eq!(drain(&b), vec![msg.clone()], "relayed byte for byte");
+        assert!(drain(&a).is_empty(), "not echoed to the sender");
+        let t = room.doc().get_or_insert_text("t");
+        assert_eq!(t.get_string(&room.doc().transact()), "hello");
+    }
+
+    #[test]
+    fn step1_is_answered_with_the_missing_state() {
+        let mut room = Room::new(RoomConfig::default());
+        let a = Rc::new(Outbox::new(1 << 20));
+        let sa = room.join(a.clone());
+        room.receive(sa, &client_update("abc")).unwrap();
+        drain(&a);
+        let empty_sv = protocol::encode_sync(SYNC_STEP1, &[0]);
+        room.receive(sa, &empty_sv).unwrap();
+        let reply = drain(&a);
+        assert_eq!(&reply[0][..2], &[protocol::MESSAGE_SYNC, SYNC_STEP2]);
+        let Message::Update { update, .. } = protocol::decode(&reply[0], &UpdateLimits::default()).unwrap() else {
+            panic!()
+        };
+        let doc = yrs::Doc::new();
+        doc.transact_mut().apply_update(yrs::Update::decode_v1(update).unwrap()).unwrap();
+        assert_eq!(doc.get_or_insert_text("t").get_string(&doc.transact()), "abc");
+    }
+
+    #[test]
+    fn awareness_is_relayed_replayed_to_joiners_and_removed_on_leave() {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        let sa = room.join(a.clone());
+        let _sb = room.join(b.clone());
+        drain(&a);
+        drain(&b);
+        let msg = encode_awareness([AwarenessEntry { client_id: 9, clock: 1, state: "{\"u\":1}" }].into_iter());
+        room.receive(sa, &msg).unwrap();
+        assert_eq!(drain(&b), vec![msg.clone()]);
+
+        let c = Rc::new(Outbox::new(1 << 20));
+        room.join(c.clone());
+        let joined = drain(&c);
+        assert_eq!(joined.len(), 2, "step 1 and the awareness states");
+        assert_eq!(joined[1], msg);
+
+        room.leave(sa);
+        let removal = encode_awareness([AwarenessEntry { client_id: 9, clock: 2, state: "null" }].into_iter());
+        assert_eq!(drain(&b), vec![removal.clone()]);
+        assert_eq!(drain(&c), vec![removal]);
+    }
+
+    #[test]
+    fn bad_messages_are_refused_without_touching_the_document() {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        let sa = room.join(a.clone());
+        room.join(b.clone());
+        drain(&b);
+        let mut truncated = client_update("hello");
+        truncated.truncate(truncated.len() - 3);
+        let refusal = room.receive(sa, &truncated).unwrap_err();
+        assert_eq!(refusal.close_code(), 1007);
+        assert_eq!(room.receive(sa, &[7]).unwrap_err().close_code(), 1003);
+        assert!(drain(&b).is_empty());
+        assert_eq!(room.doc().transact().state_vector(), yrs::StateVector::default());
+    }
+
+    #[test]
+    fn slots_are_reused() {
+        let mut room = Room::new(RoomConfig::default());
+        let a = room.join(Rc::new(Outbox::new(1 << 20)));
+        let b = room.join(Rc::new(Outbox::new(1 << 20)));
+        room.leave(a);
+        let c = room.join(Rc::new(Outbox::new(1 << 20)));
+        assert_eq!(c, a);
+        assert_eq!(room.subscriber_count(), 2);
+        room.leave(b);
+        room.leave(c);
+        assert_eq!(room.subscriber_count(), 0);
+    }
+}

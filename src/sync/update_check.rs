@@ -1,0 +1,325 @@
+//! A bounded structural walk of a Yjs v1 update, run before yrs decodes it.
+//!
+//! yrs trusts the counts an update declares and reserves memory for them; this walk proves
+//! every count and length is backed by real bytes, that nesting is shallow, and that the
+//! whole update is well formed, without allocating. Only then is the update handed to yrs.
+
+use super::lib0::{DecodeError, Reader};
+
+/// Limits on what one update may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateLimits {
+    /// Structs (items, GC and skip ranges) in one update: yrs keeps every one in memory.
+    pub structs_max: usize,
+    /// Nesting of `Any` values (maps and arrays inside maps and arrays).
+    pub any_depth_max: usize,
+}
+
+impl Default for UpdateLimits {
+    fn default() -> Self {
+        UpdateLimits {
+            structs_max: 1 << 20,
+            any_depth_max: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateError {
+    Decode(DecodeError),
+    /// More structs than [`UpdateLimits::structs_max`].
+    TooManyStructs,
+    /// A zero-length GC or skip range, which yrs refuses.
+    EmptyRange,
+}
+
+impl From<DecodeError> for UpdateError {
+    fn from(e: DecodeError) -> Self {
+        UpdateError::Decode(e)
+    }
+}
+
+/// What the walk saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UpdateStats {
+    pub structs: usize,
+    pub delete_ranges: usize,
+}
+
+impl UpdateStats {
+    /// An update with nothing in it (Yjs sends `[0, 0]` whenever there is nothing to add).
+    pub fn is_empty(&self) -> bool {
+        self.structs == 0 && self.delete_ranges == 0
+    }
+}
+
+const GC: u8 = 0;
+const SKIP: u8 = 10;
+const HAS_ORIGIN: u8 = 0x80;
+const HAS_RIGHT_ORIGIN: u8 = 0x40;
+const HAS_PARENT_SUB: u8 = 0x20;
+const TYPE_XML_ELEMENT: u8 = 3;
+
+/// Walks `update` (Yjs update format v1) end to end.
+pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateStats, UpdateError> {
+    let mut r = Reader::new(update);
+    let mut stats = UpdateStats::default();
+    // Each client section is at least 3 bytes (count, client, clock); each struct at least 2.
+    let clients = r.count(3)?;
+    for _ in 0..clients {
+        let structs = r.count(2)?;
+        let _client = r.var_u64()?;
+        let _clock = r.var_u32()?;
+        stats.structs += structs;
+        if stats.structs > limits.structs_max {
+            return Err(UpdateError::TooManyStructs);
+        }
+        for _ in 0..structs {
+            walk_struct(&mut r, limits)?;
+        }
+    }
+    // Delete set: clients, each with ranges of (clock, len).
+    let ds_clients = r.count(2)?;
+    for _ in 0..ds_clients {
+        let _client = r.var_u64()?;
+        let ranges = r.count(2)?;
+        for _ in 0..ranges {
+            r.var_u32()?;
+            r.var_u32()?;
+        }
+        stats.delete_ranges += ranges;
+    }
+    r.finish()?;
+    Ok(stats)
+}
+
+fn walk_struct(r: &mut Reader<'_>, limits: &UpdateLimits) -> Result<(), UpdateError> {
+    let info = r.u8()?;
+    match info {
+        GC | SKIP => {
+            if r.var_u32()? == 0 {
+                return Err(UpdateError::EmptyRange);
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    if info & HAS_ORIGIN != 0 {
+        r.var_u64()?;
+        r.var_u32()?;
+    }
+    if info & HAS_RIGHT_ORIGIN != 0 {
+        r.var_u64()?;
+        r.var_u32()?;
+    }
+    let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
+    if cant_copy_parent_info {
+        if r.var_u32()? == 1 {
+            r.var_str()?; // root type name
+        } else {
+            r.var_u64()?; // parent item id
+            r.var_u32()?;
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            r.var_str()?;
+        }
+    }
+    walk_content(r, info & 0x1F, limits)
+}
+
+fn walk_content(r: &mut Reader<'_>, content_ref: u8, limits: &UpdateLimits) -> Result<(), UpdateError> {
+    match content_ref {
+        1 => {
+            // Deleted: a length.
+            r.var_u32()?;
+        }
+        2 => {
+            // JSON (legacy): strings.
+            let n = r.count(1)?;
+            for _ in 0..n {
+                r.var_str()?;
+            }
+        }
+        3 => {
+            r.var_bytes()?; // Binary
+        }
+        4 => {
+            r.var_str()?; // String
+        }
+        5 => {
+            r.var_str()?; // Embed (JSON text)
+        }
+        6 => {
+            r.var_str()?; // Format key
+            r.var_str()?; // Format value (JSON text)
+        }
+        7 => {
+            // Type: a type ref byte, XML elements carry their tag name.
+            if r.u8()? == TYPE_XML_ELEMENT {
+                r.var_str()?;
+            }
+        }
+        8 => {
+            let n = r.count(1)?;
+            for _ in 0..n {
+                walk_any(r, 0, limits)?;
+            }
+        }
+        9 => {
+            r.var_str()?; // subdocument guid
+            walk_any(r, 0, limits)?; // its options
+        }
+        _ => return Err(DecodeError::UnknownTag.into()),
+    }
+    Ok(())
+}
+
+fn walk_any(r: &mut Reader<'_>, depth: usize, limits: &UpdateLimits) -> Result<(), UpdateError> {
+    if depth > limits.any_depth_max {
+        return Err(DecodeError::TooDeep.into());
+    }
+    match r.u8()? {
+        127 | 126 | 121 | 120 => {} // undefined, null, false, true
+        125 => {
+            r.var_i64()?;
+        }
+        124 => {
+            r.bytes(4)?;
+        }
+        123 | 122 => {
+            r.bytes(8)?;
+        }
+        119 => {
+            r.var_str()?;
+        }
+        118 => {
+            // Map: (key, value) pairs of at least 2 bytes each.
+            let n = r.count(2)?;
+            for _ in 0..n {
+                r.var_str()?;
+                walk_any(r, depth + 1, limits)?;
+            }
+        }
+        117 => {
+            let n = r.count(1)?;
+            for _ in 0..n {
+                walk_any(r, depth + 1, limits)?;
+            }
+        }
+        116 => {
+            r.var_bytes()?;
+        }
+        _ => return Err(DecodeError::UnknownTag.into()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::decoder::Decode;
+    use yrs::{Array, Doc, GetString, Map, ReadTxn, Text, Transact, Update, XmlFragment};
+
+    fn limits() -> UpdateLimits {
+        UpdateLimits::default()
+    }
+
+    /// An update exercising most content kinds, made by yrs itself.
+    fn rich_update() -> Vec<u8> {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("m");
+        let array = doc.get_or_insert_array("a");
+        let xml = doc.get_or_insert_xml_fragment("x");
+        {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "hello world");
+            text.remove_range(&mut txn, 2, 3);
+            map.insert(&mut txn, "k", yrs::Any::from(vec![yrs::Any::from(1.5), yrs::Any::Null]));
+            map.insert(&mut txn, "nested", yrs::MapPrelim::default());
+            array.push_back(&mut txn, yrs::Any::Buffer(vec![1u8, 2, 3].into()));
+            array.push_back(&mut txn, -42i64);
+            xml.push_back(&mut txn, yrs::XmlElementPrelim::empty("p"));
+        }
+        let txn = doc.transact();
+        txn.encode_state_as_update_v1(&yrs::StateVector::default())
+    }
+
+    #[test]
+    fn accepts_what_yrs_encodes() {
+        let update = rich_update();
+        let stats = check_update_v1(&update, &limits()).unwrap();
+        assert!(stats.structs > 0 && stats.delete_ranges > 0);
+        // And yrs agrees it decodes.
+        Update::decode_v1(&update).unwrap();
+        let empty = Doc::new().transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        assert_eq!(empty, vec![0, 0]);
+        assert!(check_update_v1(&empty, &limits()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let update = rich_update();
+        for cut in 0..update.len() {
+            assert!(check_update_v1(&update[..cut], &limits()).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut update = rich_update();
+        update.push(0);
+        assert_eq!(
+            check_update_v1(&update, &limits()),
+            Err(UpdateError::Decode(DecodeError::TrailingBytes))
+        );
+    }
+
+    #[test]
+    fn lying_counts_are_refused() {
+        // One client claiming 2^31 structs, in a handful of bytes.
+        let bytes = [1, 0x80, 0x80, 0x80, 0x80, 0x08, 1, 0];
+        assert_eq!(
+            check_update_v1(&bytes, &limits()),
+            Err(UpdateError::Decode(DecodeError::Overflow))
+        );
+        // A map declaring a million entries.
+        let bytes = [1, 1, 7, 0, 0x08, 1, 1, b'm', 1, 118, 0xC0, 0x84, 0x3D, 0, 0];
+        assert!(check_update_v1(&bytes, &limits()).is_err());
+    }
+
+    #[test]
+    fn struct_limit_is_enforced() {
+        let update = rich_update();
+        let few = UpdateLimits {
+            structs_max: 1,
+            ..limits()
+        };
+        assert_eq!(check_update_v1(&update, &few), Err(UpdateError::TooManyStructs));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        // An Any item: 40 nested single-element arrays.
+        let mut bytes = vec![1, 1, 7, 0, 0x08, 1, 1, b'a', 1];
+        bytes.extend(std::iter::repeat_n([117u8, 1], 40).flatten());
+        bytes.push(126);
+        bytes.extend_from_slice(&[0]);
+        assert_eq!(
+            check_update_v1(&bytes, &limits()),
+            Err(UpdateError::Decode(DecodeError::TooDeep))
+        );
+    }
+
+    #[test]
+    fn an_update_that_passes_applies_in_yrs() {
+        let update = rich_update();
+        check_update_v1(&update, &limits()).unwrap();
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()), "he world");
+    }
+}
