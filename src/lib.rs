@@ -8,3 +8,5 @@ pub mod http;
 pub mod outbox;
 pub mod sync;
 pub mod ws;
+pub mod log;
+pub mod server;

@@ -2,6 +2,7 @@
 //! bounded decoding of client messages, awareness state, and `Room` (one live document).
 
 pub mod awareness;
+pub mod document;
 pub mod lib0;
 pub mod protocol;
 pub mod room;

@@ -1,0 +1,101 @@
+//! The runtime: one glommio executor per core ("shard"), each accepting on the shared port
+//! (SO_REUSEPORT), answering plain HTTP itself and handing each document's connections to the
+//! document's owner shard, where its `Room` lives.
+
+mod handlers;
+mod router;
+mod session;
+mod shard;
+mod socket;
+pub mod stats;
+
+use crate::config::Config;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// io_uring memory per shard. The registered-buffer pool is for file I/O, which this server
+/// does not do; keeping it small lets several shards start under an 8 MiB memlock limit.
+const IO_MEMORY_BYTES: usize = 256 << 10;
+
+/// Starts the shards and blocks until they stop. `on_listening` is called once every shard
+/// listens, with the bound address.
+pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Result<(), StartError> {
+    let requested = config.validate().map_err(|e| StartError(e.0))?;
+    let addr = reserve_address(requested)?;
+    let shards = if config.shards == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        config.shards
+    };
+    let stats: Arc<[stats::ShardStats]> = (0..shards).map(|_| stats::ShardStats::default()).collect();
+    let mesh = MeshBuilder::full(shards, 1024);
+    let config = Arc::new(config);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+        .io_memory(IO_MEMORY_BYTES)
+        .name("wiresocket-shard")
+        .on_all_shards(move || {
+            let (config, stats, mesh, ready) = (config.clone(), stats.clone(), mesh.clone(), ready_tx.clone());
+            async move { shard::run(shard::Setup { addr, shards, config, stats, mesh, ready }).await }
+        })
+        .map_err(|e| StartError(explain_start_error(&e.to_string())))?;
+    for _ in 0..shards {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError(e)),
+            Err(_) => {
+                // A shard thread died before binding: its error is in the join result.
+                let errors: Vec<String> = handles
+                    .join_all()
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| explain_start_error(&e.to_string())))
+                    .collect();
+                return Err(StartError(if errors.is_empty() {
+                    "a shard failed to start".into()
+                } else {
+                    errors.join("; ")
+                }));
+            }
+        }
+    }
+    on_listening(addr, shards);
+    for result in handles.join_all() {
+        result.map_err(|e| StartError(explain_start_error(&e.to_string())))?;
+    }
+    Ok(())
+}
+
+/// Checks that the address is free (SO_REUSEPORT would otherwise let us silently share a
+/// port with another server) and resolves port 0 to a real port.
+fn reserve_address(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => probe
+            .local_addr()
+            .map_err(|e| StartError(format!("cannot read the bound address: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError(format!(
+            "cannot listen on {addr}: the address is in use (stop the other server or pass --listen ADDR:PORT)"
+        ))),
+        Err(e) => Err(StartError(format!("cannot listen on {addr}: {e}"))),
+    }
+}
+
+fn explain_start_error(e: &str) -> String {
+    if e.contains("memlock") || e.contains("MEMLOCK") || e.contains("locked memory") {
+        format!("{e}: raise the locked-memory limit (ulimit -l, or LimitMEMLOCK= in systemd) to at least 512 KiB per shard, or run fewer shards with --shards N")
+    } else {
+        e.to_owned()
+    }
+}

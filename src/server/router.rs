@@ -1,0 +1,194 @@
+//! The front door of every connection: read one request head (bounded in bytes and time),
+//! answer plain HTTP here, and start or hand off WebSocket sessions.
+
+use super::handlers::{DocumentHandler, EchoHandler};
+use super::shard::Shard;
+use super::socket::{self, SharedStream};
+use super::stats::{self, ShardStats};
+use crate::http::request::{parse_request, percent_decode, HttpError, Request};
+use crate::http::response::{iso8601_utc, json_error, response};
+use crate::outbox::Outbox;
+use crate::sync::document::{self, isolation_key, owner_shard};
+use crate::ws::handshake::{self, check_upgrade};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Until tokens arrive every connection belongs to this development tenant and app.
+const DEV_TENANT: &str = "dev";
+const DEV_APP: &str = "dev";
+
+/// Subprotocol markers a client may offer with its token; the 101 names the one it used.
+const TOKEN_MARKERS: [&str; 2] = ["access_token", "Bearer"];
+
+/// Serves one accepted (or handed-off) connection. `head` holds bytes already read.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_off: bool) {
+    let stream: SharedStream = Rc::new(RefCell::new(stream));
+    let timeout = Duration::from_millis(shard.config.http.request_timeout_ms);
+    let limit = shard.config.http.head_bytes_max;
+    let read = futures_lite::future::or(
+        async { Some(read_head(&stream, head, limit).await) },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    let head = match read {
+        None => return reply(&shard, &stream, json_error(408, "request_timeout", "send the whole request head sooner", &[])).await,
+        Some(Err(HeadError::Io)) => return,
+        Some(Err(HeadError::Http(e))) => {
+            let message = match e {
+                HttpError::Malformed => "not an HTTP/1.1 request",
+                HttpError::HeadTooLarge => "request head too large",
+                HttpError::VersionNotSupported => "use HTTP/1.1",
+            };
+            return reply(&shard, &stream, json_error(e.status(), "bad_request", message, &[])).await;
+        }
+        Some(Ok(head)) => head,
+    };
+    let req = parse_request(&head, limit).ok().flatten().expect("read_head returned a whole head");
+    let leftover = head[req.head_len..].to_vec();
+    route(&shard, &stream, &req, leftover, handed_off, &head).await;
+}
+
+enum HeadError {
+    Io,
+    Http(HttpError),
+}
+
+async fn read_head(stream: &SharedStream, mut buf: Vec<u8>, limit: usize) -> Result<Vec<u8>, HeadError> {
+    loop {
+        match parse_request(&buf, limit) {
+            Ok(Some(_)) => return Ok(buf),
+            Ok(None) => {}
+            Err(e) => return Err(HeadError::Http(e)),
+        }
+        let start = buf.len();
+        buf.resize(limit.max(start + 1), 0);
+        let n = socket::read(stream, &mut buf[start..]).await.map_err(|_| HeadError::Io)?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(HeadError::Io);
+        }
+    }
+}
+
+async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, leftover: Vec<u8>, handed_off: bool, head: &[u8]) {
+    let upgrade = handshake::is_upgrade(req);
+    match req.path {
+        "/health" | "/" if !upgrade => {
+            let body = format!(
+                "{{\"status\":\"healthy\",\"timestamp\":\"{}\"}}",
+                iso8601_utc(crate::log::unix_ms())
+            );
+            return plain(shard, stream, req, 200, "application/json", &body).await;
+        }
+        "/metrics" if !upgrade => {
+            let body = ShardStats::render(&shard.stats);
+            return plain(shard, stream, req, 200, "text/plain; version=0.0.4", &body).await;
+        }
+        _ => {}
+    }
+    let accept = match check_upgrade(req) {
+        Ok(accept) => accept,
+        Err(e) => {
+            let extra: &[&str] = match e {
+                handshake::HandshakeError::Version => &["Sec-WebSocket-Version: 13"],
+                handshake::HandshakeError::Method => &["Allow: GET"],
+                _ => &[],
+            };
+            return reply(shard, stream, json_error(e.status(), "upgrade_required", e.message(), extra)).await;
+        }
+    };
+    if shard.config.echo_path.as_deref() == Some(req.path) {
+        return start_session(shard, stream, &accept, selected_protocol(req), leftover, |outbox| {
+            Box::new(EchoHandler { outbox })
+        })
+        .await;
+    }
+    let name = percent_decode(&req.path[1..]).unwrap_or_default();
+    if let Err(why) = document::validate_name(&name, false) {
+        return refuse_after_upgrade(shard, stream, &accept, selected_protocol(req), document::INVALID_NAME, why).await;
+    }
+    let key = isolation_key(DEV_TENANT, DEV_APP, &name);
+    let owner = owner_shard(&key, shard.shards);
+    if owner != shard.id {
+        debug_assert!(!handed_off, "a handed-off connection is on its owner shard");
+        let stream = Rc::try_unwrap(stream.clone()).ok();
+        // The stream is only shared once a session starts, so this cannot fail here.
+        let Some(stream) = stream else { return };
+        return shard.hand_off(owner, stream.into_inner(), head.to_vec()).await;
+    }
+    let shard_rc = shard.clone();
+    start_session(shard, stream, &accept, selected_protocol(req), leftover, move |outbox| {
+        Box::new(DocumentHandler::join(shard_rc, key, outbox))
+    })
+    .await;
+}
+
+fn selected_protocol<'r>(req: &Request<'r>) -> Option<&'static str> {
+    let offered = req.header("sec-websocket-protocol")?;
+    let first = offered.split(|&b| b == b',').next()?.trim_ascii();
+    TOKEN_MARKERS.into_iter().find(|m| m.as_bytes() == first)
+}
+
+async fn start_session(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    accept: &str,
+    protocol: Option<&str>,
+    leftover: Vec<u8>,
+    make_handler: impl FnOnce(Rc<Outbox>) -> Box<dyn super::session::Handler>,
+) {
+    if socket::write_all(stream, &handshake::switching_protocols(accept, protocol)).await.is_err() {
+        return;
+    }
+    let outbox = Rc::new(Outbox::new(shard.config.websocket.outbound_bytes_max));
+    let mut handler = make_handler(outbox.clone());
+    super::session::run(shard, stream.clone(), outbox, leftover, handler.as_mut()).await;
+}
+
+/// Completes the handshake and closes at once with `code`: how WebSocket clients learn why
+/// (browsers hide HTTP error statuses from scripts).
+async fn refuse_after_upgrade(shard: &Rc<Shard>, stream: &SharedStream, accept: &str, protocol: Option<&str>, code: u16, reason: &str) {
+    let mut bytes = handshake::switching_protocols(accept, protocol);
+    let payload = crate::ws::close::close_payload(code, reason);
+    crate::ws::frame::encode_frame(&mut bytes, crate::ws::frame::Opcode::Close, &payload);
+    let _ = socket::write_all(stream, &bytes).await;
+    stats::add(&shard.my_stats().messages_refused_total, 1);
+    linger_and_close(shard, stream).await;
+}
+
+async fn plain(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, status: u16, content_type: &str, body: &str) {
+    if req.method != "GET" && req.method != "HEAD" {
+        return reply(shard, stream, json_error(405, "method_not_allowed", "use GET", &["Allow: GET"])).await;
+    }
+    reply(shard, stream, response(status, content_type, &[], body)).await
+}
+
+async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
+    stats::add(&shard.my_stats().http_requests_total, 1);
+    let _ = socket::write_all(stream, &bytes).await;
+    linger_and_close(shard, stream).await;
+}
+
+/// Half-closes and waits briefly for the peer to finish, so that unread request bytes do not
+/// turn our close into a reset that destroys the response in flight.
+async fn linger_and_close(shard: &Rc<Shard>, stream: &SharedStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.borrow().as_raw_fd();
+    // SAFETY: shutting down the write side of our own open socket.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let linger = Duration::from_millis(shard.config.websocket.close_timeout_ms.min(1000));
+    let mut sink = [0u8; 512];
+    let drain = async {
+        while let Ok(n) = socket::read(stream, &mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(linger)).await;
+}

@@ -1,0 +1,174 @@
+//! A WebSocket session after the 101: reads frames, assembles messages, answers control
+//! frames, and passes data messages to a `Handler` (a document, or the echo route). The
+//! writer runs as its own task draining the connection's `Outbox`.
+
+use super::shard::{Shard, SCRATCH_BYTES};
+use super::socket::{self, SharedStream};
+use super::stats;
+use crate::outbox::{shared_frame, Closed, Outbox};
+use crate::ws::close::{self, ClosePayload};
+use crate::ws::frame::{parse_header, Opcode};
+use crate::ws::mask::unmask;
+use crate::ws::message::{Assembler, Event};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Why a handler refuses a message: the close code and a reason for the client.
+pub type Refused = (u16, &'static str);
+
+pub trait Handler {
+    /// A whole data message (text is valid UTF-8).
+    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused>;
+    /// The session is over; called exactly once.
+    fn on_end(&mut self);
+}
+
+/// Runs `handler` against the connection until either side closes. `leftover` holds bytes
+/// the client sent after its request head.
+pub async fn run(shard: &Rc<Shard>, stream: SharedStream, outbox: Rc<Outbox>, leftover: Vec<u8>, handler: &mut dyn Handler) {
+    let (conn_id, live) = shard.register(outbox.clone());
+    let writer = {
+        let (stream, outbox, shard) = (stream.clone(), outbox.clone(), shard.clone());
+        glommio::spawn_local(async move {
+            let _ = socket::drain_outbox(&stream, &outbox, &shard.my_stats().bytes_out_total).await;
+            socket::shutdown(&stream);
+        })
+    };
+    let mut frames = Frames {
+        shard,
+        outbox: &outbox,
+        assembler: Assembler::new(shard.message_limits),
+        frame_bytes_max: shard.config.websocket.frame_bytes_max,
+    };
+    // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
+    // straight from the shard's scratch buffer.
+    let mut pending = leftover;
+    let mut open = pending.is_empty() || frames.process_pending(&mut pending, handler);
+    while open {
+        let read = if pending.is_empty() {
+            socket::read_with(&stream, &shard.scratch).await
+        } else {
+            let start = pending.len();
+            pending.resize(start + frames.next_read_len(&pending), 0);
+            let n = socket::read(&stream, &mut pending[start..]).await;
+            pending.truncate(start + *n.as_ref().unwrap_or(&0));
+            n
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        live.last_rx.set(Instant::now());
+        stats::add(&shard.my_stats().bytes_in_total, n as u64);
+        open = if pending.is_empty() {
+            let mut scratch = shard.scratch.borrow_mut();
+            let data = &mut scratch[..n];
+            let (consumed, open) = frames.process(data, handler);
+            if open {
+                pending.extend_from_slice(&data[consumed..]);
+            }
+            open
+        } else {
+            frames.process_pending(&mut pending, handler)
+        };
+    }
+    handler.on_end();
+    if outbox.closed() == Some(Closed::Overflowed) {
+        stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
+    }
+    // A client that vanished gets no close frame; this only lets the writer finish.
+    outbox.close(close::NORMAL, "");
+    let close_timeout = Duration::from_millis(shard.config.websocket.close_timeout_ms);
+    futures_lite::future::or(writer, glommio::timer::sleep(close_timeout)).await;
+    shard.unregister(conn_id);
+}
+
+struct Frames<'s> {
+    shard: &'s Rc<Shard>,
+    outbox: &'s Rc<Outbox>,
+    assembler: Assembler,
+    frame_bytes_max: usize,
+}
+
+impl Frames<'_> {
+    /// Handles the whole frames in `pending` and keeps the rest.
+    fn process_pending(&mut self, pending: &mut Vec<u8>, handler: &mut dyn Handler) -> bool {
+        let (consumed, open) = self.process(pending, handler);
+        pending.drain(..consumed);
+        if pending.is_empty() && pending.capacity() > SCRATCH_BYTES {
+            *pending = Vec::new();
+        }
+        open
+    }
+
+    /// How much to read next into `pending`: the rest of the cut frame when its header is
+    /// known (so a large frame arrives in few reads), else a scratch buffer's worth.
+    fn next_read_len(&self, pending: &[u8]) -> usize {
+        match parse_header(pending, self.frame_bytes_max) {
+            Ok(Some(h)) => h.frame_len().saturating_sub(pending.len()).max(SCRATCH_BYTES),
+            _ => SCRATCH_BYTES,
+        }
+    }
+
+    /// Handles every whole frame at the start of `data` (unmasking in place). Returns the
+    /// bytes consumed and whether the session stays open.
+    fn process(&mut self, data: &mut [u8], handler: &mut dyn Handler) -> (usize, bool) {
+        let mut at = 0;
+        loop {
+            let header = match parse_header(&data[at..], self.frame_bytes_max) {
+                Ok(Some(h)) if h.frame_len() <= data.len() - at => h,
+                Ok(_) => return (at, true),
+                Err(e) => {
+                    self.refuse(e.close_code(), e.reason());
+                    return (at, false);
+                }
+            };
+            let payload = &mut data[at + header.header_len..at + header.frame_len()];
+            unmask(payload, header.mask, 0);
+            at += header.frame_len();
+            let event = match self.assembler.push(&header, payload) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.refuse(e.close_code(), e.reason());
+                    return (at, false);
+                }
+            };
+            match event {
+                Event::Ping(p) => {
+                    self.outbox.push(&shared_frame(Opcode::Pong, &[p]));
+                }
+                Event::Pong(_) => {}
+                Event::Close(p) => {
+                    match close::parse_close_payload(p) {
+                        Ok(ClosePayload::Empty) => self.outbox.close(close::NORMAL, ""),
+                        Ok(ClosePayload::Code { code, .. }) => self.outbox.close(code, ""),
+                        Err(e) => self.outbox.close(e.close_code(), "invalid close frame"),
+                    }
+                    return (at, false);
+                }
+                Event::Message { opcode, payload } => {
+                    let stats = self.shard.my_stats();
+                    stats::add(&stats.messages_in_total, 1);
+                    let result = catch_unwind(AssertUnwindSafe(|| handler.on_message(opcode, payload)));
+                    let refused = match result {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(refused)) => refused,
+                        Err(_) => {
+                            stats::add(&stats.panics_total, 1);
+                            (close::INTERNAL_ERROR, "internal error handling this message")
+                        }
+                    };
+                    stats::add(&stats.messages_refused_total, 1);
+                    self.refuse(refused.0, refused.1);
+                    return (at, false);
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, code: u16, reason: &str) {
+        self.outbox.close(code, reason);
+    }
+}

@@ -1,0 +1,246 @@
+//! One shard: its listener, the documents it owns, its connections' liveness, and the
+//! mesh it receives handed-off connections on.
+
+use super::stats::{self, ShardStats};
+use crate::config::Config;
+use crate::outbox::{shared_frame, Frame, Outbox};
+use crate::sync::room::{Room, RoomConfig};
+use crate::sync::update_check::UpdateLimits;
+use crate::ws::close;
+use crate::ws::frame::Opcode;
+use crate::ws::message::MessageLimits;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::sleep;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// A connection moving to its document's owner shard: the socket and the bytes already read.
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub head: Vec<u8>,
+}
+
+pub struct Setup {
+    pub addr: SocketAddr,
+    pub shards: usize,
+    pub config: Arc<Config>,
+    pub stats: Arc<[ShardStats]>,
+    pub mesh: MeshBuilder<Handoff, Full>,
+    pub ready: mpsc::Sender<Result<(), String>>,
+}
+
+struct RoomEntry {
+    room: Rc<RefCell<Room>>,
+    /// Bumped whenever the room empties; a grace timer only frees the room it was set for.
+    emptied: u64,
+}
+
+/// What the keepalive sweep needs to know of a connection.
+pub struct Liveness {
+    pub outbox: Rc<Outbox>,
+    pub last_rx: Cell<Instant>,
+    pub last_ping: Cell<Instant>,
+}
+
+/// Read buffer shared by every connection of the shard: a connection only keeps bytes of its
+/// own when a frame is cut across reads.
+pub const SCRATCH_BYTES: usize = 64 << 10;
+
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub config: Arc<Config>,
+    pub stats: Arc<[ShardStats]>,
+    pub message_limits: MessageLimits,
+    room_config: RoomConfig,
+    rooms: RefCell<HashMap<String, RoomEntry>>,
+    conns: RefCell<HashMap<u64, Rc<Liveness>>>,
+    next_conn_id: Cell<u64>,
+    pub scratch: RefCell<Box<[u8]>>,
+    handoff: Senders<Handoff>,
+    ping: Frame,
+}
+
+pub async fn run(setup: Setup) {
+    let Setup { addr, shards, config, stats, mesh, ready } = setup;
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
+            return;
+        }
+    };
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot join the shard mesh: {e}")));
+            return;
+        }
+    };
+    let id = senders.peer_id();
+    let documents = &config.documents;
+    let shard = Rc::new(Shard {
+        id,
+        shards,
+        message_limits: MessageLimits {
+            message_bytes_max: config.websocket.message_bytes_max,
+            fragments_max: config.websocket.fragments_max,
+        },
+        room_config: RoomConfig {
+            update_limits: UpdateLimits {
+                structs_max: documents.update_structs_max,
+                ..UpdateLimits::default()
+            },
+            awareness_clients_max: documents.awareness_clients_max,
+            awareness_clients_per_connection_max: documents.awareness_clients_per_connection_max,
+        },
+        config: config.clone(),
+        stats,
+        rooms: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::new()),
+        next_conn_id: Cell::new(0),
+        scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+        handoff: senders,
+        ping: shared_frame(Opcode::Ping, &[]),
+    });
+    for (_, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(handoff) = receiver.recv().await {
+                // SAFETY: the fd was dup'ed for us by the sending shard and is owned here.
+                let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
+                stats::add(&shard.my_stats().handoffs_total, 1);
+                glommio::spawn_local(super::router::serve(shard.clone(), stream, handoff.head, true)).detach();
+            }
+        })
+        .detach();
+    }
+    glommio::spawn_local(keepalive(shard.clone())).detach();
+    let _ = ready.send(Ok(()));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                stats::add(&shard.my_stats().connections_accepted_total, 1);
+                glommio::spawn_local(super::router::serve(shard.clone(), stream, Vec::new(), false)).detach();
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: say so, back off, keep serving.
+                crate::log::warn("accept_failed", &[("shard", &id), ("error", &e)]);
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Shard {
+    pub fn my_stats(&self) -> &ShardStats {
+        &self.stats[self.id]
+    }
+
+    /// Sends a connection to the shard that owns its document.
+    pub async fn hand_off(&self, owner: usize, stream: TcpStream, head: Vec<u8>) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup of an open socket; the original is closed when `stream` drops, the
+        // duplicate travels to the owner shard.
+        let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+        drop(stream);
+        if dup < 0 {
+            return;
+        }
+        // SAFETY: `dup` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        // A closed mesh means the process is stopping; the connection is dropped with it.
+        let _ = self.handoff.send_to(owner, Handoff { fd, head }).await;
+    }
+
+    /// The room for `key`, created if it is not in memory. Creation is atomic: the shard is
+    /// single-threaded and nothing here awaits.
+    pub fn open_room(&self, key: &str) -> Rc<RefCell<Room>> {
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(entry) = rooms.get(key) {
+            return entry.room.clone();
+        }
+        let room = Rc::new(RefCell::new(Room::new(self.room_config)));
+        rooms.insert(key.to_owned(), RoomEntry { room: room.clone(), emptied: 0 });
+        stats::add(&self.my_stats().documents, 1);
+        room
+    }
+
+    /// Called after a subscriber left `key`: an empty room is freed after the grace period
+    /// unless someone joins (and stays) in the meantime.
+    pub fn room_left(self: &Rc<Self>, key: &str) {
+        let generation = {
+            let mut rooms = self.rooms.borrow_mut();
+            let Some(entry) = rooms.get_mut(key) else { return };
+            if entry.room.borrow().subscriber_count() > 0 {
+                return;
+            }
+            entry.emptied += 1;
+            entry.emptied
+        };
+        let shard = self.clone();
+        let key = key.to_owned();
+        let grace = Duration::from_millis(self.config.documents.grace_period_ms);
+        glommio::spawn_local(async move {
+            sleep(grace).await;
+            let mut rooms = shard.rooms.borrow_mut();
+            let expired = rooms
+                .get(&key)
+                .is_some_and(|e| e.emptied == generation && e.room.borrow().subscriber_count() == 0);
+            if expired {
+                rooms.remove(&key);
+                stats::sub(&shard.my_stats().documents, 1);
+            }
+        })
+        .detach();
+    }
+
+    pub fn register(&self, outbox: Rc<Outbox>) -> (u64, Rc<Liveness>) {
+        let id = self.next_conn_id.get();
+        self.next_conn_id.set(id + 1);
+        let now = Instant::now();
+        let live = Rc::new(Liveness {
+            outbox,
+            last_rx: Cell::new(now),
+            last_ping: Cell::new(now),
+        });
+        self.conns.borrow_mut().insert(id, live.clone());
+        (id, live)
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+}
+
+/// Pings connections that have been quiet for a ping interval and closes those quiet past the
+/// idle timeout: one sweep over the shard's connections instead of a timer per connection.
+async fn keepalive(shard: Rc<Shard>) {
+    let ws = &shard.config.websocket;
+    let ping_every = Duration::from_millis(ws.ping_interval_ms);
+    let idle_after = Duration::from_millis(ws.idle_timeout_ms);
+    let tick = (ping_every / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    loop {
+        sleep(tick).await;
+        let now = Instant::now();
+        for live in shard.conns.borrow().values() {
+            let quiet = now.saturating_duration_since(live.last_rx.get());
+            if quiet >= idle_after {
+                if live.outbox.closed().is_none() {
+                    stats::add(&shard.my_stats().idle_closes_total, 1);
+                    live.outbox.close(close::GOING_AWAY, "idle timeout: nothing received for too long");
+                }
+            } else if quiet >= ping_every && now.saturating_duration_since(live.last_ping.get()) >= ping_every {
+                live.outbox.push(&shard.ping);
+                live.last_ping.set(now);
+            }
+        }
+    }
+}
