@@ -50,7 +50,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_of
     };
     let req = parse_request(&head, limit).ok().flatten().expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
-    route(&shard, &stream, &req, leftover, handed_off, &head).await;
+    let Some(owner) = route(&shard, &stream, &req, leftover, handed_off).await else { return };
+    drop(req);
+    // The stream is shared only once a session starts, and none did.
+    if let Ok(stream) = Rc::try_unwrap(stream) {
+        shard.hand_off(owner, stream.into_inner(), head).await;
+    }
 }
 
 enum HeadError {
@@ -75,7 +80,8 @@ async fn read_head(stream: &SharedStream, mut buf: Vec<u8>, limit: usize) -> Res
     }
 }
 
-async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, leftover: Vec<u8>, handed_off: bool, head: &[u8]) {
+/// Answers the request, or returns the shard to hand the connection to.
+async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, leftover: Vec<u8>, handed_off: bool) -> Option<usize> {
     let upgrade = handshake::is_upgrade(req);
     match req.path {
         "/health" | "/" if !upgrade => {
@@ -83,11 +89,13 @@ async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, left
                 "{{\"status\":\"healthy\",\"timestamp\":\"{}\"}}",
                 iso8601_utc(crate::log::unix_ms())
             );
-            return plain(shard, stream, req, 200, "application/json", &body).await;
+            plain(shard, stream, req, 200, "application/json", &body).await;
+            return None;
         }
         "/metrics" if !upgrade => {
             let body = ShardStats::render(&shard.stats);
-            return plain(shard, stream, req, 200, "text/plain; version=0.0.4", &body).await;
+            plain(shard, stream, req, 200, "text/plain; version=0.0.4", &body).await;
+            return None;
         }
         _ => {}
     }
@@ -99,33 +107,31 @@ async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, left
                 handshake::HandshakeError::Method => &["Allow: GET"],
                 _ => &[],
             };
-            return reply(shard, stream, json_error(e.status(), "upgrade_required", e.message(), extra)).await;
+            reply(shard, stream, json_error(e.status(), "upgrade_required", e.message(), extra)).await;
+            return None;
         }
     };
     if shard.config.echo_path.as_deref() == Some(req.path) {
-        return start_session(shard, stream, &accept, selected_protocol(req), leftover, |outbox| {
-            Box::new(EchoHandler { outbox })
-        })
-        .await;
+        start_session(shard, stream, &accept, selected_protocol(req), leftover, |outbox| Box::new(EchoHandler { outbox })).await;
+        return None;
     }
     let name = percent_decode(&req.path[1..]).unwrap_or_default();
     if let Err(why) = document::validate_name(&name, false) {
-        return refuse_after_upgrade(shard, stream, &accept, selected_protocol(req), document::INVALID_NAME, why).await;
+        refuse_after_upgrade(shard, stream, &accept, selected_protocol(req), document::INVALID_NAME, why).await;
+        return None;
     }
     let key = isolation_key(DEV_TENANT, DEV_APP, &name);
     let owner = owner_shard(&key, shard.shards);
     if owner != shard.id {
-        debug_assert!(!handed_off, "a handed-off connection is on its owner shard");
-        let stream = Rc::try_unwrap(stream.clone()).ok();
-        // The stream is only shared once a session starts, so this cannot fail here.
-        let Some(stream) = stream else { return };
-        return shard.hand_off(owner, stream.into_inner(), head.to_vec()).await;
+        assert!(!handed_off, "a handed-off connection is on its owner shard");
+        return Some(owner);
     }
     let shard_rc = shard.clone();
     start_session(shard, stream, &accept, selected_protocol(req), leftover, move |outbox| {
         Box::new(DocumentHandler::join(shard_rc, key, outbox))
     })
     .await;
+    None
 }
 
 fn selected_protocol<'r>(req: &Request<'r>) -> Option<&'static str> {

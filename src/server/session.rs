@@ -27,7 +27,8 @@ pub trait Handler {
 /// Runs `handler` against the connection until either side closes. `leftover` holds bytes
 /// the client sent after its request head.
 pub async fn run(shard: &Rc<Shard>, stream: SharedStream, outbox: Rc<Outbox>, leftover: Vec<u8>, handler: &mut dyn Handler) {
-    let (conn_id, live) = shard.register(outbox.clone());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
+    let (conn_id, live) = shard.register(outbox.clone(), fd);
     let writer = {
         let (stream, outbox, shard) = (stream.clone(), outbox.clone(), shard.clone());
         glommio::spawn_local(async move {

@@ -15,7 +15,7 @@ use glommio::timer::sleep;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -44,6 +44,10 @@ struct RoomEntry {
 /// What the keepalive sweep needs to know of a connection.
 pub struct Liveness {
     pub outbox: Rc<Outbox>,
+    /// The socket, to shut down when a closing peer does not take its close frame in time.
+    pub fd: RawFd,
+    /// When the sweep first saw the outbox closed.
+    pub closing_since: Cell<Option<Instant>>,
     pub last_rx: Cell<Instant>,
     pub last_ping: Cell<Instant>,
 }
@@ -202,12 +206,14 @@ impl Shard {
         .detach();
     }
 
-    pub fn register(&self, outbox: Rc<Outbox>) -> (u64, Rc<Liveness>) {
+    pub fn register(&self, outbox: Rc<Outbox>, fd: RawFd) -> (u64, Rc<Liveness>) {
         let id = self.next_conn_id.get();
         self.next_conn_id.set(id + 1);
         let now = Instant::now();
         let live = Rc::new(Liveness {
             outbox,
+            fd,
+            closing_since: Cell::new(None),
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
         });
@@ -220,23 +226,36 @@ impl Shard {
     }
 }
 
-/// Pings connections that have been quiet for a ping interval and closes those quiet past the
-/// idle timeout: one sweep over the shard's connections instead of a timer per connection.
+/// Pings connections that have been quiet for a ping interval, closes those quiet past the
+/// idle timeout, and shuts down sockets whose peer has not taken its close frame within the
+/// close timeout (a peer that stopped reading): one sweep over the shard's connections
+/// instead of timers per connection.
 async fn keepalive(shard: Rc<Shard>) {
     let ws = &shard.config.websocket;
     let ping_every = Duration::from_millis(ws.ping_interval_ms);
     let idle_after = Duration::from_millis(ws.idle_timeout_ms);
+    let close_within = Duration::from_millis(ws.close_timeout_ms);
     let tick = (ping_every / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
     loop {
         sleep(tick).await;
         let now = Instant::now();
         for live in shard.conns.borrow().values() {
+            if live.outbox.closed().is_some() {
+                match live.closing_since.get() {
+                    None => live.closing_since.set(Some(now)),
+                    Some(since) if now.saturating_duration_since(since) >= close_within => {
+                        // SAFETY: the session owns this open socket until it unregisters,
+                        // which removes it from `conns`; shutdown does not close the fd.
+                        unsafe { libc::shutdown(live.fd, libc::SHUT_RDWR) };
+                    }
+                    Some(_) => {}
+                }
+                continue;
+            }
             let quiet = now.saturating_duration_since(live.last_rx.get());
             if quiet >= idle_after {
-                if live.outbox.closed().is_none() {
-                    stats::add(&shard.my_stats().idle_closes_total, 1);
-                    live.outbox.close(close::GOING_AWAY, "idle timeout: nothing received for too long");
-                }
+                stats::add(&shard.my_stats().idle_closes_total, 1);
+                live.outbox.close(close::GOING_AWAY, "idle timeout: nothing received for too long");
             } else if quiet >= ping_every && now.saturating_duration_since(live.last_ping.get()) >= ping_every {
                 live.outbox.push(&shard.ping);
                 live.last_ping.set(now);

@@ -1,0 +1,269 @@
+//! Test harness: runs the real `wiresocket` binary and talks to it with independent clients
+//! (tungstenite for WebSocket, yrs as the Yjs peer).
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{GetString, ReadTxn, Text, Transact};
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    _config: Option<tempfile_path::TempPath>,
+}
+
+mod tempfile_path {
+    /// A file removed on drop.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server on a free port with `--shards 2` and the given TOML config.
+    pub fn start(config_toml: &str) -> Server {
+        Self::start_with(config_toml, &["--shards", "2"])
+    }
+
+    pub fn start_with(config_toml: &str, extra: &[&str]) -> Server {
+        let path = std::env::temp_dir().join(format!(
+            "wiresocket-test-{}-{}.toml",
+            std::process::id(),
+            CONFIG_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, config_toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wiresocket");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            addr,
+            _config: Some(tempfile_path::TempPath(path)),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A raw HTTP exchange: sends `request`, returns the whole response.
+    pub fn http(&self, request: &str) -> String {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        self.http(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+    }
+
+    /// Sum of a metric over all shards, and the per-shard values.
+    pub fn metric(&self, name: &str) -> (u64, Vec<u64>) {
+        let text = self.get("/metrics");
+        let per_shard: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("wiresocket_{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        (per_shard.iter().sum(), per_shard)
+    }
+
+    /// Waits until `f` holds, polling; panics with `what` after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Server) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+static CONFIG_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type Ws = WebSocket<TcpStream>;
+
+pub fn connect(addr: &str, path: &str) -> Ws {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (ws, response) = tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Reads until the server closes; returns the close code and reason.
+pub fn expect_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+            Ok(Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+pub fn close_code(code: u16) -> CloseCode {
+    CloseCode::from(code)
+}
+
+/// lib0 varint.
+pub fn var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub fn sync_message(step: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0, step];
+    var(&mut m, body.len() as u64);
+    m.extend_from_slice(body);
+    m
+}
+
+/// A Yjs peer speaking y-websocket over tungstenite, with its own yrs document.
+pub struct YClient {
+    pub ws: Ws,
+    pub doc: yrs::Doc,
+}
+
+impl YClient {
+    /// Connects and completes the sync handshake (answers the server's step 1, sends ours).
+    pub fn connect(addr: &str, doc_name: &str, client_id: u64) -> YClient {
+        let ws = connect(addr, &format!("/{doc_name}"));
+        // Browsers use 32-bit client ids.
+        let doc = yrs::Doc::with_client_id(client_id & 0xFFFF_FFFF);
+        let mut c = YClient { ws, doc };
+        let sv = c.doc.transact().state_vector().encode_v1();
+        c.send(sync_message(0, &sv));
+        c
+    }
+
+    pub fn send(&mut self, message: Vec<u8>) {
+        self.ws.send(Message::Binary(message.into())).unwrap();
+    }
+
+    pub fn text(&self) -> String {
+        let t = self.doc.get_or_insert_text("t");
+        t.get_string(&self.doc.transact())
+    }
+
+    /// Inserts locally and sends the update.
+    pub fn insert(&mut self, index: u32, s: &str) {
+        let t = self.doc.get_or_insert_text("t");
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            t.insert(&mut txn, index, s);
+            txn.encode_update_v1()
+        };
+        self.send(sync_message(2, &update));
+    }
+
+    /// Handles one incoming message; returns false on close.
+    pub fn pump_one(&mut self) -> bool {
+        match self.ws.read() {
+            Ok(Message::Binary(b)) => {
+                self.handle(&b);
+                true
+            }
+            Ok(Message::Close(_)) | Err(_) => false,
+            Ok(_) => true,
+        }
+    }
+
+    fn handle(&mut self, msg: &[u8]) {
+        if msg[0] != 0 {
+            return; // awareness and others
+        }
+        let step = msg[1];
+        let mut pos = 2;
+        let mut len = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = msg[pos];
+            pos += 1;
+            len |= ((b & 0x7F) as u64) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let body = &msg[pos..pos + len as usize];
+        match step {
+            0 => {
+                let sv = yrs::StateVector::decode_v1(body).unwrap();
+                let diff = self.doc.transact().encode_state_as_update_v1(&sv);
+                self.send(sync_message(1, &diff));
+            }
+            _ => {
+                let u = yrs::Update::decode_v1(body).unwrap();
+                self.doc.transact_mut().apply_update(u).unwrap();
+            }
+        }
+    }
+
+    /// Pumps messages until `f(self)` holds or the timeout passes.
+    pub fn pump_until(&mut self, timeout: Duration, mut f: impl FnMut(&YClient) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let stream = self.ws.get_ref();
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        while !f(self) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            match self.ws.read() {
+                Ok(Message::Binary(b)) => self.handle(&b),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("connection failed: {e}"),
+            }
+        }
+        true
+    }
+}
