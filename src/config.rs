@@ -32,6 +32,8 @@ pub struct HttpConfig {
 pub struct WebSocketConfig {
     pub frame_bytes_max: usize,
     pub message_bytes_max: usize,
+    /// Frames one message may span. Autobahn case 9.3.1 sends 65,537 (a 4 MiB message in
+    /// 64-byte fragments plus a final empty one), so the default leaves room above 65,536.
     pub fragments_max: usize,
     /// Bytes queued for one connection before it is closed as too slow (1008).
     pub outbound_bytes_max: usize,
@@ -81,7 +83,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             frame_bytes_max: 16 << 20,
             message_bytes_max: 16 << 20,
-            fragments_max: 65_536,
+            fragments_max: 131_072,
             outbound_bytes_max: 8 << 20,
             ping_interval_ms: 30_000,
             idle_timeout_ms: 60_000,
@@ -192,7 +194,7 @@ mod tests {
         assert_eq!(c.validate().unwrap().to_string(), "127.0.0.1:8080");
         assert_eq!(c.documents.grace_period_ms, 10_000);
         assert_eq!(c.websocket.message_bytes_max, 16 << 20);
-        assert_eq!(c.websocket.fragments_max, 65_536);
+        assert_eq!(c.websocket.fragments_max, 131_072);
         assert_eq!(c.websocket.ping_interval_ms, 30_000);
         assert_eq!(c.websocket.idle_timeout_ms, 60_000);
     }

@@ -12,8 +12,10 @@ venv=${AUTOBAHN_VENV:-$HOME/.cache/wiresocket/autobahn-venv}
 reports=$here/reports
 
 find_python2() {
-  for p in "${PYTHON2:-}" python2.7 "$HOME"/.pyenv/versions/2.7*/bin/python2.7 /usr/bin/python2.7; do
-    if [ -n "$p" ] && command -v "$p" >/dev/null 2>&1; then command -v "$p"; return; fi
+  for p in "${PYTHON2:-}" "$HOME"/.pyenv/versions/2.7*/bin/python2.7 /usr/bin/python2.7 python2.7; do
+    if [ -n "$p" ] && "$p" -c 'import sys; assert sys.version_info[:2] == (2, 7)' >/dev/null 2>&1; then
+      command -v "$p"; return
+    fi
   done
   echo "error: Autobahn|Testsuite needs a Python 2.7 interpreter (set PYTHON2)" >&2
   exit 2
@@ -25,7 +27,7 @@ if [ ! -x "$venv/bin/wstest" ]; then
   "$py2" -m virtualenv --quiet "$venv"
   # Versions that still install and run on Python 2.7.
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    'autobahntestsuite==0.8.2' 'autobahn==0.16.0' 'twisted==20.3.0' 'six' 'txaio==2.10.0' \
+    'autobahntestsuite==0.8.2' 'autobahn==0.10.9' 'twisted==20.3.0' 'six' 'txaio==2.1.0' \
     'pyopenssl==19.1.0' 'service_identity==18.1.0' 'cryptography==3.3.2' 'unittest2' 'zope.interface==5.5.2' \
     'attrs==21.4.0' 'hyperlink==21.0.0' 'constantly==15.1.0' 'incremental==21.3.0' 'automat==20.2.0' \
     'pyhamcrest==1.10.1' 'idna==2.10'
