@@ -99,24 +99,19 @@ async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, left
         }
         _ => {}
     }
-    let accept = match check_upgrade(req) {
-        Ok(accept) => accept,
-        Err(e) => {
-            let extra: &[&str] = match e {
-                handshake::HandshakeError::Version => &["Sec-WebSocket-Version: 13"],
-                handshake::HandshakeError::Method => &["Allow: GET"],
-                _ => &[],
-            };
-            reply(shard, stream, json_error(e.status(), "upgrade_required", e.message(), extra)).await;
-            return None;
-        }
-    };
     if shard.config.echo_path.as_deref() == Some(req.path) {
+        let Some(accept) = accept_or_refuse(shard, stream, req).await else { return None };
         start_session(shard, stream, &accept, selected_protocol(req), leftover, |outbox| Box::new(EchoHandler { outbox })).await;
         return None;
     }
     let name = percent_decode(&req.path[1..]).unwrap_or_default();
-    if let Err(why) = document::validate_name(&name, false) {
+    let valid_name = document::validate_name(&name, false);
+    if !upgrade && valid_name.is_err() {
+        reply(shard, stream, json_error(404, "not_found", "no such endpoint", &[])).await;
+        return None;
+    }
+    let Some(accept) = accept_or_refuse(shard, stream, req).await else { return None };
+    if let Err(why) = valid_name {
         refuse_after_upgrade(shard, stream, &accept, selected_protocol(req), document::INVALID_NAME, why).await;
         return None;
     }
@@ -132,6 +127,22 @@ async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, left
     })
     .await;
     None
+}
+
+/// The `Sec-WebSocket-Accept` value, or `None` after answering a bad upgrade with its status.
+async fn accept_or_refuse(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>) -> Option<String> {
+    match check_upgrade(req) {
+        Ok(accept) => Some(accept),
+        Err(e) => {
+            let extra: &[&str] = match e {
+                handshake::HandshakeError::Version => &["Sec-WebSocket-Version: 13"],
+                handshake::HandshakeError::Method => &["Allow: GET"],
+                _ => &[],
+            };
+            reply(shard, stream, json_error(e.status(), "upgrade_required", e.message(), extra)).await;
+            None
+        }
+    }
 }
 
 fn selected_protocol<'r>(req: &Request<'r>) -> Option<&'static str> {

@@ -73,7 +73,7 @@ pub struct Shard {
 
 pub async fn run(setup: Setup) {
     let Setup { addr, shards, config, stats, mesh, ready } = setup;
-    let listener = match TcpListener::bind(addr) {
+    let listener = match bind(addr) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
@@ -141,6 +141,19 @@ pub async fn run(setup: Setup) {
             }
         }
     }
+}
+
+/// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so
+/// that a restarted server can bind while old connections sit in TIME_WAIT.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    // SAFETY: a listening socket we just created and own.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 impl Shard {

@@ -1,0 +1,139 @@
+//! The plain HTTP surface and the WebSocket layer's edges, against the real binary.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+use tungstenite::Message;
+
+fn status(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn health_is_json_with_a_timestamp() {
+    let server = Server::start("");
+    for path in ["/health", "/"] {
+        let r = server.get(path);
+        assert_eq!(status(&r), 200, "{r}");
+        assert!(r.contains("Content-Type: application/json"));
+        assert!(r.contains("{\"status\":\"healthy\",\"timestamp\":\"20"), "{r}");
+    }
+}
+
+#[test]
+fn statuses_for_requests_that_are_not_upgrades() {
+    let server = Server::start("");
+    assert_eq!(status(&server.get("/some-doc")), 426);
+    assert_eq!(status(&server.http("POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")), 405);
+    assert_eq!(status(&server.http("POST /doc HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")), 405);
+    assert_eq!(status(&server.get("/favicon.ico")), 404);
+    assert_eq!(status(&server.http("BLAH\r\n\r\n")), 400);
+    assert_eq!(status(&server.http("GET / HTTP/1.0\r\n\r\n")), 505);
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));
+    assert_eq!(status(&server.http(&huge)), 431);
+    let version = "GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let r = server.http(version);
+    assert_eq!(status(&r), 426);
+    assert!(r.contains("Sec-WebSocket-Version: 13"));
+}
+
+#[test]
+fn slow_request_heads_are_dropped() {
+    let server = Server::start("[http]\nrequest_timeout_ms = 300\n");
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(status(&out), 408, "{out}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let server = Server::start("");
+    let r = server.get("/metrics");
+    assert_eq!(status(&r), 200);
+    assert!(r.contains("# TYPE wiresocket_connections gauge"));
+    assert!(r.contains("wiresocket_connections{shard=\"1\"} 0"));
+}
+
+#[test]
+fn the_echo_route_is_off_by_default_and_echoes_when_enabled() {
+    let server = Server::start("");
+    // Without --echo-path, /echo is just a document.
+    let mut ws = connect(&server.addr, "/echo");
+    let first = ws.read().unwrap();
+    assert!(matches!(first, Message::Binary(ref b) if b[0] == 0), "sync step 1 expected");
+
+    let server = Server::start_with("", &["--echo-path", "/echo"]);
+    let mut ws = connect(&server.addr, "/echo");
+    ws.send(Message::Text("héllo".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("héllo".into()));
+    let big = vec![7u8; 1 << 20];
+    ws.send(Message::Binary(big.clone().into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Binary(big.into()));
+}
+
+#[test]
+fn protocol_errors_close_with_rfc_codes() {
+    let server = Server::start_with("[websocket]\nmessage_bytes_max = 65536\nframe_bytes_max = 65536\n", &["--echo-path", "/echo"]);
+    let raw = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        out[head_end..].to_vec()
+    };
+    let close_code = |frames: &[u8]| {
+        assert_eq!(frames[0], 0x88, "close frame expected: {frames:?}");
+        u16::from_be_bytes([frames[2], frames[3]])
+    };
+    // Unmasked frame.
+    assert_eq!(close_code(&raw(&[0x82, 0x01, 0x00])), 1002);
+    // Reserved opcode.
+    assert_eq!(close_code(&raw(&[0x83, 0x80, 0, 0, 0, 0])), 1002);
+    // A frame announcing more than the limit: refused from its header alone.
+    let mut big = vec![0x82, 0xFF];
+    big.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    assert_eq!(close_code(&raw(&big)), 1009);
+    // Invalid UTF-8 in a text frame (mask 0 keeps the bytes as they are).
+    assert_eq!(close_code(&raw(&[0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28])), 1007);
+    // A close frame with a reserved code.
+    assert_eq!(close_code(&raw(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xED])), 1002);
+    // A clean close is echoed.
+    assert_eq!(close_code(&raw(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8])), 1000);
+}
+
+#[test]
+fn startup_errors_are_clear_and_exit_non_zero() {
+    let server = Server::start("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+        .args(["serve", "--listen", &server.addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("address is in use"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+        .args(["serve", "--shards", "lots"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shards"));
+    let dir = std::env::temp_dir().join(format!("ws-bad-{}.toml", std::process::id()));
+    std::fs::write(&dir, "[documents]\ngrace = 1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+        .args(["serve", "--config"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&dir);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grace"), "names the field");
+}

@@ -1,0 +1,36 @@
+//! Runs the real-client interop suite (tests/js: npm `yjs`, `y-websocket`, `ws`, pinned by
+//! the committed package-lock.json) against the binary cargo built, so that `cargo test` is
+//! the one command for every test. Needs Node 20 and npm; fails (never skips) without them.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn yjs_and_y_websocket_clients_interoperate() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    if !js.join("node_modules/y-websocket").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&js)
+            .status()
+            .expect("npm is required for the interop tests (install Node 20 and npm)");
+        assert!(status.success(), "npm ci failed in tests/js");
+    }
+    let output = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "interop.test.mjs"])
+        .current_dir(&js)
+        .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
+        .output()
+        .expect("node is required for the interop tests (install Node 20)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the JavaScript interop tests failed");
+    // node's runner prints "# pass N"; make sure tests actually ran.
+    let passed: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("# pass "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 4, "expected at least 4 passing interop tests, got {passed}");
+}

@@ -1,0 +1,139 @@
+// Real-client interop: the npm `yjs` + `y-websocket` client + `ws` against the wiresocket binary.
+// Run through `cargo test` (tests/interop_js.rs), which builds the binary and sets WIRESOCKET_BIN.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+
+const BIN = process.env.WIRESOCKET_BIN
+if (!BIN) throw new Error('set WIRESOCKET_BIN to the wiresocket binary (cargo test does this)')
+
+async function startServer (listen = '127.0.0.1:0') {
+  const proc = spawn(BIN, ['serve', '--listen', listen, '--shards', '2'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  let out = ''
+  for await (const chunk of proc.stdout) {
+    out += chunk
+    const m = out.match(/listening on (127\.0\.0\.1:\d+)/)
+    if (m) {
+      const exited = once(proc, 'exit')
+      return { addr: m[1], url: `ws://${m[1]}`, stop: async () => { proc.kill('SIGKILL'); await exited } }
+    }
+  }
+  throw new Error(`server did not start: ${out}`)
+}
+
+function provider (url, name, doc = new Y.Doc()) {
+  // disableBc: providers in one process would otherwise sync around the server.
+  return new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500 })
+}
+
+async function waitFor (what, predicate, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}
+
+const synced = p => waitFor('sync', () => p.synced)
+const tick = () => new Promise(resolve => setImmediate(resolve))
+
+test('8 providers x 500 concurrent edits on one document converge', async () => {
+  const server = await startServer()
+  const providers = Array.from({ length: 8 }, () => provider(server.url, 'converge'))
+  try {
+    await Promise.all(providers.map(synced))
+    await Promise.all(providers.map(async (p, i) => {
+      const text = p.doc.getText('t')
+      for (let n = 0; n < 500; n++) {
+        text.insert(Math.floor(Math.random() * (text.length + 1)), String.fromCharCode(97 + i))
+        if (n % 10 === 0) await tick()
+      }
+    }))
+    const total = 8 * 500
+    await waitFor('convergence', () => providers.every(p => p.doc.getText('t').length === total))
+    const first = providers[0].doc.getText('t').toString()
+    for (const p of providers) assert.equal(p.doc.getText('t').toString(), first)
+    for (let i = 0; i < 8; i++) {
+      assert.equal(first.split(String.fromCharCode(97 + i)).length - 1, 500, `all edits of provider ${i}`)
+    }
+    // A fresh client gets the same state from the server alone.
+    const late = provider(server.url, 'converge')
+    await synced(late)
+    assert.equal(late.doc.getText('t').toString(), first)
+    late.destroy()
+  } finally {
+    providers.forEach(p => p.destroy())
+    await server.stop()
+  }
+})
+
+test('several documents at once stay separate and each converges', async () => {
+  const server = await startServer()
+  const docs = ['alpha', 'beta', 'gamma', 'delta', 'epsilon']
+  const groups = docs.map(name => Array.from({ length: 3 }, () => provider(server.url, name)))
+  try {
+    await Promise.all(groups.flat().map(synced))
+    groups.forEach((group, d) => group.forEach((p, i) => p.doc.getText('t').insert(0, `${docs[d]}${i};`)))
+    for (const [d, group] of groups.entries()) {
+      await waitFor(`document ${docs[d]}`, () => group.every(p => p.doc.getText('t').length === 3 * (docs[d].length + 2)))
+      const first = group[0].doc.getText('t').toString()
+      for (const p of group) assert.equal(p.doc.getText('t').toString(), first)
+      for (const other of docs.filter(n => n !== docs[d])) assert.ok(!first.includes(other), `${docs[d]} leaked ${other}`)
+    }
+  } finally {
+    groups.flat().forEach(p => p.destroy())
+    await server.stop()
+  }
+})
+
+test('a client that edits while still connecting', async () => {
+  const server = await startServer()
+  const early = provider(server.url, 'early')
+  // Edits before the socket is even open, then during the handshake.
+  early.doc.getText('t').insert(0, 'before-open;')
+  await tick()
+  early.doc.getText('t').insert(0, 'during-connect;')
+  const reader = provider(server.url, 'early')
+  try {
+    await waitFor('early edits', () => reader.doc.getText('t').length === 'before-open;during-connect;'.length)
+    assert.equal(reader.doc.getText('t').toString(), early.doc.getText('t').toString())
+  } finally {
+    early.destroy()
+    reader.destroy()
+    await server.stop()
+  }
+})
+
+test('clients whose socket the server closed reconnect and converge', async () => {
+  const first = await startServer()
+  const a = provider(first.url, 'phoenix')
+  const b = provider(first.url, 'phoenix')
+  let second
+  try {
+    await Promise.all([synced(a), synced(b)])
+    a.doc.getText('t').insert(0, 'one;')
+    await waitFor('first edit', () => b.doc.getText('t').length === 4)
+    // The server goes away (its sockets close), both edit offline, a new server takes the port.
+    await first.stop()
+    await waitFor('disconnect', () => !a.wsconnected && !b.wsconnected)
+    a.doc.getText('t').insert(0, 'a-offline;')
+    b.doc.getText('t').insert(0, 'b-offline;')
+    second = await startServer(first.addr)
+    const expected = 'one;a-offline;b-offline;'.length
+    await waitFor('reconvergence', () => a.doc.getText('t').length === expected && b.doc.getText('t').length === expected)
+    assert.equal(a.doc.getText('t').toString(), b.doc.getText('t').toString())
+    // The new server has the merged state too.
+    const c = provider(second.url, 'phoenix')
+    await synced(c)
+    assert.equal(c.doc.getText('t').toString(), a.doc.getText('t').toString())
+    c.destroy()
+  } finally {
+    a.destroy()
+    b.destroy()
+    if (second) await second.stop()
+  }
+})
