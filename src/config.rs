@@ -124,10 +124,15 @@ impl Config {
         let bad = |what: &str| ConfigError(format!("{origin}: {what}, got {value:?}"));
         match name {
             "listen" => self.listen = value.to_owned(),
-            "shards" => self.shards = value.parse().map_err(|_| bad("expected a number of shards"))?,
+            "shards" => {
+                self.shards = value
+                    .parse()
+                    .map_err(|_| bad("expected a number of shards"))?
+            }
             "echo-path" => self.echo_path = Some(value.to_owned()),
             "grace-period-ms" => {
-                self.documents.grace_period_ms = value.parse().map_err(|_| bad("expected milliseconds"))?
+                self.documents.grace_period_ms =
+                    value.parse().map_err(|_| bad("expected milliseconds"))?
             }
             _ => return Err(ConfigError(format!("{origin}: unknown setting"))),
         }
@@ -135,9 +140,14 @@ impl Config {
     }
 
     /// Applies the `WIRESOCKET_*` variables found in `vars`.
-    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
         for (key, value) in vars {
-            let Some(name) = key.strip_prefix("WIRESOCKET_") else { continue };
+            let Some(name) = key.strip_prefix("WIRESOCKET_") else {
+                continue;
+            };
             let flag = name.to_ascii_lowercase().replace('_', "-");
             if ENV_SETTINGS.contains(&flag.as_str()) {
                 self.set(&flag, &value, &key)?;
@@ -148,22 +158,54 @@ impl Config {
 
     /// Checks values that parse but make no sense together.
     pub fn validate(&self) -> Result<SocketAddr, ConfigError> {
-        let addr: SocketAddr = self
-            .listen
-            .parse()
-            .map_err(|_| ConfigError(format!("listen: expected ADDR:PORT such as 127.0.0.1:8080, got {:?}", self.listen)))?;
+        let addr: SocketAddr = self.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "listen: expected ADDR:PORT such as 127.0.0.1:8080, got {:?}",
+                self.listen
+            ))
+        })?;
         let ws = &self.websocket;
         let checks = [
-            (self.http.head_bytes_max >= 256, "http.head_bytes_max must be at least 256"),
-            (self.http.request_timeout_ms > 0, "http.request_timeout_ms must be positive"),
-            (ws.frame_bytes_max >= 125, "websocket.frame_bytes_max must be at least 125"),
-            (ws.message_bytes_max >= ws.frame_bytes_max.min(1 << 16), "websocket.message_bytes_max is too small"),
-            (ws.fragments_max >= 1, "websocket.fragments_max must be at least 1"),
-            (ws.outbound_bytes_max >= 1 << 10, "websocket.outbound_bytes_max must be at least 1024"),
-            (ws.ping_interval_ms > 0, "websocket.ping_interval_ms must be positive"),
-            (ws.idle_timeout_ms > ws.ping_interval_ms, "websocket.idle_timeout_ms must exceed websocket.ping_interval_ms"),
-            (self.documents.update_structs_max >= 1, "documents.update_structs_max must be at least 1"),
-            (self.documents.awareness_clients_max >= 1, "documents.awareness_clients_max must be at least 1"),
+            (
+                self.http.head_bytes_max >= 256,
+                "http.head_bytes_max must be at least 256",
+            ),
+            (
+                self.http.request_timeout_ms > 0,
+                "http.request_timeout_ms must be positive",
+            ),
+            (
+                ws.frame_bytes_max >= 125,
+                "websocket.frame_bytes_max must be at least 125",
+            ),
+            (
+                ws.message_bytes_max >= ws.frame_bytes_max.min(1 << 16),
+                "websocket.message_bytes_max is too small",
+            ),
+            (
+                ws.fragments_max >= 1,
+                "websocket.fragments_max must be at least 1",
+            ),
+            (
+                ws.outbound_bytes_max >= 1 << 10,
+                "websocket.outbound_bytes_max must be at least 1024",
+            ),
+            (
+                ws.ping_interval_ms > 0,
+                "websocket.ping_interval_ms must be positive",
+            ),
+            (
+                ws.idle_timeout_ms > ws.ping_interval_ms,
+                "websocket.idle_timeout_ms must exceed websocket.ping_interval_ms",
+            ),
+            (
+                self.documents.update_structs_max >= 1,
+                "documents.update_structs_max must be at least 1",
+            ),
+            (
+                self.documents.awareness_clients_max >= 1,
+                "documents.awareness_clients_max must be at least 1",
+            ),
             (
                 self.documents.awareness_clients_per_connection_max >= 1,
                 "documents.awareness_clients_per_connection_max must be at least 1",
@@ -174,7 +216,9 @@ impl Config {
         }
         if let Some(p) = &self.echo_path {
             if !p.starts_with('/') || p.len() < 2 {
-                return Err(ConfigError(format!("echo_path must start with / and name a path, got {p:?}")));
+                return Err(ConfigError(format!(
+                    "echo_path must start with / and name a path, got {p:?}"
+                )));
             }
         }
         Ok(addr)
@@ -201,7 +245,11 @@ mod tests {
 
     #[test]
     fn toml_overrides_and_unknown_fields_are_named() {
-        let c = Config::from_toml("listen = \"0.0.0.0:9000\"\n[documents]\ngrace_period_ms = 5\n", "f.toml").unwrap();
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:9000\"\n[documents]\ngrace_period_ms = 5\n",
+            "f.toml",
+        )
+        .unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.documents.grace_period_ms, 5);
         let err = Config::from_toml("[documents]\ngrace_period = 5\n", "f.toml").unwrap_err();
@@ -213,8 +261,14 @@ mod tests {
     #[test]
     fn env_and_validation() {
         let mut c = Config::default();
-        c.apply_env([("WIRESOCKET_SHARDS".to_owned(), "3".to_owned()), ("OTHER".to_owned(), "x".to_owned())].into_iter())
-            .unwrap();
+        c.apply_env(
+            [
+                ("WIRESOCKET_SHARDS".to_owned(), "3".to_owned()),
+                ("OTHER".to_owned(), "x".to_owned()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
         assert_eq!(c.shards, 3);
         let err = c
             .apply_env([("WIRESOCKET_SHARDS".to_owned(), "many".to_owned())].into_iter())

@@ -5,8 +5,8 @@
 
 pub mod config;
 pub mod http;
+pub mod log;
 pub mod outbox;
+pub mod server;
 pub mod sync;
 pub mod ws;
-pub mod log;
-pub mod server;

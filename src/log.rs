@@ -12,7 +12,10 @@ pub fn unix_ms() -> u64 {
 }
 
 pub fn event(level: &str, event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
-    let mut line = format!("ts={} level={level} event={event}", crate::http::response::iso8601_utc(unix_ms()));
+    let mut line = format!(
+        "ts={} level={level} event={event}",
+        crate::http::response::iso8601_utc(unix_ms())
+    );
     for (k, v) in fields {
         let v = v.to_string();
         if v.is_empty() || v.contains([' ', '"', '=']) {

@@ -34,8 +34,12 @@ fn main() -> ExitCode {
             println!("wiresocket {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some(other) => fail(&format!("unknown command {other:?}; run `wiresocket --help`")),
-        None => fail("missing command; run `wiresocket serve` to start a server, or `wiresocket --help`"),
+        Some(other) => fail(&format!(
+            "unknown command {other:?}; run `wiresocket --help`"
+        )),
+        None => fail(
+            "missing command; run `wiresocket serve` to start a server, or `wiresocket --help`",
+        ),
     }
 }
 
@@ -46,12 +50,16 @@ fn serve_config(args: &[String]) -> Result<Config, ConfigError> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let Some(name) = arg.strip_prefix("--") else {
-            return Err(ConfigError(format!("unexpected argument {arg:?}; run `wiresocket --help`")));
+            return Err(ConfigError(format!(
+                "unexpected argument {arg:?}; run `wiresocket --help`"
+            )));
         };
         let (name, value) = match name.split_once('=') {
             Some((n, v)) => (n.to_owned(), v.to_owned()),
             None => {
-                let v = it.next().ok_or_else(|| ConfigError(format!("--{name} needs a value")))?;
+                let v = it
+                    .next()
+                    .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?;
                 (name.to_owned(), v.clone())
             }
         };

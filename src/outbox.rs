@@ -118,7 +118,8 @@ impl Outbox {
         let mut inner = self.inner.borrow_mut();
         let keep = usize::from(inner.head_written > 0);
         inner.queue.truncate(keep);
-        inner.queued_bytes = inner.queue.iter().map(|f| f.len()).sum::<usize>() - inner.head_written;
+        inner.queued_bytes =
+            inner.queue.iter().map(|f| f.len()).sum::<usize>() - inner.head_written;
         drop(inner);
         self.close(
             close::POLICY_VIOLATION,

@@ -8,7 +8,11 @@ use std::time::Duration;
 use tungstenite::Message;
 
 fn status(response: &str) -> u16 {
-    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -18,7 +22,10 @@ fn health_is_json_with_a_timestamp() {
         let r = server.get(path);
         assert_eq!(status(&r), 200, "{r}");
         assert!(r.contains("Content-Type: application/json"));
-        assert!(r.contains("{\"status\":\"healthy\",\"timestamp\":\"20"), "{r}");
+        assert!(
+            r.contains("{\"status\":\"healthy\",\"timestamp\":\"20"),
+            "{r}"
+        );
     }
 }
 
@@ -26,8 +33,16 @@ fn health_is_json_with_a_timestamp() {
 fn statuses_for_requests_that_are_not_upgrades() {
     let server = Server::start("");
     assert_eq!(status(&server.get("/some-doc")), 426);
-    assert_eq!(status(&server.http("POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")), 405);
-    assert_eq!(status(&server.http("POST /doc HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")), 405);
+    assert_eq!(
+        status(&server.http("POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")),
+        405
+    );
+    assert_eq!(
+        status(&server.http(
+            "POST /doc HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )),
+        405
+    );
     assert_eq!(status(&server.get("/favicon.ico")), 404);
     assert_eq!(status(&server.http("BLAH\r\n\r\n")), 400);
     assert_eq!(status(&server.http("GET / HTTP/1.0\r\n\r\n")), 505);
@@ -67,7 +82,10 @@ fn the_echo_route_is_off_by_default_and_echoes_when_enabled() {
     // Without --echo-path, /echo is just a document.
     let mut ws = connect(&server.addr, "/echo");
     let first = ws.read().unwrap();
-    assert!(matches!(first, Message::Binary(ref b) if b[0] == 0), "sync step 1 expected");
+    assert!(
+        matches!(first, Message::Binary(ref b) if b[0] == 0),
+        "sync step 1 expected"
+    );
 
     let server = Server::start_with("", &["--echo-path", "/echo"]);
     let mut ws = connect(&server.addr, "/echo");
@@ -80,7 +98,10 @@ fn the_echo_route_is_off_by_default_and_echoes_when_enabled() {
 
 #[test]
 fn protocol_errors_close_with_rfc_codes() {
-    let server = Server::start_with("[websocket]\nmessage_bytes_max = 65536\nframe_bytes_max = 65536\n", &["--echo-path", "/echo"]);
+    let server = Server::start_with(
+        "[websocket]\nmessage_bytes_max = 65536\nframe_bytes_max = 65536\n",
+        &["--echo-path", "/echo"],
+    );
     let raw = |bytes: &[u8]| -> Vec<u8> {
         let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -104,11 +125,20 @@ fn protocol_errors_close_with_rfc_codes() {
     big.extend_from_slice(&(1u64 << 40).to_be_bytes());
     assert_eq!(close_code(&raw(&big)), 1009);
     // Invalid UTF-8 in a text frame (mask 0 keeps the bytes as they are).
-    assert_eq!(close_code(&raw(&[0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28])), 1007);
+    assert_eq!(
+        close_code(&raw(&[0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28])),
+        1007
+    );
     // A close frame with a reserved code.
-    assert_eq!(close_code(&raw(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xED])), 1002);
+    assert_eq!(
+        close_code(&raw(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xED])),
+        1002
+    );
     // A clean close is echoed.
-    assert_eq!(close_code(&raw(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8])), 1000);
+    assert_eq!(
+        close_code(&raw(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8])),
+        1000
+    );
 }
 
 #[test]
@@ -135,5 +165,8 @@ fn startup_errors_are_clear_and_exit_non_zero() {
         .unwrap();
     let _ = std::fs::remove_file(&dir);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("grace"), "names the field");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("grace"),
+        "names the field"
+    );
 }

@@ -25,12 +25,18 @@ fn yjs_and_y_websocket_clients_interoperate() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the JavaScript interop tests failed");
+    assert!(
+        output.status.success(),
+        "the JavaScript interop tests failed"
+    );
     // node's runner prints "# pass N"; make sure tests actually ran.
     let passed: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    assert!(passed >= 4, "expected at least 4 passing interop tests, got {passed}");
+    assert!(
+        passed >= 4,
+        "expected at least 4 passing interop tests, got {passed}"
+    );
 }

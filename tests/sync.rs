@@ -15,9 +15,17 @@ fn two_clients_sync_text() {
     let mut a = YClient::connect(&server.addr, "doc-a", 1);
     let mut b = YClient::connect(&server.addr, "doc-a", 2);
     a.insert(0, "hello");
-    assert!(b.pump_until(WAIT, |c| c.text() == "hello"), "b got {:?}", b.text());
+    assert!(
+        b.pump_until(WAIT, |c| c.text() == "hello"),
+        "b got {:?}",
+        b.text()
+    );
     b.insert(5, " world");
-    assert!(a.pump_until(WAIT, |c| c.text() == "hello world"), "a got {:?}", a.text());
+    assert!(
+        a.pump_until(WAIT, |c| c.text() == "hello world"),
+        "a got {:?}",
+        a.text()
+    );
 }
 
 #[test]
@@ -41,13 +49,24 @@ fn concurrent_editors_converge() {
         .collect();
     let mut clients: Vec<YClient> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let expected_len: usize = (0..editors)
-        .map(|i| (0..edits).map(|n| format!("<{i}:{n}>").len()).sum::<usize>())
+        .map(|i| {
+            (0..edits)
+                .map(|n| format!("<{i}:{n}>").len())
+                .sum::<usize>()
+        })
         .sum();
     for c in clients.iter_mut() {
-        assert!(c.pump_until(WAIT, |c| c.text().len() == expected_len), "got {} bytes", c.text().len());
+        assert!(
+            c.pump_until(WAIT, |c| c.text().len() == expected_len),
+            "got {} bytes",
+            c.text().len()
+        );
     }
     let first = clients[0].text();
-    assert!(clients.iter().all(|c| c.text() == first), "clients diverged");
+    assert!(
+        clients.iter().all(|c| c.text() == first),
+        "clients diverged"
+    );
     // A newcomer gets the same state from the server alone.
     let mut late = YClient::connect(&server.addr, "shared", 999);
     assert!(late.pump_until(WAIT, |c| c.text() == first));
@@ -65,9 +84,14 @@ fn reconnecting_within_the_grace_period_resumes_and_after_it_the_state_is_freed(
     }
     std::thread::sleep(Duration::from_millis(100));
     let mut c = YClient::connect(&server.addr, "graceful", 3);
-    assert!(c.pump_until(WAIT, |c| c.text() == "kept"), "state lost within grace");
+    assert!(
+        c.pump_until(WAIT, |c| c.text() == "kept"),
+        "state lost within grace"
+    );
     drop(c);
-    server.wait_for("documents freed after grace", WAIT, |s| s.metric("documents").0 == 0);
+    server.wait_for("documents freed after grace", WAIT, |s| {
+        s.metric("documents").0 == 0
+    });
     let mut d = YClient::connect(&server.addr, "graceful", 4);
     assert!(!d.pump_until(Duration::from_millis(300), |c| !c.text().is_empty()));
     assert_eq!(server.metric("documents").0, 1);
@@ -76,15 +100,25 @@ fn reconnecting_within_the_grace_period_resumes_and_after_it_the_state_is_freed(
 #[test]
 fn connections_of_a_document_meet_on_one_shard_and_documents_spread() {
     let server = Server::start("");
-    let clients: Vec<YClient> = (0..8).map(|i| YClient::connect(&server.addr, "one-doc", i)).collect();
+    let clients: Vec<YClient> = (0..8)
+        .map(|i| YClient::connect(&server.addr, "one-doc", i))
+        .collect();
     server.wait_for("8 connections", WAIT, |s| s.metric("connections").0 == 8);
     let (_, per_shard) = server.metric("connections");
-    assert!(per_shard.contains(&8), "one shard holds all of them: {per_shard:?}");
+    assert!(
+        per_shard.contains(&8),
+        "one shard holds all of them: {per_shard:?}"
+    );
     drop(clients);
-    let many: Vec<YClient> = (0..24).map(|i| YClient::connect(&server.addr, &format!("spread-{i}"), i)).collect();
+    let many: Vec<YClient> = (0..24)
+        .map(|i| YClient::connect(&server.addr, &format!("spread-{i}"), i))
+        .collect();
     server.wait_for("24 documents", WAIT, |s| s.metric("documents").0 >= 24);
     let (_, docs) = server.metric("documents");
-    assert!(docs.iter().all(|&d| d >= 4), "documents spread over shards: {docs:?}");
+    assert!(
+        docs.iter().all(|&d| d >= 4),
+        "documents spread over shards: {docs:?}"
+    );
     // With two shards about half of the connections were accepted by the wrong shard.
     assert!(server.metric("handoffs_total").0 > 0);
     drop(many);
@@ -156,7 +190,9 @@ fn allocation_bombs_close_only_their_connection_and_memory_stays_flat() {
     let before = server.rss_kib();
     let bombs: [&[u8]; 2] = [
         &[0x01, 0x04, 0xaf, 0xf6, 0xaf, 0x6c, 0x11],
-        &[0x00, 0x00, 0x0a, 0xa4, 0xa4, 0xa4, 0xa4, 0x00, 0x00, 0x02, 0x1f, 0x05, 0x5c, 0x0a],
+        &[
+            0x00, 0x00, 0x0a, 0xa4, 0xa4, 0xa4, 0xa4, 0x00, 0x00, 0x02, 0x1f, 0x05, 0x5c, 0x0a,
+        ],
     ];
     for _ in 0..20 {
         for bomb in bombs {
@@ -167,7 +203,10 @@ fn allocation_bombs_close_only_their_connection_and_memory_stays_flat() {
         }
     }
     let after = server.rss_kib();
-    assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     // The document and its other clients did not notice.
     good.insert(4, "!");
     assert!(watcher.pump_until(WAIT, |c| c.text() == "safe!"));
@@ -177,10 +216,10 @@ fn allocation_bombs_close_only_their_connection_and_memory_stays_flat() {
 fn malformed_messages_get_fitting_close_codes() {
     let server = Server::start("");
     let cases: Vec<(Vec<u8>, u16)> = vec![
-        (vec![9], 1003),                         // unknown message type
-        (vec![0, 2, 5, 1, 2], 1007),             // update shorter than its length
+        (vec![9], 1003),                           // unknown message type
+        (vec![0, 2, 5, 1, 2], 1007),               // update shorter than its length
         (sync_message(2, &[1, 1, 1, 0, 4]), 1007), // truncated update body
-        (vec![0, 0, 1, 0, 0xFF], 1007),          // trailing bytes
+        (vec![0, 0, 1, 0, 0xFF], 1007),            // trailing bytes
     ];
     for (msg, code) in cases {
         let mut ws = connect(&server.addr, "/malformed");
@@ -195,7 +234,12 @@ fn malformed_messages_get_fitting_close_codes() {
 #[test]
 fn invalid_document_names_close_with_4007() {
     let server = Server::start("");
-    for path in ["/a%20b", "/a::b", "/bad.name", &format!("/{}", "x".repeat(256))] {
+    for path in [
+        "/a%20b",
+        "/a::b",
+        "/bad.name",
+        &format!("/{}", "x".repeat(256)),
+    ] {
         let mut ws = connect(&server.addr, path);
         assert_eq!(expect_close(&mut ws).0, 4007, "{path}");
     }
@@ -206,7 +250,8 @@ fn a_client_that_stops_reading_is_cut_off_and_memory_stays_flat() {
     let server = Server::start("[websocket]\noutbound_bytes_max = 262144\nping_interval_ms = 200\nidle_timeout_ms = 60000\nclose_timeout_ms = 300\n");
     // The slow client completes the handshake, then never reads again.
     let mut slow = connect(&server.addr, "/firehose");
-    slow.send(Message::Binary(sync_message(0, &[0]).into())).unwrap();
+    slow.send(Message::Binary(sync_message(0, &[0]).into()))
+        .unwrap();
     let mut writer = YClient::connect(&server.addr, "firehose", 1);
     let before = server.rss_kib();
     let chunk = "y".repeat(16 * 1024);
@@ -219,10 +264,15 @@ fn a_client_that_stops_reading_is_cut_off_and_memory_stays_flat() {
             break;
         }
     }
-    server.wait_for("the slow consumer to be closed", WAIT, |s| s.metric("slow_consumer_closes_total").0 == 1);
+    server.wait_for("the slow consumer to be closed", WAIT, |s| {
+        s.metric("slow_consumer_closes_total").0 == 1
+    });
     let after = server.rss_kib();
     // 32 MB went to the document; the slow client's queue was bounded at 256 KiB.
-    assert!(after < before + 96 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 96 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     // The writer is still connected and served.
     let mut reader = YClient::connect(&server.addr, "firehose", 2);
     assert!(reader.pump_until(WAIT, |c| !c.text().is_empty()));
@@ -248,10 +298,19 @@ fn idle_connections_are_pinged_then_closed() {
     let elapsed = started.elapsed();
     let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let frames = &received[head_end..];
-    assert!(frames.windows(2).any(|w| w == [0x89, 0x00]), "no ping in {frames:?}");
-    let close_at = frames.windows(4).position(|w| w == [0x88, w[1], 0x03, 0xE9]).expect("close 1001");
+    assert!(
+        frames.windows(2).any(|w| w == [0x89, 0x00]),
+        "no ping in {frames:?}"
+    );
+    let close_at = frames
+        .windows(4)
+        .position(|w| w == [0x88, w[1], 0x03, 0xE9])
+        .expect("close 1001");
     assert!(close_at > 0);
-    assert!(elapsed >= Duration::from_millis(550), "closed too early: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(550),
+        "closed too early: {elapsed:?}"
+    );
     assert_eq!(server.metric("idle_closes_total").0, 1);
 }
 

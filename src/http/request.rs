@@ -152,7 +152,10 @@ mod tests {
     fn incomplete_heads_ask_for_more_until_the_limit() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\n";
         assert!(parse_request(raw, MAX).unwrap().is_none());
-        assert_eq!(parse_request(raw, raw.len()).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_request(raw, raw.len()).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
     }
 
     #[test]
@@ -168,9 +171,24 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_old_versions() {
-        assert_eq!(parse_request(b"\x16\x03\x01\x00", MAX).unwrap_err().status(), 400);
-        assert_eq!(parse_request(b"GET / HTTP/1.0\r\n\r\n", MAX).unwrap_err().status(), 505);
-        assert_eq!(parse_request(b"GET * HTTP/1.1\r\n\r\n", MAX).unwrap_err().status(), 400);
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x00", MAX)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.0\r\n\r\n", MAX)
+                .unwrap_err()
+                .status(),
+            505
+        );
+        assert_eq!(
+            parse_request(b"GET * HTTP/1.1\r\n\r\n", MAX)
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]

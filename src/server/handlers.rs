@@ -23,21 +23,32 @@ impl DocumentHandler {
         let room = shard.open_room(&key);
         let slot = room.borrow_mut().join(outbox);
         stats::add(&shard.my_stats().connections, 1);
-        DocumentHandler { shard, key, room, slot }
+        DocumentHandler {
+            shard,
+            key,
+            room,
+            slot,
+        }
     }
 }
 
 impl Handler for DocumentHandler {
     fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused> {
         if opcode != Opcode::Binary {
-            return Err((close::UNSUPPORTED_DATA, "document connections take binary y-websocket messages"));
+            return Err((
+                close::UNSUPPORTED_DATA,
+                "document connections take binary y-websocket messages",
+            ));
         }
         let outcome = self
             .room
             .borrow_mut()
             .receive(self.slot, payload)
             .map_err(|r| (r.close_code(), r.reason()))?;
-        stats::add(&self.shard.my_stats().deliveries_total, outcome.deliveries as u64);
+        stats::add(
+            &self.shard.my_stats().deliveries_total,
+            outcome.deliveries as u64,
+        );
         Ok(())
     }
 

@@ -36,11 +36,14 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
     let requested = config.validate().map_err(|e| StartError(e.0))?;
     let addr = reserve_address(requested)?;
     let shards = if config.shards == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         config.shards
     };
-    let stats: Arc<[stats::ShardStats]> = (0..shards).map(|_| stats::ShardStats::default()).collect();
+    let stats: Arc<[stats::ShardStats]> =
+        (0..shards).map(|_| stats::ShardStats::default()).collect();
     let mesh = MeshBuilder::full(shards, 1024);
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -48,8 +51,23 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
         .io_memory(IO_MEMORY_BYTES)
         .name("wiresocket-shard")
         .on_all_shards(move || {
-            let (config, stats, mesh, ready) = (config.clone(), stats.clone(), mesh.clone(), ready_tx.clone());
-            async move { shard::run(shard::Setup { addr, shards, config, stats, mesh, ready }).await }
+            let (config, stats, mesh, ready) = (
+                config.clone(),
+                stats.clone(),
+                mesh.clone(),
+                ready_tx.clone(),
+            );
+            async move {
+                shard::run(shard::Setup {
+                    addr,
+                    shards,
+                    config,
+                    stats,
+                    mesh,
+                    ready,
+                })
+                .await
+            }
         })
         .map_err(|e| StartError(explain_start_error(&e.to_string())))?;
     for _ in 0..shards {

@@ -36,7 +36,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_of
     )
     .await;
     let head = match read {
-        None => return reply(&shard, &stream, json_error(408, "request_timeout", "send the whole request head sooner", &[])).await,
+        None => {
+            return reply(
+                &shard,
+                &stream,
+                json_error(
+                    408,
+                    "request_timeout",
+                    "send the whole request head sooner",
+                    &[],
+                ),
+            )
+            .await
+        }
         Some(Err(HeadError::Io)) => return,
         Some(Err(HeadError::Http(e))) => {
             let message = match e {
@@ -44,13 +56,23 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_of
                 HttpError::HeadTooLarge => "request head too large",
                 HttpError::VersionNotSupported => "use HTTP/1.1",
             };
-            return reply(&shard, &stream, json_error(e.status(), "bad_request", message, &[])).await;
+            return reply(
+                &shard,
+                &stream,
+                json_error(e.status(), "bad_request", message, &[]),
+            )
+            .await;
         }
         Some(Ok(head)) => head,
     };
-    let req = parse_request(&head, limit).ok().flatten().expect("read_head returned a whole head");
+    let req = parse_request(&head, limit)
+        .ok()
+        .flatten()
+        .expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
-    let Some(owner) = route(&shard, &stream, &req, leftover, handed_off).await else { return };
+    let Some(owner) = route(&shard, &stream, &req, leftover, handed_off).await else {
+        return;
+    };
     drop(req);
     // The stream is shared only once a session starts, and none did.
     if let Ok(stream) = Rc::try_unwrap(stream) {
@@ -63,7 +85,11 @@ enum HeadError {
     Http(HttpError),
 }
 
-async fn read_head(stream: &SharedStream, mut buf: Vec<u8>, limit: usize) -> Result<Vec<u8>, HeadError> {
+async fn read_head(
+    stream: &SharedStream,
+    mut buf: Vec<u8>,
+    limit: usize,
+) -> Result<Vec<u8>, HeadError> {
     loop {
         match parse_request(&buf, limit) {
             Ok(Some(_)) => return Ok(buf),
@@ -72,7 +98,9 @@ async fn read_head(stream: &SharedStream, mut buf: Vec<u8>, limit: usize) -> Res
         }
         let start = buf.len();
         buf.resize(limit.max(start + 1), 0);
-        let n = socket::read(stream, &mut buf[start..]).await.map_err(|_| HeadError::Io)?;
+        let n = socket::read(stream, &mut buf[start..])
+            .await
+            .map_err(|_| HeadError::Io)?;
         buf.truncate(start + n);
         if n == 0 {
             return Err(HeadError::Io);
@@ -81,7 +109,13 @@ async fn read_head(stream: &SharedStream, mut buf: Vec<u8>, limit: usize) -> Res
 }
 
 /// Answers the request, or returns the shard to hand the connection to.
-async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, leftover: Vec<u8>, handed_off: bool) -> Option<usize> {
+async fn route(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    req: &Request<'_>,
+    leftover: Vec<u8>,
+    handed_off: bool,
+) -> Option<usize> {
     let upgrade = handshake::is_upgrade(req);
     match req.path {
         "/health" | "/" if !upgrade => {
@@ -100,19 +134,40 @@ async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, left
         _ => {}
     }
     if shard.config.echo_path.as_deref() == Some(req.path) {
-        let Some(accept) = accept_or_refuse(shard, stream, req).await else { return None };
-        start_session(shard, stream, &accept, selected_protocol(req), leftover, |outbox| Box::new(EchoHandler { outbox })).await;
+        let accept = accept_or_refuse(shard, stream, req).await?;
+        start_session(
+            shard,
+            stream,
+            &accept,
+            selected_protocol(req),
+            leftover,
+            |outbox| Box::new(EchoHandler { outbox }),
+        )
+        .await;
         return None;
     }
     let name = percent_decode(&req.path[1..]).unwrap_or_default();
     let valid_name = document::validate_name(&name, false);
     if !upgrade && valid_name.is_err() {
-        reply(shard, stream, json_error(404, "not_found", "no such endpoint", &[])).await;
+        reply(
+            shard,
+            stream,
+            json_error(404, "not_found", "no such endpoint", &[]),
+        )
+        .await;
         return None;
     }
-    let Some(accept) = accept_or_refuse(shard, stream, req).await else { return None };
+    let accept = accept_or_refuse(shard, stream, req).await?;
     if let Err(why) = valid_name {
-        refuse_after_upgrade(shard, stream, &accept, selected_protocol(req), document::INVALID_NAME, why).await;
+        refuse_after_upgrade(
+            shard,
+            stream,
+            &accept,
+            selected_protocol(req),
+            document::INVALID_NAME,
+            why,
+        )
+        .await;
         return None;
     }
     let key = isolation_key(DEV_TENANT, DEV_APP, &name);
@@ -122,15 +177,24 @@ async fn route(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, left
         return Some(owner);
     }
     let shard_rc = shard.clone();
-    start_session(shard, stream, &accept, selected_protocol(req), leftover, move |outbox| {
-        Box::new(DocumentHandler::join(shard_rc, key, outbox))
-    })
+    start_session(
+        shard,
+        stream,
+        &accept,
+        selected_protocol(req),
+        leftover,
+        move |outbox| Box::new(DocumentHandler::join(shard_rc, key, outbox)),
+    )
     .await;
     None
 }
 
 /// The `Sec-WebSocket-Accept` value, or `None` after answering a bad upgrade with its status.
-async fn accept_or_refuse(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>) -> Option<String> {
+async fn accept_or_refuse(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    req: &Request<'_>,
+) -> Option<String> {
     match check_upgrade(req) {
         Ok(accept) => Some(accept),
         Err(e) => {
@@ -139,7 +203,12 @@ async fn accept_or_refuse(shard: &Rc<Shard>, stream: &SharedStream, req: &Reques
                 handshake::HandshakeError::Method => &["Allow: GET"],
                 _ => &[],
             };
-            reply(shard, stream, json_error(e.status(), "upgrade_required", e.message(), extra)).await;
+            reply(
+                shard,
+                stream,
+                json_error(e.status(), "upgrade_required", e.message(), extra),
+            )
+            .await;
             None
         }
     }
@@ -159,7 +228,10 @@ async fn start_session(
     leftover: Vec<u8>,
     make_handler: impl FnOnce(Rc<Outbox>) -> Box<dyn super::session::Handler>,
 ) {
-    if socket::write_all(stream, &handshake::switching_protocols(accept, protocol)).await.is_err() {
+    if socket::write_all(stream, &handshake::switching_protocols(accept, protocol))
+        .await
+        .is_err()
+    {
         return;
     }
     let outbox = Rc::new(Outbox::new(shard.config.websocket.outbound_bytes_max));
@@ -169,7 +241,14 @@ async fn start_session(
 
 /// Completes the handshake and closes at once with `code`: how WebSocket clients learn why
 /// (browsers hide HTTP error statuses from scripts).
-async fn refuse_after_upgrade(shard: &Rc<Shard>, stream: &SharedStream, accept: &str, protocol: Option<&str>, code: u16, reason: &str) {
+async fn refuse_after_upgrade(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    accept: &str,
+    protocol: Option<&str>,
+    code: u16,
+    reason: &str,
+) {
     let mut bytes = handshake::switching_protocols(accept, protocol);
     let payload = crate::ws::close::close_payload(code, reason);
     crate::ws::frame::encode_frame(&mut bytes, crate::ws::frame::Opcode::Close, &payload);
@@ -178,9 +257,21 @@ async fn refuse_after_upgrade(shard: &Rc<Shard>, stream: &SharedStream, accept: 
     linger_and_close(shard, stream).await;
 }
 
-async fn plain(shard: &Rc<Shard>, stream: &SharedStream, req: &Request<'_>, status: u16, content_type: &str, body: &str) {
+async fn plain(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    req: &Request<'_>,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) {
     if req.method != "GET" && req.method != "HEAD" {
-        return reply(shard, stream, json_error(405, "method_not_allowed", "use GET", &["Allow: GET"])).await;
+        return reply(
+            shard,
+            stream,
+            json_error(405, "method_not_allowed", "use GET", &["Allow: GET"]),
+        )
+        .await;
     }
     reply(shard, stream, response(status, content_type, &[], body)).await
 }

@@ -26,7 +26,13 @@ pub trait Handler {
 
 /// Runs `handler` against the connection until either side closes. `leftover` holds bytes
 /// the client sent after its request head.
-pub async fn run(shard: &Rc<Shard>, stream: SharedStream, outbox: Rc<Outbox>, leftover: Vec<u8>, handler: &mut dyn Handler) {
+pub async fn run(
+    shard: &Rc<Shard>,
+    stream: SharedStream,
+    outbox: Rc<Outbox>,
+    leftover: Vec<u8>,
+    handler: &mut dyn Handler,
+) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
     let (conn_id, live) = shard.register(outbox.clone(), fd);
     let writer = {
@@ -107,7 +113,10 @@ impl Frames<'_> {
     /// known (so a large frame arrives in few reads), else a scratch buffer's worth.
     fn next_read_len(&self, pending: &[u8]) -> usize {
         match parse_header(pending, self.frame_bytes_max) {
-            Ok(Some(h)) => h.frame_len().saturating_sub(pending.len()).max(SCRATCH_BYTES),
+            Ok(Some(h)) => h
+                .frame_len()
+                .saturating_sub(pending.len())
+                .max(SCRATCH_BYTES),
             _ => SCRATCH_BYTES,
         }
     }
@@ -152,13 +161,17 @@ impl Frames<'_> {
                 Event::Message { opcode, payload } => {
                     let stats = self.shard.my_stats();
                     stats::add(&stats.messages_in_total, 1);
-                    let result = catch_unwind(AssertUnwindSafe(|| handler.on_message(opcode, payload)));
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| handler.on_message(opcode, payload)));
                     let refused = match result {
                         Ok(Ok(())) => continue,
                         Ok(Err(refused)) => refused,
                         Err(_) => {
                             stats::add(&stats.panics_total, 1);
-                            (close::INTERNAL_ERROR, "internal error handling this message")
+                            (
+                                close::INTERNAL_ERROR,
+                                "internal error handling this message",
+                            )
                         }
                     };
                     stats::add(&stats.messages_refused_total, 1);

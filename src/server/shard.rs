@@ -72,7 +72,14 @@ pub struct Shard {
 }
 
 pub async fn run(setup: Setup) {
-    let Setup { addr, shards, config, stats, mesh, ready } = setup;
+    let Setup {
+        addr,
+        shards,
+        config,
+        stats,
+        mesh,
+        ready,
+    } = setup;
     let listener = match bind(addr) {
         Ok(l) => l,
         Err(e) => {
@@ -120,7 +127,13 @@ pub async fn run(setup: Setup) {
                 // SAFETY: the fd was dup'ed for us by the sending shard and is owned here.
                 let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
                 stats::add(&shard.my_stats().handoffs_total, 1);
-                glommio::spawn_local(super::router::serve(shard.clone(), stream, handoff.head, true)).detach();
+                glommio::spawn_local(super::router::serve(
+                    shard.clone(),
+                    stream,
+                    handoff.head,
+                    true,
+                ))
+                .detach();
             }
         })
         .detach();
@@ -132,7 +145,13 @@ pub async fn run(setup: Setup) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 stats::add(&shard.my_stats().connections_accepted_total, 1);
-                glommio::spawn_local(super::router::serve(shard.clone(), stream, Vec::new(), false)).detach();
+                glommio::spawn_local(super::router::serve(
+                    shard.clone(),
+                    stream,
+                    Vec::new(),
+                    false,
+                ))
+                .detach();
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, back off, keep serving.
@@ -185,7 +204,13 @@ impl Shard {
             return entry.room.clone();
         }
         let room = Rc::new(RefCell::new(Room::new(self.room_config)));
-        rooms.insert(key.to_owned(), RoomEntry { room: room.clone(), emptied: 0 });
+        rooms.insert(
+            key.to_owned(),
+            RoomEntry {
+                room: room.clone(),
+                emptied: 0,
+            },
+        );
         stats::add(&self.my_stats().documents, 1);
         room
     }
@@ -195,7 +220,9 @@ impl Shard {
     pub fn room_left(self: &Rc<Self>, key: &str) {
         let generation = {
             let mut rooms = self.rooms.borrow_mut();
-            let Some(entry) = rooms.get_mut(key) else { return };
+            let Some(entry) = rooms.get_mut(key) else {
+                return;
+            };
             if entry.room.borrow().subscriber_count() > 0 {
                 return;
             }
@@ -208,9 +235,9 @@ impl Shard {
         glommio::spawn_local(async move {
             sleep(grace).await;
             let mut rooms = shard.rooms.borrow_mut();
-            let expired = rooms
-                .get(&key)
-                .is_some_and(|e| e.emptied == generation && e.room.borrow().subscriber_count() == 0);
+            let expired = rooms.get(&key).is_some_and(|e| {
+                e.emptied == generation && e.room.borrow().subscriber_count() == 0
+            });
             if expired {
                 rooms.remove(&key);
                 stats::sub(&shard.my_stats().documents, 1);
@@ -268,8 +295,13 @@ async fn keepalive(shard: Rc<Shard>) {
             let quiet = now.saturating_duration_since(live.last_rx.get());
             if quiet >= idle_after {
                 stats::add(&shard.my_stats().idle_closes_total, 1);
-                live.outbox.close(close::GOING_AWAY, "idle timeout: nothing received for too long");
-            } else if quiet >= ping_every && now.saturating_duration_since(live.last_ping.get()) >= ping_every {
+                live.outbox.close(
+                    close::GOING_AWAY,
+                    "idle timeout: nothing received for too long",
+                );
+            } else if quiet >= ping_every
+                && now.saturating_duration_since(live.last_ping.get()) >= ping_every
+            {
                 live.outbox.push(&shard.ping);
                 live.last_ping.set(now);
             }

@@ -56,7 +56,11 @@ pub fn shutdown(stream: &SharedStream) {
 }
 
 /// Writes everything the outbox holds until it is closed and empty. Returns the bytes written.
-pub async fn drain_outbox(stream: &SharedStream, outbox: &Outbox, bytes_out: &std::sync::atomic::AtomicU64) -> io::Result<()> {
+pub async fn drain_outbox(
+    stream: &SharedStream,
+    outbox: &Outbox,
+    bytes_out: &std::sync::atomic::AtomicU64,
+) -> io::Result<()> {
     let fd = stream.borrow().as_raw_fd();
     let mut batch: Vec<Frame> = Vec::with_capacity(BATCH_FRAMES_MAX);
     while poll_fn(|cx| outbox.poll_pending(cx)).await {

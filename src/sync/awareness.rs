@@ -22,7 +22,9 @@ pub enum AwarenessError {
 impl AwarenessError {
     pub fn reason(self) -> &'static str {
         match self {
-            AwarenessError::TooManyClientsForConnection => "too many awareness clients on one connection",
+            AwarenessError::TooManyClientsForConnection => {
+                "too many awareness clients on one connection"
+            }
             AwarenessError::TooManyClientsForRoom => "too many awareness clients in this document",
         }
     }
@@ -60,7 +62,8 @@ impl AwarenessStates {
             match self.clients.get_mut(&e.client_id) {
                 Some(current) => {
                     let newer = current.clock < e.clock;
-                    let removal_at_same_clock = current.clock == e.clock && removes && current.state.is_some();
+                    let removal_at_same_clock =
+                        current.clock == e.clock && removes && current.state.is_some();
                     if newer || removal_at_same_clock {
                         current.clock = e.clock;
                         current.state = (!removes).then(|| e.state.into());
@@ -142,9 +145,24 @@ mod tests {
     use crate::sync::protocol::{decode, encode_awareness, Message};
     use crate::sync::update_check::UpdateLimits;
 
-    fn apply(a: &mut AwarenessStates, owned: &mut Vec<u64>, entries: &[(u64, u32, &str)]) -> Result<bool, AwarenessError> {
-        let msg = encode_awareness(entries.iter().map(|&(client_id, clock, state)| AwarenessEntry { client_id, clock, state }));
-        let Message::Awareness(e) = decode(&msg, &UpdateLimits::default()).unwrap() else { panic!() };
+    fn apply(
+        a: &mut AwarenessStates,
+        owned: &mut Vec<u64>,
+        entries: &[(u64, u32, &str)],
+    ) -> Result<bool, AwarenessError> {
+        let msg =
+            encode_awareness(
+                entries
+                    .iter()
+                    .map(|&(client_id, clock, state)| AwarenessEntry {
+                        client_id,
+                        clock,
+                        state,
+                    }),
+            );
+        let Message::Awareness(e) = decode(&msg, &UpdateLimits::default()).unwrap() else {
+            panic!()
+        };
         a.apply(&e, owned, 4)
     }
 
@@ -178,12 +196,18 @@ mod tests {
         let mut a = AwarenessStates::new(100);
         let mut owned = Vec::new();
         let many: Vec<(u64, u32, &str)> = (0..5).map(|i| (i, 1, "{}")).collect();
-        assert_eq!(apply(&mut a, &mut owned, &many), Err(AwarenessError::TooManyClientsForConnection));
+        assert_eq!(
+            apply(&mut a, &mut owned, &many),
+            Err(AwarenessError::TooManyClientsForConnection)
+        );
 
         let mut a = AwarenessStates::new(2);
         apply(&mut a, &mut Vec::new(), &[(1, 1, "{}")]).unwrap();
         apply(&mut a, &mut Vec::new(), &[(2, 1, "{}")]).unwrap();
-        assert_eq!(apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]), Err(AwarenessError::TooManyClientsForRoom));
+        assert_eq!(
+            apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]),
+            Err(AwarenessError::TooManyClientsForRoom)
+        );
         // Once one is removed, its slot can be reused.
         a.remove(&[1]);
         assert_eq!(apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]), Ok(true));

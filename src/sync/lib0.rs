@@ -153,7 +153,18 @@ mod tests {
 
     #[test]
     fn varints_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, (1 << 53) - 1, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            (1 << 53) - 1,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             write_var_u64(&mut out, v);
             assert_eq!(out.len(), var_u64_len(v), "{v}");

@@ -50,7 +50,9 @@ impl From<DecodeError> for ProtocolError {
 impl ProtocolError {
     pub fn reason(&self) -> &'static str {
         match self {
-            ProtocolError::Decode(DecodeError::TrailingBytes) => "malformed message: trailing bytes",
+            ProtocolError::Decode(DecodeError::TrailingBytes) => {
+                "malformed message: trailing bytes"
+            }
             ProtocolError::Decode(_) => "malformed message",
             ProtocolError::Update(UpdateError::TooManyStructs) => "update has too many structs",
             ProtocolError::Update(_) => "malformed update",
@@ -219,7 +221,9 @@ mod tests {
         let awareness = [0x01, 0x04, 0xaf, 0xf6, 0xaf, 0x6c, 0x11];
         assert!(decode(&awareness, &limits()).is_err());
         // 14 bytes that made yrs reserve 133 MB (a step 1 with a huge state vector count).
-        let step1 = [0x00, 0x00, 0x0a, 0xa4, 0xa4, 0xa4, 0xa4, 0x00, 0x00, 0x02, 0x1f, 0x05, 0x5c, 0x0a];
+        let step1 = [
+            0x00, 0x00, 0x0a, 0xa4, 0xa4, 0xa4, 0xa4, 0x00, 0x00, 0x02, 0x1f, 0x05, 0x5c, 0x0a,
+        ];
         assert!(decode(&step1, &limits()).is_err());
     }
 
@@ -232,30 +236,70 @@ mod tests {
             lib0::write_var_u64(&mut sv, k);
         }
         let msg = encode_sync(SYNC_STEP1, &sv);
-        let Message::SyncStep1(entries) = decode(&msg, &limits()).unwrap() else { panic!() };
-        assert_eq!(entries.iter().collect::<Vec<_>>(), vec![(5, 10), (1 << 40, 3)]);
-        assert_eq!(entries.to_state_vector().get(&yrs::block::ClientID::new(5)), 10);
+        let Message::SyncStep1(entries) = decode(&msg, &limits()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            entries.iter().collect::<Vec<_>>(),
+            vec![(5, 10), (1 << 40, 3)]
+        );
+        assert_eq!(
+            entries.to_state_vector().get(&yrs::block::ClientID::new(5)),
+            10
+        );
     }
 
     #[test]
     fn awareness_round_trip_and_json_check() {
         let entries = [
-            AwarenessEntry { client_id: 1, clock: 2, state: "{\"user\":\"a\"}" },
-            AwarenessEntry { client_id: 3, clock: 4, state: "null" },
+            AwarenessEntry {
+                client_id: 1,
+                clock: 2,
+                state: "{\"user\":\"a\"}",
+            },
+            AwarenessEntry {
+                client_id: 3,
+                clock: 4,
+                state: "null",
+            },
         ];
         let msg = encode_awareness(entries.iter().copied());
-        let Message::Awareness(a) = decode(&msg, &limits()).unwrap() else { panic!() };
+        let Message::Awareness(a) = decode(&msg, &limits()).unwrap() else {
+            panic!()
+        };
         assert_eq!(a.iter().collect::<Vec<_>>(), entries.to_vec());
-        let bad = encode_awareness([AwarenessEntry { client_id: 1, clock: 1, state: "{oops" }].into_iter());
-        assert_eq!(decode(&bad, &limits()).unwrap_err(), ProtocolError::AwarenessNotJson);
+        let bad = encode_awareness(
+            [AwarenessEntry {
+                client_id: 1,
+                clock: 1,
+                state: "{oops",
+            }]
+            .into_iter(),
+        );
+        assert_eq!(
+            decode(&bad, &limits()).unwrap_err(),
+            ProtocolError::AwarenessNotJson
+        );
     }
 
     #[test]
     fn unknown_and_server_only_types_are_refused() {
-        assert_eq!(decode(&[9], &limits()).unwrap_err(), ProtocolError::UnknownType);
-        assert_eq!(decode(&[MESSAGE_AUTH, 0, 0], &limits()).unwrap_err(), ProtocolError::UnknownType);
-        assert_eq!(decode(&[0, 7, 0], &limits()).unwrap_err(), ProtocolError::UnknownType);
-        assert!(matches!(decode(&[3], &limits()).unwrap(), Message::QueryAwareness));
+        assert_eq!(
+            decode(&[9], &limits()).unwrap_err(),
+            ProtocolError::UnknownType
+        );
+        assert_eq!(
+            decode(&[MESSAGE_AUTH, 0, 0], &limits()).unwrap_err(),
+            ProtocolError::UnknownType
+        );
+        assert_eq!(
+            decode(&[0, 7, 0], &limits()).unwrap_err(),
+            ProtocolError::UnknownType
+        );
+        assert!(matches!(
+            decode(&[3], &limits()).unwrap(),
+            Message::QueryAwareness
+        ));
         assert_eq!(
             decode(&[3, 0], &limits()).unwrap_err(),
             ProtocolError::Decode(DecodeError::TrailingBytes)
@@ -265,7 +309,9 @@ mod tests {
     #[test]
     fn empty_update_decodes_as_empty() {
         let msg = encode_sync(SYNC_STEP2, &[0, 0]);
-        let Message::Update { step2, stats, .. } = decode(&msg, &limits()).unwrap() else { panic!() };
+        let Message::Update { step2, stats, .. } = decode(&msg, &limits()).unwrap() else {
+            panic!()
+        };
         assert!(step2 && stats.is_empty());
     }
 }

@@ -44,9 +44,9 @@ impl Refusal {
     pub fn close_code(&self) -> u16 {
         match self {
             Refusal::Protocol(ProtocolError::UnknownType) => close::UNSUPPORTED_DATA,
-            Refusal::Protocol(ProtocolError::Update(super::update_check::UpdateError::TooManyStructs)) => {
-                close::MESSAGE_TOO_BIG
-            }
+            Refusal::Protocol(ProtocolError::Update(
+                super::update_check::UpdateError::TooManyStructs,
+            )) => close::MESSAGE_TOO_BIG,
             Refusal::Protocol(_) | Refusal::Integrate => close::INVALID_PAYLOAD,
             Refusal::Awareness(_) => close::POLICY_VIOLATION,
         }
@@ -143,12 +143,16 @@ impl Room {
         self.len -= 1;
         let removed = self.awareness.remove(&subscriber.awareness_ids);
         if !removed.is_empty() {
-            let entries = removed.iter().map(|&(client_id, clock)| protocol::AwarenessEntry {
-                client_id,
-                clock,
-                state: "null",
-            });
-            let frame = binary(&protocol::encode_awareness(entries.collect::<Vec<_>>().into_iter()));
+            let entries = removed
+                .iter()
+                .map(|&(client_id, clock)| protocol::AwarenessEntry {
+                    client_id,
+                    clock,
+                    state: "null",
+                });
+            let frame = binary(&protocol::encode_awareness(
+                entries.collect::<Vec<_>>().into_iter(),
+            ));
             self.broadcast(None, &frame);
         }
         if self.len == 0 {
@@ -159,14 +163,24 @@ impl Room {
 
     /// Handles one binary message from the subscriber in `from`.
     pub fn receive(&mut self, from: Slot, payload: &[u8]) -> Result<Outcome, Refusal> {
-        let message = protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)?;
+        let message =
+            protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)?;
         match message {
             Message::SyncStep1(sv) => {
-                let diff = self.doc.transact().encode_state_as_update_v1(&sv.to_state_vector());
-                self.sender(from).outbox.push(&sync_frame(SYNC_STEP2, &diff));
+                let diff = self
+                    .doc
+                    .transact()
+                    .encode_state_as_update_v1(&sv.to_state_vector());
+                self.sender(from)
+                    .outbox
+                    .push(&sync_frame(SYNC_STEP2, &diff));
                 Ok(Outcome::default())
             }
-            Message::Update { step2, update, stats } => {
+            Message::Update {
+                step2,
+                update,
+                stats,
+            } => {
                 if stats.is_empty() {
                     return Ok(Outcome::default());
                 }
@@ -186,7 +200,9 @@ impl Room {
             }
             Message::Awareness(entries) => {
                 let owned_max = self.config.awareness_clients_per_connection_max;
-                let subscriber = self.subscribers[from.0].as_mut().expect("sender is subscribed");
+                let subscriber = self.subscribers[from.0]
+                    .as_mut()
+                    .expect("sender is subscribed");
                 let changed = self
                     .awareness
                     .apply(&entries, &mut subscriber.awareness_ids, owned_max)
@@ -220,7 +236,9 @@ impl Room {
     }
 
     fn sender(&self, slot: Slot) -> &Subscriber {
-        self.subscribers[slot.0].as_ref().expect("sender is subscribed")
+        self.subscribers[slot.0]
+            .as_ref()
+            .expect("sender is subscribed")
     }
 }
 
@@ -264,7 +282,9 @@ mod tests {
         let doc = yrs::Doc::with_client_id(42);
         let t = doc.get_or_insert_text("t");
         t.insert(&mut doc.transact_mut(), 0, text);
-        let update = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
         protocol::encode_sync(SYNC_UPDATE, &update)
     }
 
@@ -299,12 +319,19 @@ mod tests {
         room.receive(sa, &empty_sv).unwrap();
         let reply = drain(&a);
         assert_eq!(&reply[0][..2], &[protocol::MESSAGE_SYNC, SYNC_STEP2]);
-        let Message::Update { update, .. } = protocol::decode(&reply[0], &UpdateLimits::default()).unwrap() else {
+        let Message::Update { update, .. } =
+            protocol::decode(&reply[0], &UpdateLimits::default()).unwrap()
+        else {
             panic!()
         };
         let doc = yrs::Doc::new();
-        doc.transact_mut().apply_update(yrs::Update::decode_v1(update).unwrap()).unwrap();
-        assert_eq!(doc.get_or_insert_text("t").get_string(&doc.transact()), "abc");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(update).unwrap())
+            .unwrap();
+        assert_eq!(
+            doc.get_or_insert_text("t").get_string(&doc.transact()),
+            "abc"
+        );
     }
 
     #[test]
@@ -315,7 +342,14 @@ mod tests {
         let _sb = room.join(b.clone());
         drain(&a);
         drain(&b);
-        let msg = encode_awareness([AwarenessEntry { client_id: 9, clock: 1, state: "{\"u\":1}" }].into_iter());
+        let msg = encode_awareness(
+            [AwarenessEntry {
+                client_id: 9,
+                clock: 1,
+                state: "{\"u\":1}",
+            }]
+            .into_iter(),
+        );
         room.receive(sa, &msg).unwrap();
         assert_eq!(drain(&b), vec![msg.clone()]);
 
@@ -326,7 +360,14 @@ mod tests {
         assert_eq!(joined[1], msg);
 
         room.leave(sa);
-        let removal = encode_awareness([AwarenessEntry { client_id: 9, clock: 2, state: "null" }].into_iter());
+        let removal = encode_awareness(
+            [AwarenessEntry {
+                client_id: 9,
+                clock: 2,
+                state: "null",
+            }]
+            .into_iter(),
+        );
         assert_eq!(drain(&b), vec![removal.clone()]);
         assert_eq!(drain(&c), vec![removal]);
     }
@@ -344,7 +385,10 @@ mod tests {
         assert_eq!(refusal.close_code(), 1007);
         assert_eq!(room.receive(sa, &[7]).unwrap_err().close_code(), 1003);
         assert!(drain(&b).is_empty());
-        assert_eq!(room.doc().transact().state_vector(), yrs::StateVector::default());
+        assert_eq!(
+            room.doc().transact().state_vector(),
+            yrs::StateVector::default()
+        );
     }
 
     #[test]

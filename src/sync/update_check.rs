@@ -127,7 +127,11 @@ fn walk_struct(r: &mut Reader<'_>, limits: &UpdateLimits) -> Result<(), UpdateEr
     walk_content(r, info & 0x1F, limits)
 }
 
-fn walk_content(r: &mut Reader<'_>, content_ref: u8, limits: &UpdateLimits) -> Result<(), UpdateError> {
+fn walk_content(
+    r: &mut Reader<'_>,
+    content_ref: u8,
+    limits: &UpdateLimits,
+) -> Result<(), UpdateError> {
     match content_ref {
         1 => {
             // Deleted: a length.
@@ -235,7 +239,11 @@ mod tests {
             let mut txn = doc.transact_mut();
             text.insert(&mut txn, 0, "hello world");
             text.remove_range(&mut txn, 2, 3);
-            map.insert(&mut txn, "k", yrs::Any::from(vec![yrs::Any::from(1.5), yrs::Any::Null]));
+            map.insert(
+                &mut txn,
+                "k",
+                yrs::Any::from(vec![yrs::Any::from(1.5), yrs::Any::Null]),
+            );
             map.insert(&mut txn, "nested", yrs::MapPrelim::default());
             array.push_back(&mut txn, yrs::Any::Buffer(vec![1u8, 2, 3].into()));
             array.push_back(&mut txn, -42i64);
@@ -252,7 +260,9 @@ mod tests {
         assert!(stats.structs > 0 && stats.delete_ranges > 0);
         // And yrs agrees it decodes.
         Update::decode_v1(&update).unwrap();
-        let empty = Doc::new().transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        let empty = Doc::new()
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
         assert_eq!(empty, vec![0, 0]);
         assert!(check_update_v1(&empty, &limits()).unwrap().is_empty());
     }
@@ -261,7 +271,10 @@ mod tests {
     fn every_truncation_is_refused() {
         let update = rich_update();
         for cut in 0..update.len() {
-            assert!(check_update_v1(&update[..cut], &limits()).is_err(), "cut at {cut}");
+            assert!(
+                check_update_v1(&update[..cut], &limits()).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -295,7 +308,10 @@ mod tests {
             structs_max: 1,
             ..limits()
         };
-        assert_eq!(check_update_v1(&update, &few), Err(UpdateError::TooManyStructs));
+        assert_eq!(
+            check_update_v1(&update, &few),
+            Err(UpdateError::TooManyStructs)
+        );
     }
 
     #[test]

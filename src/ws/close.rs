@@ -24,7 +24,10 @@ pub fn is_valid_on_wire(code: u16) -> bool {
 pub enum ClosePayload<'a> {
     /// An empty close frame: no code given.
     Empty,
-    Code { code: u16, reason: &'a str },
+    Code {
+        code: u16,
+        reason: &'a str,
+    },
 }
 
 /// Why a client's close frame payload is refused, with the code to answer it with.
@@ -54,7 +57,8 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<ClosePayload<'_>, CloseErro
             if !is_valid_on_wire(code) {
                 return Err(CloseError::InvalidCode(code));
             }
-            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| CloseError::ReasonNotUtf8)?;
+            let reason =
+                std::str::from_utf8(&payload[2..]).map_err(|_| CloseError::ReasonNotUtf8)?;
             Ok(ClosePayload::Code { code, reason })
         }
     }
@@ -79,10 +83,14 @@ mod tests {
 
     #[test]
     fn wire_validity_follows_the_registry() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_valid_on_wire(code), "{code}");
         }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!is_valid_on_wire(code), "{code}");
         }
     }
@@ -93,9 +101,15 @@ mod tests {
         assert_eq!(parse_close_payload(&[3]), Err(CloseError::Truncated));
         assert_eq!(
             parse_close_payload(&[0x03, 0xE8, b'o', b'k']),
-            Ok(ClosePayload::Code { code: 1000, reason: "ok" })
+            Ok(ClosePayload::Code {
+                code: 1000,
+                reason: "ok"
+            })
         );
-        assert_eq!(parse_close_payload(&[0x03, 0xED]), Err(CloseError::InvalidCode(1005)));
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xED]),
+            Err(CloseError::InvalidCode(1005))
+        );
         let err = parse_close_payload(&[0x03, 0xE8, 0xFF]).unwrap_err();
         assert_eq!(err.close_code(), 1007);
     }

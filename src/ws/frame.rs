@@ -159,7 +159,11 @@ pub fn parse_header(buf: &[u8], frame_bytes_max: usize) -> Result<Option<FrameHe
 pub const SERVER_HEADER_MAX: usize = 10;
 
 /// Writes the header of an unmasked, unfragmented server frame into `out`; returns its length.
-pub fn encode_header(out: &mut [u8; SERVER_HEADER_MAX], opcode: Opcode, payload_len: usize) -> usize {
+pub fn encode_header(
+    out: &mut [u8; SERVER_HEADER_MAX],
+    opcode: Opcode,
+    payload_len: usize,
+) -> usize {
     out[0] = 0x80 | opcode.bits();
     if payload_len < 126 {
         out[1] = payload_len as u8;
@@ -223,19 +227,38 @@ mod tests {
         for len in [5, 300, 70000] {
             let bytes = client_frame(0x81, len);
             for cut in 0..bytes.len() {
-                assert_eq!(parse_header(&bytes[..cut], MAX), Ok(None), "len {len} cut {cut}");
+                assert_eq!(
+                    parse_header(&bytes[..cut], MAX),
+                    Ok(None),
+                    "len {len} cut {cut}"
+                );
             }
         }
     }
 
     #[test]
     fn refuses_what_rfc_6455_forbids() {
-        assert_eq!(parse_header(&[0xC2, 0x80], MAX), Err(FrameError::ReservedBits));
-        assert_eq!(parse_header(&[0x83, 0x80], MAX), Err(FrameError::ReservedOpcode));
-        assert_eq!(parse_header(&[0x8B, 0x80], MAX), Err(FrameError::ReservedOpcode));
+        assert_eq!(
+            parse_header(&[0xC2, 0x80], MAX),
+            Err(FrameError::ReservedBits)
+        );
+        assert_eq!(
+            parse_header(&[0x83, 0x80], MAX),
+            Err(FrameError::ReservedOpcode)
+        );
+        assert_eq!(
+            parse_header(&[0x8B, 0x80], MAX),
+            Err(FrameError::ReservedOpcode)
+        );
         assert_eq!(parse_header(&[0x82, 0x00], MAX), Err(FrameError::Unmasked));
-        assert_eq!(parse_header(&[0x09, 0x80], MAX), Err(FrameError::BadControlFrame));
-        assert_eq!(parse_header(&[0x89, 0xFE], MAX), Err(FrameError::BadControlFrame));
+        assert_eq!(
+            parse_header(&[0x09, 0x80], MAX),
+            Err(FrameError::BadControlFrame)
+        );
+        assert_eq!(
+            parse_header(&[0x89, 0xFE], MAX),
+            Err(FrameError::BadControlFrame)
+        );
         let mut huge = vec![0x82, 0xFF];
         huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
         assert_eq!(parse_header(&huge, MAX), Err(FrameError::LengthOverflow));

@@ -16,7 +16,10 @@ pub struct MessageLimits {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A whole data message: `Text` (valid UTF-8) or `Binary`.
-    Message { opcode: Opcode, payload: &'a [u8] },
+    Message {
+        opcode: Opcode,
+        payload: &'a [u8],
+    },
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     /// A close frame's raw payload (see [`close::parse_close_payload`]).
@@ -177,7 +180,12 @@ mod tests {
         })
     }
 
-    fn push(a: &mut Assembler, fin: bool, op: Opcode, p: &[u8]) -> Result<Option<Vec<u8>>, MessageError> {
+    fn push(
+        a: &mut Assembler,
+        fin: bool,
+        op: Opcode,
+        p: &[u8],
+    ) -> Result<Option<Vec<u8>>, MessageError> {
         Ok(a.push(&header(fin, op, p.len()), p)?.map(|e| match e {
             Event::Message { payload, .. } => payload.to_vec(),
             other => panic!("unexpected {other:?}"),
@@ -187,7 +195,10 @@ mod tests {
     #[test]
     fn unfragmented_messages_pass_through() {
         let mut a = assembler();
-        assert_eq!(push(&mut a, true, Opcode::Binary, b"abc"), Ok(Some(b"abc".to_vec())));
+        assert_eq!(
+            push(&mut a, true, Opcode::Binary, b"abc"),
+            Ok(Some(b"abc".to_vec()))
+        );
     }
 
     #[test]
@@ -197,41 +208,71 @@ mod tests {
         let ping = a.push(&header(true, Opcode::Ping, 1), b"p").unwrap();
         assert_eq!(ping, Some(Event::Ping(b"p")));
         assert_eq!(push(&mut a, false, Opcode::Continuation, b"ll"), Ok(None));
-        assert_eq!(push(&mut a, true, Opcode::Continuation, b"o"), Ok(Some(b"hello".to_vec())));
+        assert_eq!(
+            push(&mut a, true, Opcode::Continuation, b"o"),
+            Ok(Some(b"hello".to_vec()))
+        );
         // The buffer is reused cleanly for the next message.
         assert_eq!(push(&mut a, false, Opcode::Binary, b"x"), Ok(None));
-        assert_eq!(push(&mut a, true, Opcode::Continuation, b"y"), Ok(Some(b"xy".to_vec())));
+        assert_eq!(
+            push(&mut a, true, Opcode::Continuation, b"y"),
+            Ok(Some(b"xy".to_vec()))
+        );
     }
 
     #[test]
     fn limits_and_sequencing_errors() {
         let mut a = assembler();
-        assert_eq!(push(&mut a, true, Opcode::Continuation, b"x"), Err(MessageError::UnexpectedFragment));
+        assert_eq!(
+            push(&mut a, true, Opcode::Continuation, b"x"),
+            Err(MessageError::UnexpectedFragment)
+        );
         let mut a = assembler();
         push(&mut a, false, Opcode::Binary, b"x").unwrap();
-        assert_eq!(push(&mut a, true, Opcode::Binary, b"x"), Err(MessageError::UnexpectedFragment));
+        assert_eq!(
+            push(&mut a, true, Opcode::Binary, b"x"),
+            Err(MessageError::UnexpectedFragment)
+        );
         let mut a = assembler();
-        assert_eq!(push(&mut a, true, Opcode::Binary, &[0; 11]), Err(MessageError::TooLarge));
+        assert_eq!(
+            push(&mut a, true, Opcode::Binary, &[0; 11]),
+            Err(MessageError::TooLarge)
+        );
         let mut a = assembler();
         push(&mut a, false, Opcode::Binary, &[0; 6]).unwrap();
-        assert_eq!(push(&mut a, true, Opcode::Continuation, &[0; 5]), Err(MessageError::TooLarge));
+        assert_eq!(
+            push(&mut a, true, Opcode::Continuation, &[0; 5]),
+            Err(MessageError::TooLarge)
+        );
         let mut a = assembler();
         push(&mut a, false, Opcode::Binary, b"1").unwrap();
         push(&mut a, false, Opcode::Continuation, b"2").unwrap();
         push(&mut a, false, Opcode::Continuation, b"3").unwrap();
-        assert_eq!(push(&mut a, true, Opcode::Continuation, b"4"), Err(MessageError::TooManyFragments));
+        assert_eq!(
+            push(&mut a, true, Opcode::Continuation, b"4"),
+            Err(MessageError::TooManyFragments)
+        );
     }
 
     #[test]
     fn utf8_fails_fast_inside_fragmented_text() {
         let mut a = assembler();
         push(&mut a, false, Opcode::Text, b"ok").unwrap();
-        assert_eq!(push(&mut a, false, Opcode::Continuation, &[0xff]), Err(MessageError::InvalidUtf8));
+        assert_eq!(
+            push(&mut a, false, Opcode::Continuation, &[0xff]),
+            Err(MessageError::InvalidUtf8)
+        );
         let mut a = assembler();
-        assert_eq!(push(&mut a, true, Opcode::Text, &[0xc3]), Err(MessageError::InvalidUtf8));
+        assert_eq!(
+            push(&mut a, true, Opcode::Text, &[0xc3]),
+            Err(MessageError::InvalidUtf8)
+        );
         // A code point split across fragments is fine.
         let mut a = assembler();
         push(&mut a, false, Opcode::Text, &[0xc3]).unwrap();
-        assert_eq!(push(&mut a, true, Opcode::Continuation, &[0xa9]), Ok(Some("é".as_bytes().to_vec())));
+        assert_eq!(
+            push(&mut a, true, Opcode::Continuation, &[0xa9]),
+            Ok(Some("é".as_bytes().to_vec()))
+        );
     }
 }

@@ -76,7 +76,8 @@ mod tests {
         let text = "€𝄞κ".as_bytes();
         let mut v = Utf8Validator::default();
         for (i, b) in text.iter().enumerate() {
-            v.feed(std::slice::from_ref(b), i + 1 == text.len()).unwrap();
+            v.feed(std::slice::from_ref(b), i + 1 == text.len())
+                .unwrap();
         }
     }
 

@@ -128,8 +128,11 @@ pub type Ws = WebSocket<TcpStream>;
 pub fn connect(addr: &str, path: &str) -> Ws {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (ws, response) = tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ws, response) =
+        tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
     assert_eq!(response.status(), 101);
     ws
 }
@@ -138,7 +141,9 @@ pub fn connect(addr: &str, path: &str) -> Ws {
 pub fn expect_close(ws: &mut Ws) -> (u16, String) {
     loop {
         match ws.read() {
-            Ok(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+            Ok(Message::Close(Some(frame))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
             Ok(Message::Close(None)) => return (1005, String::new()),
             Ok(_) => continue,
             Err(e) => panic!("connection ended without a close frame: {e}"),
@@ -251,7 +256,9 @@ impl YClient {
     pub fn pump_until(&mut self, timeout: Duration, mut f: impl FnMut(&YClient) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let stream = self.ws.get_ref();
-        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         while !f(self) {
             if Instant::now() >= deadline {
                 return false;
@@ -260,7 +267,10 @@ impl YClient {
                 Ok(Message::Binary(b)) => self.handle(&b),
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("connection failed: {e}"),
             }
         }
