@@ -161,12 +161,10 @@ impl Frames<'_> {
                 Event::Message { opcode, payload } => {
                     let stats = self.shard.my_stats();
                     stats::add(&stats.messages_in_total, 1);
-                    let result =
-                        catch_unwind(AssertUnwindSafe(|| handler.on_message(opcode, payload)));
-                    let refused = match result {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(refused)) => refused,
-                        Err(_) => {
+                    let refused = match guarded(|| handler.on_message(opcode, payload)) {
+                        Ok(()) => continue,
+                        Err(Guarded::Refused(refused)) => refused,
+                        Err(Guarded::Panicked) => {
                             stats::add(&stats.panics_total, 1);
                             (
                                 close::INTERNAL_ERROR,
@@ -184,5 +182,45 @@ impl Frames<'_> {
 
     fn refuse(&self, code: u16, reason: &str) {
         self.outbox.close(code, reason);
+    }
+}
+
+enum Guarded {
+    Refused(Refused),
+    Panicked,
+}
+
+/// Runs one message's handling so that a panic in it ends only this connection (1011), not
+/// the shard: every other connection and document on the shard goes on.
+fn guarded(f: impl FnOnce() -> Result<(), Refused>) -> Result<(), Guarded> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(Guarded::Refused),
+        Err(_) => Err(Guarded::Panicked),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::room::{Room, RoomConfig};
+    use std::cell::RefCell;
+
+    #[test]
+    fn a_panic_in_a_handler_is_contained_and_the_room_stays_usable() {
+        let room = RefCell::new(Room::new(RoomConfig::default()));
+        let outbox = Rc::new(Outbox::new(1 << 20));
+        let slot = room.borrow_mut().join(outbox);
+        let result = guarded(|| {
+            let _borrow = room.borrow_mut();
+            panic!("boom while holding the room");
+        });
+        assert!(matches!(result, Err(Guarded::Panicked)));
+        // The borrow was released by unwinding; the room still takes messages.
+        assert!(room.borrow_mut().receive(slot, &[3]).is_ok());
+        assert!(matches!(
+            guarded(|| Err((1003, "no"))),
+            Err(Guarded::Refused((1003, "no")))
+        ));
+        assert!(guarded(|| Ok(())).is_ok());
     }
 }
