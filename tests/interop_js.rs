@@ -17,7 +17,12 @@ fn yjs_and_y_websocket_clients_interoperate() {
         assert!(status.success(), "npm ci failed in tests/js");
     }
     let output = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "interop.test.mjs"])
+        .args([
+            "--test",
+            "--test-force-exit",
+            "--test-concurrency=1",
+            "interop.test.mjs",
+        ])
         .current_dir(&js)
         .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
         .output()

@@ -27,8 +27,14 @@ async function startServer (listen = '127.0.0.1:0') {
 
 function provider (url, name, doc = new Y.Doc()) {
   // disableBc: providers in one process would otherwise sync around the server.
-  return new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500 })
+  const p = new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500 })
+  // provider.destroy() leaves the awareness timer running; destroying the doc stops it.
+  const destroy = p.destroy.bind(p)
+  p.destroy = () => { destroy(); doc.destroy() }
+  return p
 }
+
+const TIMEOUT = { timeout: 60000 }
 
 async function waitFor (what, predicate, timeoutMs = 20000) {
   const deadline = Date.now() + timeoutMs
@@ -41,7 +47,7 @@ async function waitFor (what, predicate, timeoutMs = 20000) {
 const synced = p => waitFor('sync', () => p.synced)
 const tick = () => new Promise(resolve => setImmediate(resolve))
 
-test('8 providers x 500 concurrent edits on one document converge', async () => {
+test('8 providers x 500 concurrent edits on one document converge', TIMEOUT, async () => {
   const server = await startServer()
   const providers = Array.from({ length: 8 }, () => provider(server.url, 'converge'))
   try {
@@ -71,7 +77,7 @@ test('8 providers x 500 concurrent edits on one document converge', async () => 
   }
 })
 
-test('several documents at once stay separate and each converges', async () => {
+test('several documents at once stay separate and each converges', TIMEOUT, async () => {
   const server = await startServer()
   const docs = ['alpha', 'beta', 'gamma', 'delta', 'epsilon']
   const groups = docs.map(name => Array.from({ length: 3 }, () => provider(server.url, name)))
@@ -90,7 +96,7 @@ test('several documents at once stay separate and each converges', async () => {
   }
 })
 
-test('a client that edits while still connecting', async () => {
+test('a client that edits while still connecting', TIMEOUT, async () => {
   const server = await startServer()
   const early = provider(server.url, 'early')
   // Edits before the socket is even open, then during the handshake.
@@ -108,7 +114,7 @@ test('a client that edits while still connecting', async () => {
   }
 })
 
-test('clients whose socket the server closed reconnect and converge', async () => {
+test('clients whose socket the server closed reconnect and converge', TIMEOUT, async () => {
   const first = await startServer()
   const a = provider(first.url, 'phoenix')
   const b = provider(first.url, 'phoenix')
