@@ -156,6 +156,21 @@ fn startup_errors_are_clear_and_exit_non_zero() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shards"));
+    // Too little locked memory for io_uring (lowering the limit needs no privilege).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 256 && exec {} serve --listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_wiresocket")
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked memory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = std::env::temp_dir().join(format!("ws-bad-{}.toml", std::process::id()));
     std::fs::write(&dir, "[documents]\ngrace = 1\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))

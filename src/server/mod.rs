@@ -76,11 +76,12 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
             Ok(Err(e)) => return Err(StartError(e)),
             Err(_) => {
                 // A shard thread died before binding: its error is in the join result.
-                let errors: Vec<String> = handles
+                let mut errors: Vec<String> = handles
                     .join_all()
                     .into_iter()
                     .filter_map(|r| r.err().map(|e| explain_start_error(&e.to_string())))
                     .collect();
+                errors.dedup();
                 return Err(StartError(if errors.is_empty() {
                     "a shard failed to start".into()
                 } else {
@@ -111,8 +112,8 @@ fn reserve_address(addr: SocketAddr) -> Result<SocketAddr, StartError> {
 }
 
 fn explain_start_error(e: &str) -> String {
-    if e.contains("memlock") || e.contains("MEMLOCK") || e.contains("locked memory") {
-        format!("{e}: raise the locked-memory limit (ulimit -l, or LimitMEMLOCK= in systemd) to at least 512 KiB per shard, or run fewer shards with --shards N")
+    if e.to_ascii_lowercase().contains("memlock") {
+        format!("too little locked memory for io_uring ({e}): raise the locked-memory limit (ulimit -l, or LimitMEMLOCK= in systemd) to at least 512 KiB, or run fewer shards with --shards N")
     } else {
         e.to_owned()
     }
