@@ -150,13 +150,27 @@ impl Outbox {
         Poll::Pending
     }
 
-    /// Writer side: clones up to `frames_max` queued frames into `batch`; returns how many
-    /// bytes of the first one are already written.
-    pub fn take_batch(&self, batch: &mut Vec<Frame>, frames_max: usize) -> usize {
+    /// Writer side: calls `f` with the unwritten bytes of the queued frames, in order (the
+    /// first one may be partly written). The queue is borrowed for the call, so `f` must not
+    /// touch the outbox; it hands the slices to one vectored send, no copies.
+    pub fn with_unwritten<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &[u8]>) -> R) -> R {
         let inner = self.inner.borrow();
-        batch.clear();
-        batch.extend(inner.queue.iter().take(frames_max).cloned());
-        inner.head_written
+        let head_written = inner.head_written;
+        let mut slices = inner.queue.iter().enumerate().map(|(i, frame)| {
+            if i == 0 {
+                &frame[head_written..]
+            } else {
+                &frame[..]
+            }
+        });
+        f(&mut slices)
+    }
+
+    /// Writer side: the first queued frame and how many of its bytes are written, to wait for
+    /// the socket with when it is full.
+    pub fn head(&self) -> Option<(Frame, usize)> {
+        let inner = self.inner.borrow();
+        inner.queue.front().map(|f| (f.clone(), inner.head_written))
     }
 
     /// Writer side: `n` more bytes went out.
@@ -186,6 +200,10 @@ mod tests {
         shared_frame(Opcode::Binary, &[&vec![7u8; len]])
     }
 
+    fn unwritten(o: &Outbox) -> Vec<Vec<u8>> {
+        o.with_unwritten(|it| it.map(<[u8]>::to_vec).collect())
+    }
+
     #[test]
     fn shared_frames_are_well_formed() {
         let f = shared_frame(Opcode::Binary, &[b"ab", b"", b"c"]);
@@ -200,15 +218,14 @@ mod tests {
         let o = Outbox::new(1 << 20);
         let (a, b) = (frame(10), frame(20));
         assert!(o.push(&a) && o.push(&b));
-        let mut batch = Vec::new();
-        assert_eq!(o.take_batch(&mut batch, 8), 0);
-        assert_eq!(batch.len(), 2);
+        assert_eq!(unwritten(&o), vec![a.to_vec(), b.to_vec()]);
         o.consume(5);
-        assert_eq!(o.take_batch(&mut batch, 8), 5);
+        assert_eq!(unwritten(&o)[0], a[5..].to_vec());
         o.consume(a.len() - 5 + 3);
-        assert_eq!(o.take_batch(&mut batch, 8), 3);
-        assert_eq!(batch.len(), 1);
+        assert_eq!(unwritten(&o), vec![b[3..].to_vec()]);
+        assert_eq!(o.head().unwrap().1, 3);
         o.consume(b.len() - 3);
+        assert!(o.head().is_none());
         assert_eq!(o.queued_bytes(), 0);
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(o.poll_pending(&mut cx), Poll::Pending);
@@ -225,11 +242,10 @@ mod tests {
         assert_eq!(o.closed(), Some(Closed::Overflowed));
         // Only the close frame is left; the shared frame is no longer held.
         assert_eq!(Rc::strong_count(&f), 1);
-        let mut batch = Vec::new();
-        o.take_batch(&mut batch, 8);
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0][0], 0x88);
-        assert_eq!(u16::from_be_bytes([batch[0][2], batch[0][3]]), 1008);
+        let left = unwritten(&o);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0][0], 0x88);
+        assert_eq!(u16::from_be_bytes([left[0][2], left[0][3]]), 1008);
         assert!(!o.push(&f));
     }
 
@@ -241,10 +257,10 @@ mod tests {
         assert!(o.push(&f));
         o.consume(10);
         assert!(!o.push(&f));
-        let mut batch = Vec::new();
-        assert_eq!(o.take_batch(&mut batch, 8), 10);
-        assert_eq!(batch.len(), 2);
-        assert_eq!(o.queued_bytes(), f.len() - 10 + batch[1].len());
+        let left = unwritten(&o);
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0], f[10..].to_vec());
+        assert_eq!(o.queued_bytes(), left[0].len() + left[1].len());
     }
 
     #[test]
@@ -253,10 +269,9 @@ mod tests {
         assert!(o.push(&frame(1)));
         o.close(1000, "bye");
         assert!(!o.push(&frame(1)));
-        let mut batch = Vec::new();
-        o.take_batch(&mut batch, 8);
-        assert_eq!(batch.len(), 2);
-        o.consume(batch.iter().map(|f| f.len()).sum());
+        let left = unwritten(&o);
+        assert_eq!(left.len(), 2);
+        o.consume(left.iter().map(Vec::len).sum());
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(o.poll_pending(&mut cx), Poll::Ready(false));
     }

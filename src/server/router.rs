@@ -63,7 +63,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_of
             )
             .await;
         }
-        Some(Ok(head)) => head,
+        Some(Ok(mut head)) => {
+            // The read buffer grew to the head limit; the session keeps only the head.
+            head.shrink_to_fit();
+            head
+        }
     };
     let req = parse_request(&head, limit)
         .ok()

@@ -4,7 +4,7 @@
 //! Reader and writer are separate tasks over one glommio `TcpStream`; the stream sits in a
 //! `RefCell` that is borrowed only inside a single `poll`, never across an `.await`.
 
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::Outbox;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
@@ -55,21 +55,22 @@ pub fn shutdown(stream: &SharedStream) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
-/// Writes everything the outbox holds until it is closed and empty. Returns the bytes written.
+/// Writes everything the outbox holds until it is closed and empty: each round is one
+/// non-blocking `sendmsg` over up to 64 queued frames, straight from the shared buffers.
 pub async fn drain_outbox(
     stream: &SharedStream,
     outbox: &Outbox,
     bytes_out: &std::sync::atomic::AtomicU64,
 ) -> io::Result<()> {
     let fd = stream.borrow().as_raw_fd();
-    let mut batch: Vec<Frame> = Vec::with_capacity(BATCH_FRAMES_MAX);
     while poll_fn(|cx| outbox.poll_pending(cx)).await {
-        let offset = outbox.take_batch(&mut batch, BATCH_FRAMES_MAX);
-        let written = match send_vectored(fd, &batch, offset) {
+        let written = match outbox.with_unwritten(|frames| send_vectored(fd, frames)) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Wait for room through glommio, writing (part of) the first frame.
-                let first = &batch[0][offset..];
+                // The socket is full: wait for room through glommio, writing (part of) the
+                // first frame.
+                let (frame, offset) = outbox.head().expect("poll_pending saw a frame");
+                let first = &frame[offset..];
                 poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, first)).await?
             }
             Err(e) => return Err(e),
@@ -79,29 +80,29 @@ pub async fn drain_outbox(
         }
         outbox.consume(written);
         super::stats::add(bytes_out, written as u64);
-        batch.clear();
     }
     Ok(())
 }
 
-/// One non-blocking `sendmsg` of the batch, the first frame from `offset`.
-fn send_vectored(fd: i32, batch: &[Frame], offset: usize) -> io::Result<usize> {
+/// One non-blocking `sendmsg` of up to [`BATCH_FRAMES_MAX`] frames.
+fn send_vectored(fd: i32, frames: &mut dyn Iterator<Item = &[u8]>) -> io::Result<usize> {
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; BATCH_FRAMES_MAX];
-    for (i, frame) in batch.iter().enumerate() {
-        let bytes = if i == 0 { &frame[offset..] } else { &frame[..] };
-        iov[i] = libc::iovec {
+    let mut count = 0;
+    for (slot, bytes) in iov.iter_mut().zip(frames) {
+        *slot = libc::iovec {
             iov_base: bytes.as_ptr() as *mut libc::c_void,
             iov_len: bytes.len(),
         };
+        count += 1;
     }
     // SAFETY: an all-zero msghdr is valid; we then point it at `iov`, which outlives the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = batch.len() as _;
-    // SAFETY: `msg` describes buffers borrowed from `batch` for the duration of the call.
+    msg.msg_iovlen = count as _;
+    // SAFETY: `msg` describes buffers the outbox keeps alive for the duration of the call.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         Err(io::Error::last_os_error())

@@ -264,12 +264,11 @@ mod tests {
     /// Takes every frame queued on `o` and returns their payloads (all are short binary frames
     /// or 16-bit-length ones in these tests).
     fn drain(o: &Outbox) -> Vec<Vec<u8>> {
-        let mut batch = Vec::new();
-        o.take_batch(&mut batch, usize::MAX);
-        o.consume(batch.iter().map(|f| f.len()).sum());
+        let frames: Vec<Vec<u8>> = o.with_unwritten(|it| it.map(<[u8]>::to_vec).collect());
+        o.consume(frames.iter().map(Vec::len).sum());
         let mut cx = Context::from_waker(Waker::noop());
         let _ = o.poll_pending(&mut cx);
-        batch
+        frames
             .iter()
             .map(|f| {
                 let skip = if f[1] == 126 { 4 } else { 2 };
