@@ -3,6 +3,7 @@
 //! Pure layers (no I/O): [`http`], [`ws`], [`sync`], [`outbox`]. The runtime that wires them
 //! to sockets, one glommio executor per core: [`server`].
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod log;
