@@ -16,6 +16,75 @@ pub struct Config {
     pub http: HttpConfig,
     pub websocket: WebSocketConfig,
     pub documents: DocumentConfig,
+    pub auth: AuthConfig,
+    /// Tenants and their keys. With no tenants and no apps, a development tenant and app
+    /// (`dev`/`dev`, a key pair published in this repository) are used.
+    pub tenants: Vec<TenantConfig>,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { leeway_s: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One tenant key: a public key (PEM inline or in a file) that verifies tokens, optionally
+/// with its private key, which signs the tokens this server issues. HS256 takes a `secret`
+/// instead and is for development only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kid: Option<String>,
+    /// `RS256`, `ES256`, `EdDSA` or `HS256`.
+    pub alg: String,
+    pub public_key_pem: Option<String>,
+    pub public_key_file: Option<String>,
+    pub private_key_pem: Option<String>,
+    pub private_key_file: Option<String>,
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub tenant: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `aws-{provider-region}`, the app's metadata home.
+    #[serde(default)]
+    pub license_region: String,
+    /// At most 3.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Refuse connections that carry no `Origin` (browser-only apps).
+    #[serde(default)]
+    pub require_origin: bool,
+    /// Document names may also contain `/` and `.` (for `project/{id}` names).
+    #[serde(default)]
+    pub allow_path_names: bool,
+    #[serde(default)]
+    pub plan: crate::auth::claims::Limits,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +134,9 @@ impl Default for Config {
             http: HttpConfig::default(),
             websocket: WebSocketConfig::default(),
             documents: DocumentConfig::default(),
+            auth: AuthConfig::default(),
+            tenants: Vec::new(),
+            apps: Vec::new(),
         }
     }
 }
@@ -213,6 +285,20 @@ impl Config {
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError((*msg).to_owned()));
+        }
+        for app in &self.apps {
+            if app.allowed_domains.len() > 3 {
+                return Err(ConfigError(format!(
+                    "apps.{}.allowed_domains: at most 3 domains",
+                    app.id
+                )));
+            }
+            if !self.tenants.iter().any(|t| t.id == app.tenant) {
+                return Err(ConfigError(format!(
+                    "apps.{}.tenant: no tenant {:?} is configured",
+                    app.id, app.tenant
+                )));
+            }
         }
         if let Some(p) = &self.echo_path {
             if !p.starts_with('/') || p.len() < 2 {

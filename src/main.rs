@@ -8,6 +8,8 @@ wiresocket: a self-hostable, WireSocket-compatible sync server for Yjs documents
 
 USAGE:
     wiresocket serve [OPTIONS]
+    wiresocket token [--config FILE] [--app ID] [--role editor|viewer] [--ttl-s N] [--docs a,b-*]
+        prints an access token for a configured app (the development app without --config)
 
 OPTIONS (override WIRESOCKET_* environment variables, which override the config file):
     --listen ADDR:PORT     where to listen (default 127.0.0.1:8080; port 0 picks a free one)
@@ -26,6 +28,13 @@ fn main() -> ExitCode {
             Ok(config) => serve(config),
             Err(e) => fail(&e.0),
         },
+        Some("token") => match token(&args[1..]) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -43,10 +52,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Defaults, then `--config FILE`, then the environment, then the other flags.
-fn serve_config(args: &[String]) -> Result<Config, ConfigError> {
-    let mut flags = Vec::new();
-    let mut file = None;
+/// `--name value` and `--name=value` pairs.
+fn flags(args: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let Some(name) = arg.strip_prefix("--") else {
@@ -63,12 +71,15 @@ fn serve_config(args: &[String]) -> Result<Config, ConfigError> {
                 (name.to_owned(), v.clone())
             }
         };
-        if name == "config" {
-            file = Some(value);
-        } else {
-            flags.push((name, value));
-        }
+        out.push((name, value));
     }
+    Ok(out)
+}
+
+/// Defaults, then `--config FILE`, then the environment, then the other flags.
+fn serve_config(args: &[String]) -> Result<Config, ConfigError> {
+    let mut flags = flags(args)?;
+    let file = take_flag(&mut flags, "config");
     let mut config = match file {
         Some(path) => {
             let text = std::fs::read_to_string(&path)
@@ -82,6 +93,53 @@ fn serve_config(args: &[String]) -> Result<Config, ConfigError> {
         config.set(&name, &value, &format!("--{name}"))?;
     }
     Ok(config)
+}
+
+fn take_flag(flags: &mut Vec<(String, String)>, name: &str) -> Option<String> {
+    let i = flags.iter().position(|(n, _)| n == name)?;
+    Some(flags.remove(i).1)
+}
+
+/// `wiresocket token`: signs an access token with the app's tenant key.
+fn token(args: &[String]) -> Result<String, String> {
+    let mut flags = flags(args).map_err(|e| e.0)?;
+    let config = serve_config(
+        &take_flag(&mut flags, "config").map_or_else(Vec::new, |f| vec!["--config".into(), f]),
+    )
+    .map_err(|e| e.0)?;
+    config.validate().map_err(|e| e.0)?;
+    let directory =
+        wiresocket::auth::directory::Directory::from_config(&config).map_err(|e| e.0)?;
+    let app = match take_flag(&mut flags, "app") {
+        Some(app) => app,
+        None if directory.apps.len() == 1 => {
+            directory.apps.keys().next().cloned().unwrap_or_default()
+        }
+        None => return Err("several apps are configured: choose one with --app ID".into()),
+    };
+    let ttl_s = match take_flag(&mut flags, "ttl-s") {
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("--ttl-s: expected seconds, got {v:?}"))?,
+        None => 900,
+    };
+    let mut extra = serde_json::Map::new();
+    if let Some(role) = take_flag(&mut flags, "role") {
+        extra.insert("role".into(), role.into());
+    }
+    if let Some(docs) = take_flag(&mut flags, "docs") {
+        extra.insert(
+            "docs".into(),
+            docs.split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    if let Some((name, _)) = flags.first() {
+        return Err(format!("unknown option --{name}; run `wiresocket --help`"));
+    }
+    directory.mint(&app, "wiresocket-cli", ttl_s, extra.into())
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -43,7 +43,7 @@ fn statuses_for_requests_that_are_not_upgrades() {
         )),
         405
     );
-    assert_eq!(status(&server.get("/favicon.ico")), 404);
+    assert_eq!(status(&server.get("/no%20such%20thing")), 404);
     assert_eq!(status(&server.http("BLAH\r\n\r\n")), 400);
     assert_eq!(status(&server.http("GET / HTTP/1.0\r\n\r\n")), 505);
     let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));

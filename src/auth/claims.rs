@@ -3,12 +3,17 @@
 use serde::Deserialize;
 
 /// Per-app limits; a missing one falls back to the app's plan.
+/// In configuration files the same fields are spelled `max_connections` etc.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
+    #[serde(alias = "max_connections")]
     pub max_connections: Option<u64>,
+    #[serde(alias = "max_documents")]
     pub max_documents: Option<u64>,
+    #[serde(alias = "max_users_per_doc")]
     pub max_users_per_doc: Option<u64>,
+    #[serde(alias = "ops_per_minute")]
     pub ops_per_minute: Option<u64>,
 }
 

@@ -2,6 +2,7 @@
 //! Pure (no I/O): the router calls [`transport::extract`] then [`verify::Verifier::verify`].
 
 pub mod claims;
+pub mod directory;
 pub mod transport;
 pub mod verify;
 

@@ -16,10 +16,12 @@ pub struct DocumentHandler {
     pub key: String,
     pub room: Rc<RefCell<Room>>,
     pub slot: Slot,
+    /// False for `viewer` tokens: updates are refused with an auth message.
+    pub can_write: bool,
 }
 
 impl DocumentHandler {
-    pub fn join(shard: Rc<Shard>, key: String, outbox: Rc<Outbox>) -> Self {
+    pub fn join(shard: Rc<Shard>, key: String, outbox: Rc<Outbox>, can_write: bool) -> Self {
         let room = shard.open_room(&key);
         let slot = room.borrow_mut().join(outbox);
         stats::add(&shard.my_stats().connections, 1);
@@ -28,6 +30,7 @@ impl DocumentHandler {
             key,
             room,
             slot,
+            can_write,
         }
     }
 }
@@ -43,7 +46,7 @@ impl Handler for DocumentHandler {
         let outcome = self
             .room
             .borrow_mut()
-            .receive(self.slot, payload)
+            .receive(self.slot, payload, self.can_write)
             .map_err(|r| (r.close_code(), r.reason()))?;
         stats::add(
             &self.shard.my_stats().deliveries_total,

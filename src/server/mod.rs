@@ -9,6 +9,7 @@ mod shard;
 mod socket;
 pub mod stats;
 
+use crate::auth::directory::Directory;
 use crate::config::Config;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
@@ -34,6 +35,13 @@ const IO_MEMORY_BYTES: usize = 256 << 10;
 /// listens, with the bound address.
 pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Result<(), StartError> {
     let requested = config.validate().map_err(|e| StartError(e.0))?;
+    let directory = Arc::new(Directory::from_config(&config).map_err(|e| StartError(e.0))?);
+    if directory.is_development {
+        crate::log::warn(
+            "development_tenant",
+            &[("note", &"no tenants configured: accepting tokens signed with the published development key (wiresocket token); configure [[tenants]] and [[apps]] for production")],
+        );
+    }
     let addr = reserve_address(requested)?;
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
@@ -51,7 +59,8 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
         .io_memory(IO_MEMORY_BYTES)
         .name("wiresocket-shard")
         .on_all_shards(move || {
-            let (config, stats, mesh, ready) = (
+            let (directory, config, stats, mesh, ready) = (
+                directory.clone(),
                 config.clone(),
                 stats.clone(),
                 mesh.clone(),
@@ -60,6 +69,7 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
             async move {
                 shard::run(shard::Setup {
                     addr,
+                    directory,
                     shards,
                     config,
                     stats,

@@ -5,6 +5,7 @@ use super::handlers::{DocumentHandler, EchoHandler};
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats::{self, ShardStats};
+use crate::auth;
 use crate::http::request::{parse_request, percent_decode, HttpError, Request};
 use crate::http::response::{iso8601_utc, json_error, response};
 use crate::outbox::Outbox;
@@ -15,12 +16,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Until tokens arrive every connection belongs to this development tenant and app.
-const DEV_TENANT: &str = "dev";
-const DEV_APP: &str = "dev";
-
-/// Subprotocol markers a client may offer with its token; the 101 names the one it used.
-const TOKEN_MARKERS: [&str; 2] = ["access_token", "Bearer"];
+const MISSING_TOKEN_REASON: &str =
+    "Authentication required: pass a token as ?token=, the access_token subprotocol or Authorization: Bearer";
 
 /// Serves one accepted (or handed-off) connection. `head` holds bytes already read.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_off: bool) {
@@ -139,20 +136,19 @@ async fn route(
     }
     if shard.config.echo_path.as_deref() == Some(req.path) {
         let accept = accept_or_refuse(shard, stream, req).await?;
-        start_session(
-            shard,
-            stream,
-            &accept,
-            selected_protocol(req),
-            leftover,
-            |outbox| Box::new(EchoHandler { outbox }),
-        )
+        start_session(shard, stream, &accept, None, leftover, |outbox| {
+            Box::new(EchoHandler { outbox })
+        })
         .await;
         return None;
     }
-    let name = percent_decode(&req.path[1..]).unwrap_or_default();
-    let valid_name = document::validate_name(&name, false);
-    if !upgrade && valid_name.is_err() {
+    let found = auth::transport::extract(req);
+    // The `?token=JWT/doc` quirk names the document after the token.
+    let raw_name = match found.as_ref().and_then(|f| f.document.as_deref()) {
+        Some(doc) if req.path == "/" => doc.to_owned(),
+        _ => percent_decode(&req.path[1..]).unwrap_or_default(),
+    };
+    if !upgrade && document::validate_name(&raw_name, true).is_err() {
         reply(
             shard,
             stream,
@@ -162,33 +158,72 @@ async fn route(
         return None;
     }
     let accept = accept_or_refuse(shard, stream, req).await?;
-    if let Err(why) = valid_name {
-        refuse_after_upgrade(
+    let marker = found.as_ref().and_then(|f| f.marker);
+    let refuse = |code: u16, reason: String| {
+        refuse_after_upgrade(shard, stream, &accept, marker, code, reason)
+    };
+    let Some(found) = found else {
+        refuse(auth::MISSING_TOKEN, MISSING_TOKEN_REASON.into()).await;
+        return None;
+    };
+    let identity = match shard.directory.verifier.verify(&found.token) {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            refuse(refusal.close_code(), refusal.reason()).await;
+            return None;
+        }
+    };
+    if !auth::verify::origin_allowed(&identity, req.header("origin")) {
+        reply(
             shard,
             stream,
-            &accept,
-            selected_protocol(req),
-            document::INVALID_NAME,
-            why,
+            json_error(
+                403,
+                "forbidden_origin",
+                "this token is not valid for the page's origin (allowed_domain claims)",
+                &[],
+            ),
         )
         .await;
         return None;
     }
-    let key = isolation_key(DEV_TENANT, DEV_APP, &name);
+    if raw_name.contains("::") {
+        refuse(
+            auth::FORBIDDEN,
+            "Forbidden: document name contains '::'".into(),
+        )
+        .await;
+        return None;
+    }
+    if let Err(why) = document::validate_name(&raw_name, identity.app.allow_path_names) {
+        refuse(
+            document::INVALID_NAME,
+            format!("Invalid document name: {why}"),
+        )
+        .await;
+        return None;
+    }
+    if let Some(docs) = &identity.docs {
+        if !auth::claims::docs_allow(docs, &raw_name) {
+            refuse(
+                auth::FORBIDDEN,
+                "Forbidden: the token does not grant this document".into(),
+            )
+            .await;
+            return None;
+        }
+    }
+    let key = isolation_key(&identity.tenant_id, &identity.app.id, &raw_name);
     let owner = owner_shard(&key, shard.shards);
     if owner != shard.id {
         assert!(!handed_off, "a handed-off connection is on its owner shard");
         return Some(owner);
     }
     let shard_rc = shard.clone();
-    start_session(
-        shard,
-        stream,
-        &accept,
-        selected_protocol(req),
-        leftover,
-        move |outbox| Box::new(DocumentHandler::join(shard_rc, key, outbox)),
-    )
+    let can_write = identity.role == auth::claims::Role::Editor;
+    start_session(shard, stream, &accept, marker, leftover, move |outbox| {
+        Box::new(DocumentHandler::join(shard_rc, key, outbox, can_write))
+    })
     .await;
     None
 }
@@ -218,12 +253,6 @@ async fn accept_or_refuse(
     }
 }
 
-fn selected_protocol<'r>(req: &Request<'r>) -> Option<&'static str> {
-    let offered = req.header("sec-websocket-protocol")?;
-    let first = offered.split(|&b| b == b',').next()?.trim_ascii();
-    TOKEN_MARKERS.into_iter().find(|m| m.as_bytes() == first)
-}
-
 async fn start_session(
     shard: &Rc<Shard>,
     stream: &SharedStream,
@@ -251,10 +280,10 @@ async fn refuse_after_upgrade(
     accept: &str,
     protocol: Option<&str>,
     code: u16,
-    reason: &str,
+    reason: String,
 ) {
     let mut bytes = handshake::switching_protocols(accept, protocol);
-    let payload = crate::ws::close::close_payload(code, reason);
+    let payload = crate::ws::close::close_payload(code, &reason);
     crate::ws::frame::encode_frame(&mut bytes, crate::ws::frame::Opcode::Close, &payload);
     let _ = socket::write_all(stream, &bytes).await;
     stats::add(&shard.my_stats().messages_refused_total, 1);

@@ -216,7 +216,7 @@ mod tests {
         });
         assert!(matches!(result, Err(Guarded::Panicked)));
         // The borrow was released by unwinding; the room still takes messages.
-        assert!(room.borrow_mut().receive(slot, &[3]).is_ok());
+        assert!(room.borrow_mut().receive(slot, &[3], true).is_ok());
         assert!(matches!(
             guarded(|| Err((1003, "no"))),
             Err(Guarded::Refused((1003, "no")))

@@ -2,6 +2,7 @@
 //! mesh it receives handed-off connections on.
 
 use super::stats::{self, ShardStats};
+use crate::auth::directory::Directory;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
 use crate::sync::room::{Room, RoomConfig};
@@ -28,6 +29,7 @@ pub struct Handoff {
 
 pub struct Setup {
     pub addr: SocketAddr,
+    pub directory: Arc<Directory>,
     pub shards: usize,
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
@@ -58,6 +60,7 @@ pub const SCRATCH_BYTES: usize = 64 << 10;
 
 pub struct Shard {
     pub id: usize,
+    pub directory: Arc<Directory>,
     pub shards: usize,
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
@@ -74,6 +77,7 @@ pub struct Shard {
 pub async fn run(setup: Setup) {
     let Setup {
         addr,
+        directory,
         shards,
         config,
         stats,
@@ -98,6 +102,7 @@ pub async fn run(setup: Setup) {
     let documents = &config.documents;
     let shard = Rc::new(Shard {
         id,
+        directory,
         shards,
         message_limits: MessageLimits {
             message_bytes_max: config.websocket.message_bytes_max,

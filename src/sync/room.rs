@@ -162,7 +162,14 @@ impl Room {
     }
 
     /// Handles one binary message from the subscriber in `from`.
-    pub fn receive(&mut self, from: Slot, payload: &[u8]) -> Result<Outcome, Refusal> {
+    /// `can_write` is false for read-only (viewer) connections: their updates are answered
+    /// with an auth message (permission denied, `read-only`) and neither applied nor relayed.
+    pub fn receive(
+        &mut self,
+        from: Slot,
+        payload: &[u8],
+        can_write: bool,
+    ) -> Result<Outcome, Refusal> {
         let message =
             protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)?;
         match message {
@@ -182,6 +189,11 @@ impl Room {
                 stats,
             } => {
                 if stats.is_empty() {
+                    return Ok(Outcome::default());
+                }
+                if !can_write {
+                    let denied = binary(&protocol::encode_permission_denied("read-only"));
+                    self.sender(from).outbox.push(&denied);
                     return Ok(Outcome::default());
                 }
                 let decoded = yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
@@ -299,7 +311,7 @@ mod tests {
         drain(&b);
 
         let msg = client_update("hello");
-        let outcome = room.receive(sa, &msg).unwrap();
+        let outcome = room.receive(sa, &msg, true).unwrap();
         assert_eq!(outcome.deliveries, 1);
         assert_eq!(drain(&b), vec![msg.clone()], "relayed byte for byte");
         assert!(drain(&a).is_empty(), "not echoed to the sender");
@@ -312,10 +324,10 @@ mod tests {
         let mut room = Room::new(RoomConfig::default());
         let a = Rc::new(Outbox::new(1 << 20));
         let sa = room.join(a.clone());
-        room.receive(sa, &client_update("abc")).unwrap();
+        room.receive(sa, &client_update("abc"), true).unwrap();
         drain(&a);
         let empty_sv = protocol::encode_sync(SYNC_STEP1, &[0]);
-        room.receive(sa, &empty_sv).unwrap();
+        room.receive(sa, &empty_sv, true).unwrap();
         let reply = drain(&a);
         assert_eq!(&reply[0][..2], &[protocol::MESSAGE_SYNC, SYNC_STEP2]);
         let Message::Update { update, .. } =
@@ -349,7 +361,7 @@ mod tests {
             }]
             .into_iter(),
         );
-        room.receive(sa, &msg).unwrap();
+        room.receive(sa, &msg, true).unwrap();
         assert_eq!(drain(&b), vec![msg.clone()]);
 
         let c = Rc::new(Outbox::new(1 << 20));
@@ -380,14 +392,49 @@ mod tests {
         drain(&b);
         let mut truncated = client_update("hello");
         truncated.truncate(truncated.len() - 3);
-        let refusal = room.receive(sa, &truncated).unwrap_err();
+        let refusal = room.receive(sa, &truncated, true).unwrap_err();
         assert_eq!(refusal.close_code(), 1007);
-        assert_eq!(room.receive(sa, &[7]).unwrap_err().close_code(), 1003);
+        assert_eq!(room.receive(sa, &[7], true).unwrap_err().close_code(), 1003);
         assert!(drain(&b).is_empty());
         assert_eq!(
             room.doc().transact().state_vector(),
             yrs::StateVector::default()
         );
+    }
+
+    #[test]
+    fn viewers_get_permission_denied_and_their_updates_go_nowhere() {
+        let mut room = Room::new(RoomConfig::default());
+        let (viewer, other) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        let sv = room.join(viewer.clone());
+        room.join(other.clone());
+        drain(&viewer);
+        drain(&other);
+        assert_eq!(
+            room.receive(sv, &client_update("sneaky"), false)
+                .unwrap()
+                .deliveries,
+            0
+        );
+        assert_eq!(
+            drain(&viewer),
+            vec![protocol::encode_permission_denied("read-only")]
+        );
+        assert!(drain(&other).is_empty());
+        assert_eq!(
+            room.doc().transact().state_vector(),
+            yrs::StateVector::default()
+        );
+        // Awareness from a viewer is relayed.
+        let aw = encode_awareness(
+            [AwarenessEntry {
+                client_id: 5,
+                clock: 1,
+                state: "{}",
+            }]
+            .into_iter(),
+        );
+        assert_eq!(room.receive(sv, &aw, false).unwrap().deliveries, 1);
     }
 
     #[test]

@@ -125,7 +125,29 @@ impl Drop for Server {
 
 pub type Ws = WebSocket<TcpStream>;
 
+/// A development token (the server runs the development tenant when no tenant is
+/// configured), with extra claims.
+pub fn dev_token(extra: serde_json::Value) -> String {
+    let directory =
+        wiresocket::auth::directory::Directory::from_config(&wiresocket::config::Config::default())
+            .unwrap();
+    directory.mint("dev", "test", 600, extra).unwrap()
+}
+
+/// An editor token for the development app, minted once per test process.
+pub fn editor_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| dev_token(serde_json::Value::Null))
+}
+
+/// Connects with a development token in the query.
 pub fn connect(addr: &str, path: &str) -> Ws {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    connect_raw(addr, &format!("{path}{sep}token={}", editor_token()))
+}
+
+/// Connects to exactly `path_and_query`.
+pub fn connect_raw(addr: &str, path: &str) -> Ws {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
     stream

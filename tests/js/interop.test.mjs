@@ -2,7 +2,7 @@
 // Run through `cargo test` (tests/interop_js.rs), which builds the binary and sets WIRESOCKET_BIN.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { spawn, execFileSync } from 'node:child_process'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
@@ -25,9 +25,13 @@ async function startServer (listen = '127.0.0.1:0') {
   throw new Error(`server did not start: ${out}`)
 }
 
-function provider (url, name, doc = new Y.Doc()) {
+// A development token, as a newcomer gets it: `wiresocket token`.
+const token = (...args) => execFileSync(BIN, ['token', ...args], { encoding: 'utf8' }).trim()
+const TOKEN = token()
+
+function provider (url, name, doc = new Y.Doc(), options = { params: { token: TOKEN } }) {
   // disableBc: providers in one process would otherwise sync around the server.
-  const p = new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500 })
+  const p = new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500, ...options })
   // provider.destroy() leaves the awareness timer running; destroying the doc stops it.
   const destroy = p.destroy.bind(p)
   p.destroy = () => { destroy(); doc.destroy() }
@@ -141,5 +145,61 @@ test('clients whose socket the server closed reconnect and converge', TIMEOUT, a
     a.destroy()
     b.destroy()
     if (second) await second.stop()
+  }
+})
+
+test('the token travels as ?token= or as the access_token subprotocol', TIMEOUT, async () => {
+  const server = await startServer()
+  const byQuery = provider(server.url, 'transports')
+  const byProtocol = provider(server.url, 'transports', new Y.Doc(), { protocols: ['access_token', TOKEN] })
+  try {
+    await Promise.all([synced(byQuery), synced(byProtocol)])
+    // The server selected the marker, never the token.
+    assert.equal(byProtocol.ws.protocol, 'access_token')
+    byProtocol.doc.getText('t').insert(0, 'via subprotocol;')
+    byQuery.doc.getText('t').insert(0, 'via query;')
+    const expected = 'via subprotocol;via query;'.length
+    await waitFor('both edits', () => byQuery.doc.getText('t').length === expected && byProtocol.doc.getText('t').length === expected)
+  } finally {
+    byQuery.destroy()
+    byProtocol.destroy()
+    await server.stop()
+  }
+})
+
+test('a bad token is refused with 4002 after a handshake the browser accepts', TIMEOUT, async () => {
+  const server = await startServer()
+  try {
+    const ws = new WebSocket(`${server.url}/doc`, ['access_token', 'not.a.token'])
+    const [code, reason] = await once(ws, 'close')
+    assert.equal(ws.protocol, 'access_token')
+    assert.equal(code, 4002)
+    assert.match(String(reason), /^Invalid token/)
+    const missing = new WebSocket(`${server.url}/doc`)
+    const [missingCode] = await once(missing, 'close')
+    assert.equal(missingCode, 4001)
+  } finally {
+    await server.stop()
+  }
+})
+
+test('a viewer receives edits but cannot make them', TIMEOUT, async () => {
+  const server = await startServer()
+  const editor = provider(server.url, 'roles')
+  const viewer = provider(server.url, 'roles', new Y.Doc(), { params: { token: token('--role', 'viewer') } })
+  const denied = []
+  try {
+    await Promise.all([synced(editor), synced(viewer)])
+    editor.doc.getText('t').insert(0, 'from editor')
+    await waitFor('viewer sees the edit', () => viewer.doc.getText('t').toString() === 'from editor')
+    viewer.ws.addEventListener('message', e => { if (new Uint8Array(e.data)[0] === 2) denied.push(e) })
+    viewer.doc.getText('t').insert(0, 'sneaky ')
+    await waitFor('permission denied', () => denied.length > 0)
+    await new Promise(resolve => setTimeout(resolve, 200))
+    assert.equal(editor.doc.getText('t').toString(), 'from editor')
+  } finally {
+    editor.destroy()
+    viewer.destroy()
+    await server.stop()
   }
 })

@@ -1,0 +1,277 @@
+//! Tenants, apps and keys, loaded from the configuration: what verifies tokens and what
+//! signs the ones this server issues.
+
+use super::claims::Limits;
+use super::verify::{App, Tenant, TenantKey, Verifier};
+use super::{AUDIENCE, DEV_PRIVATE_KEY_PEM, DEV_PUBLIC_KEY_PEM, SCOPE};
+use crate::config::{Config, ConfigError, KeyConfig};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use std::collections::HashMap;
+
+/// The name of the development tenant and app used when none is configured.
+pub const DEV: &str = "dev";
+
+/// A tenant's signing key (the first key with a private half).
+pub struct Signer {
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+    pub key: EncodingKey,
+}
+
+pub struct Directory {
+    pub verifier: Verifier,
+    pub signers: HashMap<String, Signer>,
+    pub apps: HashMap<String, App>,
+    /// True when the published development key pair is in use.
+    pub is_development: bool,
+}
+
+impl Directory {
+    pub fn from_config(config: &Config) -> Result<Directory, ConfigError> {
+        if config.tenants.is_empty() && config.apps.is_empty() {
+            return Ok(Self::development());
+        }
+        let mut tenants = Vec::new();
+        let mut signers = HashMap::new();
+        for t in &config.tenants {
+            let mut keys = Vec::new();
+            for (i, k) in t.keys.iter().enumerate() {
+                let field = format!("tenants.{}.keys[{i}]", t.id);
+                let (verify, sign) = load_key(k, &field)?;
+                if let Some(sign) = sign {
+                    signers.entry(t.id.clone()).or_insert(sign);
+                }
+                keys.push(verify);
+            }
+            if keys.is_empty() {
+                return Err(ConfigError(format!(
+                    "tenants.{}.keys: a tenant needs at least one key",
+                    t.id
+                )));
+            }
+            tenants.push(Tenant {
+                id: t.id.clone(),
+                keys,
+            });
+        }
+        let apps: Vec<App> = config
+            .apps
+            .iter()
+            .map(|a| App {
+                id: a.id.clone(),
+                tenant: a.tenant.clone(),
+                enabled: a.enabled,
+                plan: a.plan,
+                require_origin: a.require_origin,
+                allow_path_names: a.allow_path_names,
+            })
+            .collect();
+        Ok(Directory {
+            verifier: Verifier::new(tenants, apps.clone(), config.auth.leeway_s),
+            signers,
+            apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            is_development: false,
+        })
+    }
+
+    fn development() -> Directory {
+        let public = DecodingKey::from_rsa_pem(DEV_PUBLIC_KEY_PEM.as_bytes())
+            .expect("the dev public key parses");
+        let private = EncodingKey::from_rsa_pem(DEV_PRIVATE_KEY_PEM.as_bytes())
+            .expect("the dev private key parses");
+        let app = App {
+            id: DEV.into(),
+            tenant: DEV.into(),
+            enabled: true,
+            plan: Limits::default(),
+            require_origin: false,
+            allow_path_names: false,
+        };
+        let tenant = Tenant {
+            id: DEV.into(),
+            keys: vec![TenantKey {
+                kid: Some(DEV.into()),
+                alg: Algorithm::RS256,
+                key: public,
+            }],
+        };
+        Directory {
+            verifier: Verifier::new(vec![tenant], vec![app.clone()], 30),
+            signers: HashMap::from([(
+                DEV.to_owned(),
+                Signer {
+                    kid: Some(DEV.into()),
+                    alg: Algorithm::RS256,
+                    key: private,
+                },
+            )]),
+            apps: HashMap::from([(DEV.to_owned(), app)]),
+            is_development: true,
+        }
+    }
+
+    /// Signs an access token for `app_id` (claims per PRODUCT.md 4), valid `ttl_s` seconds.
+    /// `extra` adds or overrides claims (`role`, `docs`, `limits`, ...).
+    pub fn mint(
+        &self,
+        app_id: &str,
+        subject: &str,
+        ttl_s: u64,
+        extra: serde_json::Value,
+    ) -> Result<String, String> {
+        let app = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| format!("no app {app_id:?} is configured"))?;
+        let signer = self
+            .signers
+            .get(&app.tenant)
+            .ok_or_else(|| format!("tenant {:?} has no private key to sign with", app.tenant))?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims = serde_json::json!({
+            "iss": "wiresocket",
+            "sub": subject,
+            "aud": AUDIENCE,
+            "scope": SCOPE,
+            "tenantid": app.tenant,
+            "appId": app.id,
+            "limits": app.plan,
+            "iat": now,
+            "exp": now + ttl_s,
+            "jti": random_id(),
+        });
+        if let (Some(map), serde_json::Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        let mut header = Header::new(signer.alg);
+        header.kid = signer.kid.clone();
+        jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| format!("cannot sign: {e}"))
+    }
+}
+
+/// 128 random bits, hex.
+pub fn random_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn load_key(k: &KeyConfig, field: &str) -> Result<(TenantKey, Option<Signer>), ConfigError> {
+    let bad = |what: String| ConfigError(format!("{field}: {what}"));
+    let alg = match k.alg.as_str() {
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        other => {
+            return Err(bad(format!(
+                "alg must be RS256, ES256, EdDSA or HS256, got {other:?}"
+            )))
+        }
+    };
+    let read = |inline: &Option<String>,
+                file: &Option<String>,
+                name: &str|
+     -> Result<Option<String>, ConfigError> {
+        match (inline, file) {
+            (Some(pem), _) => Ok(Some(pem.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(Some)
+                .map_err(|e| bad(format!("{name}_file {path}: {e}"))),
+            (None, None) => Ok(None),
+        }
+    };
+    if alg == Algorithm::HS256 {
+        let secret = k
+            .secret
+            .as_ref()
+            .ok_or_else(|| bad("HS256 needs a secret".into()))?;
+        let verify = TenantKey {
+            kid: k.kid.clone(),
+            alg,
+            key: DecodingKey::from_secret(secret.as_bytes()),
+        };
+        let sign = Signer {
+            kid: k.kid.clone(),
+            alg,
+            key: EncodingKey::from_secret(secret.as_bytes()),
+        };
+        return Ok((verify, Some(sign)));
+    }
+    let public = read(&k.public_key_pem, &k.public_key_file, "public_key")?
+        .ok_or_else(|| bad("public_key_pem or public_key_file is required".into()))?;
+    let key = match alg {
+        Algorithm::RS256 => DecodingKey::from_rsa_pem(public.as_bytes()),
+        Algorithm::ES256 => DecodingKey::from_ec_pem(public.as_bytes()),
+        _ => DecodingKey::from_ed_pem(public.as_bytes()),
+    }
+    .map_err(|e| bad(format!("public key: {e}")))?;
+    let sign = match read(&k.private_key_pem, &k.private_key_file, "private_key")? {
+        None => None,
+        Some(private) => Some(Signer {
+            kid: k.kid.clone(),
+            alg,
+            key: match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(private.as_bytes()),
+                Algorithm::ES256 => EncodingKey::from_ec_pem(private.as_bytes()),
+                _ => EncodingKey::from_ed_pem(private.as_bytes()),
+            }
+            .map_err(|e| bad(format!("private key: {e}")))?,
+        }),
+    };
+    Ok((
+        TenantKey {
+            kid: k.kid.clone(),
+            alg,
+            key,
+        },
+        sign,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_tokens_verify() {
+        let d = Directory::from_config(&Config::default()).unwrap();
+        assert!(d.is_development);
+        let token = d
+            .mint(DEV, "cli", 60, serde_json::json!({"role": "viewer"}))
+            .unwrap();
+        let id = d.verifier.verify(&token).unwrap();
+        assert_eq!((id.tenant_id.as_str(), id.app.id.as_str()), (DEV, DEV));
+        assert_eq!(id.role, super::super::claims::Role::Viewer);
+    }
+
+    #[test]
+    fn configured_tenants_and_errors_name_the_field() {
+        let toml = format!(
+            "[[tenants]]\nid = \"acme\"\n[[tenants.keys]]\nkid = \"k1\"\nalg = \"ES256\"\npublic_key_file = \"{}/tests/keys/es256_public.pem\"\nprivate_key_file = \"{}/tests/keys/es256_private.pem\"\n[[apps]]\nid = \"web\"\ntenant = \"acme\"\nplan = {{ max_connections = 10 }}\n",
+            env!("CARGO_MANIFEST_DIR"),
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let config = Config::from_toml(&toml, "t.toml").unwrap();
+        config.validate().unwrap();
+        let d = Directory::from_config(&config).unwrap();
+        let id = d
+            .verifier
+            .verify(&d.mint("web", "s", 60, serde_json::Value::Null).unwrap())
+            .unwrap();
+        assert_eq!(id.limits.max_connections, Some(10));
+
+        let bad = Config::from_toml(
+            "[[tenants]]\nid = \"x\"\n[[tenants.keys]]\nalg = \"RS512\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let err = Directory::from_config(&bad).err().unwrap();
+        assert!(
+            err.0.contains("tenants.x.keys[0]") && err.0.contains("alg"),
+            "{err}"
+        );
+        let orphan =
+            Config::from_toml("[[apps]]\nid = \"a\"\ntenant = \"nobody\"\n", "t.toml").unwrap();
+        assert!(orphan.validate().unwrap_err().0.contains("apps.a.tenant"));
+    }
+}
