@@ -89,6 +89,19 @@ impl Server {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Sends `request` and returns the response head only (for upgrades, which stay open).
+    pub fn http_head(&self, request: &str) -> String {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            out.push(byte[0]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     pub fn get(&self, path: &str) -> String {
         self.http(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
     }
@@ -202,7 +215,11 @@ pub struct YClient {
 impl YClient {
     /// Connects and completes the sync handshake (answers the server's step 1, sends ours).
     pub fn connect(addr: &str, doc_name: &str, client_id: u64) -> YClient {
-        let ws = connect(addr, &format!("/{doc_name}"));
+        Self::from_ws(connect(addr, &format!("/{doc_name}")), client_id)
+    }
+
+    /// Starts the sync handshake on an open connection.
+    pub fn from_ws(ws: Ws, client_id: u64) -> YClient {
         // Browsers use 32-bit client ids.
         let doc = yrs::Doc::with_client_id(client_id & 0xFFFF_FFFF);
         let mut c = YClient { ws, doc };
