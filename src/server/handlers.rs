@@ -3,36 +3,111 @@
 use super::session::{Handler, Refused};
 use super::shard::Shard;
 use super::stats;
+use crate::auth::claims::Limits;
 use crate::outbox::{shared_frame, Outbox};
+use crate::registry::rate::MinuteWindow;
 use crate::sync::room::{Room, Slot};
 use crate::ws::close;
 use crate::ws::frame::Opcode;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// A connection subscribed to one document's room.
 pub struct DocumentHandler {
-    pub shard: Rc<Shard>,
-    pub key: String,
-    pub room: Rc<RefCell<Room>>,
-    pub slot: Slot,
+    shard: Rc<Shard>,
+    key: String,
+    /// `{tenant}::{app}`, whose counts this connection holds.
+    app: String,
+    room: Rc<RefCell<Room>>,
+    slot: Slot,
     /// False for `viewer` tokens: updates are refused with an auth message.
+    can_write: bool,
+    ops_per_minute: Option<u64>,
+    ops: Arc<MinuteWindow>,
+}
+
+/// What a connection to a document is allowed, from its verified token.
+pub struct Admission {
+    pub key: String,
+    pub app: String,
+    pub limits: Limits,
     pub can_write: bool,
 }
 
 impl DocumentHandler {
-    pub fn join(shard: Rc<Shard>, key: String, outbox: Rc<Outbox>, can_write: bool) -> Self {
-        let room = shard.open_room(&key);
+    /// Admits the connection against its app's limits (4004, 4005, 4008) and joins the room.
+    /// A refusal leaves no count behind.
+    pub fn join(
+        shard: Rc<Shard>,
+        admission: Admission,
+        outbox: Rc<Outbox>,
+    ) -> Result<Self, Refused> {
+        let Admission {
+            key,
+            app,
+            limits,
+            can_write,
+        } = admission;
+        let registry = &shard.registry;
+        registry
+            .acquire_connection(&app, limits.max_connections)
+            .map_err(|e| {
+                (
+                    CONNECTION_LIMIT,
+                    format!("Connection limit exceeded: {}", e.limit).into(),
+                )
+            })?;
+        let room = match shard.open_room(&key, &app, limits.max_documents) {
+            Ok(room) => room,
+            Err(e) => {
+                registry.release_connection(&app);
+                return Err((
+                    DOCUMENT_LIMIT,
+                    format!(
+                        "Document limit exceeded: {} (active: {})",
+                        e.limit, e.active
+                    )
+                    .into(),
+                ));
+            }
+        };
+        if let Some(max) = limits.max_users_per_doc {
+            if room.borrow().subscriber_count() as u64 >= max {
+                registry.release_connection(&app);
+                // A room created just now is still empty: it goes after its grace period.
+                shard.room_left(&key);
+                return Err((
+                    USERS_PER_DOCUMENT_LIMIT,
+                    format!("Document user limit exceeded: {max}").into(),
+                ));
+            }
+        }
         let slot = room.borrow_mut().join(outbox);
         stats::add(&shard.my_stats().connections, 1);
-        DocumentHandler {
+        let ops = registry.ops_window(&app);
+        Ok(DocumentHandler {
             shard,
             key,
+            app,
             room,
             slot,
             can_write,
-        }
+            ops_per_minute: limits.ops_per_minute,
+            ops,
+        })
     }
+}
+
+pub const CONNECTION_LIMIT: u16 = 4004;
+pub const DOCUMENT_LIMIT: u16 = 4005;
+pub const RATE_LIMIT: u16 = 4006;
+pub const USERS_PER_DOCUMENT_LIMIT: u16 = 4008;
+
+/// Whether `payload` is a sync update (step 2 or update) that carries changes: what
+/// `opsPerMinute` counts. The empty update (`[0, 0]`) Yjs sends when it has nothing is not one.
+fn is_sync_update(payload: &[u8]) -> bool {
+    matches!(payload, [0, 1 | 2, body @ ..] if body != [2, 0, 0])
 }
 
 impl Handler for DocumentHandler {
@@ -40,14 +115,25 @@ impl Handler for DocumentHandler {
         if opcode != Opcode::Binary {
             return Err((
                 close::UNSUPPORTED_DATA,
-                "document connections take binary y-websocket messages",
+                "document connections take binary y-websocket messages".into(),
             ));
+        }
+        if let Some(limit) = self.ops_per_minute {
+            if self.can_write
+                && is_sync_update(payload)
+                && !self.ops.try_count(crate::log::unix_ms() / 1000, limit)
+            {
+                return Err((
+                    RATE_LIMIT,
+                    format!("Rate limit exceeded: {limit} ops/min").into(),
+                ));
+            }
         }
         let outcome = self
             .room
             .borrow_mut()
             .receive(self.slot, payload, self.can_write)
-            .map_err(|r| (r.close_code(), r.reason()))?;
+            .map_err(|r| (r.close_code(), r.reason().into()))?;
         stats::add(
             &self.shard.my_stats().deliveries_total,
             outcome.deliveries as u64,
@@ -58,6 +144,7 @@ impl Handler for DocumentHandler {
     fn on_end(&mut self) {
         self.room.borrow_mut().leave(self.slot);
         stats::sub(&self.shard.my_stats().connections, 1);
+        self.shard.registry.release_connection(&self.app);
         self.shard.room_left(&self.key);
     }
 }
@@ -74,4 +161,18 @@ impl Handler for EchoHandler {
     }
 
     fn on_end(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sync_update;
+
+    #[test]
+    fn counts_only_non_empty_updates() {
+        assert!(is_sync_update(&[0, 2, 3, 1, 2, 3]));
+        assert!(is_sync_update(&[0, 1, 3, 1, 2, 3]));
+        assert!(!is_sync_update(&[0, 1, 2, 0, 0]), "empty step 2");
+        assert!(!is_sync_update(&[0, 0, 1, 0]), "step 1");
+        assert!(!is_sync_update(&[1, 2, 3]), "awareness");
+    }
 }

@@ -42,6 +42,8 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
             &[("note", &"no tenants configured: accepting tokens signed with the published development key (wiresocket token); configure [[tenants]] and [[apps]] for production")],
         );
     }
+    let registry: Arc<dyn crate::registry::Registry> =
+        Arc::new(crate::registry::embedded::EmbeddedRegistry::default());
     let addr = reserve_address(requested)?;
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
@@ -59,8 +61,9 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
         .io_memory(IO_MEMORY_BYTES)
         .name("wiresocket-shard")
         .on_all_shards(move || {
-            let (directory, config, stats, mesh, ready) = (
+            let (directory, registry, config, stats, mesh, ready) = (
                 directory.clone(),
+                registry.clone(),
                 config.clone(),
                 stats.clone(),
                 mesh.clone(),
@@ -70,6 +73,7 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
                 shard::run(shard::Setup {
                     addr,
                     directory,
+                    registry,
                     shards,
                     config,
                     stats,

@@ -1,7 +1,8 @@
 //! The front door of every connection: read one request head (bounded in bytes and time),
 //! answer plain HTTP here, and start or hand off WebSocket sessions.
 
-use super::handlers::{DocumentHandler, EchoHandler};
+use super::handlers::{Admission, DocumentHandler, EchoHandler};
+use super::session::{Handler, Refused};
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats::{self, ShardStats};
@@ -137,7 +138,7 @@ async fn route(
     if shard.config.echo_path.as_deref() == Some(req.path) {
         let accept = accept_or_refuse(shard, stream, req).await?;
         start_session(shard, stream, &accept, None, leftover, |outbox| {
-            Box::new(EchoHandler { outbox })
+            Ok(Box::new(EchoHandler { outbox }))
         })
         .await;
         return None;
@@ -219,10 +220,15 @@ async fn route(
         assert!(!handed_off, "a handed-off connection is on its owner shard");
         return Some(owner);
     }
+    let admission = Admission {
+        key,
+        app: format!("{}::{}", identity.tenant_id, identity.app.id),
+        limits: identity.limits,
+        can_write: identity.role == auth::claims::Role::Editor,
+    };
     let shard_rc = shard.clone();
-    let can_write = identity.role == auth::claims::Role::Editor;
     start_session(shard, stream, &accept, marker, leftover, move |outbox| {
-        Box::new(DocumentHandler::join(shard_rc, key, outbox, can_write))
+        DocumentHandler::join(shard_rc, admission, outbox).map(|h| Box::new(h) as Box<dyn Handler>)
     })
     .await;
     None
@@ -259,17 +265,25 @@ async fn start_session(
     accept: &str,
     protocol: Option<&str>,
     leftover: Vec<u8>,
-    make_handler: impl FnOnce(Rc<Outbox>) -> Box<dyn super::session::Handler>,
+    make_handler: impl FnOnce(Rc<Outbox>) -> Result<Box<dyn Handler>, Refused>,
 ) {
-    if socket::write_all(stream, &handshake::switching_protocols(accept, protocol))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let outbox = Rc::new(Outbox::new(shard.config.websocket.outbound_bytes_max));
-    let mut handler = make_handler(outbox.clone());
-    super::session::run(shard, stream.clone(), outbox, leftover, handler.as_mut()).await;
+    match make_handler(outbox.clone()) {
+        Ok(mut handler) => {
+            if socket::write_all(stream, &handshake::switching_protocols(accept, protocol))
+                .await
+                .is_ok()
+            {
+                super::session::run(shard, stream.clone(), outbox, leftover, handler.as_mut())
+                    .await;
+            } else {
+                handler.on_end();
+            }
+        }
+        Err((code, reason)) => {
+            refuse_after_upgrade(shard, stream, accept, protocol, code, reason.into_owned()).await
+        }
+    }
 }
 
 /// Completes the handshake and closes at once with `code`: how WebSocket clients learn why

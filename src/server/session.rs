@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Why a handler refuses a message: the close code and a reason for the client.
-pub type Refused = (u16, &'static str);
+pub type Refused = (u16, std::borrow::Cow<'static, str>);
 
 pub trait Handler {
     /// A whole data message (text is valid UTF-8).
@@ -168,12 +168,12 @@ impl Frames<'_> {
                             stats::add(&stats.panics_total, 1);
                             (
                                 close::INTERNAL_ERROR,
-                                "internal error handling this message",
+                                "internal error handling this message".into(),
                             )
                         }
                     };
                     stats::add(&stats.messages_refused_total, 1);
-                    self.refuse(refused.0, refused.1);
+                    self.refuse(refused.0, &refused.1);
                     return (at, false);
                 }
             }
@@ -218,8 +218,8 @@ mod tests {
         // The borrow was released by unwinding; the room still takes messages.
         assert!(room.borrow_mut().receive(slot, &[3], true).is_ok());
         assert!(matches!(
-            guarded(|| Err((1003, "no"))),
-            Err(Guarded::Refused((1003, "no")))
+            guarded(|| Err((1003, "no".into()))),
+            Err(Guarded::Refused((1003, _)))
         ));
         assert!(guarded(|| Ok(())).is_ok());
     }

@@ -5,6 +5,7 @@ use super::stats::{self, ShardStats};
 use crate::auth::directory::Directory;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
+use crate::registry::{Exceeded, Registry};
 use crate::sync::room::{Room, RoomConfig};
 use crate::sync::update_check::UpdateLimits;
 use crate::ws::close;
@@ -30,6 +31,7 @@ pub struct Handoff {
 pub struct Setup {
     pub addr: SocketAddr,
     pub directory: Arc<Directory>,
+    pub registry: Arc<dyn Registry>,
     pub shards: usize,
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
@@ -39,6 +41,8 @@ pub struct Setup {
 
 struct RoomEntry {
     room: Rc<RefCell<Room>>,
+    /// `{tenant}::{app}`: whose document count this room holds.
+    app: String,
     /// Bumped whenever the room empties; a grace timer only frees the room it was set for.
     emptied: u64,
 }
@@ -61,6 +65,7 @@ pub const SCRATCH_BYTES: usize = 64 << 10;
 pub struct Shard {
     pub id: usize,
     pub directory: Arc<Directory>,
+    pub registry: Arc<dyn Registry>,
     pub shards: usize,
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
@@ -78,6 +83,7 @@ pub async fn run(setup: Setup) {
     let Setup {
         addr,
         directory,
+        registry,
         shards,
         config,
         stats,
@@ -103,6 +109,7 @@ pub async fn run(setup: Setup) {
     let shard = Rc::new(Shard {
         id,
         directory,
+        registry,
         shards,
         message_limits: MessageLimits {
             message_bytes_max: config.websocket.message_bytes_max,
@@ -201,23 +208,31 @@ impl Shard {
         let _ = self.handoff.send_to(owner, Handoff { fd, head }).await;
     }
 
-    /// The room for `key`, created if it is not in memory. Creation is atomic: the shard is
-    /// single-threaded and nothing here awaits.
-    pub fn open_room(&self, key: &str) -> Rc<RefCell<Room>> {
+    /// The room for `key`, created if it is not in memory, in which case it counts as one of
+    /// `app`'s live documents (refused past `documents_max`). Creation is atomic: the shard
+    /// is single-threaded and nothing here awaits.
+    pub fn open_room(
+        &self,
+        key: &str,
+        app: &str,
+        documents_max: Option<u64>,
+    ) -> Result<Rc<RefCell<Room>>, Exceeded> {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(entry) = rooms.get(key) {
-            return entry.room.clone();
+            return Ok(entry.room.clone());
         }
+        self.registry.acquire_document(app, documents_max)?;
         let room = Rc::new(RefCell::new(Room::new(self.room_config)));
         rooms.insert(
             key.to_owned(),
             RoomEntry {
                 room: room.clone(),
+                app: app.to_owned(),
                 emptied: 0,
             },
         );
         stats::add(&self.my_stats().documents, 1);
-        room
+        Ok(room)
     }
 
     /// Called after a subscriber left `key`: an empty room is freed after the grace period
@@ -244,7 +259,9 @@ impl Shard {
                 e.emptied == generation && e.room.borrow().subscriber_count() == 0
             });
             if expired {
-                rooms.remove(&key);
+                if let Some(entry) = rooms.remove(&key) {
+                    shard.registry.release_document(&entry.app);
+                }
                 stats::sub(&shard.my_stats().documents, 1);
             }
         })

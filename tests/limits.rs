@@ -1,0 +1,173 @@
+//! Plan and token limits at their enforcement points, with the exact close reasons, and
+//! counts that never leak.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use wiresocket::auth::directory::Directory;
+use wiresocket::config::Config;
+
+fn config_toml(plan: &str, grace_ms: u64) -> String {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    format!(
+        r#"
+[documents]
+grace_period_ms = {grace_ms}
+
+[[tenants]]
+id = "acme"
+[[tenants.keys]]
+alg = "EdDSA"
+public_key_file = "{keys}/ed25519_public.pem"
+private_key_file = "{keys}/ed25519_private.pem"
+
+[[apps]]
+id = "web"
+tenant = "acme"
+plan = {{ {plan} }}
+"#
+    )
+}
+
+struct Limited {
+    server: Server,
+    directory: Directory,
+}
+
+impl Limited {
+    fn start(plan: &str, grace_ms: u64) -> Limited {
+        let toml = config_toml(plan, grace_ms);
+        let directory = Directory::from_config(&Config::from_toml(&toml, "test").unwrap()).unwrap();
+        Limited {
+            server: Server::start(&toml),
+            directory,
+        }
+    }
+
+    fn token(&self, extra: serde_json::Value) -> String {
+        self.directory.mint("web", "test", 600, extra).unwrap()
+    }
+
+    fn open(&self, doc: &str) -> Ws {
+        let mut ws = connect_raw(
+            &self.server.addr,
+            &format!("/{doc}?token={}", self.token(serde_json::Value::Null)),
+        );
+        // Admitted connections get sync step 1 first; refused ones a close frame.
+        match ws.read().unwrap() {
+            tungstenite::Message::Binary(_) => ws,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    fn refused(&self, doc: &str, extra: serde_json::Value) -> (u16, String) {
+        let mut ws = connect_raw(
+            &self.server.addr,
+            &format!("/{doc}?token={}", self.token(extra)),
+        );
+        expect_close(&mut ws)
+    }
+}
+
+#[test]
+fn max_connections_refuses_only_the_new_connection_and_is_released_on_close() {
+    let l = Limited::start("max_connections = 2", 10_000);
+    let a = l.open("d1");
+    let _b = l.open("d2");
+    assert_eq!(
+        l.refused("d3", serde_json::Value::Null),
+        (4004, "Connection limit exceeded: 2".into())
+    );
+    drop(a);
+    l.server.wait_for(
+        "the closed connection to be released",
+        Duration::from_secs(10),
+        |s| s.metric("connections").0 == 1,
+    );
+    let _c = l.open("d1");
+    // A token's own limit is stricter than the plan.
+    assert_eq!(
+        l.refused("d4", json!({"limits": {"maxConnections": 1}})),
+        (4004, "Connection limit exceeded: 1".into())
+    );
+}
+
+#[test]
+fn max_documents_counts_sessions_through_their_grace_period() {
+    let l = Limited::start("max_documents = 1", 500);
+    let a = l.open("first");
+    let _a2 = l.open("first");
+    assert_eq!(
+        l.refused("second", serde_json::Value::Null),
+        (4005, "Document limit exceeded: 1 (active: 1)".into())
+    );
+    drop(a);
+    drop(_a2);
+    // Still in its grace period: still counted.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(l.refused("second", serde_json::Value::Null).0, 4005);
+    l.server
+        .wait_for("the grace period to end", Duration::from_secs(10), |s| {
+            s.metric("documents").0 == 0
+        });
+    let _b = l.open("second");
+}
+
+#[test]
+fn max_users_per_doc_is_per_document() {
+    let l = Limited::start("max_users_per_doc = 2", 10_000);
+    let _a = l.open("room");
+    let _b = l.open("room");
+    assert_eq!(
+        l.refused("room", serde_json::Value::Null),
+        (4008, "Document user limit exceeded: 2".into())
+    );
+    let _other = l.open("other-room");
+}
+
+#[test]
+fn ops_per_minute_closes_the_session_that_exceeds_it() {
+    let l = Limited::start("ops_per_minute = 5", 10_000);
+    let ws = connect_raw(
+        &l.server.addr,
+        &format!("/busy?token={}", l.token(serde_json::Value::Null)),
+    );
+    let mut writer = YClient::from_ws(ws, 1);
+    let mut watcher = YClient::from_ws(l.open("busy"), 2);
+    for i in 0..5 {
+        writer.insert(0, &i.to_string());
+    }
+    assert!(watcher.pump_until(Duration::from_secs(10), |c| c.text().len() == 5));
+    writer.insert(0, "x");
+    assert_eq!(
+        expect_close(&mut writer.ws),
+        (4006, "Rate limit exceeded: 5 ops/min".into())
+    );
+    // The update over the limit was not applied; the watcher stays connected.
+    assert!(!watcher.pump_until(Duration::from_millis(300), |c| c.text().len() > 5));
+}
+
+#[test]
+fn counts_return_to_zero_after_churn() {
+    let l = Limited::start("max_connections = 3, max_users_per_doc = 2", 200);
+    for round in 0..10 {
+        let doc = format!("churn-{}", round % 2);
+        let a = l.open(&doc);
+        let b = l.open(&doc);
+        assert_eq!(l.refused(&doc, serde_json::Value::Null).0, 4008);
+        let c = l.open("churn-x");
+        assert_eq!(l.refused("churn-y", serde_json::Value::Null).0, 4004);
+        drop((a, b, c));
+    }
+    l.server.wait_for(
+        "all connections and documents released",
+        Duration::from_secs(10),
+        |s| s.metric("connections").0 == 0 && s.metric("documents").0 == 0,
+    );
+    // Exactly the limit is available again.
+    let held: Vec<Ws> = (0..3).map(|i| l.open(&format!("after-{i}"))).collect();
+    assert_eq!(l.refused("after-9", serde_json::Value::Null).0, 4004);
+    drop(held);
+}
