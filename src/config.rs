@@ -17,6 +17,9 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub documents: DocumentConfig,
     pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
+    /// Proxies whose `X-Forwarded-For` names the client (for per-IP limits).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Tenants and their keys. With no tenants and no apps, a development tenant and app
     /// (`dev`/`dev`, a key pair published in this repository) are used.
     pub tenants: Vec<TenantConfig>,
@@ -33,6 +36,26 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig { leeway_s: 30 }
+    }
+}
+
+/// Per-client-IP budgets per minute; past them, HTTP 429 with `Retry-After: 60`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// WebSocket handshakes to documents (and discovery).
+    pub handshakes_per_minute: u32,
+    pub usage_per_minute: u32,
+    pub token_requests_per_minute: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            handshakes_per_minute: 60,
+            usage_per_minute: 12,
+            token_requests_per_minute: 60,
+        }
     }
 }
 
@@ -81,6 +104,10 @@ pub struct AppConfig {
     pub allow_path_names: bool,
     #[serde(default)]
     pub plan: crate::auth::claims::Limits,
+    /// OAuth 2 client credentials for `POST /connect/token`.
+    pub client_id: Option<String>,
+    /// `wiresocket hash-secret` makes this from the secret; the secret itself is never stored.
+    pub client_secret_hash: Option<String>,
 }
 
 fn yes() -> bool {
@@ -135,6 +162,8 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             documents: DocumentConfig::default(),
             auth: AuthConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            trusted_proxies: Vec::new(),
             tenants: Vec::new(),
             apps: Vec::new(),
         }

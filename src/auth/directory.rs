@@ -8,8 +8,13 @@ use crate::config::{Config, ConfigError, KeyConfig};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use std::collections::HashMap;
 
-/// The name of the development tenant and app used when none is configured.
+/// The name of the development tenant and app used when none is configured; also the
+/// development app's `client_id`.
 pub const DEV: &str = "dev";
+/// The development app's client secret, and its stored hash.
+pub const DEV_CLIENT_SECRET: &str = "dev-secret";
+const DEV_CLIENT_SECRET_HASH: &str =
+    "pbkdf2-sha256$100000$d2lyZXP2NrZXQtZGV2ISEg$9Y3/AscdY5pjb3TmGSMSLShG3DIgdhO1Ve/Xm8qslIM";
 
 /// A tenant's signing key (the first key with a private half).
 pub struct Signer {
@@ -64,8 +69,20 @@ impl Directory {
                 plan: a.plan,
                 require_origin: a.require_origin,
                 allow_path_names: a.allow_path_names,
+                client_id: a.client_id.clone(),
+                client_secret_hash: a.client_secret_hash.clone(),
             })
             .collect();
+        for a in &apps {
+            if let Some(hash) = &a.client_secret_hash {
+                if !super::secret::is_valid_hash(hash) {
+                    return Err(ConfigError(format!(
+                        "apps.{}.client_secret_hash: not a pbkdf2-sha256 hash (make one with `wiresocket hash-secret`)",
+                        a.id
+                    )));
+                }
+            }
+        }
         Ok(Directory {
             verifier: Verifier::new(tenants, apps.clone(), config.auth.leeway_s),
             signers,
@@ -86,6 +103,8 @@ impl Directory {
             plan: Limits::default(),
             require_origin: false,
             allow_path_names: false,
+            client_id: Some(DEV.into()),
+            client_secret_hash: Some(DEV_CLIENT_SECRET_HASH.into()),
         };
         let tenant = Tenant {
             id: DEV.into(),
@@ -231,6 +250,14 @@ fn load_key(k: &KeyConfig, field: &str) -> Result<(TenantKey, Option<Signer>), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_development_secret_matches_its_hash() {
+        assert!(super::super::secret::verify_secret(
+            DEV_CLIENT_SECRET,
+            DEV_CLIENT_SECRET_HASH
+        ));
+    }
 
     #[test]
     fn development_tokens_verify() {

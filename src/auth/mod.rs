@@ -3,6 +3,8 @@
 
 pub mod claims;
 pub mod directory;
+pub mod oauth;
+pub mod secret;
 pub mod transport;
 pub mod verify;
 

@@ -30,6 +30,9 @@ pub struct App {
     pub require_origin: bool,
     /// Document names may also use `/` and `.`.
     pub allow_path_names: bool,
+    /// OAuth 2 client credentials for the token endpoint; the secret only as a slow hash.
+    pub client_id: Option<String>,
+    pub client_secret_hash: Option<String>,
 }
 
 /// Who a verified token speaks for.
@@ -83,6 +86,24 @@ impl Verifier {
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             leeway_s,
         }
+    }
+
+    /// The tenant's public keys as a JWK set (HMAC secrets are never published).
+    pub fn jwks(&self, tenant_id: &str) -> Option<String> {
+        let tenant = self.tenants.get(tenant_id)?;
+        let keys: Vec<jsonwebtoken::jwk::Jwk> = tenant
+            .keys
+            .iter()
+            .filter(|k| k.alg != Algorithm::HS256)
+            .filter_map(|k| {
+                let mut jwk =
+                    jsonwebtoken::jwk::Jwk::from_decoding_key(&k.key, Some(k.alg)).ok()?;
+                jwk.common.key_id = k.kid.clone();
+                jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+                Some(jwk)
+            })
+            .collect();
+        serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys }).ok()
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
@@ -244,6 +265,8 @@ mod tests {
             },
             require_origin: false,
             allow_path_names: false,
+            client_id: None,
+            client_secret_hash: None,
         }
     }
 
@@ -461,6 +484,20 @@ mod tests {
                 "{name}: reason leaks the token"
             );
         }
+    }
+
+    #[test]
+    fn jwks_publishes_public_keys_that_verify() {
+        let v = verifier();
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&v.jwks("acme").unwrap()).unwrap();
+        assert_eq!(set.keys.len(), 3);
+        let rsa = set.find("rsa").unwrap();
+        let key = DecodingKey::from_jwk(rsa).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[AUDIENCE]);
+        jsonwebtoken::decode::<serde_json::Value>(rs(&claims()), &key, &validation).unwrap();
+        assert!(v.jwks("ghost").is_none());
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl DocumentHandler {
             limits,
             can_write,
         } = admission;
-        let registry = &shard.registry;
+        let registry = &shard.shared.registry;
         registry
             .acquire_connection(&app, limits.max_connections)
             .map_err(|e| {
@@ -144,7 +144,7 @@ impl Handler for DocumentHandler {
     fn on_end(&mut self) {
         self.room.borrow_mut().leave(self.slot);
         stats::sub(&self.shard.my_stats().connections, 1);
-        self.shard.registry.release_connection(&self.app);
+        self.shard.shared.registry.release_connection(&self.app);
         self.shard.room_left(&self.key);
     }
 }

@@ -2,10 +2,12 @@
 //! (SO_REUSEPORT), answering plain HTTP itself and handing each document's connections to the
 //! document's owner shard, where its `Room` lives.
 
+mod api;
 mod handlers;
 mod router;
 mod session;
 mod shard;
+mod shared;
 mod socket;
 pub mod stats;
 
@@ -35,7 +37,7 @@ const IO_MEMORY_BYTES: usize = 256 << 10;
 /// listens, with the bound address.
 pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Result<(), StartError> {
     let requested = config.validate().map_err(|e| StartError(e.0))?;
-    let directory = Arc::new(Directory::from_config(&config).map_err(|e| StartError(e.0))?);
+    let directory = Directory::from_config(&config).map_err(|e| StartError(e.0))?;
     if directory.is_development {
         crate::log::warn(
             "development_tenant",
@@ -55,16 +57,14 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
     let stats: Arc<[stats::ShardStats]> =
         (0..shards).map(|_| stats::ShardStats::default()).collect();
     let mesh = MeshBuilder::full(shards, 1024);
-    let config = Arc::new(config);
+    let shared = Arc::new(shared::Shared::new(config, directory, registry));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .io_memory(IO_MEMORY_BYTES)
         .name("wiresocket-shard")
         .on_all_shards(move || {
-            let (directory, registry, config, stats, mesh, ready) = (
-                directory.clone(),
-                registry.clone(),
-                config.clone(),
+            let (shared, stats, mesh, ready) = (
+                shared.clone(),
                 stats.clone(),
                 mesh.clone(),
                 ready_tx.clone(),
@@ -72,10 +72,8 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
             async move {
                 shard::run(shard::Setup {
                     addr,
-                    directory,
-                    registry,
+                    shared,
                     shards,
-                    config,
                     stats,
                     mesh,
                     ready,

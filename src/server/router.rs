@@ -1,19 +1,21 @@
 //! The front door of every connection: read one request head (bounded in bytes and time),
 //! answer plain HTTP here, and start or hand off WebSocket sessions.
 
+use super::api;
 use super::handlers::{Admission, DocumentHandler, EchoHandler};
 use super::session::{Handler, Refused};
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
-use super::stats::{self, ShardStats};
+use super::stats;
 use crate::auth;
 use crate::http::request::{parse_request, percent_decode, HttpError, Request};
-use crate::http::response::{iso8601_utc, json_error, response};
+use crate::http::response::json_error;
 use crate::outbox::Outbox;
 use crate::sync::document::{self, isolation_key, owner_shard};
 use crate::ws::handshake::{self, check_upgrade};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -23,8 +25,8 @@ const MISSING_TOKEN_REASON: &str =
 /// Serves one accepted (or handed-off) connection. `head` holds bytes already read.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_off: bool) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let timeout = Duration::from_millis(shard.config.http.request_timeout_ms);
-    let limit = shard.config.http.head_bytes_max;
+    let timeout = Duration::from_millis(shard.config().http.request_timeout_ms);
+    let limit = shard.config().http.head_bytes_max;
     let read = futures_lite::future::or(
         async { Some(read_head(&stream, head, limit).await) },
         async {
@@ -110,6 +112,20 @@ async fn read_head(
     }
 }
 
+/// The client's address for per-IP limits (see `http::ip_rate::client_ip`).
+fn client_ip(shard: &Shard, stream: &SharedStream, req: &Request<'_>) -> IpAddr {
+    let peer = stream
+        .borrow()
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    crate::http::ip_rate::client_ip(
+        peer,
+        req.header("x-forwarded-for"),
+        &shard.config().trusted_proxies,
+    )
+}
+
 /// Answers the request, or returns the shard to hand the connection to.
 async fn route(
     shard: &Rc<Shard>,
@@ -119,23 +135,11 @@ async fn route(
     handed_off: bool,
 ) -> Option<usize> {
     let upgrade = handshake::is_upgrade(req);
-    match req.path {
-        "/health" | "/" if !upgrade => {
-            let body = format!(
-                "{{\"status\":\"healthy\",\"timestamp\":\"{}\"}}",
-                iso8601_utc(crate::log::unix_ms())
-            );
-            plain(shard, stream, req, 200, "application/json", &body).await;
-            return None;
-        }
-        "/metrics" if !upgrade => {
-            let body = ShardStats::render(&shard.stats);
-            plain(shard, stream, req, 200, "text/plain; version=0.0.4", &body).await;
-            return None;
-        }
-        _ => {}
+    let ip = client_ip(shard, stream, req);
+    if !upgrade && api::answer(shard, stream, req, &leftover, ip).await {
+        return None;
     }
-    if shard.config.echo_path.as_deref() == Some(req.path) {
+    if shard.config().echo_path.as_deref() == Some(req.path) {
         let accept = accept_or_refuse(shard, stream, req).await?;
         start_session(shard, stream, &accept, None, leftover, |outbox| {
             Ok(Box::new(EchoHandler { outbox }))
@@ -158,6 +162,15 @@ async fn route(
         .await;
         return None;
     }
+    if !handed_off
+        && !shard
+            .shared
+            .handshakes_per_ip
+            .allow(ip, crate::log::unix_ms() / 1000)
+    {
+        reply(shard, stream, api::too_many_requests()).await;
+        return None;
+    }
     let accept = accept_or_refuse(shard, stream, req).await?;
     let marker = found.as_ref().and_then(|f| f.marker);
     let refuse = |code: u16, reason: String| {
@@ -167,7 +180,7 @@ async fn route(
         refuse(auth::MISSING_TOKEN, MISSING_TOKEN_REASON.into()).await;
         return None;
     };
-    let identity = match shard.directory.verifier.verify(&found.token) {
+    let identity = match shard.shared.directory.verifier.verify(&found.token) {
         Ok(identity) => identity,
         Err(refusal) => {
             refuse(refusal.close_code(), refusal.reason()).await;
@@ -267,7 +280,7 @@ async fn start_session(
     leftover: Vec<u8>,
     make_handler: impl FnOnce(Rc<Outbox>) -> Result<Box<dyn Handler>, Refused>,
 ) {
-    let outbox = Rc::new(Outbox::new(shard.config.websocket.outbound_bytes_max));
+    let outbox = Rc::new(Outbox::new(shard.config().websocket.outbound_bytes_max));
     match make_handler(outbox.clone()) {
         Ok(mut handler) => {
             if socket::write_all(stream, &handshake::switching_protocols(accept, protocol))
@@ -304,26 +317,7 @@ async fn refuse_after_upgrade(
     linger_and_close(shard, stream).await;
 }
 
-async fn plain(
-    shard: &Rc<Shard>,
-    stream: &SharedStream,
-    req: &Request<'_>,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) {
-    if req.method != "GET" && req.method != "HEAD" {
-        return reply(
-            shard,
-            stream,
-            json_error(405, "method_not_allowed", "use GET", &["Allow: GET"]),
-        )
-        .await;
-    }
-    reply(shard, stream, response(status, content_type, &[], body)).await
-}
-
-async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
+pub(super) async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
     stats::add(&shard.my_stats().http_requests_total, 1);
     let _ = socket::write_all(stream, &bytes).await;
     linger_and_close(shard, stream).await;
@@ -336,7 +330,7 @@ async fn linger_and_close(shard: &Rc<Shard>, stream: &SharedStream) {
     let fd = stream.borrow().as_raw_fd();
     // SAFETY: shutting down the write side of our own open socket.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    let linger = Duration::from_millis(shard.config.websocket.close_timeout_ms.min(1000));
+    let linger = Duration::from_millis(shard.config().websocket.close_timeout_ms.min(1000));
     let mut sink = [0u8; 512];
     let drain = async {
         while let Ok(n) = socket::read(stream, &mut sink).await {

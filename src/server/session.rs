@@ -46,7 +46,7 @@ pub async fn run(
         shard,
         outbox: &outbox,
         assembler: Assembler::new(shard.message_limits),
-        frame_bytes_max: shard.config.websocket.frame_bytes_max,
+        frame_bytes_max: shard.config().websocket.frame_bytes_max,
     };
     // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
     // straight from the shard's scratch buffer.
@@ -86,7 +86,7 @@ pub async fn run(
     }
     // A client that vanished gets no close frame; this only lets the writer finish.
     outbox.close(close::NORMAL, "");
-    let close_timeout = Duration::from_millis(shard.config.websocket.close_timeout_ms);
+    let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
     futures_lite::future::or(writer, glommio::timer::sleep(close_timeout)).await;
     shard.unregister(conn_id);
 }

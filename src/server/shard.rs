@@ -1,11 +1,11 @@
 //! One shard: its listener, the documents it owns, its connections' liveness, and the
 //! mesh it receives handed-off connections on.
 
+use super::shared::Shared;
 use super::stats::{self, ShardStats};
-use crate::auth::directory::Directory;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
-use crate::registry::{Exceeded, Registry};
+use crate::registry::Exceeded;
 use crate::sync::room::{Room, RoomConfig};
 use crate::sync::update_check::UpdateLimits;
 use crate::ws::close;
@@ -30,10 +30,8 @@ pub struct Handoff {
 
 pub struct Setup {
     pub addr: SocketAddr,
-    pub directory: Arc<Directory>,
-    pub registry: Arc<dyn Registry>,
+    pub shared: Arc<Shared>,
     pub shards: usize,
-    pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
     pub mesh: MeshBuilder<Handoff, Full>,
     pub ready: mpsc::Sender<Result<(), String>>,
@@ -64,10 +62,8 @@ pub const SCRATCH_BYTES: usize = 64 << 10;
 
 pub struct Shard {
     pub id: usize,
-    pub directory: Arc<Directory>,
-    pub registry: Arc<dyn Registry>,
+    pub shared: Arc<Shared>,
     pub shards: usize,
-    pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
     pub message_limits: MessageLimits,
     room_config: RoomConfig,
@@ -82,10 +78,8 @@ pub struct Shard {
 pub async fn run(setup: Setup) {
     let Setup {
         addr,
-        directory,
-        registry,
+        shared,
         shards,
-        config,
         stats,
         mesh,
         ready,
@@ -105,25 +99,26 @@ pub async fn run(setup: Setup) {
         }
     };
     let id = senders.peer_id();
+    let config = &shared.config;
     let documents = &config.documents;
+    let message_limits = MessageLimits {
+        message_bytes_max: config.websocket.message_bytes_max,
+        fragments_max: config.websocket.fragments_max,
+    };
+    let room_config = RoomConfig {
+        update_limits: UpdateLimits {
+            structs_max: documents.update_structs_max,
+            ..UpdateLimits::default()
+        },
+        awareness_clients_max: documents.awareness_clients_max,
+        awareness_clients_per_connection_max: documents.awareness_clients_per_connection_max,
+    };
     let shard = Rc::new(Shard {
         id,
-        directory,
-        registry,
+        shared,
         shards,
-        message_limits: MessageLimits {
-            message_bytes_max: config.websocket.message_bytes_max,
-            fragments_max: config.websocket.fragments_max,
-        },
-        room_config: RoomConfig {
-            update_limits: UpdateLimits {
-                structs_max: documents.update_structs_max,
-                ..UpdateLimits::default()
-            },
-            awareness_clients_max: documents.awareness_clients_max,
-            awareness_clients_per_connection_max: documents.awareness_clients_per_connection_max,
-        },
-        config: config.clone(),
+        message_limits,
+        room_config,
         stats,
         rooms: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
@@ -188,6 +183,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Shard {
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
     pub fn my_stats(&self) -> &ShardStats {
         &self.stats[self.id]
     }
@@ -221,7 +220,7 @@ impl Shard {
         if let Some(entry) = rooms.get(key) {
             return Ok(entry.room.clone());
         }
-        self.registry.acquire_document(app, documents_max)?;
+        self.shared.registry.acquire_document(app, documents_max)?;
         let room = Rc::new(RefCell::new(Room::new(self.room_config)));
         rooms.insert(
             key.to_owned(),
@@ -251,7 +250,7 @@ impl Shard {
         };
         let shard = self.clone();
         let key = key.to_owned();
-        let grace = Duration::from_millis(self.config.documents.grace_period_ms);
+        let grace = Duration::from_millis(self.config().documents.grace_period_ms);
         glommio::spawn_local(async move {
             sleep(grace).await;
             let mut rooms = shard.rooms.borrow_mut();
@@ -260,7 +259,7 @@ impl Shard {
             });
             if expired {
                 if let Some(entry) = rooms.remove(&key) {
-                    shard.registry.release_document(&entry.app);
+                    shard.shared.registry.release_document(&entry.app);
                 }
                 stats::sub(&shard.my_stats().documents, 1);
             }
@@ -293,7 +292,7 @@ impl Shard {
 /// close timeout (a peer that stopped reading): one sweep over the shard's connections
 /// instead of timers per connection.
 async fn keepalive(shard: Rc<Shard>) {
-    let ws = &shard.config.websocket;
+    let ws = &shard.config().websocket;
     let ping_every = Duration::from_millis(ws.ping_interval_ms);
     let idle_after = Duration::from_millis(ws.idle_timeout_ms);
     let close_within = Duration::from_millis(ws.close_timeout_ms);

@@ -40,6 +40,13 @@ impl Server {
             std::process::id(),
             CONFIG_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        // Tests open many connections from one address: lift the per-IP budgets unless the
+        // test is about them.
+        let config_toml = if config_toml.contains("[rate_limits]") {
+            config_toml.to_owned()
+        } else {
+            format!("{config_toml}\n[rate_limits]\nhandshakes_per_minute = 1000000\nusage_per_minute = 1000000\ntoken_requests_per_minute = 1000000\n")
+        };
         std::fs::write(&path, config_toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wiresocket"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])

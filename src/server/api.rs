@@ -1,0 +1,207 @@
+//! The plain HTTP endpoints: health, metrics, usage, the OAuth 2 token endpoint and the
+//! tenants' JWK sets. Each answer is one response on a closing connection.
+
+use super::shard::Shard;
+use super::socket::{self, SharedStream};
+use super::stats::ShardStats;
+use crate::auth;
+use crate::http::request::Request;
+use crate::http::response::{iso8601_utc, json_error, json_string, response};
+use std::net::IpAddr;
+use std::rc::Rc;
+
+/// Largest request body read (the token endpoint's form).
+pub const BODY_BYTES_MAX: usize = 8 << 10;
+
+const RETRY_AFTER: &str = "Retry-After: 60";
+
+/// Answers `req` if it is one of the plain endpoints; false if it is not.
+pub async fn answer(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    req: &Request<'_>,
+    leftover: &[u8],
+    ip: IpAddr,
+) -> bool {
+    let bytes = match (req.method, req.path) {
+        ("GET" | "HEAD", "/health" | "/") => response(200, "application/json", &[], &health_body()),
+        ("GET" | "HEAD", "/metrics") => response(
+            200,
+            "text/plain; version=0.0.4",
+            &[],
+            &ShardStats::render(&shard.stats),
+        ),
+        ("GET", "/usage") => usage(shard, req, ip),
+        ("POST", "/connect/token") => token(shard, stream, req, leftover, ip).await,
+        (_, "/health" | "/metrics" | "/usage" | "/connect/token") => json_error(
+            405,
+            "method_not_allowed",
+            "see the API documentation for the method",
+            &[],
+        ),
+        ("GET", path) => match path
+            .strip_suffix("/.well-known/jwks")
+            .map(|t| t.trim_start_matches('/'))
+        {
+            Some(tenant) if !tenant.is_empty() && !tenant.contains('/') => jwks(shard, tenant),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    super::router::reply(shard, stream, bytes).await;
+    true
+}
+
+pub fn health_body() -> String {
+    format!(
+        "{{\"status\":\"healthy\",\"timestamp\":\"{}\"}}",
+        iso8601_utc(crate::log::unix_ms())
+    )
+}
+
+fn now_s() -> u64 {
+    crate::log::unix_ms() / 1000
+}
+
+pub fn too_many_requests() -> Vec<u8> {
+    json_error(
+        429,
+        "rate_limited",
+        "too many requests from this address: retry in 60 s",
+        &[RETRY_AFTER],
+    )
+}
+
+/// `GET /usage`: the app's global counts against its limits.
+fn usage(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
+    if !shard.shared.usage_per_ip.allow(ip, now_s()) {
+        return too_many_requests();
+    }
+    let Some(found) = auth::transport::extract(req) else {
+        return json_error(
+            401,
+            "missing_token",
+            "send Authorization: Bearer JWT or ?token=JWT",
+            &[],
+        );
+    };
+    let identity = match shard.shared.directory.verifier.verify(&found.token) {
+        Ok(identity) => identity,
+        Err(refusal) => return json_error(401, "invalid_token", &refusal.reason(), &[]),
+    };
+    let app = format!("{}::{}", identity.tenant_id, identity.app.id);
+    let counts = shard.shared.registry.usage(&app);
+    let body = format!(
+        "{{\"tenantId\":{},\"appId\":{},\"usage\":{{\"connections\":{},\"documents\":{}}},\"timestamp\":\"{}\"}}",
+        json_string(&identity.tenant_id),
+        json_string(&identity.app.id),
+        usage_entry(counts.connections, identity.limits.max_connections),
+        usage_entry(counts.documents, identity.limits.max_documents),
+        iso8601_utc(crate::log::unix_ms())
+    );
+    response(200, "application/json", &[], &body)
+}
+
+/// `{"current","limit","percent","status"}`: healthy under 75 %, warning under 90 %, then
+/// critical. No limit: `null`, 0 %, healthy.
+pub fn usage_entry(current: u64, limit: Option<u64>) -> String {
+    let percent = match limit {
+        Some(0) => 100.0,
+        Some(l) => (current as f64 * 100.0 / l as f64 * 10.0).round() / 10.0,
+        None => 0.0,
+    };
+    let status = if percent >= 90.0 {
+        "critical"
+    } else if percent >= 75.0 {
+        "warning"
+    } else {
+        "healthy"
+    };
+    let limit = limit.map_or("null".to_owned(), |l| l.to_string());
+    format!(
+        "{{\"current\":{current},\"limit\":{limit},\"percent\":{percent},\"status\":\"{status}\"}}"
+    )
+}
+
+/// `POST /connect/token`.
+async fn token(
+    shard: &Shard,
+    stream: &SharedStream,
+    req: &Request<'_>,
+    leftover: &[u8],
+    ip: IpAddr,
+) -> Vec<u8> {
+    if !shard.shared.token_requests_per_ip.allow(ip, now_s()) {
+        return too_many_requests();
+    }
+    let length = req
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let Some(length) = length else {
+        return json_error(
+            411,
+            "invalid_request",
+            "send the form with a Content-Length",
+            &[],
+        );
+    };
+    if length > BODY_BYTES_MAX {
+        return json_error(413, "invalid_request", "the form is too large", &[]);
+    }
+    let mut body = leftover[..leftover.len().min(length)].to_vec();
+    while body.len() < length {
+        let start = body.len();
+        body.resize(length, 0);
+        match socket::read(stream, &mut body[start..]).await {
+            Ok(0) | Err(_) => {
+                return json_error(400, "invalid_request", "the form ended early", &[])
+            }
+            Ok(n) => body.truncate(start + n),
+        }
+    }
+    let Ok(form) = std::str::from_utf8(&body) else {
+        return json_error(400, "invalid_request", "the form is not UTF-8", &[]);
+    };
+    let (status, body) = auth::oauth::token_endpoint(
+        &shard.shared.directory,
+        &shard.shared.refresh_tokens,
+        form,
+        now_s(),
+    );
+    response(status, "application/json", &[], &body)
+}
+
+/// `GET /{tenantId}/.well-known/jwks`: the tenant's public verification keys.
+fn jwks(shard: &Shard, tenant: &str) -> Vec<u8> {
+    match shard.shared.directory.verifier.jwks(tenant) {
+        Some(body) => response(
+            200,
+            "application/json",
+            &["Cache-Control: max-age=300"],
+            &body,
+        ),
+        None => json_error(404, "not_found", "no such tenant", &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_entry;
+
+    #[test]
+    fn usage_thresholds() {
+        assert_eq!(
+            usage_entry(74, Some(100)),
+            "{\"current\":74,\"limit\":100,\"percent\":74,\"status\":\"healthy\"}"
+        );
+        assert!(usage_entry(75, Some(100)).contains("\"warning\""));
+        assert!(usage_entry(89, Some(100)).contains("\"warning\""));
+        assert!(usage_entry(90, Some(100)).contains("\"critical\""));
+        assert!(usage_entry(1, Some(3)).contains("\"percent\":33.3"));
+        assert_eq!(
+            usage_entry(5, None),
+            "{\"current\":5,\"limit\":null,\"percent\":0,\"status\":\"healthy\"}"
+        );
+    }
+}
