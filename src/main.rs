@@ -10,6 +10,8 @@ USAGE:
     wiresocket serve [OPTIONS]
     wiresocket token [--config FILE] [--app ID] [--role editor|viewer] [--ttl-s N] [--docs a,b-*]
         prints an access token for a configured app (the development app without --config)
+    wiresocket hash-secret < secret.txt
+        prints the client_secret_hash for an app's client secret (read from standard input)
 
 OPTIONS (override WIRESOCKET_* environment variables, which override the config file):
     --listen ADDR:PORT     where to listen (default 127.0.0.1:8080; port 0 picks a free one)
@@ -35,6 +37,20 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Some("hash-secret") => {
+            let mut secret = String::new();
+            if std::io::stdin().read_line(&mut secret).is_err() || secret.trim().is_empty() {
+                return fail("write the client secret on standard input");
+            }
+            println!(
+                "{}",
+                wiresocket::auth::secret::hash_secret(
+                    secret.trim_end_matches(['\r', '\n']),
+                    wiresocket::auth::secret::ITERATIONS
+                )
+            );
+            ExitCode::SUCCESS
+        }
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS

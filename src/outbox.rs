@@ -51,6 +51,8 @@ struct Inner {
     head_written: usize,
     queued_bytes: usize,
     closed: Option<Closed>,
+    /// The code of the close frame queued, if any.
+    close_code: Option<u16>,
     waker: Option<Waker>,
 }
 
@@ -68,6 +70,7 @@ impl Outbox {
                 head_written: 0,
                 queued_bytes: 0,
                 closed: None,
+                close_code: None,
                 waker: None,
             }),
             outbound_bytes_max,
@@ -107,6 +110,7 @@ impl Outbox {
         inner.queued_bytes += frame.len();
         inner.queue.push_back(frame);
         inner.closed = Some(Closed::Closing);
+        inner.close_code = Some(code);
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
@@ -130,6 +134,11 @@ impl Outbox {
 
     pub fn closed(&self) -> Option<Closed> {
         self.inner.borrow().closed
+    }
+
+    /// The code of the close frame queued, once closed.
+    pub fn close_code(&self) -> Option<u16> {
+        self.inner.borrow().close_code
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -240,6 +249,7 @@ mod tests {
         assert!(o.push(&f)); // 126: over budget only after this push
         assert!(!o.push(&f));
         assert_eq!(o.closed(), Some(Closed::Overflowed));
+        assert_eq!(o.close_code(), Some(1008));
         // Only the close frame is left; the shared frame is no longer held.
         assert_eq!(Rc::strong_count(&f), 1);
         let left = unwritten(&o);

@@ -74,6 +74,14 @@ fn metrics_are_prometheus_text() {
     assert_eq!(status(&r), 200);
     assert!(r.contains("# TYPE wiresocket_connections gauge"));
     assert!(r.contains("wiresocket_connections{shard=\"1\"} 0"));
+    let _ws = connect(&server.addr, "/counted");
+    server.get("/nope%20nope");
+    let r = server.get("/metrics");
+    assert!(r.contains("wiresocket_handshake_seconds_count 1\n"), "{r}");
+    assert!(
+        r.contains("wiresocket_rejections_total{code=\"404\"} 1\n"),
+        "{r}"
+    );
 }
 
 #[test]

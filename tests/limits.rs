@@ -92,6 +92,11 @@ fn max_connections_refuses_only_the_new_connection_and_is_released_on_close() {
         l.refused("d4", json!({"limits": {"maxConnections": 1}})),
         (4004, "Connection limit exceeded: 1".into())
     );
+    let metrics = l.server.get("/metrics");
+    assert!(
+        metrics.contains("wiresocket_rejections_total{code=\"4004\"} 2\n"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MISSING_TOKEN_REASON: &str =
     "Authentication required: pass a token as ?token=, the access_token subprotocol or Authorization: Bearer";
@@ -74,7 +74,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_of
         .flatten()
         .expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
-    let Some(owner) = route(&shard, &stream, &req, leftover, handed_off).await else {
+    let started = Instant::now();
+    let Some(owner) = route(&shard, &stream, &req, leftover, handed_off, started).await else {
         return;
     };
     drop(req);
@@ -133,6 +134,7 @@ async fn route(
     req: &Request<'_>,
     leftover: Vec<u8>,
     handed_off: bool,
+    started: Instant,
 ) -> Option<usize> {
     let upgrade = handshake::is_upgrade(req);
     let ip = client_ip(shard, stream, req);
@@ -141,7 +143,7 @@ async fn route(
     }
     if shard.config().echo_path.as_deref() == Some(req.path) {
         let accept = accept_or_refuse(shard, stream, req).await?;
-        start_session(shard, stream, &accept, None, leftover, |outbox| {
+        start_session(shard, stream, &accept, None, leftover, started, |outbox| {
             Ok(Box::new(EchoHandler { outbox }))
         })
         .await;
@@ -240,9 +242,18 @@ async fn route(
         can_write: identity.role == auth::claims::Role::Editor,
     };
     let shard_rc = shard.clone();
-    start_session(shard, stream, &accept, marker, leftover, move |outbox| {
-        DocumentHandler::join(shard_rc, admission, outbox).map(|h| Box::new(h) as Box<dyn Handler>)
-    })
+    start_session(
+        shard,
+        stream,
+        &accept,
+        marker,
+        leftover,
+        started,
+        move |outbox| {
+            DocumentHandler::join(shard_rc, admission, outbox)
+                .map(|h| Box::new(h) as Box<dyn Handler>)
+        },
+    )
     .await;
     None
 }
@@ -278,6 +289,7 @@ async fn start_session(
     accept: &str,
     protocol: Option<&str>,
     leftover: Vec<u8>,
+    started: Instant,
     make_handler: impl FnOnce(Rc<Outbox>) -> Result<Box<dyn Handler>, Refused>,
 ) {
     let outbox = Rc::new(Outbox::new(shard.config().websocket.outbound_bytes_max));
@@ -287,6 +299,7 @@ async fn start_session(
                 .await
                 .is_ok()
             {
+                shard.my_stats().observe_handshake(started.elapsed());
                 super::session::run(shard, stream.clone(), outbox, leftover, handler.as_mut())
                     .await;
             } else {
@@ -313,12 +326,19 @@ async fn refuse_after_upgrade(
     let payload = crate::ws::close::close_payload(code, &reason);
     crate::ws::frame::encode_frame(&mut bytes, crate::ws::frame::Opcode::Close, &payload);
     let _ = socket::write_all(stream, &bytes).await;
-    stats::add(&shard.my_stats().messages_refused_total, 1);
+    shard.my_stats().count_rejection(code);
     linger_and_close(shard, stream).await;
 }
 
 pub(super) async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
     stats::add(&shard.my_stats().http_requests_total, 1);
+    // "HTTP/1.1 NNN": the status is bytes 9 to 12.
+    if let Some(status) = bytes
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+    {
+        shard.my_stats().count_rejection(status);
+    }
     let _ = socket::write_all(stream, &bytes).await;
     linger_and_close(shard, stream).await;
 }

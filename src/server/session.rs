@@ -43,6 +43,7 @@ pub async fn run(
         })
     };
     let mut frames = Frames {
+        peer_closed: false,
         shard,
         outbox: &outbox,
         assembler: Assembler::new(shard.message_limits),
@@ -84,6 +85,10 @@ pub async fn run(
     if outbox.closed() == Some(Closed::Overflowed) {
         stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
     }
+    // A close the client started is echoed, not a refusal.
+    if let (Some(code), false) = (outbox.close_code(), frames.peer_closed) {
+        shard.my_stats().count_rejection(code);
+    }
     // A client that vanished gets no close frame; this only lets the writer finish.
     outbox.close(close::NORMAL, "");
     let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
@@ -92,6 +97,8 @@ pub async fn run(
 }
 
 struct Frames<'s> {
+    /// The client sent a close frame (ours only answers it).
+    peer_closed: bool,
     shard: &'s Rc<Shard>,
     outbox: &'s Rc<Outbox>,
     assembler: Assembler,
@@ -151,6 +158,7 @@ impl Frames<'_> {
                 }
                 Event::Pong(_) => {}
                 Event::Close(p) => {
+                    self.peer_closed = true;
                     match close::parse_close_payload(p) {
                         Ok(ClosePayload::Empty) => self.outbox.close(close::NORMAL, ""),
                         Ok(ClosePayload::Code { code, .. }) => self.outbox.close(code, ""),

@@ -9,6 +9,12 @@ macro_rules! shard_stats {
         #[derive(Debug, Default)]
         pub struct ShardStats {
             $( $(#[$doc])* pub $name: AtomicU64, )*
+            /// Refusals by close code or HTTP status, indexed like [`REJECTION_CODES`].
+            pub rejections: [AtomicU64; REJECTION_CODES.len()],
+            /// Handshakes completed (101 written) and the microseconds they took in all,
+            /// from the whole request head to the 101.
+            pub handshakes_total: AtomicU64,
+            pub handshake_us_total: AtomicU64,
         }
 
         impl ShardStats {
@@ -22,6 +28,8 @@ macro_rules! shard_stats {
                         let _ = writeln!(out, "wiresocket_{}{{shard=\"{i}\"}} {}", stringify!($name), s.$name.load(Relaxed));
                     }
                 )*
+                render_rejections(&mut out, shards);
+                render_handshakes(&mut out, shards);
                 out
             }
         }
@@ -42,6 +50,60 @@ shard_stats! {
     counter idle_closes_total: "Connections closed for silence past the idle timeout",
     counter panics_total: "Panics caught while handling one connection's message",
     counter http_requests_total: "Plain HTTP requests answered",
+}
+
+/// Close codes and HTTP statuses counted in `wiresocket_rejections_total`.
+pub const REJECTION_CODES: [u16; 30] = [
+    400, 401, 403, 404, 405, 408, 411, 413, 426, 429, 431, 500, 503, 505, 1001, 1002, 1003, 1007,
+    1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005, 4006, 4007, 4008, 4009,
+];
+
+impl ShardStats {
+    /// Counts a refusal (a close code other than 1000, or an HTTP status of 400 or more).
+    pub fn count_rejection(&self, code: u16) {
+        if let Some(i) = REJECTION_CODES.iter().position(|&c| c == code) {
+            self.rejections[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn observe_handshake(&self, elapsed: std::time::Duration) {
+        self.handshakes_total.fetch_add(1, Relaxed);
+        self.handshake_us_total
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+}
+
+fn render_rejections(out: &mut String, shards: &[ShardStats]) {
+    let _ = writeln!(
+        out,
+        "# HELP wiresocket_rejections_total Refusals by WebSocket close code or HTTP status"
+    );
+    let _ = writeln!(out, "# TYPE wiresocket_rejections_total counter");
+    for (i, code) in REJECTION_CODES.iter().enumerate() {
+        let total: u64 = shards.iter().map(|s| s.rejections[i].load(Relaxed)).sum();
+        let _ = writeln!(
+            out,
+            "wiresocket_rejections_total{{code=\"{code}\"}} {total}"
+        );
+    }
+}
+
+fn render_handshakes(out: &mut String, shards: &[ShardStats]) {
+    let count: u64 = shards
+        .iter()
+        .map(|s| s.handshakes_total.load(Relaxed))
+        .sum();
+    let us: u64 = shards
+        .iter()
+        .map(|s| s.handshake_us_total.load(Relaxed))
+        .sum();
+    let _ = writeln!(
+        out,
+        "# HELP wiresocket_handshake_seconds Time from a whole request head to the 101"
+    );
+    let _ = writeln!(out, "# TYPE wiresocket_handshake_seconds summary");
+    let _ = writeln!(out, "wiresocket_handshake_seconds_sum {}", us as f64 / 1e6);
+    let _ = writeln!(out, "wiresocket_handshake_seconds_count {count}");
 }
 
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -69,5 +131,15 @@ mod tests {
         assert!(text.contains("wiresocket_connections{shard=\"0\"} 0\n"));
         assert!(text.contains("wiresocket_connections{shard=\"1\"} 3\n"));
         assert!(text.contains("# TYPE wiresocket_deliveries_total counter\n"));
+        shards[0].count_rejection(4004);
+        shards[1].count_rejection(4004);
+        shards[1].count_rejection(429);
+        shards[1].count_rejection(1000);
+        shards[0].observe_handshake(std::time::Duration::from_millis(2));
+        let text = ShardStats::render(&shards);
+        assert!(text.contains("wiresocket_rejections_total{code=\"4004\"} 2\n"));
+        assert!(text.contains("wiresocket_rejections_total{code=\"429\"} 1\n"));
+        assert!(text.contains("wiresocket_handshake_seconds_sum 0.002\n"));
+        assert!(text.contains("wiresocket_handshake_seconds_count 1\n"));
     }
 }
