@@ -79,6 +79,8 @@ fn client_credentials_refresh_rotation_and_refused_reuse() {
     );
     let r = server.http("POST /connect/token HTTP/1.1\r\nHost: t\r\nContent-Length: 99999\r\n\r\n");
     assert_eq!(status(&r), 413);
+    let r = server.http("POST /connect/token HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status(&r), 411);
 }
 
 #[test]

@@ -71,6 +71,8 @@ impl Directory {
                 allow_path_names: a.allow_path_names,
                 client_id: a.client_id.clone(),
                 client_secret_hash: a.client_secret_hash.clone(),
+                license_region: a.license_region.clone(),
+                allowed_domains: a.allowed_domains.clone(),
             })
             .collect();
         for a in &apps {
@@ -105,6 +107,8 @@ impl Directory {
             allow_path_names: false,
             client_id: Some(DEV.into()),
             client_secret_hash: Some(DEV_CLIENT_SECRET_HASH.into()),
+            license_region: "aws-eu-west-1".into(),
+            allowed_domains: Vec::new(),
         };
         let tenant = Tenant {
             id: DEV.into(),
@@ -159,8 +163,20 @@ impl Directory {
             "exp": now + ttl_s,
             "jti": random_id(),
         });
-        if let (Some(map), serde_json::Value::Object(extra)) = (claims.as_object_mut(), extra) {
-            map.extend(extra);
+        if let Some(map) = claims.as_object_mut() {
+            if !app.license_region.is_empty() {
+                map.insert("dbCode".into(), app.license_region.clone().into());
+                map.insert(
+                    "licenseRegionCode".into(),
+                    app.license_region.clone().into(),
+                );
+            }
+            for (i, domain) in app.allowed_domains.iter().enumerate() {
+                map.insert(format!("allowed_domain_{}", i + 1), domain.clone().into());
+            }
+            if let serde_json::Value::Object(extra) = extra {
+                map.extend(extra);
+            }
         }
         let mut header = Header::new(signer.alg);
         header.kid = signer.kid.clone();
@@ -268,13 +284,17 @@ mod tests {
             .unwrap();
         let id = d.verifier.verify(&token).unwrap();
         assert_eq!((id.tenant_id.as_str(), id.app.id.as_str()), (DEV, DEV));
+        let claims: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+        assert_eq!(claims["licenseRegionCode"], "aws-eu-west-1");
+        assert_eq!(claims["dbCode"], "aws-eu-west-1");
         assert_eq!(id.role, super::super::claims::Role::Viewer);
     }
 
     #[test]
     fn configured_tenants_and_errors_name_the_field() {
         let toml = format!(
-            "[[tenants]]\nid = \"acme\"\n[[tenants.keys]]\nkid = \"k1\"\nalg = \"ES256\"\npublic_key_file = \"{}/tests/keys/es256_public.pem\"\nprivate_key_file = \"{}/tests/keys/es256_private.pem\"\n[[apps]]\nid = \"web\"\ntenant = \"acme\"\nplan = {{ max_connections = 10 }}\n",
+            "[[tenants]]\nid = \"acme\"\n[[tenants.keys]]\nkid = \"k1\"\nalg = \"ES256\"\npublic_key_file = \"{}/tests/keys/es256_public.pem\"\nprivate_key_file = \"{}/tests/keys/es256_private.pem\"\n[[apps]]\nid = \"web\"\ntenant = \"acme\"\nallowed_domains = [\"app.acme.example\"]\nplan = {{ max_connections = 10 }}\n",
             env!("CARGO_MANIFEST_DIR"),
             env!("CARGO_MANIFEST_DIR")
         );

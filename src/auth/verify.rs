@@ -33,6 +33,10 @@ pub struct App {
     /// OAuth 2 client credentials for the token endpoint; the secret only as a slow hash.
     pub client_id: Option<String>,
     pub client_secret_hash: Option<String>,
+    /// `aws-{region}`: carried in issued tokens as `dbCode` and `licenseRegionCode`.
+    pub license_region: String,
+    /// Carried in issued tokens as `allowed_domain_1..3`.
+    pub allowed_domains: Vec<String>,
 }
 
 /// Who a verified token speaks for.
@@ -267,6 +271,8 @@ mod tests {
             allow_path_names: false,
             client_id: None,
             client_secret_hash: None,
+            license_region: String::new(),
+            allowed_domains: Vec::new(),
         }
     }
 
