@@ -15,14 +15,6 @@ fn post_form(server: &Server, form: &str) -> (u16, Value) {
     (status(&r), body_json(&r))
 }
 
-fn status(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 fn body_json(response: &str) -> Value {
     let body = response
         .split_once("\r\n\r\n")

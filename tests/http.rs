@@ -7,14 +7,6 @@ use std::io::{Read, Write};
 use std::time::Duration;
 use tungstenite::Message;
 
-fn status(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn health_is_json_with_a_timestamp() {
     let server = Server::start("");

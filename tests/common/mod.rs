@@ -143,6 +143,15 @@ impl Drop for Server {
     }
 }
 
+/// The status code of a raw HTTP response.
+pub fn status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 pub type Ws = WebSocket<TcpStream>;
 
 /// A development token (the server runs the development tenant when no tenant is
