@@ -17,6 +17,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub documents: DocumentConfig,
     pub auth: AuthConfig,
+    pub node: NodeConfig,
     pub rate_limits: RateLimitConfig,
     /// Proxies whose `X-Forwarded-For` names the client (for per-IP limits).
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -36,6 +37,34 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig { leeway_s: 30 }
+    }
+}
+
+/// This node as the others see it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique among the nodes sharing a registry.
+    pub id: String,
+    /// `{region-name}-{cluster-id}`, e.g. `eu-central-1`.
+    pub region: String,
+    /// The public WebSocket base URL clients are redirected to (4009), e.g.
+    /// `wss://eu1.example.com`; empty: `ws://` + the listen address.
+    pub public_url: String,
+    pub heartbeat_interval_ms: u64,
+    /// A node silent this long loses its pins and counts to the others.
+    pub heartbeat_stale_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "node-1".into(),
+            region: "local-1".into(),
+            public_url: String::new(),
+            heartbeat_interval_ms: 5_000,
+            heartbeat_stale_ms: 30_000,
+        }
     }
 }
 
@@ -162,6 +191,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             documents: DocumentConfig::default(),
             auth: AuthConfig::default(),
+            node: NodeConfig::default(),
             rate_limits: RateLimitConfig::default(),
             trusted_proxies: Vec::new(),
             tenants: Vec::new(),

@@ -159,10 +159,22 @@ fn token(args: &[String]) -> Result<String, String> {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let result = wiresocket::server::run(config, |addr, shards| {
+    let result = wiresocket::server::run(config, |node| {
         // Scripts and tests read this line to learn the port.
-        println!("wiresocket listening on {addr} ({shards} shards)");
-        wiresocket::log::info("listening", &[("addr", &addr), ("shards", &shards)]);
+        println!(
+            "wiresocket listening on {} ({} shards)",
+            node.addr, node.shards
+        );
+        wiresocket::log::info(
+            "listening",
+            &[
+                ("addr", &node.addr),
+                ("shards", &node.shards),
+                ("node", &node.info.id),
+                ("region", &node.info.region),
+                ("url", &node.info.url),
+            ],
+        );
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,30 +1,206 @@
-//! The embedded registry: one node, every shard sharing one instance. Counts live in a map
-//! of atomics; the map lock is taken when an app is first seen, not per event.
+//! The embedded registry: one process, every shard (and, in tests, several nodes) sharing
+//! one instance behind a mutex. Admissions and pins take the lock; counting updates does not
+//! (the sliding-minute windows are atomics).
 
 use super::rate::MinuteWindow;
-use super::{AppKey, Exceeded, Registry, Usage};
+use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Usage};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-#[derive(Debug, Default)]
-struct AppCounters {
-    connections: AtomicU64,
-    documents: AtomicU64,
-    ops: Arc<MinuteWindow>,
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    connections: u64,
+    documents: u64,
 }
 
 #[derive(Debug, Default)]
+struct State {
+    /// Node id → (its info, last heartbeat).
+    nodes: HashMap<String, (NodeInfo, u64)>,
+    /// Document → the id of the node it is pinned to.
+    pins: HashMap<String, String>,
+    /// (app, node id) → counts: per node, so a dead node's counts can be dropped.
+    counts: HashMap<(String, String), Counts>,
+}
+
+impl State {
+    /// Marks `node` alive (a node that acts is alive) and forgets nodes whose heartbeat is
+    /// older than `stale_after_ms`, with their pins and counts.
+    fn refresh(&mut self, node: Option<&NodeInfo>, now_ms: u64, stale_after_ms: u64) {
+        if let Some(node) = node {
+            self.nodes
+                .entry(node.id.clone())
+                .and_modify(|(info, seen)| {
+                    *info = node.clone();
+                    *seen = (*seen).max(now_ms);
+                })
+                .or_insert_with(|| (node.clone(), now_ms));
+        }
+        let stale: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, (_, seen))| now_ms.saturating_sub(*seen) > stale_after_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.nodes.remove(&id);
+            self.pins.retain(|_, holder| *holder != id);
+            self.counts.retain(|(_, node), _| *node != id);
+        }
+    }
+
+    fn totals(&self, app: &str) -> Counts {
+        self.counts
+            .iter()
+            .filter(|((a, _), _)| a == app)
+            .fold(Counts::default(), |acc, (_, c)| Counts {
+                connections: acc.connections + c.connections,
+                documents: acc.documents + c.documents,
+            })
+    }
+
+    fn counts_mut(&mut self, app: &str, node: &str) -> &mut Counts {
+        self.counts
+            .entry((app.to_owned(), node.to_owned()))
+            .or_default()
+    }
+}
+
+#[derive(Debug)]
 pub struct EmbeddedRegistry {
-    apps: RwLock<HashMap<String, Arc<AppCounters>>>,
+    state: Mutex<State>,
+    stale_after_ms: u64,
+    ops: RwLock<HashMap<String, Arc<MinuteWindow>>>,
 }
 
 impl EmbeddedRegistry {
-    fn app(&self, app: &AppKey) -> Arc<AppCounters> {
-        if let Some(c) = self.apps.read().expect("registry lock").get(app) {
-            return c.clone();
+    /// `stale_after_ms`: a node silent this long loses its pins and counts.
+    pub fn new(stale_after_ms: u64) -> Self {
+        EmbeddedRegistry {
+            state: Mutex::new(State::default()),
+            stale_after_ms,
+            ops: RwLock::new(HashMap::new()),
         }
-        self.apps
+    }
+
+    fn with<T>(&self, node: Option<&NodeInfo>, now_ms: u64, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock().expect("registry lock");
+        state.refresh(node, now_ms, self.stale_after_ms);
+        f(&mut state)
+    }
+}
+
+fn ready<'a, T: 'a>(value: T) -> Answer<'a, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Registry for EmbeddedRegistry {
+    fn heartbeat<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()> {
+        self.with(Some(node), now_ms, |_| ());
+        ready(())
+    }
+
+    fn claim<'a>(
+        &'a self,
+        document: &'a str,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        documents_max: Option<u64>,
+        now_ms: u64,
+    ) -> Answer<'a, Claim> {
+        ready(self.with(Some(node), now_ms, |state| {
+            if let Some(holder) = state.pins.get(document) {
+                if *holder == node.id {
+                    return Claim::AlreadyHere;
+                }
+                return Claim::Elsewhere(state.nodes[holder].0.clone());
+            }
+            let active = state.totals(app).documents;
+            if let Some(limit) = documents_max {
+                if active >= limit {
+                    return Claim::DocumentLimit(Exceeded { limit, active });
+                }
+            }
+            state.pins.insert(document.to_owned(), node.id.clone());
+            state.counts_mut(app, &node.id).documents += 1;
+            Claim::Pinned
+        }))
+    }
+
+    fn release<'a>(
+        &'a self,
+        document: &'a str,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> Answer<'a, ()> {
+        self.with(Some(node), now_ms, |state| {
+            // Only the holder releases: after a takeover the pin is someone else's.
+            if state.pins.get(document) == Some(&node.id) {
+                state.pins.remove(document);
+                let counts = state.counts_mut(app, &node.id);
+                counts.documents = counts.documents.saturating_sub(1);
+            }
+        });
+        ready(())
+    }
+
+    fn lookup<'a>(&'a self, document: &'a str, now_ms: u64) -> Answer<'a, Option<NodeInfo>> {
+        ready(self.with(None, now_ms, |state| {
+            state
+                .pins
+                .get(document)
+                .map(|holder| state.nodes[holder].0.clone())
+        }))
+    }
+
+    fn acquire_connection<'a>(
+        &'a self,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        limit: Option<u64>,
+        now_ms: u64,
+    ) -> Answer<'a, Result<(), Exceeded>> {
+        ready(self.with(Some(node), now_ms, |state| {
+            let active = state.totals(app).connections;
+            if let Some(limit) = limit {
+                if active >= limit {
+                    return Err(Exceeded { limit, active });
+                }
+            }
+            state.counts_mut(app, &node.id).connections += 1;
+            Ok(())
+        }))
+    }
+
+    fn release_connection<'a>(
+        &'a self,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> Answer<'a, ()> {
+        self.with(Some(node), now_ms, |state| {
+            let counts = state.counts_mut(app, &node.id);
+            counts.connections = counts.connections.saturating_sub(1);
+        });
+        ready(())
+    }
+
+    fn usage<'a>(&'a self, app: &'a AppKey, now_ms: u64) -> Answer<'a, Usage> {
+        ready(self.with(None, now_ms, |state| {
+            let t = state.totals(app);
+            Usage {
+                connections: t.connections,
+                documents: t.documents,
+            }
+        }))
+    }
+
+    fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
+        if let Some(w) = self.ops.read().expect("registry lock").get(app) {
+            return w.clone();
+        }
+        self.ops
             .write()
             .expect("registry lock")
             .entry(app.to_owned())
@@ -33,96 +209,14 @@ impl EmbeddedRegistry {
     }
 }
 
-/// Increments `counter` unless it is at `limit`, atomically.
-fn acquire(counter: &AtomicU64, limit: Option<u64>) -> Result<(), Exceeded> {
-    let Some(limit) = limit else {
-        counter.fetch_add(1, SeqCst);
-        return Ok(());
-    };
-    counter
-        .fetch_update(SeqCst, SeqCst, |n| (n < limit).then_some(n + 1))
-        .map(|_| ())
-        .map_err(|active| Exceeded { limit, active })
-}
-
-fn release(counter: &AtomicU64) {
-    let before = counter.fetch_sub(1, SeqCst);
-    assert!(before > 0, "released more than acquired");
-}
-
-impl Registry for EmbeddedRegistry {
-    fn acquire_connection(&self, app: &AppKey, limit: Option<u64>) -> Result<(), Exceeded> {
-        acquire(&self.app(app).connections, limit)
-    }
-
-    fn release_connection(&self, app: &AppKey) {
-        release(&self.app(app).connections)
-    }
-
-    fn acquire_document(&self, app: &AppKey, limit: Option<u64>) -> Result<(), Exceeded> {
-        acquire(&self.app(app).documents, limit)
-    }
-
-    fn release_document(&self, app: &AppKey) {
-        release(&self.app(app).documents)
-    }
-
-    fn usage(&self, app: &AppKey) -> Usage {
-        let c = self.app(app);
-        Usage {
-            connections: c.connections.load(SeqCst),
-            documents: c.documents.load(SeqCst),
-        }
-    }
-
-    fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
-        self.app(app).ops.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn limits_are_exact_under_contention() {
-        let r = Arc::new(EmbeddedRegistry::default());
-        let admitted: u64 = (0..8)
-            .map(|_| {
-                let r = r.clone();
-                std::thread::spawn(move || {
-                    (0..1000)
-                        .filter(|_| r.acquire_connection("t::a", Some(500)).is_ok())
-                        .count() as u64
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .sum();
-        assert_eq!(admitted, 500);
-        assert_eq!(r.usage("t::a").connections, 500);
-        assert_eq!(
-            r.acquire_connection("t::a", Some(500)),
-            Err(Exceeded {
-                limit: 500,
-                active: 500
-            })
-        );
-        for _ in 0..500 {
-            r.release_connection("t::a");
-        }
-        assert_eq!(r.usage("t::a"), Usage::default());
-    }
-
-    #[test]
-    fn apps_are_counted_apart() {
-        let r = EmbeddedRegistry::default();
-        r.acquire_document("t::a", Some(1)).unwrap();
-        assert!(r.acquire_document("t::a", Some(1)).is_err());
-        r.acquire_document("t::b", Some(1)).unwrap();
-        r.release_document("t::a");
-        assert_eq!(r.usage("t::a").documents, 0);
-        assert_eq!(r.usage("t::b").documents, 1);
+    fn passes_the_conformance_suite() {
+        super::super::conformance::run_all(|stale_after_ms| {
+            Arc::new(EmbeddedRegistry::new(stale_after_ms))
+        });
     }
 }

@@ -1,14 +1,29 @@
-//! The `Registry`: what several shards (and, with the regions issue, several nodes) share —
-//! live connection and document counts per app, and the apps' update rates. Admission
-//! decisions (4004, 4005, 4006) are made against it; `embedded` is the single-node backend.
+//! The `Registry`: what the shards of a node, and the nodes of every region, share — where
+//! each live document is pinned, node heartbeats, live connection and document counts per
+//! app, and the apps' update rates. Admission decisions (4004, 4005, 4009) are made against
+//! it. Calls are asynchronous because a distributed backend answers over the network;
+//! `embedded` (one process) answers at once. `conformance` is the suite every backend passes.
 
+pub mod conformance;
 pub mod embedded;
 pub mod rate;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// An app, as counters know it: `{tenant}::{app}`.
 pub type AppKey = str;
+
+/// A node as others see it: where to redirect a document's clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// `{region-name}-{cluster-id}`, e.g. `eu-central-1`.
+    pub region: String,
+    /// The node's public WebSocket base URL, e.g. `wss://eu1.example.com`.
+    pub url: String,
+}
 
 /// A refused admission: the limit, and how many were active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,22 +32,73 @@ pub struct Exceeded {
     pub active: u64,
 }
 
-/// The app's current counts, for `/usage`.
+/// The app's current counts over every live node, for `/usage`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub connections: u64,
     pub documents: u64,
 }
 
+/// What claiming a document's pin found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The document is now pinned here (and counted as one of the app's documents).
+    Pinned,
+    /// It was already pinned here.
+    AlreadyHere,
+    /// It lives on another live node.
+    Elsewhere(NodeInfo),
+    /// Pinning it would pass the app's `maxDocuments`.
+    DocumentLimit(Exceeded),
+}
+
+/// The registry could not answer: live sessions go on, new admissions are refused (1013).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + 'a>>;
+
 pub trait Registry: Send + Sync {
-    /// Counts one more live connection of `app`, unless that would pass `limit`.
-    fn acquire_connection(&self, app: &AppKey, limit: Option<u64>) -> Result<(), Exceeded>;
-    fn release_connection(&self, app: &AppKey);
-    /// Counts one more live document (session) of `app`, unless that would pass `limit`.
-    fn acquire_document(&self, app: &AppKey, limit: Option<u64>) -> Result<(), Exceeded>;
-    fn release_document(&self, app: &AppKey);
-    fn usage(&self, app: &AppKey) -> Usage;
-    /// The app's sliding-minute update counter; shards keep the `Arc` so that counting an
-    /// update is a few atomic operations, not a registry call.
+    /// Records that `node` is alive at `now_ms`.
+    fn heartbeat<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()>;
+    /// Pins `document` (an isolation key) to `node` in one step, or names its live home. A
+    /// pin held by a node whose heartbeat is stale is taken over, and that node's counts are
+    /// released.
+    fn claim<'a>(
+        &'a self,
+        document: &'a str,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        documents_max: Option<u64>,
+        now_ms: u64,
+    ) -> Answer<'a, Claim>;
+    /// Ends `node`'s pin of `document` (its grace period ended) and its document count.
+    fn release<'a>(
+        &'a self,
+        document: &'a str,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> Answer<'a, ()>;
+    /// The live node a document is pinned to, if any.
+    fn lookup<'a>(&'a self, document: &'a str, now_ms: u64) -> Answer<'a, Option<NodeInfo>>;
+    /// Counts one more live connection of `app` on `node`, unless the app's total over
+    /// every live node would pass `limit`.
+    fn acquire_connection<'a>(
+        &'a self,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        limit: Option<u64>,
+        now_ms: u64,
+    ) -> Answer<'a, Result<(), Exceeded>>;
+    fn release_connection<'a>(
+        &'a self,
+        app: &'a AppKey,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> Answer<'a, ()>;
+    fn usage<'a>(&'a self, app: &'a AppKey, now_ms: u64) -> Answer<'a, Usage>;
+    /// The app's sliding-minute update counter for this region; shards keep the `Arc` so that
+    /// counting an update is a few atomic operations, not a registry call.
     fn ops_window(&self, app: &AppKey) -> Arc<rate::MinuteWindow>;
 }

@@ -31,7 +31,8 @@ pub async fn answer(
             &[],
             &ShardStats::render(&shard.stats),
         ),
-        ("GET", "/usage") => usage(shard, req, ip),
+        ("GET", "/usage") => usage(shard, req, ip).await,
+        ("GET", "/discovery") => discovery(shard, req, ip).await,
         ("POST", "/connect/token") => token(shard, stream, req, leftover, ip).await,
         (_, "/health" | "/metrics" | "/usage" | "/connect/token") => json_error(
             405,
@@ -72,25 +73,85 @@ pub fn too_many_requests() -> Vec<u8> {
     )
 }
 
-/// `GET /usage`: the app's global counts against its limits.
-fn usage(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
-    if !shard.shared.usage_per_ip.allow(ip, now_s()) {
-        return too_many_requests();
-    }
+/// The token of an API request (`Authorization: Bearer` or `?token=`), verified; or the
+/// 401 to answer.
+fn authenticate(shard: &Shard, req: &Request<'_>) -> Result<auth::verify::Identity, Vec<u8>> {
     let Some(found) = auth::transport::extract(req) else {
-        return json_error(
+        return Err(json_error(
             401,
             "missing_token",
             "send Authorization: Bearer JWT or ?token=JWT",
             &[],
-        );
+        ));
     };
-    let identity = match shard.shared.directory.verifier.verify(&found.token) {
+    shard
+        .shared
+        .directory
+        .verifier
+        .verify(&found.token)
+        .map_err(|refusal| json_error(401, "invalid_token", &refusal.reason(), &[]))
+}
+
+fn registry_unavailable() -> Vec<u8> {
+    json_error(
+        503,
+        "unavailable",
+        "the registry did not answer: try again shortly",
+        &[RETRY_AFTER],
+    )
+}
+
+/// `GET /discovery?documentName=NAME`: where to connect for a document.
+async fn discovery(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
+    if !shard.shared.handshakes_per_ip.allow(ip, now_s()) {
+        return too_many_requests();
+    }
+    let identity = match authenticate(shard, req) {
         Ok(identity) => identity,
-        Err(refusal) => return json_error(401, "invalid_token", &refusal.reason(), &[]),
+        Err(answer) => return answer,
+    };
+    let encoded = req.query_param("documentName").unwrap_or_default();
+    let Some(name) = crate::http::request::percent_decode(encoded).filter(|n| !n.is_empty()) else {
+        return json_error(400, "invalid_request", "documentName is required", &[]);
+    };
+    let key = crate::sync::document::isolation_key(&identity.tenant_id, &identity.app.id, &name);
+    let home = match shard
+        .shared
+        .registry
+        .lookup(&key, crate::log::unix_ms())
+        .await
+    {
+        Ok(home) => home,
+        Err(_) => return registry_unavailable(),
+    };
+    let is_new = home.is_none();
+    let node = home.unwrap_or_else(|| shard.shared.node.clone());
+    let body = format!(
+        "{{\"region\":{},\"url\":{},\"isNew\":{is_new}}}",
+        json_string(&node.region),
+        json_string(&format!("{}/{encoded}", node.url))
+    );
+    response(200, "application/json", &[], &body)
+}
+
+/// `GET /usage`: the app's global counts against its limits.
+async fn usage(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
+    if !shard.shared.usage_per_ip.allow(ip, now_s()) {
+        return too_many_requests();
+    }
+    let identity = match authenticate(shard, req) {
+        Ok(identity) => identity,
+        Err(answer) => return answer,
     };
     let app = format!("{}::{}", identity.tenant_id, identity.app.id);
-    let counts = shard.shared.registry.usage(&app);
+    let Ok(counts) = shard
+        .shared
+        .registry
+        .usage(&app, crate::log::unix_ms())
+        .await
+    else {
+        return registry_unavailable();
+    };
     let body = format!(
         "{{\"tenantId\":{},\"appId\":{},\"usage\":{{\"connections\":{},\"documents\":{}}},\"timestamp\":\"{}\"}}",
         json_string(&identity.tenant_id),

@@ -1,11 +1,12 @@
 //! What a session does with data messages: sync a document, or echo (conformance runs).
 
 use super::session::{Handler, Refused};
-use super::shard::Shard;
+use super::shard::{RoomRefusal, Shard};
 use super::stats;
 use crate::auth::claims::Limits;
 use crate::outbox::{shared_frame, Outbox};
 use crate::registry::rate::MinuteWindow;
+use crate::registry::NodeInfo;
 use crate::sync::room::{Room, Slot};
 use crate::ws::close;
 use crate::ws::frame::Opcode;
@@ -30,51 +31,70 @@ pub struct DocumentHandler {
 /// What a connection to a document is allowed, from its verified token.
 pub struct Admission {
     pub key: String,
+    /// The document name as it appeared in the request path (for redirects).
+    pub document: String,
     pub app: String,
     pub limits: Limits,
     pub can_write: bool,
 }
 
 impl DocumentHandler {
-    /// Admits the connection against its app's limits (4004, 4005, 4008) and joins the room.
-    /// A refusal leaves no count behind.
-    pub fn join(
+    /// Admits the connection against its app's limits (4004, 4005, 4008), opens the room
+    /// (4009 when the document lives on another node, 1013 when the registry does not
+    /// answer) and joins it. A refusal leaves no count behind.
+    pub async fn join(
         shard: Rc<Shard>,
         admission: Admission,
         outbox: Rc<Outbox>,
     ) -> Result<Self, Refused> {
         let Admission {
             key,
+            document,
             app,
             limits,
             can_write,
         } = admission;
         let registry = &shard.shared.registry;
-        registry
-            .acquire_connection(&app, limits.max_connections)
-            .map_err(|e| {
-                (
+        let node = &shard.shared.node;
+        match registry
+            .acquire_connection(&app, node, limits.max_connections, crate::log::unix_ms())
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err((
                     CONNECTION_LIMIT,
                     format!("Connection limit exceeded: {}", e.limit).into(),
-                )
-            })?;
-        let room = match shard.open_room(&key, &app, limits.max_documents) {
+                ))
+            }
+            Err(_) => return Err(unavailable()),
+        }
+        let room = match shard.open_room(&key, &app, limits.max_documents).await {
             Ok(room) => room,
-            Err(e) => {
-                registry.release_connection(&app);
-                return Err((
-                    DOCUMENT_LIMIT,
-                    format!(
-                        "Document limit exceeded: {} (active: {})",
-                        e.limit, e.active
-                    )
-                    .into(),
-                ));
+            Err(refusal) => {
+                release_connection(&shard, &app);
+                return Err(match refusal {
+                    RoomRefusal::DocumentLimit(e) => (
+                        DOCUMENT_LIMIT,
+                        format!(
+                            "Document limit exceeded: {} (active: {})",
+                            e.limit, e.active
+                        )
+                        .into(),
+                    ),
+                    RoomRefusal::Elsewhere(home) => {
+                        (REDIRECT, redirect_reason(&home, &document).into())
+                    }
+                    RoomRefusal::Unavailable(why) => {
+                        crate::log::warn("registry_unavailable", &[("error", &why)]);
+                        unavailable()
+                    }
+                });
             }
         };
         if let Some(max) = limits.max_users_per_doc {
             if room.borrow().subscriber_count() as u64 >= max {
-                registry.release_connection(&app);
+                release_connection(&shard, &app);
                 // A room created just now is still empty: it goes after its grace period.
                 shard.room_left(&key);
                 return Err((
@@ -99,10 +119,48 @@ impl DocumentHandler {
     }
 }
 
+fn unavailable() -> Refused {
+    (
+        TRY_AGAIN_LATER,
+        "Service unavailable: the registry did not answer, try again later".into(),
+    )
+}
+
+/// Releases a connection count without holding up the caller (the registry may be remote).
+fn release_connection(shard: &Rc<Shard>, app: &str) {
+    let (shard, app) = (shard.clone(), app.to_owned());
+    glommio::spawn_local(async move {
+        if shard
+            .shared
+            .registry
+            .release_connection(&app, &shard.shared.node, crate::log::unix_ms())
+            .await
+            .is_err()
+        {
+            // The registry drops this node's counts when its heartbeat goes stale.
+            crate::log::warn("connection_release_failed", &[("app", &app)]);
+        }
+    })
+    .detach();
+}
+
+/// `REDIRECT:{node-url}/{documentName}`, or, when that would not fit a close frame,
+/// `Document active in region: {region}`.
+pub fn redirect_reason(home: &NodeInfo, document: &str) -> String {
+    let redirect = format!("REDIRECT:{}/{}", home.url, document);
+    if redirect.len() <= close::REASON_BYTES_MAX {
+        redirect
+    } else {
+        format!("Document active in region: {}", home.region)
+    }
+}
+
 pub const CONNECTION_LIMIT: u16 = 4004;
 pub const DOCUMENT_LIMIT: u16 = 4005;
 pub const RATE_LIMIT: u16 = 4006;
 pub const USERS_PER_DOCUMENT_LIMIT: u16 = 4008;
+pub const REDIRECT: u16 = 4009;
+pub const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Whether `payload` is a sync update (step 2 or update) that carries changes: what
 /// `opsPerMinute` counts. The empty update (`[0, 0]`) Yjs sends when it has nothing is not one.
@@ -144,7 +202,7 @@ impl Handler for DocumentHandler {
     fn on_end(&mut self) {
         self.room.borrow_mut().leave(self.slot);
         stats::sub(&self.shard.my_stats().connections, 1);
-        self.shard.shared.registry.release_connection(&self.app);
+        release_connection(&self.shard, &self.app);
         self.shard.room_left(&self.key);
     }
 }
@@ -165,7 +223,26 @@ impl Handler for EchoHandler {
 
 #[cfg(test)]
 mod tests {
-    use super::is_sync_update;
+    use super::{is_sync_update, redirect_reason};
+    use crate::registry::NodeInfo;
+
+    #[test]
+    fn redirects_fall_back_to_the_region_when_too_long() {
+        let home = NodeInfo {
+            id: "n2".into(),
+            region: "eu-central-1".into(),
+            url: "wss://eu1.example.com".into(),
+        };
+        assert_eq!(
+            redirect_reason(&home, "my-doc"),
+            "REDIRECT:wss://eu1.example.com/my-doc"
+        );
+        let long = "d".repeat(120);
+        assert_eq!(
+            redirect_reason(&home, &long),
+            "Document active in region: eu-central-1"
+        );
+    }
 
     #[test]
     fn counts_only_non_empty_updates() {

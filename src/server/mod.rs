@@ -13,8 +13,10 @@ pub mod stats;
 
 use crate::auth::directory::Directory;
 use crate::config::Config;
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::{NodeInfo, Registry};
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -33,19 +35,44 @@ impl std::fmt::Display for StartError {
 /// does not do; keeping it small lets several shards start under an 8 MiB memlock limit.
 const IO_MEMORY_BYTES: usize = 256 << 10;
 
-/// Starts the shards and blocks until they stop. `on_listening` is called once every shard
-/// listens, with the bound address.
-pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Result<(), StartError> {
+/// A started node: its shards are listening.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub shards: usize,
+    pub info: NodeInfo,
+    handles: PoolThreadHandles<()>,
+}
+
+impl Node {
+    /// Blocks until the shards stop.
+    pub fn join(self) -> Result<(), StartError> {
+        for result in self.handles.join_all() {
+            result.map_err(|e| StartError(explain_start_error(&e.to_string())))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the shards and blocks until they stop, on the embedded registry. `on_listening` is
+/// called once every shard listens.
+pub fn run(config: Config, on_listening: impl FnOnce(&Node)) -> Result<(), StartError> {
+    let stale_ms = config.node.heartbeat_stale_ms;
+    let node = start(config, Arc::new(EmbeddedRegistry::new(stale_ms)))?;
+    on_listening(&node);
+    node.join()
+}
+
+/// Starts a node on `registry` and returns once every shard listens. Several nodes may share
+/// one registry in one process (the multi-node tests do).
+pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartError> {
     let requested = config.validate().map_err(|e| StartError(e.0))?;
     let directory = Directory::from_config(&config).map_err(|e| StartError(e.0))?;
     if directory.is_development {
         crate::log::warn(
             "development_tenant",
-            &[("note", &"no tenants configured: accepting tokens signed with the published development key (wiresocket token); configure [[tenants]] and [[apps]] for production")],
+            &[("note", &"no tenants configured: accepting tokens signed with the published development key (wiresocket token, or client_id dev / client_secret dev-secret); configure [[tenants]] and [[apps]] for production")],
         );
     }
-    let registry: Arc<dyn crate::registry::Registry> =
-        Arc::new(crate::registry::embedded::EmbeddedRegistry::default());
     let addr = reserve_address(requested)?;
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
@@ -54,10 +81,24 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
     } else {
         config.shards
     };
+    let info = NodeInfo {
+        id: config.node.id.clone(),
+        region: config.node.region.clone(),
+        url: if config.node.public_url.is_empty() {
+            format!("ws://{addr}")
+        } else {
+            config.node.public_url.trim_end_matches('/').to_owned()
+        },
+    };
     let stats: Arc<[stats::ShardStats]> =
         (0..shards).map(|_| stats::ShardStats::default()).collect();
     let mesh = MeshBuilder::full(shards, 1024);
-    let shared = Arc::new(shared::Shared::new(config, directory, registry));
+    let shared = Arc::new(shared::Shared::new(
+        config,
+        info.clone(),
+        directory,
+        registry,
+    ));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .io_memory(IO_MEMORY_BYTES)
@@ -102,11 +143,12 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr, usize)) -> Resu
             }
         }
     }
-    on_listening(addr, shards);
-    for result in handles.join_all() {
-        result.map_err(|e| StartError(explain_start_error(&e.to_string())))?;
-    }
-    Ok(())
+    Ok(Node {
+        addr,
+        shards,
+        info,
+        handles,
+    })
 }
 
 /// Checks that the address is free (SO_REUSEPORT would otherwise let us silently share a

@@ -143,10 +143,17 @@ async fn route(
     }
     if shard.config().echo_path.as_deref() == Some(req.path) {
         let accept = accept_or_refuse(shard, stream, req).await?;
-        start_session(shard, stream, &accept, None, leftover, started, |outbox| {
-            Ok(Box::new(EchoHandler { outbox }))
-        })
-        .await;
+        let outbox = new_outbox(shard);
+        let echo = Box::new(EchoHandler {
+            outbox: outbox.clone(),
+        });
+        let upgrade = Upgrade {
+            accept: &accept,
+            protocol: None,
+            leftover,
+            started,
+        };
+        start_session(shard, stream, upgrade, outbox, Ok(echo)).await;
         return None;
     }
     let found = auth::transport::extract(req);
@@ -237,25 +244,27 @@ async fn route(
     }
     let admission = Admission {
         key,
+        document: req.path[1..].to_owned(),
         app: format!("{}::{}", identity.tenant_id, identity.app.id),
         limits: identity.limits,
         can_write: identity.role == auth::claims::Role::Editor,
     };
-    let shard_rc = shard.clone();
-    start_session(
-        shard,
-        stream,
-        &accept,
-        marker,
+    let outbox = new_outbox(shard);
+    let handler = DocumentHandler::join(shard.clone(), admission, outbox.clone())
+        .await
+        .map(|h| Box::new(h) as Box<dyn Handler>);
+    let upgrade = Upgrade {
+        accept: &accept,
+        protocol: marker,
         leftover,
         started,
-        move |outbox| {
-            DocumentHandler::join(shard_rc, admission, outbox)
-                .map(|h| Box::new(h) as Box<dyn Handler>)
-        },
-    )
-    .await;
+    };
+    start_session(shard, stream, upgrade, outbox, handler).await;
     None
+}
+
+fn new_outbox(shard: &Shard) -> Rc<Outbox> {
+    Rc::new(Outbox::new(shard.config().websocket.outbound_bytes_max))
 }
 
 /// The `Sec-WebSocket-Accept` value, or `None` after answering a bad upgrade with its status.
@@ -283,17 +292,29 @@ async fn accept_or_refuse(
     }
 }
 
+/// An upgrade that passed its checks: what the 101 needs and what came with the request.
+struct Upgrade<'a> {
+    accept: &'a str,
+    protocol: Option<&'a str>,
+    leftover: Vec<u8>,
+    started: Instant,
+}
+
+/// Writes the 101 and runs the session, or, for a refused admission, closes with its code.
 async fn start_session(
     shard: &Rc<Shard>,
     stream: &SharedStream,
-    accept: &str,
-    protocol: Option<&str>,
-    leftover: Vec<u8>,
-    started: Instant,
-    make_handler: impl FnOnce(Rc<Outbox>) -> Result<Box<dyn Handler>, Refused>,
+    upgrade: Upgrade<'_>,
+    outbox: Rc<Outbox>,
+    handler: Result<Box<dyn Handler>, Refused>,
 ) {
-    let outbox = Rc::new(Outbox::new(shard.config().websocket.outbound_bytes_max));
-    match make_handler(outbox.clone()) {
+    let Upgrade {
+        accept,
+        protocol,
+        leftover,
+        started,
+    } = upgrade;
+    match handler {
         Ok(mut handler) => {
             if socket::write_all(stream, &handshake::switching_protocols(accept, protocol))
                 .await

@@ -5,7 +5,7 @@ use super::shared::Shared;
 use super::stats::{self, ShardStats};
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
-use crate::registry::Exceeded;
+use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
 use crate::sync::room::{Room, RoomConfig};
 use crate::sync::update_check::UpdateLimits;
 use crate::ws::close;
@@ -35,6 +35,51 @@ pub struct Setup {
     pub stats: Arc<[ShardStats]>,
     pub mesh: MeshBuilder<Handoff, Full>,
     pub ready: mpsc::Sender<Result<(), String>>,
+}
+
+/// Why a document cannot be opened here.
+#[derive(Debug, Clone)]
+pub enum RoomRefusal {
+    /// It lives on another node (4009).
+    Elsewhere(NodeInfo),
+    /// The app's `maxDocuments` (4005).
+    DocumentLimit(Exceeded),
+    /// The registry did not answer (1013).
+    Unavailable(String),
+}
+
+enum RoomState {
+    /// A claim or release is in flight.
+    Pending(Rc<Pending>),
+    Live(RoomEntry),
+}
+
+/// A one-shot signal for clients waiting on a pending room.
+#[derive(Default)]
+struct Pending {
+    done: Cell<bool>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Pending {
+    fn finish(&self) {
+        self.done.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 struct RoomEntry {
@@ -67,7 +112,7 @@ pub struct Shard {
     pub stats: Arc<[ShardStats]>,
     pub message_limits: MessageLimits,
     room_config: RoomConfig,
-    rooms: RefCell<HashMap<String, RoomEntry>>,
+    rooms: RefCell<HashMap<String, RoomState>>,
     conns: RefCell<HashMap<u64, Rc<Liveness>>>,
     next_conn_id: Cell<u64>,
     pub scratch: RefCell<Box<[u8]>>,
@@ -146,6 +191,9 @@ pub async fn run(setup: Setup) {
         .detach();
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
+    if shard.id == 0 {
+        glommio::spawn_local(heartbeat(shard.clone())).detach();
+    }
     let _ = ready.send(Ok(()));
     loop {
         match listener.accept().await {
@@ -207,39 +255,78 @@ impl Shard {
         let _ = self.handoff.send_to(owner, Handoff { fd, head }).await;
     }
 
-    /// The room for `key`, created if it is not in memory, in which case it counts as one of
-    /// `app`'s live documents (refused past `documents_max`). Creation is atomic: the shard
-    /// is single-threaded and nothing here awaits.
-    pub fn open_room(
+    /// The room for `key`, created if it is not in memory: the document is then pinned to
+    /// this node in the registry, which counts it as one of `app`'s live documents (refused
+    /// past `documents_max`) or names the node it lives on.
+    ///
+    /// Creation is atomic per shard: while a claim (or a release) is in flight the key holds
+    /// a pending entry, and other clients of the document wait for it, then look again.
+    pub async fn open_room(
         &self,
         key: &str,
         app: &str,
         documents_max: Option<u64>,
-    ) -> Result<Rc<RefCell<Room>>, Exceeded> {
-        let mut rooms = self.rooms.borrow_mut();
-        if let Some(entry) = rooms.get(key) {
-            return Ok(entry.room.clone());
+    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+        loop {
+            let pending = match self.rooms.borrow().get(key) {
+                Some(RoomState::Live(entry)) => return Ok(entry.room.clone()),
+                Some(RoomState::Pending(p)) => Some(p.clone()),
+                None => None,
+            };
+            match pending {
+                Some(p) => p.wait().await,
+                None => return self.claim_room(key, app, documents_max).await,
+            }
         }
-        self.shared.registry.acquire_document(app, documents_max)?;
-        let room = Rc::new(RefCell::new(Room::new(self.room_config)));
-        rooms.insert(
-            key.to_owned(),
-            RoomEntry {
-                room: room.clone(),
-                app: app.to_owned(),
-                emptied: 0,
-            },
-        );
-        stats::add(&self.my_stats().documents, 1);
-        Ok(room)
+    }
+
+    async fn claim_room(
+        &self,
+        key: &str,
+        app: &str,
+        documents_max: Option<u64>,
+    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+        let pending = Rc::new(Pending::default());
+        self.rooms
+            .borrow_mut()
+            .insert(key.to_owned(), RoomState::Pending(pending.clone()));
+        let now_ms = crate::log::unix_ms();
+        let claim = self
+            .shared
+            .registry
+            .claim(key, app, &self.shared.node, documents_max, now_ms)
+            .await;
+        let result = match claim {
+            Ok(Claim::Pinned | Claim::AlreadyHere) => {
+                let room = Rc::new(RefCell::new(Room::new(self.room_config)));
+                let entry = RoomEntry {
+                    room: room.clone(),
+                    app: app.to_owned(),
+                    emptied: 0,
+                };
+                self.rooms
+                    .borrow_mut()
+                    .insert(key.to_owned(), RoomState::Live(entry));
+                stats::add(&self.my_stats().documents, 1);
+                Ok(room)
+            }
+            Ok(Claim::Elsewhere(node)) => Err(RoomRefusal::Elsewhere(node)),
+            Ok(Claim::DocumentLimit(e)) => Err(RoomRefusal::DocumentLimit(e)),
+            Err(Unavailable(why)) => Err(RoomRefusal::Unavailable(why)),
+        };
+        if result.is_err() {
+            self.rooms.borrow_mut().remove(key);
+        }
+        pending.finish();
+        result
     }
 
     /// Called after a subscriber left `key`: an empty room is freed after the grace period
-    /// unless someone joins (and stays) in the meantime.
+    /// unless someone joins (and stays) in the meantime; then its pin is released.
     pub fn room_left(self: &Rc<Self>, key: &str) {
         let generation = {
             let mut rooms = self.rooms.borrow_mut();
-            let Some(entry) = rooms.get_mut(key) else {
+            let Some(RoomState::Live(entry)) = rooms.get_mut(key) else {
                 return;
             };
             if entry.room.borrow().subscriber_count() > 0 {
@@ -253,16 +340,35 @@ impl Shard {
         let grace = Duration::from_millis(self.config().documents.grace_period_ms);
         glommio::spawn_local(async move {
             sleep(grace).await;
-            let mut rooms = shard.rooms.borrow_mut();
-            let expired = rooms.get(&key).is_some_and(|e| {
-                e.emptied == generation && e.room.borrow().subscriber_count() == 0
-            });
-            if expired {
-                if let Some(entry) = rooms.remove(&key) {
-                    shard.shared.registry.release_document(&entry.app);
+            let app = {
+                let mut rooms = shard.rooms.borrow_mut();
+                let expired = matches!(rooms.get(&key), Some(RoomState::Live(e))
+                    if e.emptied == generation && e.room.borrow().subscriber_count() == 0);
+                if !expired {
+                    return;
                 }
+                let pending = Rc::new(Pending::default());
+                let Some(RoomState::Live(entry)) =
+                    rooms.insert(key.clone(), RoomState::Pending(pending.clone()))
+                else {
+                    unreachable!("checked above")
+                };
                 stats::sub(&shard.my_stats().documents, 1);
+                (entry.app, pending)
+            };
+            // Clients arriving meanwhile wait, then claim the document afresh.
+            let (app, pending) = app;
+            let released = shard
+                .shared
+                .registry
+                .release(&key, &app, &shard.shared.node, crate::log::unix_ms())
+                .await;
+            if let Err(Unavailable(why)) = released {
+                // The registry drops the pin when this node's heartbeat goes stale.
+                crate::log::warn("pin_release_failed", &[("error", &why)]);
             }
+            shard.rooms.borrow_mut().remove(&key);
+            pending.finish();
         })
         .detach();
     }
@@ -284,6 +390,22 @@ impl Shard {
 
     pub fn unregister(&self, id: u64) {
         self.conns.borrow_mut().remove(&id);
+    }
+}
+
+/// Tells the registry this node is alive, every `node.heartbeat_interval_ms`.
+async fn heartbeat(shard: Rc<Shard>) {
+    let every = Duration::from_millis(shard.config().node.heartbeat_interval_ms);
+    loop {
+        if let Err(Unavailable(why)) = shard
+            .shared
+            .registry
+            .heartbeat(&shard.shared.node, crate::log::unix_ms())
+            .await
+        {
+            crate::log::warn("heartbeat_failed", &[("error", &why)]);
+        }
+        sleep(every).await;
     }
 }
 

@@ -5,11 +5,13 @@ use crate::auth::directory::Directory;
 use crate::auth::oauth::RefreshStore;
 use crate::config::Config;
 use crate::http::ip_rate::IpRateLimiter;
-use crate::registry::Registry;
+use crate::registry::{NodeInfo, Registry};
 use std::sync::Arc;
 
 pub struct Shared {
     pub config: Config,
+    /// This node, as pins and redirects name it.
+    pub node: NodeInfo,
     pub directory: Directory,
     pub registry: Arc<dyn Registry>,
     pub refresh_tokens: RefreshStore,
@@ -19,7 +21,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, directory: Directory, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(
+        config: Config,
+        node: NodeInfo,
+        directory: Directory,
+        registry: Arc<dyn Registry>,
+    ) -> Self {
         let limits = &config.rate_limits;
         Shared {
             handshakes_per_ip: IpRateLimiter::new(limits.handshakes_per_minute),
@@ -27,6 +34,7 @@ impl Shared {
             token_requests_per_ip: IpRateLimiter::new(limits.token_requests_per_minute),
             refresh_tokens: RefreshStore::default(),
             config,
+            node,
             directory,
             registry,
         }
