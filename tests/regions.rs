@@ -1,0 +1,142 @@
+//! Several nodes, in one process, over one embedded registry: pinning, 4009 redirects,
+//! discovery, pins released after the grace period, stale-node takeover and global limits.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::time::Duration;
+use wiresocket::config::Config;
+use wiresocket::registry::embedded::EmbeddedRegistry;
+use wiresocket::registry::{NodeInfo, Registry};
+
+const STALE_MS: u64 = 2_000;
+
+fn node(id: &str, region: &str, registry: &Arc<EmbeddedRegistry>) -> wiresocket::server::Node {
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nshards = 1\n[documents]\ngrace_period_ms = 300\n[node]\nid = \"{id}\"\nregion = \"{region}\"\nheartbeat_interval_ms = 200\nheartbeat_stale_ms = {STALE_MS}\n[rate_limits]\nhandshakes_per_minute = 100000\n"
+    );
+    let config = Config::from_toml(&toml, "test").unwrap();
+    wiresocket::server::start(config, registry.clone() as Arc<dyn Registry>).unwrap()
+}
+
+fn get(addr: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        editor_token()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One test, several phases: every node's shards lock memory for io_uring, and the process
+/// limit allows only a few executors.
+#[test]
+fn nodes_share_documents_through_the_registry() {
+    let registry = Arc::new(EmbeddedRegistry::new(STALE_MS));
+    let a = node("a", "eu-central-1", &registry);
+    let b = node("b", "us-east-1", &registry);
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+
+    // Discovery before: nobody has the document; each node offers itself.
+    let d = get(&b_addr, "/discovery?documentName=plan");
+    assert_eq!(d["isNew"], true);
+    assert_eq!(d["region"], "us-east-1");
+    assert_eq!(d["url"], format!("ws://{b_addr}/plan"));
+
+    // The first connection pins the document to its node.
+    let mut home = YClient::connect(&a_addr, "plan", 1);
+    home.insert(0, "pinned at a");
+    let mut elsewhere = connect(&b_addr, "/plan");
+    assert_eq!(
+        expect_close(&mut elsewhere),
+        (4009, format!("REDIRECT:ws://{a_addr}/plan"))
+    );
+    let d = get(&b_addr, "/discovery?documentName=plan");
+    assert_eq!(
+        (d["isNew"].as_bool(), d["region"].as_str()),
+        (Some(false), Some("eu-central-1"))
+    );
+    assert_eq!(d["url"], format!("ws://{a_addr}/plan"));
+    assert_eq!(
+        get(&a_addr, "/discovery")
+            .get("error")
+            .and_then(|e| e.as_str()),
+        Some("invalid_request")
+    );
+
+    // Following the redirect reaches the same document.
+    let mut follower = YClient::connect(&a_addr, "plan", 2);
+    assert!(follower.pump_until(Duration::from_secs(5), |c| c.text() == "pinned at a"));
+
+    // The pin ends with the grace period; the next first connection pins it elsewhere.
+    drop(home);
+    drop(follower);
+    wait("the pin to be released", || {
+        get(&b_addr, "/discovery?documentName=plan")["isNew"] == true
+    });
+    let _moved = YClient::connect(&b_addr, "plan", 3);
+    wait("the pin to move to b", || {
+        get(&a_addr, "/discovery?documentName=plan")["region"] == "us-east-1"
+    });
+    let mut now_elsewhere = connect(&a_addr, "/plan");
+    assert_eq!(
+        expect_close(&mut now_elsewhere),
+        (4009, format!("REDIRECT:ws://{b_addr}/plan"))
+    );
+
+    // A node that stopped heartbeating without cleaning up: its pin is taken over and its
+    // counts released.
+    let ghost = NodeInfo {
+        id: "ghost".into(),
+        region: "ap-south-1".into(),
+        url: "ws://ghost.invalid".into(),
+    };
+    let long_ago = wiresocket::log::unix_ms() - 10 * STALE_MS;
+    let key = "dev::dev::haunted";
+    futures_lite::future::block_on(registry.claim(key, "dev::dev", &ghost, None, long_ago))
+        .unwrap();
+    futures_lite::future::block_on(registry.acquire_connection("dev::dev", &ghost, None, long_ago))
+        .unwrap()
+        .unwrap();
+    let mut taken = connect(&a_addr, "/haunted");
+    assert!(
+        matches!(taken.read().unwrap(), tungstenite::Message::Binary(_)),
+        "took the stale pin over"
+    );
+    let usage = get(&a_addr, "/usage");
+    assert_eq!(
+        usage["usage"]["connections"]["current"], 2,
+        "the ghost's connection no longer counts: {usage}"
+    );
+
+    // Limits are global: a connection on each node counts against one maxConnections.
+    let limited = dev_token(serde_json::json!({"limits": {"maxConnections": 3}}));
+    let mut third = connect_raw(&b_addr, &format!("/other?token={limited}"));
+    assert!(matches!(
+        third.read().unwrap(),
+        tungstenite::Message::Binary(_)
+    ));
+    let mut fourth = connect_raw(&a_addr, &format!("/other2?token={limited}"));
+    assert_eq!(
+        expect_close(&mut fourth),
+        (4004, "Connection limit exceeded: 3".into())
+    );
+}
