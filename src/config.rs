@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// A node silent this long loses its pins and counts to the others.
     pub heartbeat_stale_ms: u64,
+    /// A registry call not answered within this fails: new upgrades get 1013.
+    pub registry_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +66,7 @@ impl Default for NodeConfig {
             public_url: String::new(),
             heartbeat_interval_ms: 5_000,
             heartbeat_stale_ms: 30_000,
+            registry_timeout_ms: 2_000,
         }
     }
 }

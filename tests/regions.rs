@@ -140,3 +140,150 @@ fn nodes_share_documents_through_the_registry() {
         (4004, "Connection limit exceeded: 3".into())
     );
 }
+
+/// A registry whose answers a test controls: pass through, fail, or never answer.
+struct Faulty {
+    inner: EmbeddedRegistry,
+    mode: std::sync::atomic::AtomicU8,
+}
+
+const PASS: u8 = 0;
+const FAIL: u8 = 1;
+const HANG: u8 = 2;
+
+impl Faulty {
+    fn answer<'a, T: 'a>(
+        &'a self,
+        call: wiresocket::registry::Answer<'a, T>,
+    ) -> wiresocket::registry::Answer<'a, T> {
+        match self.mode.load(std::sync::atomic::Ordering::SeqCst) {
+            PASS => call,
+            FAIL => Box::pin(std::future::ready(Err(wiresocket::registry::Unavailable(
+                "injected failure".into(),
+            )))),
+            _ => Box::pin(std::future::pending()),
+        }
+    }
+}
+
+impl Registry for Faulty {
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, ()> {
+        self.answer(self.inner.heartbeat(node, now_ms))
+    }
+    fn claim<'a>(
+        &'a self,
+        d: &'a str,
+        app: &'a str,
+        node: &'a NodeInfo,
+        max: Option<u64>,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, wiresocket::registry::Claim> {
+        self.answer(self.inner.claim(d, app, node, max, now_ms))
+    }
+    fn release<'a>(
+        &'a self,
+        d: &'a str,
+        app: &'a str,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, ()> {
+        self.answer(self.inner.release(d, app, node, now_ms))
+    }
+    fn lookup<'a>(
+        &'a self,
+        d: &'a str,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, Option<NodeInfo>> {
+        self.answer(self.inner.lookup(d, now_ms))
+    }
+    fn acquire_connection<'a>(
+        &'a self,
+        app: &'a str,
+        node: &'a NodeInfo,
+        limit: Option<u64>,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, Result<(), wiresocket::registry::Exceeded>> {
+        self.answer(self.inner.acquire_connection(app, node, limit, now_ms))
+    }
+    fn release_connection<'a>(
+        &'a self,
+        app: &'a str,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, ()> {
+        self.answer(self.inner.release_connection(app, node, now_ms))
+    }
+    fn usage<'a>(
+        &'a self,
+        app: &'a str,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, wiresocket::registry::Usage> {
+        self.answer(self.inner.usage(app, now_ms))
+    }
+    fn ops_window(&self, app: &str) -> Arc<wiresocket::registry::rate::MinuteWindow> {
+        self.inner.ops_window(app)
+    }
+}
+
+#[test]
+fn a_registry_that_fails_or_hangs_never_stalls_live_sessions() {
+    let faulty = Arc::new(Faulty {
+        inner: EmbeddedRegistry::new(STALE_MS),
+        mode: std::sync::atomic::AtomicU8::new(PASS),
+    });
+    let toml = "listen = \"127.0.0.1:0\"\nshards = 1\n[node]\nregistry_timeout_ms = 300\n[rate_limits]\nhandshakes_per_minute = 100000\nusage_per_minute = 100000\n";
+    let node = wiresocket::server::start(
+        Config::from_toml(toml, "test").unwrap(),
+        faulty.clone() as Arc<dyn Registry>,
+    )
+    .unwrap();
+    let addr = node.addr.to_string();
+    let mut a = YClient::connect(&addr, "steady", 1);
+    let mut b = YClient::connect(&addr, "steady", 2);
+    a.insert(0, "before;");
+    assert!(b.pump_until(Duration::from_secs(5), |c| c.text() == "before;"));
+    let usage_status = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /usage HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            editor_token()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        status(&out)
+    };
+    for mode in [HANG, FAIL] {
+        faulty.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
+        // Live sessions go on.
+        a.insert(0, "x");
+        let expected = b.text().len() + 1;
+        assert!(
+            b.pump_until(Duration::from_secs(5), |c| c.text().len() == expected),
+            "mode {mode}"
+        );
+        // New upgrades fail fast with 1013; the API answers 503.
+        let started = std::time::Instant::now();
+        let mut refused = connect(&addr, "/newcomer");
+        let (code, reason) = expect_close(&mut refused);
+        assert_eq!(code, 1013, "mode {mode}: {reason}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(usage_status(), 503, "mode {mode}");
+    }
+    faulty.mode.store(PASS, std::sync::atomic::Ordering::SeqCst);
+    let mut back = connect(&addr, "/newcomer");
+    assert!(matches!(
+        back.read().unwrap(),
+        tungstenite::Message::Binary(_)
+    ));
+    assert!(
+        a.pump_until(Duration::from_secs(5), |c| c.text() == b.text()),
+        "nothing synced was lost"
+    );
+}

@@ -3,6 +3,7 @@
 //! document's owner shard, where its `Room` lives.
 
 mod api;
+mod deadline;
 mod handlers;
 mod router;
 mod session;
@@ -93,6 +94,10 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
     let stats: Arc<[stats::ShardStats]> =
         (0..shards).map(|_| stats::ShardStats::default()).collect();
     let mesh = MeshBuilder::full(shards, 1024);
+    let registry = Arc::new(deadline::WithDeadline::new(
+        registry,
+        Duration::from_millis(config.node.registry_timeout_ms),
+    ));
     let shared = Arc::new(shared::Shared::new(
         config,
         info.clone(),
