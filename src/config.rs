@@ -56,6 +56,16 @@ pub struct NodeConfig {
     pub heartbeat_stale_ms: u64,
     /// A registry call not answered within this fails: new upgrades get 1013.
     pub registry_timeout_ms: u64,
+    /// Connections this node is sized for; with `memory_budget_bytes`, what the high-water
+    /// mark is taken of.
+    pub connections_capacity: u64,
+    /// Resident memory this node may use; 0: not watched.
+    pub memory_budget_bytes: u64,
+    /// Past this share of capacity or memory the node reports `overloaded` and refuses new
+    /// upgrades with 503 (live sessions are never dropped for load).
+    pub high_water_percent: u64,
+    /// On SIGTERM: how long sessions may end on their own before they are closed with 1012.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +77,10 @@ impl Default for NodeConfig {
             heartbeat_interval_ms: 5_000,
             heartbeat_stale_ms: 30_000,
             registry_timeout_ms: 2_000,
+            connections_capacity: 100_000,
+            memory_budget_bytes: 0,
+            high_water_percent: 80,
+            drain_timeout_ms: 30_000,
         }
     }
 }

@@ -158,7 +158,20 @@ fn token(args: &[String]) -> Result<String, String> {
     directory.mint(&app, "wiresocket-cli", ttl_s, extra.into())
 }
 
+/// SIGTERM and SIGINT drain the node (PRODUCT.md 8): no new upgrades, sessions closed
+/// with 1012 after `node.drain_timeout_ms`, pins and counts released, exit 0.
+fn drain_on_signals() {
+    extern "C" fn on_signal(_: libc::c_int) {
+        wiresocket::server::request_drain();
+    }
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
 fn serve(config: Config) -> ExitCode {
+    drain_on_signals();
     let result = wiresocket::server::run(config, |node| {
         // Scripts and tests read this line to learn the port.
         println!(

@@ -185,3 +185,75 @@ fn startup_errors_are_clear_and_exit_non_zero() {
         "names the field"
     );
 }
+
+#[test]
+fn sigterm_drains_sessions_with_1012_and_exits_zero() {
+    let mut server = Server::start("[node]\ndrain_timeout_ms = 300\n");
+    let mut client = YClient::connect(&server.addr, "draining", 1);
+    client.insert(0, "kept by the client");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
+    server.wait_for("/health to report the drain", Duration::from_secs(5), |s| {
+        let r = s.get("/health");
+        status(&r) == 503 && r.contains("\"degraded\"")
+    });
+    let upgrade = server.http_head(&format!(
+        "GET /late?token={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        editor_token()
+    ));
+    assert!(
+        upgrade.starts_with("HTTP/1.1 503 ") && upgrade.contains("Retry-After: "),
+        "{upgrade}"
+    );
+    client
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(expect_close(&mut client.ws).0, 1012);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn past_the_high_water_mark_new_upgrades_get_503_and_live_sessions_go_on() {
+    let server = Server::start("[node]\nconnections_capacity = 5\nhigh_water_percent = 80\n");
+    let mut clients: Vec<YClient> = (0..4)
+        .map(|i| YClient::connect(&server.addr, "busy", i))
+        .collect();
+    server.wait_for("4 connections", Duration::from_secs(5), |s| {
+        s.metric("connections").0 == 4
+    });
+    let health = server.get("/health");
+    assert!(
+        status(&health) == 503 && health.contains("\"overloaded\""),
+        "{health}"
+    );
+    let upgrade = server.http_head(&format!(
+        "GET /more?token={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        editor_token()
+    ));
+    assert!(upgrade.starts_with("HTTP/1.1 503 "), "{upgrade}");
+    let retry: u64 = upgrade
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!((30..=40).contains(&retry), "jittered Retry-After {retry}");
+    clients[0].insert(0, "still served");
+    assert!(clients[3].pump_until(Duration::from_secs(5), |c| c.text() == "still served"));
+    clients.truncate(2);
+    server.wait_for("health to recover", Duration::from_secs(5), |s| {
+        status(&s.get("/health")) == 200
+    });
+}

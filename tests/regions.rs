@@ -287,3 +287,46 @@ fn a_registry_that_fails_or_hangs_never_stalls_live_sessions() {
         "nothing synced was lost"
     );
 }
+
+#[test]
+fn a_draining_node_hands_its_clients_to_another_node_without_loss() {
+    let registry = Arc::new(EmbeddedRegistry::new(STALE_MS));
+    let toml = |id: &str| {
+        format!("listen = \"127.0.0.1:0\"\nshards = 1\n[node]\nid = \"{id}\"\ndrain_timeout_ms = 200\n[rate_limits]\nhandshakes_per_minute = 100000\n")
+    };
+    let start = |id: &str| {
+        wiresocket::server::start(
+            Config::from_toml(&toml(id), "test").unwrap(),
+            registry.clone() as Arc<dyn Registry>,
+        )
+        .unwrap()
+    };
+    let (a, b) = (start("leaving"), start("staying"));
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let mut writer = YClient::connect(&a_addr, "moving", 1);
+    let mut reader = YClient::connect(&a_addr, "moving", 2);
+    writer.insert(0, "written on a;");
+    assert!(reader.pump_until(Duration::from_secs(5), |c| c.text() == "written on a;"));
+    a.drain();
+    assert_eq!(expect_close(&mut writer.ws).0, 1012);
+    assert_eq!(expect_close(&mut reader.ws).0, 1012);
+    // Edits made while moving are kept by the client and delivered after it reconnects.
+    writer.insert_offline(0, "offline;");
+    a.join().expect("the drained node stops cleanly");
+    // a released its pin: the document can start on b.
+    writer.resume(connect(&b_addr, "/moving"));
+    reader.resume(connect(&b_addr, "/moving"));
+    let expected = "offline;written on a;";
+    // Both sides answer the new server's sync step 1; pump them in turn until they agree.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reader.text() != expected || writer.text() != expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reader {:?}, writer {:?}",
+            reader.text(),
+            writer.text()
+        );
+        writer.pump_until(Duration::from_millis(20), |_| false);
+        reader.pump_until(Duration::from_millis(20), |_| false);
+    }
+}

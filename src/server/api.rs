@@ -24,7 +24,7 @@ pub async fn answer(
     ip: IpAddr,
 ) -> bool {
     let bytes = match (req.method, req.path) {
-        ("GET" | "HEAD", "/health" | "/") => response(200, "application/json", &[], &health_body()),
+        ("GET" | "HEAD", "/health" | "/") => health(shard),
         ("GET" | "HEAD", "/metrics") => response(
             200,
             "text/plain; version=0.0.4",
@@ -53,11 +53,27 @@ pub async fn answer(
     true
 }
 
-pub fn health_body() -> String {
-    format!(
-        "{{\"status\":\"healthy\",\"timestamp\":\"{}\"}}",
+/// `healthy` (200); `degraded` while draining, `overloaded` past the high-water mark (503).
+fn health(shard: &Shard) -> Vec<u8> {
+    let (status, state) = if shard.shared.draining() {
+        (503, "degraded")
+    } else if shard.overloaded() {
+        (503, "overloaded")
+    } else {
+        (200, "healthy")
+    };
+    let body = format!(
+        "{{\"status\":\"{state}\",\"timestamp\":\"{}\"}}",
         iso8601_utc(crate::log::unix_ms())
-    )
+    );
+    response(status, "application/json", &[], &body)
+}
+
+/// 503 with a `Retry-After` of 30 to 40 s, jittered so that refused clients do not return
+/// together.
+pub fn service_unavailable(why: &str) -> Vec<u8> {
+    let retry_after = format!("Retry-After: {}", 30 + rand::random::<u64>() % 11);
+    json_error(503, "unavailable", why, &[&retry_after])
 }
 
 fn now_s() -> u64 {

@@ -41,10 +41,24 @@ pub struct Node {
     pub addr: SocketAddr,
     pub shards: usize,
     pub info: NodeInfo,
+    shared: Arc<shared::Shared>,
     handles: PoolThreadHandles<()>,
 }
 
+/// Makes every node of this process drain (the SIGTERM handler calls it; async-signal-safe:
+/// it only stores to an atomic).
+pub fn request_drain() {
+    shared::DRAIN_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Node {
+    /// Starts draining this node (see `request_drain` for the whole process).
+    pub fn drain(&self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Blocks until the shards stop.
     pub fn join(self) -> Result<(), StartError> {
         for result in self.handles.join_all() {
@@ -104,6 +118,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         directory,
         registry,
     ));
+    let node_shared = shared.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .io_memory(IO_MEMORY_BYTES)
@@ -152,6 +167,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         addr,
         shards,
         info,
+        shared: node_shared,
         handles,
     })
 }

@@ -171,6 +171,24 @@ async fn route(
         .await;
         return None;
     }
+    if shard.shared.draining() {
+        reply(
+            shard,
+            stream,
+            api::service_unavailable("this node is restarting: connect again shortly"),
+        )
+        .await;
+        return None;
+    }
+    if !handed_off && shard.overloaded() {
+        reply(
+            shard,
+            stream,
+            api::service_unavailable("this node is at capacity: retry later"),
+        )
+        .await;
+        return None;
+    }
     if !handed_off
         && !shard
             .shared

@@ -195,26 +195,15 @@ pub async fn run(setup: Setup) {
         glommio::spawn_local(heartbeat(shard.clone())).detach();
     }
     let _ = ready.send(Ok(()));
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                stats::add(&shard.my_stats().connections_accepted_total, 1);
-                glommio::spawn_local(super::router::serve(
-                    shard.clone(),
-                    stream,
-                    Vec::new(),
-                    false,
-                ))
-                .detach();
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: say so, back off, keep serving.
-                crate::log::warn("accept_failed", &[("shard", &id), ("error", &e)]);
-                sleep(Duration::from_millis(100)).await;
-            }
+    // While draining the listener stays open, so that health checks see 503 and new
+    // upgrades are refused with 503, until the drain is done.
+    let drained = async {
+        while !shard.shared.draining() {
+            sleep(Duration::from_millis(50)).await;
         }
-    }
+        drain(&shard).await;
+    };
+    futures_lite::future::or(accept_loop(&shard, &listener), drained).await;
 }
 
 /// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so
@@ -230,9 +219,76 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
+async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                stats::add(&shard.my_stats().connections_accepted_total, 1);
+                glommio::spawn_local(super::router::serve(
+                    shard.clone(),
+                    stream,
+                    Vec::new(),
+                    false,
+                ))
+                .detach();
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: say so, back off, keep serving.
+                crate::log::warn("accept_failed", &[("shard", &shard.id), ("error", &e)]);
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The shard's part of a drain: new upgrades are refused (see the router), sessions get
+/// `drain_timeout_ms` to end on their own, the rest are closed with 1012 (service restart)
+/// so clients reconnect elsewhere, and the pins of this shard's documents are released at
+/// once (no grace period) so another node can take them.
+async fn drain(shard: &Rc<Shard>) {
+    let deadline = Instant::now() + Duration::from_millis(shard.config().node.drain_timeout_ms);
+    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+        sleep(Duration::from_millis(50)).await;
+    }
+    for live in shard.conns.borrow().values() {
+        live.outbox
+            .close(close::SERVICE_RESTART, "service restart: reconnect");
+    }
+    let close_deadline =
+        Instant::now() + Duration::from_millis(shard.config().websocket.close_timeout_ms * 2);
+    while !shard.conns.borrow().is_empty() && Instant::now() < close_deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    let rooms: Vec<(String, String)> = shard
+        .rooms
+        .borrow_mut()
+        .drain()
+        .filter_map(|(key, state)| match state {
+            RoomState::Live(entry) => Some((key, entry.app)),
+            RoomState::Pending(_) => None,
+        })
+        .collect();
+    for (key, app) in rooms {
+        let _ = shard
+            .shared
+            .registry
+            .release(&key, &app, &shard.shared.node, crate::log::unix_ms())
+            .await;
+        stats::sub(&shard.my_stats().documents, 1);
+    }
+    crate::log::info("shard_drained", &[("shard", &shard.id)]);
+}
+
 impl Shard {
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Past the node's high-water mark (open connections over every shard, or memory).
+    pub fn overloaded(&self) -> bool {
+        let connections = self.stats.iter().map(|s| stats::get(&s.connections)).sum();
+        self.shared.overloaded(connections)
     }
 
     pub fn my_stats(&self) -> &ShardStats {

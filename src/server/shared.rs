@@ -6,6 +6,7 @@ use crate::auth::oauth::RefreshStore;
 use crate::config::Config;
 use crate::http::ip_rate::IpRateLimiter;
 use crate::registry::{NodeInfo, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub struct Shared {
@@ -18,6 +19,8 @@ pub struct Shared {
     pub handshakes_per_ip: IpRateLimiter,
     pub usage_per_ip: IpRateLimiter,
     pub token_requests_per_ip: IpRateLimiter,
+    /// Set when the node drains (SIGTERM, or `Node::drain`): no new upgrades.
+    pub draining: AtomicBool,
 }
 
 impl Shared {
@@ -33,10 +36,44 @@ impl Shared {
             usage_per_ip: IpRateLimiter::new(limits.usage_per_minute),
             token_requests_per_ip: IpRateLimiter::new(limits.token_requests_per_minute),
             refresh_tokens: RefreshStore::default(),
+            draining: AtomicBool::new(false),
             config,
             node,
             directory,
             registry,
         }
     }
+}
+
+/// Set by the SIGTERM/SIGINT handler (`main`); every node of the process drains.
+pub static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+impl Shared {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || DRAIN_REQUESTED.load(Ordering::Relaxed)
+    }
+
+    /// Whether open connections (`connections`, over all shards) or resident memory are past
+    /// the high-water mark.
+    pub fn overloaded(&self, connections: u64) -> bool {
+        let node = &self.config.node;
+        let over = |used: u64, budget: u64| {
+            budget > 0 && used.saturating_mul(100) >= budget.saturating_mul(node.high_water_percent)
+        };
+        over(connections, node.connections_capacity)
+            || (node.memory_budget_bytes > 0 && over(resident_bytes(), node.memory_budget_bytes))
+    }
+}
+
+/// This process's resident memory, from /proc/self/statm.
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    pages * page
 }

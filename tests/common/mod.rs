@@ -244,6 +244,14 @@ impl YClient {
         c
     }
 
+    /// Continues on a new connection with the same document (as y-websocket does after a
+    /// close): the state vectors are exchanged again and each side sends what the other lacks.
+    pub fn resume(&mut self, ws: Ws) {
+        self.ws = ws;
+        let sv = self.doc.transact().state_vector().encode_v1();
+        self.send(sync_message(0, &sv));
+    }
+
     pub fn send(&mut self, message: Vec<u8>) {
         self.ws.send(Message::Binary(message.into())).unwrap();
     }
@@ -255,13 +263,16 @@ impl YClient {
 
     /// Inserts locally and sends the update.
     pub fn insert(&mut self, index: u32, s: &str) {
-        let t = self.doc.get_or_insert_text("t");
-        let update = {
-            let mut txn = self.doc.transact_mut();
-            t.insert(&mut txn, index, s);
-            txn.encode_update_v1()
-        };
+        let update = self.insert_offline(index, s);
         self.send(sync_message(2, &update));
+    }
+
+    /// Inserts locally only (the client is between connections); returns the update.
+    pub fn insert_offline(&mut self, index: u32, s: &str) -> Vec<u8> {
+        let t = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        t.insert(&mut txn, index, s);
+        txn.encode_update_v1()
     }
 
     /// Handles one incoming message; returns false on close.
