@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod rate;
+pub mod record;
 
 use std::future::Future;
 use std::pin::Pin;
