@@ -18,6 +18,7 @@ pub struct Config {
     pub documents: DocumentConfig,
     pub auth: AuthConfig,
     pub node: NodeConfig,
+    pub registry: RegistryConfig,
     pub rate_limits: RateLimitConfig,
     /// Proxies whose `X-Forwarded-For` names the client (for per-IP limits).
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -81,6 +82,28 @@ impl Default for NodeConfig {
             memory_budget_bytes: 0,
             high_water_percent: 80,
             drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Where nodes share pins and counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `embedded` (one node) or `foundationdb` (needs a build with `--features fdb`).
+    pub backend: String,
+    /// FoundationDB cluster file; empty: the client's default.
+    pub cluster_file: String,
+    /// Key prefix: the license region (`dbCode`) this registry holds.
+    pub prefix: String,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            backend: "embedded".into(),
+            cluster_file: String::new(),
+            prefix: "aws-eu-west-1".into(),
         }
     }
 }
@@ -209,6 +232,7 @@ impl Default for Config {
             documents: DocumentConfig::default(),
             auth: AuthConfig::default(),
             node: NodeConfig::default(),
+            registry: RegistryConfig::default(),
             rate_limits: RateLimitConfig::default(),
             trusted_proxies: Vec::new(),
             tenants: Vec::new(),

@@ -171,6 +171,17 @@ fn startup_errors_are_clear_and_exit_non_zero() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The FoundationDB backend in a build without it: a clear refusal.
+    let fdb = std::env::temp_dir().join(format!("ws-fdb-{}.toml", std::process::id()));
+    std::fs::write(&fdb, "[registry]\nbackend = \"foundationdb\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&fdb)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&fdb);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features fdb"));
     let dir = std::env::temp_dir().join(format!("ws-bad-{}.toml", std::process::id()));
     std::fs::write(&dir, "[documents]\ngrace = 1\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))

@@ -6,6 +6,8 @@
 
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "fdb")]
+pub mod fdb;
 pub mod rate;
 pub mod record;
 

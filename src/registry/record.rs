@@ -25,11 +25,15 @@ pub struct PinRecord {
 pub struct CorruptRecord(pub String);
 
 pub fn encode_node(record: &NodeRecord) -> Vec<u8> {
-    rkyv::to_bytes::<Error>(record).expect("a record serializes").to_vec()
+    rkyv::to_bytes::<Error>(record)
+        .expect("a record serializes")
+        .to_vec()
 }
 
 pub fn encode_pin(record: &PinRecord) -> Vec<u8> {
-    rkyv::to_bytes::<Error>(record).expect("a record serializes").to_vec()
+    rkyv::to_bytes::<Error>(record)
+        .expect("a record serializes")
+        .to_vec()
 }
 
 /// Validates and decodes. The bytes are copied into an aligned buffer first: database
@@ -64,7 +68,10 @@ mod tests {
     #[test]
     fn records_round_trip() {
         assert_eq!(decode_node(&encode_node(&node())), Ok(node()));
-        let pin = PinRecord { node_id: "eu1-a".into(), claimed_ms: 7 };
+        let pin = PinRecord {
+            node_id: "eu1-a".into(),
+            claimed_ms: 7,
+        };
         assert_eq!(decode_pin(&encode_pin(&pin)), Ok(pin));
     }
 

@@ -71,10 +71,35 @@ impl Node {
 /// Starts the shards and blocks until they stop, on the embedded registry. `on_listening` is
 /// called once every shard listens.
 pub fn run(config: Config, on_listening: impl FnOnce(&Node)) -> Result<(), StartError> {
-    let stale_ms = config.node.heartbeat_stale_ms;
-    let node = start(config, Arc::new(EmbeddedRegistry::new(stale_ms)))?;
+    let registry = open_registry(&config)?;
+    let node = start(config, registry)?;
     on_listening(&node);
     node.join()
+}
+
+/// The registry the configuration names.
+fn open_registry(config: &Config) -> Result<Arc<dyn Registry>, StartError> {
+    let stale_ms = config.node.heartbeat_stale_ms;
+    match config.registry.backend.as_str() {
+        "foundationdb" => open_foundationdb(config),
+        _ => Ok(Arc::new(EmbeddedRegistry::new(stale_ms))),
+    }
+}
+
+#[cfg(feature = "fdb")]
+fn open_foundationdb(config: &Config) -> Result<Arc<dyn Registry>, StartError> {
+    let r = &config.registry;
+    let cluster = (!r.cluster_file.is_empty()).then_some(r.cluster_file.as_str());
+    crate::registry::fdb::FdbRegistry::connect(cluster, &r.prefix, config.node.heartbeat_stale_ms)
+        .map(|registry| Arc::new(registry) as Arc<dyn Registry>)
+        .map_err(|e| StartError(format!("registry.backend = \"foundationdb\": {}", e.0)))
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_foundationdb(_: &Config) -> Result<Arc<dyn Registry>, StartError> {
+    Err(StartError(
+        "registry.backend = \"foundationdb\" needs a build with `cargo build --release --features fdb`".into(),
+    ))
 }
 
 /// Starts a node on `registry` and returns once every shard listens. Several nodes may share
