@@ -25,6 +25,7 @@ fn yjs_and_y_websocket_clients_interoperate() {
         ])
         .current_dir(&js)
         .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
+        .env("WIRESOCKET_CLUSTER_BIN", local_cluster_example())
         .output()
         .expect("node is required for the interop tests (install Node 20)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -44,4 +45,21 @@ fn yjs_and_y_websocket_clients_interoperate() {
         passed >= 4,
         "expected at least 4 passing interop tests, got {passed}"
     );
+}
+
+/// The `local_cluster` example, which `cargo test` builds next to the test binaries.
+fn local_cluster_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/interop_js-HASH -> target/debug/examples/local_cluster
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples/local_cluster");
+    assert!(
+        path.exists(),
+        "{} is missing: run through `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
 }

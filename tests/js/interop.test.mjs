@@ -203,3 +203,49 @@ test('a viewer receives edits but cannot make them', TIMEOUT, async () => {
     await server.stop()
   }
 })
+
+// The client side of pinning (README: "Following a redirect"): on 4009 REDIRECT:, open the
+// same document at the node the reason names.
+function followRedirects (url, name, doc, token) {
+  const provider = new WebsocketProvider(url, name, doc, { WebSocketPolyfill: WebSocket, disableBc: true, params: { token } })
+  provider.on('connection-close', event => {
+    if (event?.code === 4009 && event.reason.startsWith('REDIRECT:')) {
+      provider.destroy()
+      const home = new URL(event.reason.slice('REDIRECT:'.length))
+      followRedirects(`${home.protocol}//${home.host}`, name, doc, token)
+    }
+  })
+  return provider
+}
+
+test('a y-websocket client follows a 4009 redirect to the home node and converges there', TIMEOUT, async () => {
+  const CLUSTER = process.env.WIRESOCKET_CLUSTER_BIN
+  assert.ok(CLUSTER, 'set WIRESOCKET_CLUSTER_BIN to the local_cluster example (cargo test does this)')
+  const proc = spawn(CLUSTER, ['2'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  const exited = once(proc, 'exit')
+  let out = ''
+  for await (const chunk of proc.stdout) {
+    out += chunk
+    if ((out.match(/listening on/g) || []).length === 2) break
+  }
+  const [a, b] = [...out.matchAll(/listening on (127\.0\.0\.1:\d+)/g)].map(m => `ws://${m[1]}`)
+  const home = provider(a, 'pinned-doc')
+  const doc = new Y.Doc()
+  try {
+    await synced(home)
+    home.doc.getText('t').insert(0, 'from the home node;')
+    // This client starts at the other node; it is redirected to the first.
+    const visitor = followRedirects(b, 'pinned-doc', doc, TOKEN)
+    await waitFor('redirected sync', () => doc.getText('t').toString().includes('from the home node;'))
+    doc.getText('t').insert(0, 'from the visitor;')
+    const expected = 'from the visitor;from the home node;'
+    await waitFor('convergence', () => home.doc.getText('t').toString() === expected)
+    assert.equal(doc.getText('t').toString(), expected)
+    visitor.destroy()
+  } finally {
+    home.destroy()
+    doc.destroy()
+    proc.kill('SIGKILL')
+    await exited
+  }
+})
