@@ -313,6 +313,17 @@ fn a_draining_node_hands_its_clients_to_another_node_without_loss() {
     // Edits made while moving are kept by the client and delivered after it reconnects.
     writer.insert_offline(0, "offline;");
     a.join().expect("the drained node stops cleanly");
+    let usage =
+        futures_lite::future::block_on(registry.usage("dev::dev", wiresocket::log::unix_ms()))
+            .unwrap();
+    assert_eq!(
+        usage,
+        wiresocket::registry::Usage {
+            connections: 0,
+            documents: 0
+        },
+        "the drained node released its counts and pins"
+    );
     // a released its pin: the document can start on b.
     writer.resume(connect(&b_addr, "/moving"));
     reader.resume(connect(&b_addr, "/moving"));

@@ -129,6 +129,10 @@ fn unavailable() -> Refused {
 /// Releases a connection count without holding up the caller (the registry may be remote).
 fn release_connection(shard: &Rc<Shard>, app: &str) {
     let (shard, app) = (shard.clone(), app.to_owned());
+    // A drain waits for these before the shard stops.
+    shard
+        .releases_in_flight
+        .set(shard.releases_in_flight.get() + 1);
     glommio::spawn_local(async move {
         if shard
             .shared
@@ -140,6 +144,9 @@ fn release_connection(shard: &Rc<Shard>, app: &str) {
             // The registry drops this node's counts when its heartbeat goes stale.
             crate::log::warn("connection_release_failed", &[("app", &app)]);
         }
+        shard
+            .releases_in_flight
+            .set(shard.releases_in_flight.get() - 1);
     })
     .detach();
 }

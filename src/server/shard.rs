@@ -115,6 +115,8 @@ pub struct Shard {
     rooms: RefCell<HashMap<String, RoomState>>,
     conns: RefCell<HashMap<u64, Rc<Liveness>>>,
     next_conn_id: Cell<u64>,
+    /// Connection-count releases still talking to the registry.
+    pub releases_in_flight: Cell<usize>,
     pub scratch: RefCell<Box<[u8]>>,
     handoff: Senders<Handoff>,
     ping: Frame,
@@ -168,6 +170,7 @@ pub async fn run(setup: Setup) {
         rooms: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
         next_conn_id: Cell::new(0),
+        releases_in_flight: Cell::new(0),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         handoff: senders,
         ping: shared_frame(Opcode::Ping, &[]),
@@ -259,6 +262,10 @@ async fn drain(shard: &Rc<Shard>) {
         Instant::now() + Duration::from_millis(shard.config().websocket.close_timeout_ms * 2);
     while !shard.conns.borrow().is_empty() && Instant::now() < close_deadline {
         sleep(Duration::from_millis(20)).await;
+    }
+    // Each release is bounded by the registry deadline.
+    while shard.releases_in_flight.get() > 0 {
+        sleep(Duration::from_millis(10)).await;
     }
     let rooms: Vec<(String, String)> = shard
         .rooms
