@@ -1,0 +1,49 @@
+//! y-websocket messages behind the size limits, through a room (decode, bounded update walk,
+//! yrs integration). Fails if one input makes the process hold more than 64 MiB.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use wiresocket::outbox::Outbox;
+use wiresocket::sync::room::{Room, RoomConfig};
+
+const BUDGET_BYTES: usize = 64 << 20;
+
+/// Counts live heap bytes and aborts past the budget: an allocation bomb is a crash here.
+struct Budget;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Budget {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        if live > BUDGET_BYTES {
+            // An allocator must not unwind (and must not allocate to report): abort, which
+            // libFuzzer records as a crash with this input.
+            std::process::abort();
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Budget = Budget;
+
+fuzz_target!(|data: &[u8]| {
+    let mut room = Room::new(RoomConfig::default());
+    let sender = room.join(Rc::new(Outbox::new(1 << 20)));
+    room.join(Rc::new(Outbox::new(1 << 20)));
+    // The input is one or more messages, each prefixed with a one-byte length class.
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = (len as usize * 8).min(tail.len());
+        let _ = room.receive(sender, &tail[..len], true);
+        rest = &tail[len..];
+    }
+});
