@@ -29,9 +29,14 @@ fn parsing(c: &mut Criterion) {
     for (name, header) in [
         ("7-bit", vec![0x82, 0x85, 1, 2, 3, 4]),
         ("16-bit", vec![0x82, 0xFE, 0x01, 0x00, 1, 2, 3, 4]),
-        ("64-bit", vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4]),
+        (
+            "64-bit",
+            vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4],
+        ),
     ] {
-        group.bench_function(name, |b| b.iter(|| parse_header(black_box(&header), 16 << 20)));
+        group.bench_function(name, |b| {
+            b.iter(|| parse_header(black_box(&header), 16 << 20))
+        });
     }
     group.finish();
 }

@@ -32,19 +32,24 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("room_receive_update");
     for subscribers in [1usize, 10, 100, 1000] {
         group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(subscribers), &subscribers, |b, &n| {
-            let messages = updates(20_000);
-            let mut room = Room::new(RoomConfig::default());
-            let outboxes: Vec<Rc<Outbox>> = (0..=n).map(|_| Rc::new(Outbox::new(usize::MAX))).collect();
-            let slots: Vec<_> = outboxes.iter().map(|o| room.join(o.clone())).collect();
-            drain(&outboxes);
-            let mut next = messages.iter().cycle();
-            b.iter(|| {
-                let outcome = room.receive(slots[0], next.next().unwrap(), true).unwrap();
-                assert_eq!(outcome.deliveries, n);
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, &n| {
+                let messages = updates(20_000);
+                let mut room = Room::new(RoomConfig::default());
+                let outboxes: Vec<Rc<Outbox>> =
+                    (0..=n).map(|_| Rc::new(Outbox::new(usize::MAX))).collect();
+                let slots: Vec<_> = outboxes.iter().map(|o| room.join(o.clone())).collect();
                 drain(&outboxes);
-            });
-        });
+                let mut next = messages.iter().cycle();
+                b.iter(|| {
+                    let outcome = room.receive(slots[0], next.next().unwrap(), true).unwrap();
+                    assert_eq!(outcome.deliveries, n);
+                    drain(&outboxes);
+                });
+            },
+        );
     }
     group.finish();
 }

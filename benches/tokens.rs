@@ -23,9 +23,14 @@ fn config(alg: &str) -> String {
 fn verification(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify_token");
     for alg in ["RS256", "ES256", "EdDSA", "HS256"] {
-        let directory = Directory::from_config(&Config::from_toml(&config(alg), "bench").unwrap()).unwrap();
-        let token = directory.mint("a", "bench", 3600, serde_json::Value::Null).unwrap();
-        group.bench_function(alg, |b| b.iter(|| directory.verifier.verify(black_box(&token)).unwrap()));
+        let directory =
+            Directory::from_config(&Config::from_toml(&config(alg), "bench").unwrap()).unwrap();
+        let token = directory
+            .mint("a", "bench", 3600, serde_json::Value::Null)
+            .unwrap();
+        group.bench_function(alg, |b| {
+            b.iter(|| directory.verifier.verify(black_box(&token)).unwrap())
+        });
     }
     group.finish();
 }

@@ -2,10 +2,10 @@
 //! one instance behind a mutex. Admissions and pins take the lock; counting updates does not
 //! (the sliding-minute windows are atomics).
 
-use super::rate::MinuteWindow;
+use super::rate::{AppWindows, MinuteWindow};
 use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Usage};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -70,7 +70,7 @@ impl State {
 pub struct EmbeddedRegistry {
     state: Mutex<State>,
     stale_after_ms: u64,
-    ops: RwLock<HashMap<String, Arc<MinuteWindow>>>,
+    ops: AppWindows,
 }
 
 impl EmbeddedRegistry {
@@ -79,7 +79,7 @@ impl EmbeddedRegistry {
         EmbeddedRegistry {
             state: Mutex::new(State::default()),
             stale_after_ms,
-            ops: RwLock::new(HashMap::new()),
+            ops: AppWindows::default(),
         }
     }
 
@@ -197,15 +197,7 @@ impl Registry for EmbeddedRegistry {
     }
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
-        if let Some(w) = self.ops.read().expect("registry lock").get(app) {
-            return w.clone();
-        }
-        self.ops
-            .write()
-            .expect("registry lock")
-            .entry(app.to_owned())
-            .or_default()
-            .clone()
+        self.ops.get(app)
     }
 }
 

@@ -16,19 +16,18 @@
 //! for admissions are serializable reads (exact limits); `/usage` reads are snapshot reads.
 //! The network thread starts once per process; the futures are driven by the calling shard.
 
-use super::rate::MinuteWindow;
+use super::rate::{AppWindows, MinuteWindow};
 use super::record::{decode_node, decode_pin, encode_node, encode_pin, NodeRecord, PinRecord};
 use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Unavailable, Usage};
 use foundationdb::options::MutationType;
 use foundationdb::{Database, FdbBindingError, RangeOption, RetryableTransaction};
-use std::collections::HashMap;
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, Once};
 
 pub struct FdbRegistry {
     db: Arc<Database>,
     prefix: Vec<u8>,
     stale_after_ms: u64,
-    ops: RwLock<HashMap<String, Arc<MinuteWindow>>>,
+    ops: AppWindows,
 }
 
 static NETWORK: Once = Once::new();
@@ -53,7 +52,7 @@ impl FdbRegistry {
             db: Arc::new(db),
             prefix: key,
             stale_after_ms,
-            ops: RwLock::new(HashMap::new()),
+            ops: AppWindows::default(),
         })
     }
 
@@ -335,15 +334,7 @@ impl Registry for FdbRegistry {
     }
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
-        if let Some(w) = self.ops.read().expect("registry lock").get(app) {
-            return w.clone();
-        }
-        self.ops
-            .write()
-            .expect("registry lock")
-            .entry(app.to_owned())
-            .or_default()
-            .clone()
+        self.ops.get(app)
     }
 }
 

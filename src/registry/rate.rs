@@ -1,6 +1,8 @@
 //! Sliding-minute counters: sixty one-second buckets of atomics, shared by every shard.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 
 const BUCKETS: usize = 60;
 
@@ -48,6 +50,26 @@ impl MinuteWindow {
             .filter(|&i| now_s.saturating_sub(self.seconds[i].load(Relaxed)) < BUCKETS as u64)
             .map(|i| self.counts[i].load(Relaxed))
             .sum()
+    }
+}
+
+/// One window per app, created on first use: what a registry hands out from `ops_window`.
+#[derive(Debug, Default)]
+pub struct AppWindows {
+    windows: RwLock<HashMap<String, Arc<MinuteWindow>>>,
+}
+
+impl AppWindows {
+    pub fn get(&self, app: &str) -> Arc<MinuteWindow> {
+        if let Some(w) = self.windows.read().expect("windows lock").get(app) {
+            return w.clone();
+        }
+        self.windows
+            .write()
+            .expect("windows lock")
+            .entry(app.to_owned())
+            .or_default()
+            .clone()
     }
 }
 
