@@ -16,6 +16,8 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     _config: Option<tempfile_path::TempPath>,
+    /// The server's stderr, shown when the test fails.
+    log: tempfile_path::TempPath,
 }
 
 mod tempfile_path {
@@ -48,12 +50,14 @@ impl Server {
             format!("{config_toml}\n[rate_limits]\nhandshakes_per_minute = 1000000\nusage_per_minute = 1000000\ntoken_requests_per_minute = 1000000\n")
         };
         std::fs::write(&path, config_toml).unwrap();
+        let log_path = path.with_extension("log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wiresocket"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start wiresocket");
         let mut line = String::new();
@@ -69,6 +73,7 @@ impl Server {
             child,
             addr,
             _config: Some(tempfile_path::TempPath(path)),
+            log: tempfile_path::TempPath(log_path),
         }
     }
 
@@ -140,6 +145,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log.0).unwrap_or_default();
+            eprintln!("--- server log ---\n{log}--- end of server log ---");
+        }
     }
 }
 
