@@ -113,7 +113,13 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
             &[("note", &"no tenants configured: accepting tokens signed with the published development key (wiresocket token, or client_id dev / client_secret dev-secret); configure [[tenants]] and [[apps]] for production")],
         );
     }
-    let addr = reserve_address(requested)?;
+    let first_listener = listen_first(requested)?;
+    let addr = first_listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| StartError("cannot read the bound address".into()))?;
+    let first_listener = Arc::new(std::sync::Mutex::new(Some(first_listener)));
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -149,15 +155,17 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         .io_memory(IO_MEMORY_BYTES)
         .name("wiresocket-shard")
         .on_all_shards(move || {
-            let (shared, stats, mesh, ready) = (
+            let (shared, stats, mesh, ready, first_listener) = (
                 shared.clone(),
                 stats.clone(),
                 mesh.clone(),
                 ready_tx.clone(),
+                first_listener.clone(),
             );
             async move {
                 shard::run(shard::Setup {
                     addr,
+                    first_listener,
                     shared,
                     shards,
                     stats,
@@ -197,18 +205,26 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
     })
 }
 
-/// Checks that the address is free (SO_REUSEPORT would otherwise let us silently share a
-/// port with another server) and resolves port 0 to a real port.
-fn reserve_address(addr: SocketAddr) -> Result<SocketAddr, StartError> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => probe
-            .local_addr()
-            .map_err(|e| StartError(format!("cannot read the bound address: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError(format!(
+/// The node's first listening socket. A fixed port is first checked with a plain bind
+/// (SO_REUSEPORT would otherwise let us silently share a port with another server); port 0
+/// is resolved by the kernel, which never hands out a port another socket holds.
+fn listen_first(addr: SocketAddr) -> Result<socket2::Socket, StartError> {
+    let in_use = || {
+        StartError(format!(
             "cannot listen on {addr}: the address is in use (stop the other server or pass --listen ADDR:PORT)"
-        ))),
-        Err(e) => Err(StartError(format!("cannot listen on {addr}: {e}"))),
+        ))
+    };
+    if addr.port() != 0 {
+        match std::net::TcpListener::bind(addr) {
+            Ok(probe) => drop(probe),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(in_use()),
+            Err(e) => return Err(StartError(format!("cannot listen on {addr}: {e}"))),
+        }
     }
+    shard::listen(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => in_use(),
+        _ => StartError(format!("cannot listen on {addr}: {e}")),
+    })
 }
 
 fn explain_start_error(e: &str) -> String {

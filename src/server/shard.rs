@@ -30,6 +30,10 @@ pub struct Handoff {
 
 pub struct Setup {
     pub addr: SocketAddr,
+    /// The node's first listening socket, already bound to `addr`: one shard takes it, the
+    /// others bind beside it. Holding it from the start leaves no moment in which the
+    /// resolved port is free for another process to take.
+    pub first_listener: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
     pub shared: Arc<Shared>,
     pub shards: usize,
     pub stats: Arc<[ShardStats]>,
@@ -125,13 +129,22 @@ pub struct Shard {
 pub async fn run(setup: Setup) {
     let Setup {
         addr,
+        first_listener,
         shared,
         shards,
         stats,
         mesh,
         ready,
     } = setup;
-    let listener = match bind(addr) {
+    let taken = first_listener.lock().expect("listener lock").take();
+    let bound = match taken {
+        // SAFETY: a listening socket the node created and handed to this shard alone.
+        Some(socket) => Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }),
+        None => {
+            listen(addr).map(|socket| unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+        }
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
@@ -211,15 +224,14 @@ pub async fn run(setup: Setup) {
 
 /// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so
 /// that a restarted server can bind while old connections sit in TIME_WAIT.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    // SAFETY: a listening socket we just created and own.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    Ok(socket)
 }
 
 async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
