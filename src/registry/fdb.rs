@@ -76,6 +76,18 @@ impl FdbRegistry {
         RangeOption::from((begin, end))
     }
 
+    /// The pin of `document`, if any (serializable read: claims and releases conflict).
+    async fn pin(
+        &self,
+        trx: &RetryableTransaction,
+        document: &str,
+    ) -> Result<Option<PinRecord>, FdbBindingError> {
+        match trx.get(&self.key(&["pin", document]), false).await? {
+            Some(bytes) => Ok(Some(decode_pin(&bytes).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn live_node(
         &self,
         trx: &RetryableTransaction,
@@ -189,8 +201,7 @@ impl Registry for FdbRegistry {
             self.db
                 .run(|trx, _| async move {
                     let pin_key = self.key(&["pin", document]);
-                    if let Some(bytes) = trx.get(&pin_key, false).await? {
-                        let pin = decode_pin(&bytes).map_err(corrupt)?;
+                    if let Some(pin) = self.pin(&trx, document).await? {
                         if pin.node_id == node.id {
                             self.touch(&trx, node, Some(app), now_ms);
                             return Ok(Claim::AlreadyHere);
@@ -238,11 +249,9 @@ impl Registry for FdbRegistry {
         Box::pin(async move {
             self.db
                 .run(|trx, _| async move {
-                    let pin_key = self.key(&["pin", document]);
-                    if let Some(bytes) = trx.get(&pin_key, false).await? {
-                        let pin = decode_pin(&bytes).map_err(corrupt)?;
+                    if let Some(pin) = self.pin(&trx, document).await? {
                         if pin.node_id == node.id {
-                            trx.clear(&pin_key);
+                            trx.clear(&self.key(&["pin", document]));
                             add(&trx, &self.key(&["docs", app, &node.id]), -1);
                         }
                     }
