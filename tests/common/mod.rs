@@ -191,8 +191,14 @@ pub fn connect_raw(addr: &str, path: &str) -> Ws {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    // No frame or message limit on the test side: a joining client may get a whole large
+    // document in one sync step 2 frame (tungstenite refuses frames over 16 MiB by default).
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(None)
+        .max_message_size(None);
     let (ws, response) =
-        tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+        tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(config))
+            .expect("handshake");
     assert_eq!(response.status(), 101);
     ws
 }
