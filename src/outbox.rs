@@ -80,14 +80,20 @@ impl Outbox {
     /// Queues a frame. Returns false if the outbox no longer takes frames, including when
     /// this push found the consumer over its budget (it is then closed with 1008).
     ///
-    /// A frame is taken while the queue is under budget, so one frame larger than the whole
-    /// budget still goes out to a consumer that keeps up.
+    /// The budget counts what waits behind the frame being written: a frame larger than the
+    /// whole budget (a big document sent to a joining client) still goes out, and the pings
+    /// and updates queued behind it while the client downloads it do not cut the client off
+    /// unless they pile up past the budget themselves.
     pub fn push(&self, frame: &Frame) -> bool {
         let mut inner = self.inner.borrow_mut();
         if inner.closed.is_some() {
             return false;
         }
-        if inner.queued_bytes >= self.outbound_bytes_max {
+        let head_left = inner
+            .queue
+            .front()
+            .map_or(0, |f| f.len() - inner.head_written);
+        if inner.queued_bytes - head_left >= self.outbound_bytes_max {
             drop(inner);
             self.cut_off();
             return false;
@@ -244,7 +250,8 @@ mod tests {
     fn a_slow_consumer_is_cut_off_at_the_budget_and_memory_is_released() {
         let o = Outbox::new(100);
         let f = frame(40);
-        assert!(o.push(&f)); // 42
+        assert!(o.push(&f)); // the head, being written
+        assert!(o.push(&f)); // 42 behind it
         assert!(o.push(&f)); // 84
         assert!(o.push(&f)); // 126: over budget only after this push
         assert!(!o.push(&f));
@@ -260,12 +267,28 @@ mod tests {
     }
 
     #[test]
+    fn a_big_frame_being_written_does_not_count_against_what_follows_it() {
+        let o = Outbox::new(100);
+        let snapshot = frame(10_000);
+        assert!(o.push(&snapshot));
+        o.consume(1_000);
+        // Small frames behind it are taken until they reach the budget themselves.
+        let small = frame(40);
+        assert!(o.push(&small)); // 42 behind the head
+        assert!(o.push(&small)); // 84
+        assert!(o.push(&small)); // 126: over only after this push
+        assert!(!o.push(&small));
+        assert_eq!(o.closed(), Some(Closed::Overflowed));
+    }
+
+    #[test]
     fn a_partly_written_frame_survives_the_cut_off() {
         let o = Outbox::new(50);
         let f = frame(40);
         assert!(o.push(&f));
         assert!(o.push(&f));
         o.consume(10);
+        assert!(o.push(&f)); // 42 behind the head, then 84: over budget after this push
         assert!(!o.push(&f));
         let left = unwritten(&o);
         assert_eq!(left.len(), 2);
