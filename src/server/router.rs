@@ -8,6 +8,7 @@ use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::auth;
+use crate::auth::verify::Identity;
 use crate::http::request::{parse_request, percent_decode, HttpError, Request};
 use crate::http::response::json_error;
 use crate::outbox::Outbox;
@@ -22,8 +23,10 @@ use std::time::{Duration, Instant};
 const MISSING_TOKEN_REASON: &str =
     "Authentication required: pass a token as ?token=, the access_token subprotocol or Authorization: Bearer";
 
-/// Serves one accepted (or handed-off) connection. `head` holds bytes already read.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_off: bool) {
+/// Serves one accepted (or handed-off) connection. `head` holds bytes already read; a
+/// handed-off connection comes with the identity its token was verified to on the shard
+/// that accepted it, so the token is verified once.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: Option<Identity>) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let timeout = Duration::from_millis(shard.config().http.request_timeout_ms);
     let limit = shard.config().http.head_bytes_max;
@@ -75,13 +78,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed_of
         .expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
     let started = Instant::now();
-    let Some(owner) = route(&shard, &stream, &req, leftover, handed_off, started).await else {
+    let Some((owner, identity)) = route(&shard, &stream, &req, leftover, handed, started).await
+    else {
         return;
     };
     drop(req);
     // The stream is shared only once a session starts, and none did.
     if let Ok(stream) = Rc::try_unwrap(stream) {
-        shard.hand_off(owner, stream.into_inner(), head).await;
+        shard
+            .hand_off(owner, stream.into_inner(), head, identity)
+            .await;
     }
 }
 
@@ -133,9 +139,10 @@ async fn route(
     stream: &SharedStream,
     req: &Request<'_>,
     leftover: Vec<u8>,
-    handed_off: bool,
+    handed: Option<Identity>,
     started: Instant,
-) -> Option<usize> {
+) -> Option<(usize, Identity)> {
+    let handed_off = handed.is_some();
     let upgrade = handshake::is_upgrade(req);
     let ip = client_ip(shard, stream, req);
     if !upgrade && api::answer(shard, stream, req, &leftover, ip).await {
@@ -207,7 +214,11 @@ async fn route(
         refuse(auth::MISSING_TOKEN, MISSING_TOKEN_REASON.into()).await;
         return None;
     };
-    let identity = match shard.shared.directory.verifier.verify(&found.token) {
+    let verified = match handed {
+        Some(identity) => Ok(identity),
+        None => shard.shared.directory.verifier.verify(&found.token),
+    };
+    let identity = match verified {
         Ok(identity) => identity,
         Err(refusal) => {
             refuse(refusal.close_code(), refusal.reason()).await;
@@ -258,7 +269,7 @@ async fn route(
     let owner = owner_shard(&key, shard.shards);
     if owner != shard.id {
         assert!(!handed_off, "a handed-off connection is on its owner shard");
-        return Some(owner);
+        return Some((owner, identity));
     }
     let admission = Admission {
         key,

@@ -3,6 +3,7 @@
 
 use super::shared::Shared;
 use super::stats::{self, ShardStats};
+use crate::auth::verify::Identity;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
 use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
@@ -22,10 +23,12 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-/// A connection moving to its document's owner shard: the socket and the bytes already read.
+/// A connection moving to its document's owner shard: the socket, the bytes already read and
+/// the identity its token was verified to.
 pub struct Handoff {
     pub fd: OwnedFd,
     pub head: Vec<u8>,
+    pub identity: Identity,
 }
 
 pub struct Setup {
@@ -199,7 +202,7 @@ pub async fn run(setup: Setup) {
                     shard.clone(),
                     stream,
                     handoff.head,
-                    true,
+                    Some(handoff.identity),
                 ))
                 .detach();
             }
@@ -244,7 +247,7 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
                     shard.clone(),
                     stream,
                     Vec::new(),
-                    false,
+                    None,
                 ))
                 .detach();
             }
@@ -315,7 +318,13 @@ impl Shard {
     }
 
     /// Sends a connection to the shard that owns its document.
-    pub async fn hand_off(&self, owner: usize, stream: TcpStream, head: Vec<u8>) {
+    pub async fn hand_off(
+        &self,
+        owner: usize,
+        stream: TcpStream,
+        head: Vec<u8>,
+        identity: Identity,
+    ) {
         use std::os::fd::AsRawFd;
         // SAFETY: dup of an open socket; the original is closed when `stream` drops, the
         // duplicate travels to the owner shard.
@@ -327,7 +336,10 @@ impl Shard {
         // SAFETY: `dup` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
         // A closed mesh means the process is stopping; the connection is dropped with it.
-        let _ = self.handoff.send_to(owner, Handoff { fd, head }).await;
+        let _ = self
+            .handoff
+            .send_to(owner, Handoff { fd, head, identity })
+            .await;
     }
 
     /// The room for `key`, created if it is not in memory: the document is then pinned to

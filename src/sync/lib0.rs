@@ -35,10 +35,6 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     pub fn finish(&self) -> Result<(), DecodeError> {
         if self.remaining() == 0 {
             Ok(())
