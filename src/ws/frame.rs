@@ -12,7 +12,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    fn from_bits(bits: u8) -> Option<Opcode> {
+    pub fn from_bits(bits: u8) -> Option<Opcode> {
         Some(match bits {
             0x0 => Opcode::Continuation,
             0x1 => Opcode::Text,
@@ -24,7 +24,7 @@ impl Opcode {
         })
     }
 
-    fn bits(self) -> u8 {
+    pub fn bits(self) -> u8 {
         match self {
             Opcode::Continuation => 0x0,
             Opcode::Text => 0x1,
