@@ -176,3 +176,31 @@ fn counts_return_to_zero_after_churn() {
     assert_eq!(l.refused("after-9", serde_json::Value::Null).0, 4004);
     drop(held);
 }
+
+/// Idle connections are what a sync server holds most of: each costs at most 4 KiB of
+/// server memory, documents included (8 clients per document, as in the load generator's
+/// capacity runs; BENCHMARKS.md has the 19,904-connection measurement).
+#[test]
+fn idle_document_connections_cost_at_most_4_kib_each() {
+    const CONNECTIONS: usize = 3000;
+    let server = Server::start_with("", &["--shards", "1"]);
+    // Warm up the allocator and the shard's maps before the baseline.
+    let warm: Vec<Ws> = (0..64)
+        .map(|i| connect(&server.addr, &format!("/warm-{}", i / 8)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.rss_kib();
+    let idle: Vec<Ws> = (0..CONNECTIONS)
+        .map(|i| connect(&server.addr, &format!("/idle-{}", i / 8)))
+        .collect();
+    server.wait_for("every connection is open", Duration::from_secs(10), |s| {
+        s.metric("connections").0 as usize == CONNECTIONS + warm.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let per_connection = (server.rss_kib() - before) * 1024 / CONNECTIONS as u64;
+    assert!(
+        per_connection <= 4096,
+        "{per_connection} bytes of server memory per idle connection"
+    );
+    drop(idle);
+}

@@ -26,7 +26,38 @@ const MISSING_TOKEN_REASON: &str =
 /// Serves one accepted (or handed-off) connection. `head` holds bytes already read; a
 /// handed-off connection comes with the identity its token was verified to on the shard
 /// that accepted it, so the token is verified once.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: Option<Identity>) {
+///
+/// Admission (the request head, the token, registry calls) needs several KiB of transient
+/// state; it runs in its own boxed future, freed before the session starts, so that an idle
+/// connection's task holds only what its session needs.
+/// (Not an `async fn`: its arguments would stay in the task for the connection's life.)
+pub fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    head: Vec<u8>,
+    handed: Option<Identity>,
+) -> impl std::future::Future<Output = ()> {
+    let admission = Box::pin(admit(shard.clone(), stream, head, handed));
+    async move {
+        if let Some((stream, session)) = admission.await {
+            let Admitted {
+                outbox,
+                leftover,
+                handler,
+            } = session;
+            super::session::run(&shard, stream, outbox, leftover, handler).await;
+        }
+    }
+}
+
+/// Reads and answers the request; returns the session to run, if one was admitted here
+/// (its 101 written).
+async fn admit(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    head: Vec<u8>,
+    handed: Option<Identity>,
+) -> Option<(SharedStream, Admitted)> {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let timeout = Duration::from_millis(shard.config().http.request_timeout_ms);
     let limit = shard.config().http.head_bytes_max;
@@ -40,7 +71,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: O
     .await;
     let head = match read {
         None => {
-            return reply(
+            reply(
                 &shard,
                 &stream,
                 json_error(
@@ -50,27 +81,25 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: O
                     &[],
                 ),
             )
-            .await
+            .await;
+            return None;
         }
-        Some(Err(HeadError::Io)) => return,
+        Some(Err(HeadError::Io)) => return None,
         Some(Err(HeadError::Http(e))) => {
             let message = match e {
                 HttpError::Malformed => "not an HTTP/1.1 request",
                 HttpError::HeadTooLarge => "request head too large",
                 HttpError::VersionNotSupported => "use HTTP/1.1",
             };
-            return reply(
+            reply(
                 &shard,
                 &stream,
                 json_error(e.status(), "bad_request", message, &[]),
             )
             .await;
+            return None;
         }
-        Some(Ok(mut head)) => {
-            // The read buffer grew to the head limit; the session keeps only the head.
-            head.shrink_to_fit();
-            head
-        }
+        Some(Ok(head)) => head,
     };
     let req = parse_request(&head, limit)
         .ok()
@@ -78,17 +107,35 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: O
         .expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
     let started = Instant::now();
-    let Some((owner, identity)) = route(&shard, &stream, &req, leftover, handed, started).await
-    else {
-        return;
-    };
-    drop(req);
-    // The stream is shared only once a session starts, and none did.
-    if let Ok(stream) = Rc::try_unwrap(stream) {
-        shard
-            .hand_off(owner, stream.into_inner(), head, identity)
-            .await;
+    match route(&shard, &stream, &req, leftover, handed, started).await {
+        Routed::Done => None,
+        Routed::Session(session) => {
+            drop(req);
+            drop(head);
+            let admitted = upgrade(&shard, &stream, session).await?;
+            Some((stream, admitted))
+        }
+        Routed::HandOff(owner, identity) => {
+            drop(req);
+            // The stream is shared only once a session starts, and none did.
+            if let Ok(stream) = Rc::try_unwrap(stream) {
+                shard
+                    .hand_off(owner, stream.into_inner(), head, *identity)
+                    .await;
+            }
+            None
+        }
     }
+}
+
+/// Where a request ends up.
+enum Routed {
+    /// Answered (or refused) here.
+    Done,
+    /// Admitted: the session to run.
+    Session(Session),
+    /// The document lives on another shard: hand the connection over.
+    HandOff(usize, Box<Identity>),
 }
 
 enum HeadError {
@@ -133,7 +180,7 @@ fn client_ip(shard: &Shard, stream: &SharedStream, req: &Request<'_>) -> IpAddr 
     )
 }
 
-/// Answers the request, or returns the shard to hand the connection to.
+/// Answers the request, or returns the session to start or the shard to hand it to.
 async fn route(
     shard: &Rc<Shard>,
     stream: &SharedStream,
@@ -141,27 +188,29 @@ async fn route(
     leftover: Vec<u8>,
     handed: Option<Identity>,
     started: Instant,
-) -> Option<(usize, Identity)> {
+) -> Routed {
     let handed_off = handed.is_some();
     let upgrade = handshake::is_upgrade(req);
     let ip = client_ip(shard, stream, req);
     if !upgrade && api::answer(shard, stream, req, &leftover, ip).await {
-        return None;
+        return Routed::Done;
     }
     if shard.config().echo_path.as_deref() == Some(req.path) {
-        let accept = accept_or_refuse(shard, stream, req).await?;
+        let Some(accept) = accept_or_refuse(shard, stream, req).await else {
+            return Routed::Done;
+        };
         let outbox = new_outbox(shard);
         let echo = Box::new(EchoHandler {
             outbox: outbox.clone(),
         });
-        let upgrade = Upgrade {
-            accept: &accept,
+        return Routed::Session(Session {
+            accept,
             protocol: None,
             leftover,
             started,
-        };
-        start_session(shard, stream, upgrade, outbox, Ok(echo)).await;
-        return None;
+            outbox,
+            handler: Ok(echo),
+        });
     }
     let found = auth::transport::extract(req);
     // The `?token=JWT/doc` quirk names the document after the token.
@@ -176,7 +225,7 @@ async fn route(
             json_error(404, "not_found", "no such endpoint", &[]),
         )
         .await;
-        return None;
+        return Routed::Done;
     }
     if shard.shared.draining() {
         reply(
@@ -185,7 +234,7 @@ async fn route(
             api::service_unavailable("this node is restarting: connect again shortly"),
         )
         .await;
-        return None;
+        return Routed::Done;
     }
     if !handed_off && shard.overloaded() {
         reply(
@@ -194,7 +243,7 @@ async fn route(
             api::service_unavailable("this node is at capacity: retry later"),
         )
         .await;
-        return None;
+        return Routed::Done;
     }
     if !handed_off
         && !shard
@@ -203,16 +252,18 @@ async fn route(
             .allow(ip, crate::log::unix_ms() / 1000)
     {
         reply(shard, stream, api::too_many_requests()).await;
-        return None;
+        return Routed::Done;
     }
-    let accept = accept_or_refuse(shard, stream, req).await?;
+    let Some(accept) = accept_or_refuse(shard, stream, req).await else {
+        return Routed::Done;
+    };
     let marker = found.as_ref().and_then(|f| f.marker);
     let refuse = |code: u16, reason: String| {
         refuse_after_upgrade(shard, stream, &accept, marker, code, reason)
     };
     let Some(found) = found else {
         refuse(auth::MISSING_TOKEN, MISSING_TOKEN_REASON.into()).await;
-        return None;
+        return Routed::Done;
     };
     let verified = match handed {
         Some(identity) => Ok(identity),
@@ -222,7 +273,7 @@ async fn route(
         Ok(identity) => identity,
         Err(refusal) => {
             refuse(refusal.close_code(), refusal.reason()).await;
-            return None;
+            return Routed::Done;
         }
     };
     if !auth::verify::origin_allowed(&identity, req.header("origin")) {
@@ -237,7 +288,7 @@ async fn route(
             ),
         )
         .await;
-        return None;
+        return Routed::Done;
     }
     if raw_name.contains("::") {
         refuse(
@@ -245,7 +296,7 @@ async fn route(
             "Forbidden: document name contains '::'".into(),
         )
         .await;
-        return None;
+        return Routed::Done;
     }
     if let Err(why) = document::validate_name(&raw_name, identity.app.allow_path_names) {
         refuse(
@@ -253,7 +304,7 @@ async fn route(
             format!("Invalid document name: {why}"),
         )
         .await;
-        return None;
+        return Routed::Done;
     }
     if let Some(docs) = &identity.docs {
         if !auth::claims::docs_allow(docs, &raw_name) {
@@ -262,14 +313,14 @@ async fn route(
                 "Forbidden: the token does not grant this document".into(),
             )
             .await;
-            return None;
+            return Routed::Done;
         }
     }
     let key = isolation_key(&identity.tenant_id, &identity.app.id, &raw_name);
     let owner = owner_shard(&key, shard.shards);
     if owner != shard.id {
         assert!(!handed_off, "a handed-off connection is on its owner shard");
-        return Some((owner, identity));
+        return Routed::HandOff(owner, Box::new(identity));
     }
     let admission = Admission {
         key,
@@ -282,14 +333,14 @@ async fn route(
     let handler = DocumentHandler::join(shard.clone(), admission, outbox.clone())
         .await
         .map(|h| Box::new(h) as Box<dyn Handler>);
-    let upgrade = Upgrade {
-        accept: &accept,
+    Routed::Session(Session {
+        accept,
         protocol: marker,
         leftover,
         started,
-    };
-    start_session(shard, stream, upgrade, outbox, handler).await;
-    None
+        outbox,
+        handler,
+    })
 }
 
 fn new_outbox(shard: &Shard) -> Rc<Outbox> {
@@ -321,43 +372,51 @@ async fn accept_or_refuse(
     }
 }
 
-/// An upgrade that passed its checks: what the 101 needs and what came with the request.
-struct Upgrade<'a> {
-    accept: &'a str,
-    protocol: Option<&'a str>,
+/// An admitted upgrade: what the 101 needs, what came with the request, and the handler
+/// (or the close code its admission was refused with).
+struct Session {
+    accept: String,
+    protocol: Option<&'static str>,
     leftover: Vec<u8>,
     started: Instant,
-}
-
-/// Writes the 101 and runs the session, or, for a refused admission, closes with its code.
-async fn start_session(
-    shard: &Rc<Shard>,
-    stream: &SharedStream,
-    upgrade: Upgrade<'_>,
     outbox: Rc<Outbox>,
     handler: Result<Box<dyn Handler>, Refused>,
-) {
-    let Upgrade {
+}
+
+/// A session whose 101 is written: what it runs with.
+struct Admitted {
+    outbox: Rc<Outbox>,
+    leftover: Vec<u8>,
+    handler: Box<dyn Handler>,
+}
+
+/// Writes the 101, or, for a refused admission, closes with its code.
+async fn upgrade(shard: &Rc<Shard>, stream: &SharedStream, session: Session) -> Option<Admitted> {
+    let Session {
         accept,
         protocol,
         leftover,
         started,
-    } = upgrade;
+        outbox,
+        handler,
+    } = session;
     match handler {
         Ok(mut handler) => {
-            if socket::write_all(stream, &handshake::switching_protocols(accept, protocol))
-                .await
-                .is_ok()
-            {
-                shard.my_stats().observe_handshake(started.elapsed());
-                super::session::run(shard, stream.clone(), outbox, leftover, handler.as_mut())
-                    .await;
-            } else {
+            let switching = handshake::switching_protocols(&accept, protocol);
+            if socket::write_all(stream, &switching).await.is_err() {
                 handler.on_end();
+                return None;
             }
+            shard.my_stats().observe_handshake(started.elapsed());
+            Some(Admitted {
+                outbox,
+                leftover,
+                handler,
+            })
         }
         Err((code, reason)) => {
-            refuse_after_upgrade(shard, stream, accept, protocol, code, reason.into_owned()).await
+            refuse_after_upgrade(shard, stream, &accept, protocol, code, reason.into_owned()).await;
+            None
         }
     }
 }

@@ -31,8 +31,9 @@ pub async fn run(
     stream: SharedStream,
     outbox: Rc<Outbox>,
     leftover: Vec<u8>,
-    handler: &mut dyn Handler,
+    mut handler: Box<dyn Handler>,
 ) {
+    let handler = handler.as_mut();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
     let (conn_id, live) = shard.register(outbox.clone(), fd);
     let writer = {

@@ -1,43 +1,44 @@
 //! One run: every peer connects and syncs, then (unless idle) sends updates at a fixed rate
 //! until the deadline; the run waits for the last delivery and checks that every document
-//! converged. One glommio executor per thread; all peers of a document live on one thread,
-//! so send times and deliveries are matched without crossing threads.
+//! converged. All peers of a document live on one thread, so send times and deliveries are
+//! matched without crossing threads.
+//!
+//! Each thread is an epoll loop that polls without sleeping while the run is live. On
+//! loopback a sleeping reader makes every server send pay for waking it (a cross-core
+//! interrupt, dear in a VM) which a real network card would absorb; a polling generator
+//! keeps that cost out of the server's CPU seconds.
 
 use crate::peer::{Incoming, Peer};
-use crate::ws_client::{parse_server_frame, Connection, Target};
-use futures_lite::future;
-use glommio::sync::Semaphore;
-use glommio::timer::sleep;
-use glommio::{LocalExecutorBuilder, Placement};
+use crate::ws_client::{self, parse_server_frame};
 use hdrhistogram::Histogram;
-use std::cell::{Cell, RefCell};
+use socket2::Socket;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::Ipv4Addr;
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wiresocket::ws::frame::Opcode;
 
-/// glommio's registered-buffer pool per thread (memlock is small on these machines).
-const IO_MEMORY_BYTES: usize = 256 << 10;
-/// The generator spins rather than sleeps between events: on loopback a sleeping reader
-/// makes every server send pay for a cross-core wakeup (an IPI, dear in a VM) that a real
-/// network card would absorb, and the measurement would charge it to the server.
-const SPIN_BEFORE_PARK: Duration = Duration::from_millis(100);
-/// Bytes one read takes from a socket.
+/// Bytes one `recv` takes from a socket.
 const READ_BYTES: usize = 64 << 10;
+/// Events taken from epoll per call.
+const EVENTS_MAX: usize = 1024;
 /// A peer that has not finished its handshake and sync step 2 by then counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// After sending stops, deliveries still missing are waited for this long without
-/// progress, then counted as lost.
+/// After sending stops, missing deliveries are waited for this long without progress.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
 /// An overloaded server may still be delivering slowly: stop waiting after this long.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
+/// Unsent bytes per peer: a server that stops reading makes its peers skip updates rather
+/// than queue without bound.
+const OUT_BYTES_MAX: usize = 64 << 10;
 /// Latencies are recorded in microseconds, up to a minute.
 const LATENCY_US_MAX: u64 = 60_000_000;
 
 pub struct Plan {
-    pub target: Target,
+    pub target: ws_client::Target,
     pub docs: usize,
     pub clients_per_doc: usize,
     /// Updates per second per client; 0 opens idle connections only (capacity mode).
@@ -75,6 +76,8 @@ pub struct ThreadReport {
     pub connect_failures: u64,
     pub first_error: Option<String>,
     pub updates_sent: u64,
+    /// Updates not sent because the peer's unsent bytes were at their bound.
+    pub updates_skipped: u64,
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub echoes: u64,
@@ -83,31 +86,108 @@ pub struct ThreadReport {
     pub latency_us: Histogram<u64>,
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
+    /// Time spent handling events while measuring (the rest was polling for them).
+    pub busy: Duration,
     pub docs_checked: u64,
     pub docs_diverged: u64,
     pub lost_updates: u64,
 }
 
-/// This thread's share: documents `thread, thread + threads, ...`, each with all its peers.
-struct Local {
-    plan: Arc<Plan>,
-    thread: usize,
-    peers: Vec<Peer>,
-    conns: RefCell<Vec<Option<Rc<Connection>>>>,
-    scratch: RefCell<Vec<u8>>,
-    synced: Cell<u64>,
-    failed: Cell<u64>,
-    first_error: RefCell<Option<String>>,
-    measuring: Cell<bool>,
-    finished: Cell<bool>,
-    deliveries: Cell<u64>,
-    echoes: Cell<u64>,
-    dropped: Cell<u64>,
-    latency_us: RefCell<Histogram<u64>>,
-    last_delivery: Cell<Option<Instant>>,
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Waiting,
+    Connecting,
+    Upgrading,
+    Syncing,
+    Open,
+    Closed,
 }
 
-impl Local {
+struct Conn {
+    socket: Option<Socket>,
+    phase: Phase,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    /// Whether epoll reports writability for this socket.
+    want_out: bool,
+    connect_deadline: Instant,
+}
+
+/// One thread's share: documents `thread, thread + threads, ...`, each with all its peers.
+struct Thread {
+    plan: Arc<Plan>,
+    thread: usize,
+    epoll: OwnedFd,
+    peers: Vec<Peer>,
+    conns: Vec<Conn>,
+    scratch: Vec<u8>,
+    next_connect: usize,
+    in_flight: usize,
+    synced: u64,
+    failed: u64,
+    first_error: Option<String>,
+    measuring: bool,
+    finished: bool,
+    deliveries: u64,
+    echoes: u64,
+    dropped: u64,
+    skipped: u64,
+    latency_us: Histogram<u64>,
+    last_delivery: Option<Instant>,
+    busy: Duration,
+}
+
+pub fn thread_main(plan: Arc<Plan>, control: Arc<Control>, thread: usize) -> ThreadReport {
+    // SAFETY: epoll_create1 has no preconditions; the result is checked.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(
+        epoll >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
+    let docs = (plan.docs + plan.threads - 1 - thread) / plan.threads;
+    let count = docs * plan.clients_per_doc;
+    let now = Instant::now();
+    let mut t = Thread {
+        plan: plan.clone(),
+        thread,
+        // SAFETY: a fresh descriptor we own.
+        epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+        peers: Vec::with_capacity(count),
+        conns: (0..count)
+            .map(|_| Conn {
+                socket: None,
+                phase: Phase::Waiting,
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                want_out: false,
+                connect_deadline: now,
+            })
+            .collect(),
+        scratch: vec![0; READ_BYTES],
+        next_connect: 0,
+        in_flight: 0,
+        synced: 0,
+        failed: 0,
+        first_error: None,
+        measuring: false,
+        finished: false,
+        deliveries: 0,
+        echoes: 0,
+        dropped: 0,
+        skipped: 0,
+        latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds"),
+        last_delivery: None,
+        busy: Duration::ZERO,
+    };
+    for idx in 0..count {
+        let id = t.client_id(idx);
+        t.peers.push(Peer::new(id));
+    }
+    t.run(&control)
+}
+
+impl Thread {
     fn docs(&self) -> usize {
         self.peers.len() / self.plan.clients_per_doc
     }
@@ -132,334 +212,454 @@ impl Local {
             .filter(|&i| i < self.peers.len())
     }
 
-    fn fail(&self, error: String) {
-        self.failed.set(self.failed.get() + 1);
-        self.first_error.borrow_mut().get_or_insert(error);
-    }
-}
-
-pub fn thread_main(plan: Arc<Plan>, control: Arc<Control>, thread: usize) -> ThreadReport {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .name(&format!("load-{thread}"))
-        .io_memory(IO_MEMORY_BYTES)
-        .spin_before_park(SPIN_BEFORE_PARK)
-        .make()
-        .expect("a glommio executor (is memlock at least 1 MiB?)")
-        .run(run_thread(plan, control, thread))
-}
-
-async fn run_thread(plan: Arc<Plan>, control: Arc<Control>, thread: usize) -> ThreadReport {
-    let docs = (plan.docs + plan.threads - 1 - thread) / plan.threads;
-    let count = docs * plan.clients_per_doc;
-    let mut local = Local {
-        plan: plan.clone(),
-        thread,
-        peers: Vec::with_capacity(count),
-        conns: RefCell::new(vec![None; count]),
-        scratch: RefCell::new(vec![0; READ_BYTES]),
-        synced: Cell::new(0),
-        failed: Cell::new(0),
-        first_error: RefCell::new(None),
-        measuring: Cell::new(false),
-        finished: Cell::new(false),
-        deliveries: Cell::new(0),
-        echoes: Cell::new(0),
-        dropped: Cell::new(0),
-        latency_us: RefCell::new(Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).unwrap()),
-        last_delivery: Cell::new(None),
-    };
-    for idx in 0..count {
-        local.peers.push(Peer::new(local.client_id(idx)));
-    }
-    let local = Rc::new(local);
-
-    let permits = Rc::new(Semaphore::new(plan.connect_concurrency as u64));
-    for idx in 0..count {
-        glommio::spawn_local(peer_task(local.clone(), idx, permits.clone())).detach();
-    }
-    while local.synced.get() + local.failed.get() < count as u64 {
-        sleep(Duration::from_millis(5)).await;
-    }
-    control.ready.fetch_add(1, Ordering::SeqCst);
-    while !control.go.load(Ordering::SeqCst) {
-        sleep(Duration::from_millis(1)).await;
-    }
-
-    let mut first_send = None;
-    if plan.rate_per_client > 0.0 {
-        let start = Instant::now();
-        first_send = Some(start);
-        local.measuring.set(true);
-        let writers: Vec<_> = (0..count)
-            .filter(|&idx| local.conns.borrow()[idx].is_some())
-            .map(|idx| glommio::spawn_local(writer(local.clone(), idx, start)))
-            .collect();
-        for w in writers {
-            w.await;
+    fn run(mut self, control: &Control) -> ThreadReport {
+        let count = self.peers.len() as u64;
+        let mut expiry_check = Instant::now();
+        while self.synced + self.failed < count {
+            self.start_connects();
+            self.poll(0);
+            if expiry_check.elapsed() > Duration::from_millis(100) {
+                expiry_check = Instant::now();
+                self.expire_handshakes();
+            }
         }
-        let expected = expected_deliveries(&local);
+        control.ready.fetch_add(1, Ordering::SeqCst);
+        while !control.go.load(Ordering::SeqCst) {
+            self.poll(1);
+        }
+        let mut first_send = None;
+        if self.plan.rate_per_client > 0.0 {
+            let start = Instant::now();
+            first_send = Some(start);
+            self.measuring = true;
+            self.send_updates(start);
+            self.drain();
+            self.measuring = false;
+        }
+        control.drained.fetch_add(1, Ordering::SeqCst);
+        let (mut docs_checked, mut docs_diverged, mut lost_updates) = (0, 0, 0);
+        if self.plan.rate_per_client > 0.0 {
+            for j in 0..self.docs() {
+                let (diverged, lost) = self.check_document(j);
+                docs_checked += 1;
+                docs_diverged += diverged as u64;
+                lost_updates += lost;
+            }
+        }
+        while !control.release.load(Ordering::SeqCst) {
+            self.poll(1);
+        }
+        self.finished = true;
+        let report = ThreadReport {
+            connected: self.open_count(),
+            connect_failures: self.failed,
+            first_error: self.first_error.clone(),
+            updates_sent: self.peers.iter().map(Peer::updates_sent).sum(),
+            updates_skipped: self.skipped,
+            expected_deliveries: self.expected_deliveries(),
+            deliveries: self.deliveries,
+            echoes: self.echoes,
+            dropped: self.dropped,
+            latency_us: self.latency_us.clone(),
+            first_send,
+            last_delivery: self.last_delivery,
+            busy: self.busy,
+            docs_checked,
+            docs_diverged,
+            lost_updates,
+        };
+        // Close cleanly: the server sees a close frame rather than a reset.
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].phase == Phase::Open {
+                ws_client::push_frame(
+                    &mut self.conns[idx].out,
+                    Opcode::Close,
+                    &1000u16.to_be_bytes(),
+                );
+                self.flush(idx);
+            }
+        }
+        report
+    }
+
+    fn open_count(&self) -> u64 {
+        self.conns.iter().filter(|c| c.phase == Phase::Open).count() as u64
+    }
+
+    /// Every peer sends one update every `1 / rate` seconds, from an offset spread evenly
+    /// over one period, until the run's end.
+    fn send_updates(&mut self, start: Instant) {
+        let period = Duration::from_secs_f64(1.0 / self.plan.rate_per_client);
+        let end = start + self.plan.duration;
+        let mut due: BinaryHeap<Reverse<(Instant, usize)>> = (0..self.conns.len())
+            .filter(|&idx| self.conns[idx].phase == Phase::Open)
+            .map(|idx| {
+                // A fixed stride (golden ratio), not random, so runs repeat.
+                let offset = (idx as f64 * 0.618_033_988_75).fract();
+                Reverse((start + period.mul_f64(offset), idx))
+            })
+            .collect();
+        while let Some(&Reverse((at, idx))) = due.peek() {
+            if at > Instant::now() {
+                self.poll(0);
+                continue;
+            }
+            let busy_from = Instant::now();
+            due.pop();
+            if self.conns[idx].phase == Phase::Open {
+                if self.conns[idx].out.len() < OUT_BYTES_MAX {
+                    let message = self.peers[idx].next_update(self.plan.update_bytes);
+                    ws_client::push_frame(&mut self.conns[idx].out, Opcode::Binary, &message);
+                    self.flush(idx);
+                } else {
+                    self.skipped += 1;
+                }
+                if at + period < end {
+                    due.push(Reverse((at + period, idx)));
+                }
+            }
+            self.busy += busy_from.elapsed();
+        }
+    }
+
+    /// Waits for the deliveries still in flight.
+    fn drain(&mut self) {
+        let expected = self.expected_deliveries();
         let drain_start = Instant::now();
-        let mut seen = (local.deliveries.get(), drain_start);
-        while local.deliveries.get() < expected
+        let mut seen = (self.deliveries, drain_start);
+        while self.deliveries < expected
             && seen.1.elapsed() < DRAIN_QUIET
             && drain_start.elapsed() < DRAIN_MAX
         {
-            sleep(Duration::from_millis(10)).await;
-            if local.deliveries.get() != seen.0 {
-                seen = (local.deliveries.get(), Instant::now());
-            }
-        }
-        local.measuring.set(false);
-    }
-    control.drained.fetch_add(1, Ordering::SeqCst);
-
-    let (mut docs_checked, mut docs_diverged, mut lost_updates) = (0, 0, 0);
-    if plan.rate_per_client > 0.0 {
-        for j in 0..local.docs() {
-            let (diverged, lost) = check_document(&local, j);
-            docs_checked += 1;
-            docs_diverged += diverged as u64;
-            lost_updates += lost;
-        }
-    }
-    while !control.release.load(Ordering::SeqCst) {
-        sleep(Duration::from_millis(5)).await;
-    }
-    local.finished.set(true);
-    let connected = local.conns.borrow().iter().filter(|c| c.is_some()).count() as u64;
-    let expected = expected_deliveries(&local);
-    let report = ThreadReport {
-        connected,
-        connect_failures: local.failed.get(),
-        first_error: local.first_error.borrow().clone(),
-        updates_sent: local.peers.iter().map(Peer::updates_sent).sum(),
-        expected_deliveries: expected,
-        deliveries: local.deliveries.get(),
-        echoes: local.echoes.get(),
-        dropped: local.dropped.get(),
-        latency_us: local.latency_us.borrow().clone(),
-        first_send,
-        last_delivery: local.last_delivery.get(),
-        docs_checked,
-        docs_diverged,
-        lost_updates,
-    };
-    // Close every connection before the executor goes: the server sees clean ends.
-    let conns: Vec<_> = local
-        .conns
-        .borrow_mut()
-        .iter_mut()
-        .filter_map(Option::take)
-        .collect();
-    for conn in conns {
-        let _ = conn.send(Opcode::Close, &1000u16.to_be_bytes()).await;
-    }
-    report
-}
-
-/// Every update reaches every other connected peer of its document.
-fn expected_deliveries(local: &Local) -> u64 {
-    let k = local.plan.clients_per_doc;
-    let conns = local.conns.borrow();
-    (0..local.docs())
-        .map(|j| {
-            let live: Vec<usize> = (j * k..(j + 1) * k)
-                .filter(|&i| conns[i].is_some())
-                .collect();
-            let sent: u64 = live.iter().map(|&i| local.peers[i].updates_sent()).sum();
-            sent * (live.len() as u64).saturating_sub(1)
-        })
-        .sum()
-}
-
-/// Whether local document `j` diverged between its connected peers, and how many updates
-/// the peers are missing in all.
-fn check_document(local: &Local, j: usize) -> (bool, u64) {
-    let k = local.plan.clients_per_doc;
-    let conns = local.conns.borrow();
-    let live: Vec<usize> = (j * k..(j + 1) * k)
-        .filter(|&i| conns[i].is_some())
-        .collect();
-    let sent: u64 = live.iter().map(|&i| local.peers[i].updates_sent()).sum();
-    let mut views = Vec::with_capacity(live.len());
-    for &i in &live {
-        match local.peers[i].converged_items() {
-            Ok(items) => views.push(items),
-            Err(e) => {
-                local.first_error.borrow_mut().get_or_insert(e);
-                views.push(Vec::new());
+            self.poll(0);
+            if self.deliveries != seen.0 {
+                seen = (self.deliveries, Instant::now());
             }
         }
     }
-    let lost = views
-        .iter()
-        .map(|v| sent.saturating_sub(v.len() as u64))
-        .sum();
-    let diverged = views.windows(2).any(|w| w[0] != w[1]);
-    (diverged, lost)
-}
 
-async fn peer_task(local: Rc<Local>, idx: usize, permits: Rc<Semaphore>) {
-    let permit = permits
-        .acquire_permit(1)
-        .await
-        .expect("the semaphore stays open");
-    let plan = &local.plan;
-    let doc = plan.doc_name(local.doc_of(idx / plan.clients_per_doc));
-    let source = (plan.sources > 1)
-        .then(|| Ipv4Addr::new(127, 0, 0, 1 + (idx % plan.sources as usize) as u8));
-    let peer = &local.peers[idx];
-    let timeout = async {
-        sleep(CONNECT_TIMEOUT).await;
-        Err(format!("no sync step 2 within {CONNECT_TIMEOUT:?}"))
-    };
-    let opened = future::or(
-        async {
-            let (conn, leftover) = Connection::open(&plan.target, &doc, source).await?;
-            conn.send(Opcode::Binary, &peer.sync_step1())
-                .await
-                .map_err(|e| format!("send sync step 1: {e}"))?;
-            let mut pending = leftover;
-            while !peer.synced.get() {
-                read_some(&conn, &local, &mut pending).await?;
-                handle_frames(&local, idx, &conn, &mut pending).await?;
-            }
-            Ok((conn, pending))
-        },
-        timeout,
-    )
-    .await;
-    let (conn, mut pending) = match opened {
-        Ok(opened) => opened,
-        Err(e) => return local.fail(format!("{doc}: {e}")),
-    };
-    local.conns.borrow_mut()[idx] = Some(conn.clone());
-    local.synced.set(local.synced.get() + 1);
-    drop(permit);
-    let ended = loop {
-        if let Err(e) = read_some(&conn, &local, &mut pending).await {
-            break e;
-        }
-        if let Err(e) = handle_frames(&local, idx, &conn, &mut pending).await {
-            break e;
-        }
-    };
-    if !local.finished.get() {
-        local.dropped.set(local.dropped.get() + 1);
-        local
-            .first_error
-            .borrow_mut()
-            .get_or_insert(format!("{doc}: {ended}"));
+    /// Every update reaches every other connected peer of its document.
+    fn expected_deliveries(&self) -> u64 {
+        (0..self.docs())
+            .map(|j| {
+                let live = self.live_peers(j);
+                let sent: u64 = live.iter().map(|&i| self.peers[i].updates_sent()).sum();
+                sent * (live.len() as u64).saturating_sub(1)
+            })
+            .sum()
     }
-}
 
-/// Appends what the socket has to `pending`.
-async fn read_some(conn: &Connection, local: &Local, pending: &mut Vec<u8>) -> Result<(), String> {
-    let n = conn
-        .read_with(&local.scratch)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    if n == 0 {
-        return Err("the server closed the connection".into());
+    fn live_peers(&self, j: usize) -> Vec<usize> {
+        let k = self.plan.clients_per_doc;
+        (j * k..(j + 1) * k)
+            .filter(|&i| self.conns[i].phase == Phase::Open)
+            .collect()
     }
-    pending.extend_from_slice(&local.scratch.borrow()[..n]);
-    Ok(())
-}
 
-/// Handles every whole frame in `pending` and keeps the rest.
-async fn handle_frames(
-    local: &Local,
-    idx: usize,
-    conn: &Connection,
-    pending: &mut Vec<u8>,
-) -> Result<(), String> {
-    let mut at = 0;
-    while let Some(frame) = parse_server_frame(&pending[at..])? {
-        let end = at + frame.header_len + frame.payload_len;
-        if end > pending.len() {
-            break;
-        }
-        let payload = &pending[at + frame.header_len..end];
-        if !frame.fin || frame.opcode == Opcode::Continuation {
-            return Err("the server fragmented a message (not supported here)".into());
-        }
-        match frame.opcode {
-            Opcode::Binary => {
-                if let Some(reply) = on_message(local, idx, payload)? {
-                    conn.send(Opcode::Binary, &reply)
-                        .await
-                        .map_err(|e| format!("send: {e}"))?;
+    /// Whether local document `j` diverged between its connected peers, and how many
+    /// updates they are missing in all.
+    fn check_document(&mut self, j: usize) -> (bool, u64) {
+        let live = self.live_peers(j);
+        let sent: u64 = live.iter().map(|&i| self.peers[i].updates_sent()).sum();
+        let mut views = Vec::with_capacity(live.len());
+        for &i in &live {
+            match self.peers[i].converged_items() {
+                Ok(items) => views.push(items),
+                Err(e) => {
+                    self.first_error.get_or_insert(e);
+                    views.push(Vec::new());
                 }
             }
-            Opcode::Ping => {
-                let payload = payload.to_vec();
-                conn.send(Opcode::Pong, &payload)
-                    .await
-                    .map_err(|e| format!("pong: {e}"))?;
-            }
-            Opcode::Close => {
-                let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
-                return Err(format!("closed by the server: {code:?} {reason}"));
-            }
-            Opcode::Text | Opcode::Pong | Opcode::Continuation => {}
         }
-        at = end;
+        let lost = views
+            .iter()
+            .map(|v| sent.saturating_sub(v.len() as u64))
+            .sum();
+        (views.windows(2).any(|w| w[0] != w[1]), lost)
     }
-    pending.drain(..at);
-    if pending.capacity() > READ_BYTES && pending.len() < READ_BYTES / 4 {
-        pending.shrink_to(READ_BYTES / 4);
-    }
-    Ok(())
-}
 
-fn on_message(local: &Local, idx: usize, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    match local.peers[idx].on_message(payload)? {
-        Incoming::Delivery { author, clock } => {
-            let now = Instant::now();
-            if local.measuring.get() {
-                local.deliveries.set(local.deliveries.get() + 1);
-                local.last_delivery.set(Some(now));
-                let sent = local
-                    .local_index(author)
-                    .and_then(|i| local.peers[i].sent_at(clock));
-                if let Some(sent) = sent {
-                    let us = now.duration_since(sent).as_micros() as u64;
-                    local.latency_us.borrow_mut().saturating_record(us.max(1));
+    fn start_connects(&mut self) {
+        let plan = self.plan.clone();
+        while self.in_flight < plan.connect_concurrency && self.next_connect < self.conns.len() {
+            let idx = self.next_connect;
+            self.next_connect += 1;
+            let source = (plan.sources > 1)
+                .then(|| Ipv4Addr::new(127, 0, 0, 1 + (idx % plan.sources as usize) as u8));
+            match ws_client::connect(plan.target.addr, source) {
+                Ok(socket) => {
+                    let conn = &mut self.conns[idx];
+                    conn.phase = Phase::Connecting;
+                    conn.connect_deadline = Instant::now() + CONNECT_TIMEOUT;
+                    self.epoll_ctl(libc::EPOLL_CTL_ADD, &socket, idx, true);
+                    self.conns[idx].socket = Some(socket);
+                    self.conns[idx].want_out = true;
+                    self.in_flight += 1;
                 }
+                Err(e) => self.fail(idx, format!("connect: {e}")),
             }
-            Ok(None)
         }
-        Incoming::Echo => {
-            local.echoes.set(local.echoes.get() + 1);
-            Ok(None)
-        }
-        Incoming::Reply(reply) => Ok(Some(reply)),
-        Incoming::Other => Ok(None),
     }
-}
 
-/// Sends updates every `1 / rate` seconds from a per-peer offset until the run ends.
-async fn writer(local: Rc<Local>, idx: usize, start: Instant) {
-    let plan = &local.plan;
-    let period = Duration::from_secs_f64(1.0 / plan.rate_per_client);
-    let end = start + plan.duration;
-    // Spread the peers' sends evenly over one period (a fixed stride, not random, so runs
-    // repeat).
-    let offset = (idx as f64 * 0.618_033_988_75).fract();
-    let mut due = start + period.mul_f64(offset);
-    let Some(conn) = local.conns.borrow()[idx].clone() else {
-        return;
-    };
-    while due < end {
+    fn expire_handshakes(&mut self) {
         let now = Instant::now();
-        if due > now {
-            sleep(due - now).await;
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            if c.phase > Phase::Waiting && c.phase < Phase::Open && c.connect_deadline < now {
+                self.close(idx, format!("no sync step 2 within {CONNECT_TIMEOUT:?}"));
+            }
         }
-        let message = local.peers[idx].next_update(plan.update_bytes);
-        if conn.send(Opcode::Binary, &message).await.is_err() {
+    }
+
+    fn fail(&mut self, idx: usize, error: String) {
+        self.failed += 1;
+        let doc = self
+            .plan
+            .doc_name(self.doc_of(idx / self.plan.clients_per_doc));
+        self.first_error.get_or_insert(format!("{doc}: {error}"));
+    }
+
+    /// Ends connection `idx`: a failure before it synced, a drop after.
+    fn close(&mut self, idx: usize, why: String) {
+        let phase = self.conns[idx].phase;
+        if phase == Phase::Closed {
             return;
         }
-        due += period;
+        self.conns[idx].phase = Phase::Closed;
+        // Closing the socket removes it from epoll.
+        self.conns[idx].socket = None;
+        if phase < Phase::Open {
+            self.in_flight -= 1;
+            self.fail(idx, why);
+        } else if !self.finished {
+            self.dropped += 1;
+            let doc = self
+                .plan
+                .doc_name(self.doc_of(idx / self.plan.clients_per_doc));
+            self.first_error.get_or_insert(format!("{doc}: {why}"));
+        }
+    }
+
+    fn epoll_ctl(&self, op: libc::c_int, socket: &Socket, idx: usize, want_out: bool) {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32
+                | if want_out { libc::EPOLLOUT as u32 } else { 0 },
+            u64: idx as u64,
+        };
+        // SAFETY: both descriptors are open; `event` is a valid epoll_event.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, socket.as_raw_fd(), &mut event) };
+        assert_eq!(rc, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+    }
+
+    fn set_want_out(&mut self, idx: usize, want_out: bool) {
+        if self.conns[idx].want_out != want_out {
+            if let Some(socket) = &self.conns[idx].socket {
+                self.epoll_ctl(libc::EPOLL_CTL_MOD, socket, idx, want_out);
+            }
+            self.conns[idx].want_out = want_out;
+        }
+    }
+
+    /// Handles whatever epoll reports within `timeout_ms`.
+    fn poll(&mut self, timeout_ms: i32) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX];
+        // SAFETY: `events` has room for EVENTS_MAX entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS_MAX as i32,
+                timeout_ms,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        let busy_from = Instant::now();
+        for event in &events[..n as usize] {
+            let (flags, idx) = (event.events, event.u64 as usize);
+            self.on_event(idx, flags);
+        }
+        if self.measuring {
+            self.busy += busy_from.elapsed();
+        }
+    }
+
+    fn on_event(&mut self, idx: usize, flags: u32) {
+        let phase = self.conns[idx].phase;
+        if phase == Phase::Connecting {
+            let error = self.conns[idx].socket.as_ref().map(Socket::take_error);
+            match error {
+                Some(Ok(None)) => {
+                    let conn = &mut self.conns[idx];
+                    conn.phase = Phase::Upgrading;
+                    let doc = self
+                        .plan
+                        .doc_name(self.doc_of(idx / self.plan.clients_per_doc));
+                    let request = ws_client::upgrade_request(&self.plan.target, &doc);
+                    self.conns[idx].out.extend_from_slice(&request);
+                    self.flush(idx);
+                }
+                Some(Ok(Some(e)) | Err(e)) => self.close(idx, format!("connect: {e}")),
+                None => {}
+            }
+            return;
+        }
+        if phase == Phase::Closed {
+            return;
+        }
+        if flags & libc::EPOLLOUT as u32 != 0 {
+            self.flush(idx);
+        }
+        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+        {
+            self.read(idx);
+        }
+    }
+
+    /// Reads everything the socket has, then handles it.
+    fn read(&mut self, idx: usize) {
+        loop {
+            let Some(socket) = &self.conns[idx].socket else {
+                return;
+            };
+            // SAFETY: `scratch` is valid for its length; the socket is open.
+            let n = unsafe {
+                libc::recv(
+                    socket.as_raw_fd(),
+                    self.scratch.as_mut_ptr() as *mut libc::c_void,
+                    self.scratch.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                self.handle_input(idx);
+                return self.close(idx, "the server closed the connection".into());
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    break;
+                }
+                return self.close(idx, format!("read: {e}"));
+            }
+            self.conns[idx]
+                .inbuf
+                .extend_from_slice(&self.scratch[..n as usize]);
+            if (n as usize) < self.scratch.len() {
+                break;
+            }
+        }
+        self.handle_input(idx);
+    }
+
+    fn handle_input(&mut self, idx: usize) {
+        let mut inbuf = std::mem::take(&mut self.conns[idx].inbuf);
+        let result = self.handle_bytes(idx, &mut inbuf);
+        inbuf.shrink_to(READ_BYTES / 4);
+        self.conns[idx].inbuf = inbuf;
+        match result {
+            Ok(()) => {
+                if self.conns[idx].phase == Phase::Syncing && self.peers[idx].synced.get() {
+                    self.conns[idx].phase = Phase::Open;
+                    self.in_flight -= 1;
+                    self.synced += 1;
+                }
+                self.flush(idx);
+            }
+            Err(e) => self.close(idx, e),
+        }
+    }
+
+    /// Handles the upgrade response and every whole frame in `inbuf`, keeping the rest.
+    fn handle_bytes(&mut self, idx: usize, inbuf: &mut Vec<u8>) -> Result<(), String> {
+        if self.conns[idx].phase == Phase::Upgrading {
+            let Some(head_len) = ws_client::upgrade_response(inbuf)? else {
+                return Ok(());
+            };
+            inbuf.drain(..head_len);
+            self.conns[idx].phase = Phase::Syncing;
+            let step1 = self.peers[idx].sync_step1();
+            ws_client::push_frame(&mut self.conns[idx].out, Opcode::Binary, &step1);
+        }
+        let mut at = 0;
+        while let Some(frame) = parse_server_frame(&inbuf[at..])? {
+            let end = at + frame.header_len + frame.payload_len;
+            if end > inbuf.len() {
+                break;
+            }
+            let payload = &inbuf[at + frame.header_len..end];
+            if !frame.fin || frame.opcode == Opcode::Continuation {
+                return Err("the server fragmented a message (not supported here)".into());
+            }
+            match frame.opcode {
+                Opcode::Binary => self.on_message(idx, payload)?,
+                Opcode::Ping => {
+                    ws_client::push_frame(&mut self.conns[idx].out, Opcode::Pong, payload)
+                }
+                Opcode::Close => {
+                    let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]));
+                    return Err(format!("closed by the server: {code:?} {reason}"));
+                }
+                Opcode::Text | Opcode::Pong | Opcode::Continuation => {}
+            }
+            at = end;
+        }
+        inbuf.drain(..at);
+        Ok(())
+    }
+
+    fn on_message(&mut self, idx: usize, payload: &[u8]) -> Result<(), String> {
+        match self.peers[idx].on_message(payload)? {
+            Incoming::Delivery { author, clock } => {
+                if self.measuring {
+                    let now = Instant::now();
+                    self.deliveries += 1;
+                    self.last_delivery = Some(now);
+                    let sent = self
+                        .local_index(author)
+                        .and_then(|i| self.peers[i].sent_at(clock));
+                    if let Some(sent) = sent {
+                        let us = now.duration_since(sent).as_micros() as u64;
+                        self.latency_us.saturating_record(us.max(1));
+                    }
+                }
+            }
+            Incoming::Echo => self.echoes += 1,
+            Incoming::Reply(reply) => {
+                ws_client::push_frame(&mut self.conns[idx].out, Opcode::Binary, &reply)
+            }
+            Incoming::Other => {}
+        }
+        Ok(())
+    }
+
+    /// Sends what `idx` has queued; what the socket does not take waits for writability.
+    fn flush(&mut self, idx: usize) {
+        while !self.conns[idx].out.is_empty() {
+            let Some(socket) = &self.conns[idx].socket else {
+                return;
+            };
+            let out = &self.conns[idx].out;
+            // SAFETY: `out` is valid for its length; the socket is open.
+            let n = unsafe {
+                libc::send(
+                    socket.as_raw_fd(),
+                    out.as_ptr() as *const libc::c_void,
+                    out.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return self.set_want_out(idx, true);
+                }
+                return self.close(idx, format!("send: {e}"));
+            }
+            self.conns[idx].out.drain(..n as usize);
+        }
+        self.set_want_out(idx, false);
     }
 }

@@ -1,16 +1,10 @@
 //! The client side of RFC 6455, as much as a load generator needs: the upgrade request,
 //! masked frames out, unmasked server frames in. The library holds only the server side.
 
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
-use std::cell::RefCell;
-use std::future::poll_fn;
+use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::pin::Pin;
-use std::rc::Rc;
+use std::os::fd::AsRawFd;
 use wiresocket::ws::frame::Opcode;
 
 /// Response heads longer than this are refused (a server answering garbage).
@@ -55,130 +49,68 @@ impl Target {
     }
 }
 
-/// One open WebSocket. Reads and writes are separate tasks: the stream is borrowed only
-/// inside one `poll`, and `write_lock` keeps two writers' frames from interleaving.
-pub struct Connection {
-    stream: RefCell<TcpStream>,
-    write_lock: Semaphore,
+/// The upgrade request for `doc`.
+pub fn upgrade_request(target: &Target, doc: &str) -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        target.path(doc),
+        target.host
+    )
+    .into_bytes()
 }
 
-impl Connection {
-    /// Connects from `source` (a 127.0.0.x address spreads ports over several sources),
-    /// upgrades, and returns the connection with any bytes read past the response head.
-    pub async fn open(
-        target: &Target,
-        doc: &str,
-        source: Option<Ipv4Addr>,
-    ) -> Result<(Rc<Connection>, Vec<u8>), String> {
-        let stream = connect(target.addr, source).await?;
-        let conn = Rc::new(Connection {
-            stream: RefCell::new(stream),
-            write_lock: Semaphore::new(1),
-        });
-        let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            target.path(doc),
-            target.host
-        );
-        conn.write_raw(request.as_bytes())
-            .await
-            .map_err(|e| format!("send upgrade: {e}"))?;
-        let mut head = Vec::with_capacity(1024);
-        let mut buf = [0u8; 2048];
-        let end = loop {
-            let n = conn
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read upgrade: {e}"))?;
-            if n == 0 {
-                return Err("the server closed during the upgrade".into());
-            }
-            head.extend_from_slice(&buf[..n]);
-            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if head.len() > RESPONSE_HEAD_BYTES_MAX {
-                return Err("the upgrade response head is too long".into());
-            }
-        };
-        if !head.starts_with(b"HTTP/1.1 101") {
-            let line = String::from_utf8_lossy(&head[..end]);
-            let line = line.lines().next().unwrap_or("");
-            return Err(format!("upgrade refused: {line}"));
+/// The length of a whole `101` response head at the start of `buf`; `Ok(None)` means more
+/// bytes are needed.
+pub fn upgrade_response(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > RESPONSE_HEAD_BYTES_MAX {
+            return Err("the upgrade response head is too long".into());
         }
-        Ok((conn, head[end..].to_vec()))
-    }
-
-    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)).await
-    }
-
-    /// Reads into a buffer shared by the thread's connections: it is borrowed only while
-    /// the read is polled.
-    pub async fn read_with(&self, buf: &RefCell<Vec<u8>>) -> io::Result<usize> {
-        poll_fn(|cx| {
-            let mut buf = buf.borrow_mut();
-            Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, &mut buf[..])
-        })
-        .await
-    }
-
-    async fn write_raw(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let n =
-                poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, buf)).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            buf = &buf[n..];
-        }
-        Ok(())
-    }
-
-    /// Sends one masked frame.
-    pub async fn send(&self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
-        let mut frame = Vec::with_capacity(payload.len() + 14);
-        encode_masked(&mut frame, opcode, payload, rand_mask());
-        let _permit = self.write_lock.acquire_permit(1).await;
-        self.write_raw(&frame).await
-    }
-}
-
-async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> Result<TcpStream, String> {
-    let Some(source) = source else {
-        return TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"));
+        return Ok(None);
     };
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .map_err(|e| format!("socket: {e}"))?;
-    // Pick the source port at connect time, per destination: without this, each bind takes
-    // a port for good and 20,000 sockets run out of them.
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        let head = String::from_utf8_lossy(&buf[..end]);
+        return Err(format!(
+            "upgrade refused: {}",
+            head.lines().next().unwrap_or("")
+        ));
     }
-    socket
-        .bind(&SocketAddr::from((source, 0)).into())
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    // A loopback connect completes at once unless the listen backlog is full.
-    socket
-        .connect(&addr.into())
-        .map_err(|e| format!("connect {addr} from {source}: {e}"))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| format!("nonblocking: {e}"))?;
-    // SAFETY: the fd is a connected TCP socket we own and hand over.
-    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
+    Ok(Some(end + 4))
+}
+
+/// Starts a non-blocking connect from `source` (a 127.0.0.x address spreads source ports
+/// over several addresses); the socket becomes writable when it is done.
+pub fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    if let Some(source) = source {
+        // Pick the source port at connect time, per destination: without this each bind
+        // takes a port for good and 20,000 sockets run out of them.
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and an option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        socket.bind(&SocketAddr::from((source, 0)).into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => Ok(socket),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(socket),
+        Err(e) => Err(e),
+    }
+}
+
+/// Appends a masked client frame to `out`.
+pub fn push_frame(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
+    encode_masked(out, opcode, payload, rand_mask());
 }
 
 fn rand_mask() -> [u8; 4] {
@@ -285,6 +217,16 @@ mod tests {
             );
         }
         assert!(parse_server_frame(&[0x82, 0x81]).is_err());
+    }
+
+    #[test]
+    fn upgrade_responses_need_101_and_a_whole_head() {
+        assert_eq!(upgrade_response(b"HTTP/1.1 101 Switching").unwrap(), None);
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x82\x00";
+        assert_eq!(upgrade_response(ok).unwrap(), Some(ok.len() - 2));
+        let refused = upgrade_response(b"HTTP/1.1 429 Too Many Requests\r\n\r\n").unwrap_err();
+        assert!(refused.contains("429"), "{refused}");
+        assert!(upgrade_response(&vec![b'x'; RESPONSE_HEAD_BYTES_MAX + 1]).is_err());
     }
 
     #[test]
