@@ -1,7 +1,8 @@
 //! The sync path without sockets: decode + apply + encode of one update, and its fan-out to
-//! 1, 10, 100 and 1,000 subscribers (the frame is encoded once and shared).
+//! 1, 10, 100 and 1,000 subscribers (the frame is encoded once and shared); and 8 updates of
+//! one read applied one transaction each against one batch (`Room::stage` + `Room::flush`).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::rc::Rc;
 use wiresocket::outbox::Outbox;
 use wiresocket::sync::protocol::{encode_sync, SYNC_UPDATE};
@@ -54,5 +55,44 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fan_out);
+fn batch(c: &mut Criterion) {
+    const BATCH: usize = 8;
+    let mut group = c.benchmark_group("room_8_updates");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let messages = updates(BATCH);
+    for batched in [false, true] {
+        let name = if batched { "one_batch" } else { "one_by_one" };
+        group.bench_function(name, |b| {
+            // A fresh room each time (setup is not timed), so every update is new to it.
+            let setup = || {
+                let mut room = Room::new(RoomConfig::default());
+                let outboxes: Vec<Rc<Outbox>> =
+                    (0..8).map(|_| Rc::new(Outbox::new(usize::MAX))).collect();
+                let slots: Vec<_> = outboxes.iter().map(|o| room.join(o.clone())).collect();
+                (room, outboxes, slots[0])
+            };
+            b.iter_batched(
+                setup,
+                |(mut room, outboxes, from)| {
+                    let mut deliveries = 0;
+                    for m in &messages {
+                        let outcome = if batched {
+                            room.stage(from, m, true)
+                        } else {
+                            room.receive(from, m, true)
+                        };
+                        deliveries += outcome.unwrap().deliveries;
+                    }
+                    deliveries += room.flush().unwrap().deliveries;
+                    assert_eq!(deliveries, BATCH * 7);
+                    (room, outboxes)
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fan_out, batch);
 criterion_main!(benches);

@@ -1,5 +1,5 @@
 //! y-websocket messages behind the size limits, through a room (decode, bounded update walk,
-//! yrs integration). Fails if one input makes the process hold more than 64 MiB.
+//! a batch of yrs integration). Fails if one input makes the process hold more than 64 MiB.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -39,11 +39,15 @@ fuzz_target!(|data: &[u8]| {
     let mut room = Room::new(RoomConfig::default());
     let sender = room.join(Rc::new(Outbox::new(1 << 20)));
     room.join(Rc::new(Outbox::new(1 << 20)));
-    // The input is one or more messages, each prefixed with a one-byte length class.
+    // The input is one read's messages, each prefixed with a one-byte length class; as in a
+    // session they are staged, and flushed at the end or at the first refusal.
     let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {
         let len = (len as usize * 8).min(tail.len());
-        let _ = room.receive(sender, &tail[..len], true);
+        if room.stage(sender, &tail[..len], true).is_err() {
+            break;
+        }
         rest = &tail[len..];
     }
+    let _ = room.flush();
 });

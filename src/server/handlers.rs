@@ -175,6 +175,10 @@ fn is_sync_update(payload: &[u8]) -> bool {
     matches!(payload, [0, 1 | 2, body @ ..] if body != [2, 0, 0])
 }
 
+fn refused(refusal: crate::sync::room::Refusal) -> Refused {
+    (refusal.close_code(), refusal.reason().into())
+}
+
 impl Handler for DocumentHandler {
     fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused> {
         if opcode != Opcode::Binary {
@@ -197,8 +201,17 @@ impl Handler for DocumentHandler {
         let outcome = self
             .room
             .borrow_mut()
-            .receive(self.slot, payload, self.can_write)
-            .map_err(|r| (r.close_code(), r.reason().into()))?;
+            .stage(self.slot, payload, self.can_write)
+            .map_err(refused)?;
+        stats::add(
+            &self.shard.my_stats().deliveries_total,
+            outcome.deliveries as u64,
+        );
+        Ok(())
+    }
+
+    fn on_batch_end(&mut self) -> Result<(), Refused> {
+        let outcome = self.room.borrow_mut().flush().map_err(refused)?;
         stats::add(
             &self.shard.my_stats().deliveries_total,
             outcome.deliveries as u64,
@@ -207,7 +220,11 @@ impl Handler for DocumentHandler {
     }
 
     fn on_end(&mut self) {
-        self.room.borrow_mut().leave(self.slot);
+        let mut room = self.room.borrow_mut();
+        // Updates staged before the end were valid; a refusal now has no one to tell.
+        let _ = room.flush();
+        room.leave(self.slot);
+        drop(room);
         stats::sub(&self.shard.my_stats().connections, 1);
         release_connection(&self.shard, &self.app);
         self.shard.room_left(&self.key);

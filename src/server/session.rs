@@ -20,6 +20,10 @@ pub type Refused = (u16, std::borrow::Cow<'static, str>);
 pub trait Handler {
     /// A whole data message (text is valid UTF-8).
     fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused>;
+    /// The messages of one read are handled: finish what was batched across them.
+    fn on_batch_end(&mut self) -> Result<(), Refused> {
+        Ok(())
+    }
     /// The session is over; called exactly once.
     fn on_end(&mut self);
 }
@@ -129,9 +133,22 @@ impl Frames<'_> {
         }
     }
 
-    /// Handles every whole frame at the start of `data` (unmasking in place). Returns the
-    /// bytes consumed and whether the session stays open.
+    /// Handles every whole frame at the start of `data` (unmasking in place), then ends the
+    /// handler's batch. Returns the bytes consumed and whether the session stays open.
     fn process(&mut self, data: &mut [u8], handler: &mut dyn Handler) -> (usize, bool) {
+        let (consumed, open) = self.process_frames(data, handler);
+        match guarded(|| handler.on_batch_end()) {
+            Ok(()) => (consumed, open),
+            Err(refused) => {
+                if open {
+                    self.refuse_guarded(refused);
+                }
+                (consumed, false)
+            }
+        }
+    }
+
+    fn process_frames(&mut self, data: &mut [u8], handler: &mut dyn Handler) -> (usize, bool) {
         let mut at = 0;
         loop {
             let header = match parse_header(&data[at..], self.frame_bytes_max) {
@@ -168,22 +185,14 @@ impl Frames<'_> {
                     return (at, false);
                 }
                 Event::Message { opcode, payload } => {
-                    let stats = self.shard.my_stats();
-                    stats::add(&stats.messages_in_total, 1);
-                    let refused = match guarded(|| handler.on_message(opcode, payload)) {
+                    stats::add(&self.shard.my_stats().messages_in_total, 1);
+                    match guarded(|| handler.on_message(opcode, payload)) {
                         Ok(()) => continue,
-                        Err(Guarded::Refused(refused)) => refused,
-                        Err(Guarded::Panicked) => {
-                            stats::add(&stats.panics_total, 1);
-                            (
-                                close::INTERNAL_ERROR,
-                                "internal error handling this message".into(),
-                            )
+                        Err(refused) => {
+                            self.refuse_guarded(refused);
+                            return (at, false);
                         }
-                    };
-                    stats::add(&stats.messages_refused_total, 1);
-                    self.refuse(refused.0, &refused.1);
-                    return (at, false);
+                    }
                 }
             }
         }
@@ -191,6 +200,23 @@ impl Frames<'_> {
 
     fn refuse(&self, code: u16, reason: &str) {
         self.outbox.close(code, reason);
+    }
+
+    /// Closes for a handler's refusal, or with 1011 for its panic.
+    fn refuse_guarded(&self, refused: Guarded) {
+        let stats = self.shard.my_stats();
+        let (code, reason) = match refused {
+            Guarded::Refused(refused) => refused,
+            Guarded::Panicked => {
+                stats::add(&stats.panics_total, 1);
+                (
+                    close::INTERNAL_ERROR,
+                    "internal error handling this message".into(),
+                )
+            }
+        };
+        stats::add(&stats.messages_refused_total, 1);
+        self.refuse(code, &reason);
     }
 }
 

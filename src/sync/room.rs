@@ -12,6 +12,9 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, Transact};
 
+/// Updates staged before a flush is forced (see [`Room::stage`]).
+pub const STAGED_UPDATES_MAX: usize = 64;
+
 #[derive(Debug, Clone, Copy)]
 pub struct RoomConfig {
     pub update_limits: UpdateLimits,
@@ -81,6 +84,12 @@ pub struct Outcome {
 
 pub struct Room {
     doc: yrs::Doc,
+    /// Updates received but not yet applied, all from `staged_from`, with the frames that
+    /// relay them: [`Room::flush`] applies them in one transaction. A yrs transaction costs
+    /// more than the update in it (commit, cleanup), so a client that is behind — whose one
+    /// read holds many updates — is caught up in one transaction instead of many.
+    staged: Vec<(yrs::Update, Frame)>,
+    staged_from: Option<Slot>,
     awareness: AwarenessStates,
     /// A slab: leaving frees a slot, joining reuses one.
     subscribers: Vec<Option<Subscriber>>,
@@ -93,6 +102,8 @@ impl Room {
     pub fn new(config: RoomConfig) -> Self {
         Room {
             doc: yrs::Doc::new(),
+            staged: Vec::new(),
+            staged_from: None,
             awareness: AwarenessStates::new(config.awareness_clients_max),
             subscribers: Vec::new(),
             free_slots: Vec::new(),
@@ -112,6 +123,10 @@ impl Room {
     /// Adds a subscriber and queues what a new client gets first: the server's state vector
     /// (sync step 1) and the current awareness states.
     pub fn join(&mut self, outbox: Rc<Outbox>) -> Slot {
+        assert!(
+            self.staged.is_empty(),
+            "a batch is flushed before anyone joins"
+        );
         let sv = self.doc.transact().state_vector().encode_v1();
         outbox.push(&sync_frame(SYNC_STEP1, &sv));
         if self.awareness.live_count() > 0 {
@@ -138,6 +153,10 @@ impl Room {
     /// Removes a subscriber; the awareness states it introduced are removed and that removal
     /// is broadcast to the others.
     pub fn leave(&mut self, slot: Slot) {
+        assert!(
+            self.staged.is_empty(),
+            "a batch is flushed before anyone leaves"
+        );
         let subscriber = self.subscribers[slot.0].take().expect("a slot leaves once");
         self.free_slots.push(slot.0);
         self.len -= 1;
@@ -161,18 +180,44 @@ impl Room {
         }
     }
 
-    /// Handles one binary message from the subscriber in `from`.
-    /// `can_write` is false for read-only (viewer) connections: their updates are answered
-    /// with an auth message (permission denied, `read-only`) and neither applied nor relayed.
+    /// Handles one binary message from the subscriber in `from` at once (updates are
+    /// applied and relayed before it returns).
     pub fn receive(
         &mut self,
         from: Slot,
         payload: &[u8],
         can_write: bool,
     ) -> Result<Outcome, Refusal> {
+        let staged = self.stage(from, payload, can_write)?;
+        let flushed = self.flush()?;
+        Ok(Outcome {
+            deliveries: staged.deliveries + flushed.deliveries,
+        })
+    }
+
+    /// Handles one binary message from the subscriber in `from`; an update is checked and
+    /// decoded now but applied and relayed by the next [`Room::flush`], which must come
+    /// before another subscriber's message, a join or a leave. Any other message flushes
+    /// first, so everything leaves in the order it came.
+    /// `can_write` is false for read-only (viewer) connections: their updates are answered
+    /// with an auth message (permission denied, `read-only`) and neither applied nor relayed.
+    pub fn stage(
+        &mut self,
+        from: Slot,
+        payload: &[u8],
+        can_write: bool,
+    ) -> Result<Outcome, Refusal> {
+        assert!(
+            self.staged_from.is_none_or(|staged| staged == from),
+            "a batch holds one subscriber's updates"
+        );
         let message =
             protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)?;
-        match message {
+        let flushed = match message {
+            Message::Update { .. } => Outcome::default(),
+            _ => self.flush()?,
+        };
+        let handled = match message {
             Message::SyncStep1(sv) => {
                 let diff = self
                     .doc
@@ -181,7 +226,7 @@ impl Room {
                 self.sender(from)
                     .outbox
                     .push(&sync_frame(SYNC_STEP2, &diff));
-                Ok(Outcome::default())
+                Outcome::default()
             }
             Message::Update {
                 step2,
@@ -197,10 +242,6 @@ impl Room {
                     return Ok(Outcome::default());
                 }
                 let decoded = yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
-                self.doc
-                    .transact_mut()
-                    .apply_update(decoded)
-                    .map_err(|_| Refusal::Integrate)?;
                 // Relay the client's own bytes: a step 2 becomes an update (type byte 2) and
                 // is otherwise the same message.
                 let frame = if step2 {
@@ -208,7 +249,14 @@ impl Room {
                 } else {
                     binary(payload)
                 };
-                Ok(self.broadcast(Some(from), &frame))
+                self.staged.push((decoded, frame));
+                self.staged_from = Some(from);
+                // A decoded update takes more memory than its bytes: a batch is bounded.
+                if self.staged.len() >= STAGED_UPDATES_MAX {
+                    self.flush()?
+                } else {
+                    Outcome::default()
+                }
             }
             Message::Awareness(entries) => {
                 let owned_max = self.config.awareness_clients_per_connection_max;
@@ -219,19 +267,54 @@ impl Room {
                     .awareness
                     .apply(&entries, &mut subscriber.awareness_ids, owned_max)
                     .map_err(Refusal::Awareness)?;
-                if !changed {
-                    return Ok(Outcome::default());
+                if changed {
+                    self.broadcast(Some(from), &binary(payload))
+                } else {
+                    Outcome::default()
                 }
-                Ok(self.broadcast(Some(from), &binary(payload)))
             }
             Message::QueryAwareness => {
                 if self.awareness.live_count() > 0 {
                     let frame = binary(&protocol::encode_awareness(self.awareness.live()));
                     self.sender(from).outbox.push(&frame);
                 }
-                Ok(Outcome::default())
+                Outcome::default()
+            }
+        };
+        Ok(Outcome {
+            deliveries: flushed.deliveries + handled.deliveries,
+        })
+    }
+
+    /// Applies the staged updates in one transaction, then relays each to every other
+    /// subscriber in the order they came. An update yrs refuses ends the batch: those before
+    /// it are applied and relayed, it and the rest are dropped, and its sender is refused.
+    pub fn flush(&mut self) -> Result<Outcome, Refusal> {
+        let Some(from) = self.staged_from.take() else {
+            return Ok(Outcome::default());
+        };
+        // Taken, not kept: an idle room holds no batch capacity.
+        let staged = std::mem::take(&mut self.staged);
+        let total = staged.len();
+        let mut relay = Vec::with_capacity(total);
+        {
+            let mut txn = self.doc.transact_mut();
+            for (update, frame) in staged {
+                if txn.apply_update(update).is_err() {
+                    break;
+                }
+                relay.push(frame);
             }
         }
+        let deliveries = relay
+            .iter()
+            .map(|frame| self.broadcast(Some(from), frame).deliveries)
+            .sum();
+        if relay.len() < total {
+            // (The deliveries of the updates before it are queued but not counted.)
+            return Err(Refusal::Integrate);
+        }
+        Ok(Outcome { deliveries })
     }
 
     /// Queues `frame` on every subscriber but `except`.
@@ -317,6 +400,86 @@ mod tests {
         assert!(drain(&a).is_empty(), "not echoed to the sender");
         let t = room.doc().get_or_insert_text("t");
         assert_eq!(t.get_string(&room.doc().transact()), "hello");
+    }
+
+    /// `n` consecutive insertions by one client, each its own update message.
+    fn consecutive_updates(n: usize) -> Vec<Vec<u8>> {
+        let doc = yrs::Doc::with_client_id(42);
+        let t = doc.get_or_insert_text("t");
+        (0..n)
+            .map(|i| {
+                let mut txn = doc.transact_mut();
+                t.insert(&mut txn, i as u32, "x");
+                protocol::encode_sync(SYNC_UPDATE, &txn.encode_update_v1())
+            })
+            .collect()
+    }
+
+    fn text(room: &Room) -> String {
+        let t = room.doc().get_or_insert_text("t");
+        t.get_string(&room.doc().transact())
+    }
+
+    #[test]
+    fn staged_updates_are_applied_and_relayed_in_order_at_the_flush() {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        let sa = room.join(a.clone());
+        let _sb = room.join(b.clone());
+        drain(&a);
+        drain(&b);
+        let messages = consecutive_updates(5);
+        for m in &messages {
+            assert_eq!(room.stage(sa, m, true).unwrap().deliveries, 0);
+        }
+        assert!(drain(&b).is_empty(), "nothing relayed before the flush");
+        assert_eq!(text(&room), "");
+        assert_eq!(room.flush().unwrap().deliveries, 5);
+        assert_eq!(drain(&b), messages, "relayed byte for byte, in order");
+        assert!(drain(&a).is_empty());
+        assert_eq!(text(&room), "xxxxx");
+        assert_eq!(
+            room.flush().unwrap().deliveries,
+            0,
+            "a flush empties the batch"
+        );
+    }
+
+    #[test]
+    fn any_other_message_flushes_the_batch_first() {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        let sa = room.join(a.clone());
+        let _sb = room.join(b.clone());
+        drain(&a);
+        drain(&b);
+        let messages = consecutive_updates(2);
+        room.stage(sa, &messages[0], true).unwrap();
+        // A state request right after an update must see it.
+        let step1 = protocol::encode_sync(SYNC_STEP1, &[0]);
+        assert_eq!(room.stage(sa, &step1, true).unwrap().deliveries, 1);
+        assert_eq!(drain(&b), vec![messages[0].clone()]);
+        let reply = drain(&a);
+        assert_eq!(&reply[0][..2], &[protocol::MESSAGE_SYNC, SYNC_STEP2]);
+        assert_eq!(text(&room), "x");
+    }
+
+    #[test]
+    fn a_full_batch_flushes_itself() {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 30)), Rc::new(Outbox::new(1 << 30)));
+        let sa = room.join(a.clone());
+        let _sb = room.join(b.clone());
+        drain(&b);
+        let messages = consecutive_updates(STAGED_UPDATES_MAX + 1);
+        let staged: usize = messages
+            .iter()
+            .map(|m| room.stage(sa, m, true).unwrap().deliveries)
+            .sum();
+        assert_eq!(staged, STAGED_UPDATES_MAX, "the bound forced one flush");
+        assert_eq!(text(&room).len(), STAGED_UPDATES_MAX);
+        assert_eq!(room.flush().unwrap().deliveries, 1);
+        assert_eq!(drain(&b).len(), STAGED_UPDATES_MAX + 1);
     }
 
     #[test]
