@@ -402,6 +402,17 @@ mod tests {
         assert_eq!(t.get_string(&room.doc().transact()), "hello");
     }
 
+    /// A room with subscribers `a` (whose slot is returned) and `b`, their joins drained.
+    fn two_subscribers() -> (Room, Rc<Outbox>, Rc<Outbox>, Slot) {
+        let mut room = Room::new(RoomConfig::default());
+        let (a, b) = (Rc::new(Outbox::new(1 << 30)), Rc::new(Outbox::new(1 << 30)));
+        let sa = room.join(a.clone());
+        room.join(b.clone());
+        drain(&a);
+        drain(&b);
+        (room, a, b, sa)
+    }
+
     /// `n` consecutive insertions by one client, each its own update message.
     fn consecutive_updates(n: usize) -> Vec<Vec<u8>> {
         let doc = yrs::Doc::with_client_id(42);
@@ -422,12 +433,7 @@ mod tests {
 
     #[test]
     fn staged_updates_are_applied_and_relayed_in_order_at_the_flush() {
-        let mut room = Room::new(RoomConfig::default());
-        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
-        let sa = room.join(a.clone());
-        let _sb = room.join(b.clone());
-        drain(&a);
-        drain(&b);
+        let (mut room, a, b, sa) = two_subscribers();
         let messages = consecutive_updates(5);
         for m in &messages {
             assert_eq!(room.stage(sa, m, true).unwrap().deliveries, 0);
@@ -447,12 +453,7 @@ mod tests {
 
     #[test]
     fn any_other_message_flushes_the_batch_first() {
-        let mut room = Room::new(RoomConfig::default());
-        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
-        let sa = room.join(a.clone());
-        let _sb = room.join(b.clone());
-        drain(&a);
-        drain(&b);
+        let (mut room, a, b, sa) = two_subscribers();
         let messages = consecutive_updates(2);
         room.stage(sa, &messages[0], true).unwrap();
         // A state request right after an update must see it.
@@ -466,11 +467,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_flushes_itself() {
-        let mut room = Room::new(RoomConfig::default());
-        let (a, b) = (Rc::new(Outbox::new(1 << 30)), Rc::new(Outbox::new(1 << 30)));
-        let sa = room.join(a.clone());
-        let _sb = room.join(b.clone());
-        drain(&b);
+        let (mut room, _a, b, sa) = two_subscribers();
         let messages = consecutive_updates(STAGED_UPDATES_MAX + 1);
         let staged: usize = messages
             .iter()
@@ -510,12 +507,7 @@ mod tests {
 
     #[test]
     fn awareness_is_relayed_replayed_to_joiners_and_removed_on_leave() {
-        let mut room = Room::new(RoomConfig::default());
-        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
-        let sa = room.join(a.clone());
-        let _sb = room.join(b.clone());
-        drain(&a);
-        drain(&b);
+        let (mut room, _a, b, sa) = two_subscribers();
         let msg = encode_awareness(
             [AwarenessEntry {
                 client_id: 9,
