@@ -55,6 +55,9 @@ impl ProtocolError {
             }
             ProtocolError::Decode(_) => "malformed message",
             ProtocolError::Update(UpdateError::TooManyStructs) => "update has too many structs",
+            ProtocolError::Update(UpdateError::DuplicateClient) => {
+                "malformed update: a client appears twice"
+            }
             ProtocolError::Update(_) => "malformed update",
             ProtocolError::UnknownType => "unknown message type",
             ProtocolError::AwarenessNotJson => "awareness state is not JSON",

@@ -558,6 +558,23 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_crash_is_refused_and_the_room_goes_on() {
+        // fuzz/artifacts crash-cd98b553: one update naming client 0 twice, which made yrs
+        // panic while committing; it is refused before yrs sees it.
+        let (mut room, _a, b, sa) = two_subscribers();
+        let crash = [
+            0, 2, 18, 4, 0, 48, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 46, 7, 0,
+        ];
+        let refusal = room.stage(sa, &crash, true).unwrap_err();
+        assert_eq!(refusal.close_code(), 1007);
+        assert_eq!(room.flush().unwrap().deliveries, 0);
+        assert!(drain(&b).is_empty());
+        let good = client_update("still fine");
+        assert_eq!(room.receive(sa, &good, true).unwrap().deliveries, 1);
+        assert_eq!(text(&room), "still fine");
+    }
+
+    #[test]
     fn viewers_get_permission_denied_and_their_updates_go_nowhere() {
         let mut room = Room::new(RoomConfig::default());
         let (viewer, other) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));

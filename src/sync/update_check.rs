@@ -31,6 +31,10 @@ pub enum UpdateError {
     TooManyStructs,
     /// A zero-length GC or skip range, which yrs refuses.
     EmptyRange,
+    /// Two struct sections for one client. Yjs never writes that, and overlapping ranges in
+    /// them make yrs 0.28 divide by zero when it commits (found by the `sync_message` fuzz
+    /// target).
+    DuplicateClient,
 }
 
 impl From<DecodeError> for UpdateError {
@@ -66,10 +70,16 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
     let mut stats = UpdateStats::default();
     // Each client section is at least 3 bytes (count, client, clock); each struct at least 2.
     let clients = r.count(3)?;
+    // The client ids of the sections, to find one named twice (sections are at least 3
+    // bytes each, so this holds at most a third of the update's length in ids).
+    let mut client_ids = Vec::with_capacity(if clients > 1 { clients } else { 0 });
     for _ in 0..clients {
         let structs = r.count(2)?;
-        let _client = r.var_u64()?;
+        let client = r.var_u64()?;
         let _clock = r.var_u32()?;
+        if clients > 1 {
+            client_ids.push(client);
+        }
         stats.structs += structs;
         if stats.structs > limits.structs_max {
             return Err(UpdateError::TooManyStructs);
@@ -77,6 +87,10 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
         for _ in 0..structs {
             walk_struct(&mut r, limits)?;
         }
+    }
+    client_ids.sort_unstable();
+    if client_ids.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(UpdateError::DuplicateClient);
     }
     // Delete set: clients, each with ranges of (clock, len).
     let ds_clients = r.count(2)?;
@@ -276,6 +290,20 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_client_named_twice_is_refused() {
+        // The fuzz crash: client 0 in two sections with overlapping GC ranges (yrs 0.28
+        // divides by zero committing it), between two empty sections.
+        let crash = [4, 0, 48, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 46, 7, 0];
+        assert_eq!(
+            check_update_v1(&crash, &limits()),
+            Err(UpdateError::DuplicateClient)
+        );
+        // The same ranges under two different clients are fine.
+        let distinct = [2, 1, 0, 0, 0, 1, 1, 5, 0, 0, 2, 0];
+        assert_eq!(check_update_v1(&distinct, &limits()).unwrap().structs, 2);
     }
 
     #[test]
