@@ -219,6 +219,12 @@ impl Handler for DocumentHandler {
         Ok(())
     }
 
+    fn on_panic(&mut self) {
+        // The panic may have been inside the document's transaction.
+        self.room.borrow_mut().reset();
+        crate::log::warn("document_reset", &[("key", &self.key)]);
+    }
+
     fn on_end(&mut self) {
         let mut room = self.room.borrow_mut();
         // Updates staged before the end were valid; a refusal now has no one to tell.

@@ -24,6 +24,9 @@ pub trait Handler {
     fn on_batch_end(&mut self) -> Result<(), Refused> {
         Ok(())
     }
+    /// A call into this handler panicked (the session closes with 1011): drop whatever
+    /// state the panic may have left half-changed.
+    fn on_panic(&mut self) {}
     /// The session is over; called exactly once.
     fn on_end(&mut self);
 }
@@ -141,7 +144,9 @@ impl Frames<'_> {
             Ok(()) => (consumed, open),
             Err(refused) => {
                 if open {
-                    self.refuse_guarded(refused);
+                    self.refuse_guarded(refused, handler);
+                } else if matches!(refused, Guarded::Panicked) {
+                    handler.on_panic();
                 }
                 (consumed, false)
             }
@@ -189,7 +194,7 @@ impl Frames<'_> {
                     match guarded(|| handler.on_message(opcode, payload)) {
                         Ok(()) => continue,
                         Err(refused) => {
-                            self.refuse_guarded(refused);
+                            self.refuse_guarded(refused, handler);
                             return (at, false);
                         }
                     }
@@ -203,12 +208,14 @@ impl Frames<'_> {
     }
 
     /// Closes for a handler's refusal, or with 1011 for its panic.
-    fn refuse_guarded(&self, refused: Guarded) {
+    fn refuse_guarded(&self, refused: Guarded, handler: &mut dyn Handler) {
         let stats = self.shard.my_stats();
         let (code, reason) = match refused {
             Guarded::Refused(refused) => refused,
             Guarded::Panicked => {
                 stats::add(&stats.panics_total, 1);
+                // A second panic here would end the shard; the handler's reset is simple.
+                handler.on_panic();
                 (
                     close::INTERNAL_ERROR,
                     "internal error handling this message".into(),

@@ -180,6 +180,24 @@ impl Room {
         }
     }
 
+    /// Starts the document over, empty, and closes every subscriber with 1011 so that each
+    /// reconnects and syncs its copy into the new one. For after a panic inside this room's
+    /// code (yrs included): the document may then be inconsistent, and serving it to joiners
+    /// would spread that; the clients hold the whole document, so they lose nothing.
+    pub fn reset(&mut self) {
+        self.doc = yrs::Doc::new();
+        self.staged.clear();
+        self.staged_from = None;
+        self.awareness = AwarenessStates::new(self.config.awareness_clients_max);
+        for subscriber in self.subscribers.iter_mut().flatten() {
+            subscriber.awareness_ids.clear();
+            subscriber.outbox.close(
+                close::INTERNAL_ERROR,
+                "document reset after an internal error: reconnect",
+            );
+        }
+    }
+
     /// Handles one binary message from the subscriber in `from` at once (updates are
     /// applied and relayed before it returns).
     pub fn receive(
@@ -572,6 +590,29 @@ mod tests {
         let good = client_update("still fine");
         assert_eq!(room.receive(sa, &good, true).unwrap().deliveries, 1);
         assert_eq!(text(&room), "still fine");
+    }
+
+    #[test]
+    fn a_reset_empties_the_document_and_closes_every_subscriber() {
+        let (mut room, a, b, sa) = two_subscribers();
+        room.receive(sa, &client_update("before"), true).unwrap();
+        room.stage(sa, &consecutive_updates(1)[0], true).unwrap();
+        room.reset();
+        assert_eq!(text(&room), "");
+        assert_eq!(
+            room.flush().unwrap().deliveries,
+            0,
+            "the batch went with it"
+        );
+        for outbox in [&a, &b] {
+            assert_eq!(outbox.close_code(), Some(close::INTERNAL_ERROR));
+        }
+        // Subscribers leave as their sessions end; a reconnecting client starts afresh.
+        room.leave(sa);
+        let c = Rc::new(Outbox::new(1 << 20));
+        let sc = room.join(c.clone());
+        room.receive(sc, &client_update("after"), true).unwrap();
+        assert_eq!(text(&room), "after");
     }
 
     #[test]
