@@ -146,6 +146,8 @@ impl Frames<'_> {
                 if open {
                     self.refuse_guarded(refused, handler);
                 } else if matches!(refused, Guarded::Panicked) {
+                    // Already closing: only the document needs its reset.
+                    stats::add(&self.shard.my_stats().panics_total, 1);
                     handler.on_panic();
                 }
                 (consumed, false)
