@@ -186,6 +186,8 @@ fn serve(config: Config) -> ExitCode {
                 ("node", &node.info.id),
                 ("region", &node.info.region),
                 ("url", &node.info.url),
+                // Raise `ulimit -n` to hold more connections.
+                ("connections_max_by_open_files", &node.connections_fd_max()),
             ],
         );
     });

@@ -204,3 +204,37 @@ fn idle_document_connections_cost_at_most_4_kib_each() {
     );
     drop(idle);
 }
+
+/// At the open-file limit a node refuses upgrades with 503 and says it is overloaded, while
+/// it still has descriptors to answer with, instead of leaving clients in the backlog.
+#[test]
+fn the_open_file_limit_refuses_upgrades_with_503() {
+    // 64 descriptors are kept back from connections: 136 connections fit in 200.
+    const OPEN_FILES: u64 = 200;
+    const CONNECTIONS: usize = 136;
+    let server = Server::start_with_open_files("", OPEN_FILES);
+    let open: Vec<Ws> = (0..CONNECTIONS)
+        .map(|i| connect(&server.addr, &format!("/fd-{}", i / 8)))
+        .collect();
+    server.wait_for("every connection is open", Duration::from_secs(10), |s| {
+        s.metric("connections").0 as usize == CONNECTIONS
+    });
+    let refused = server.http_head(&format!(
+        "GET /one-more?token={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        editor_token()
+    ));
+    assert_eq!(status(&refused), 503, "{refused}");
+    assert!(refused.contains("Retry-After:"), "{refused}");
+    let health = server.get("/health");
+    assert_eq!(status(&health), 503, "{health}");
+    assert!(health.contains("overloaded"), "{health}");
+    // When they leave, clients get in again.
+    drop(open);
+    server.wait_for("the connections closed", Duration::from_secs(10), |s| {
+        s.metric("connections").0 == 0
+    });
+    let mut again = connect(&server.addr, "/one-more");
+    again.close(None).unwrap();
+}

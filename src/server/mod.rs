@@ -65,6 +65,11 @@ impl Node {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Connections the open-file limit leaves room for: past them upgrades get 503.
+    pub fn connections_fd_max(&self) -> u64 {
+        self.shared.connections_fd_max
+    }
+
     /// Blocks until the shards stop.
     pub fn join(self) -> Result<(), StartError> {
         for result in self.handles.join_all() {

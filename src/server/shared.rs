@@ -21,6 +21,28 @@ pub struct Shared {
     pub token_requests_per_ip: IpRateLimiter,
     /// Set when the node drains (SIGTERM, or `Node::drain`): no new upgrades.
     pub draining: AtomicBool,
+    /// Connections the open-file limit leaves room for (see [`connections_fd_max`]).
+    pub connections_fd_max: u64,
+}
+
+/// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
+/// event fds) and enough to accept a client and answer it 503 rather than leave it waiting
+/// in the listen backlog.
+const FD_RESERVE: u64 = 64;
+
+/// The process's open-file limit less [`FD_RESERVE`]; unbounded if there is no limit.
+fn connections_fd_max() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return u64::MAX;
+    }
+    limit.rlim_cur.saturating_sub(FD_RESERVE)
 }
 
 impl Shared {
@@ -37,6 +59,7 @@ impl Shared {
             token_requests_per_ip: IpRateLimiter::new(limits.token_requests_per_minute),
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
+            connections_fd_max: connections_fd_max(),
             config,
             node,
             directory,
@@ -54,13 +77,15 @@ impl Shared {
     }
 
     /// Whether open connections (`connections`, over all shards) or resident memory are past
-    /// the high-water mark.
+    /// the high-water mark, or the connections have taken every file descriptor the
+    /// open-file limit leaves them.
     pub fn overloaded(&self, connections: u64) -> bool {
         let node = &self.config.node;
         let over = |used: u64, budget: u64| {
             budget > 0 && used.saturating_mul(100) >= budget.saturating_mul(node.high_water_percent)
         };
-        over(connections, node.connections_capacity)
+        connections >= self.connections_fd_max
+            || over(connections, node.connections_capacity)
             || (node.memory_budget_bytes > 0 && over(resident_bytes(), node.memory_budget_bytes))
     }
 }

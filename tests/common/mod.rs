@@ -37,6 +37,15 @@ impl Server {
     }
 
     pub fn start_with(config_toml: &str, extra: &[&str]) -> Server {
+        Self::spawn(config_toml, extra, None)
+    }
+
+    /// Starts a server whose process may open at most `open_files` files.
+    pub fn start_with_open_files(config_toml: &str, open_files: u64) -> Server {
+        Self::spawn(config_toml, &["--shards", "2"], Some(open_files))
+    }
+
+    fn spawn(config_toml: &str, extra: &[&str], open_files: Option<u64>) -> Server {
         let path = std::env::temp_dir().join(format!(
             "wiresocket-test-{}-{}.toml",
             std::process::id(),
@@ -52,14 +61,31 @@ impl Server {
         std::fs::write(&path, config_toml).unwrap();
         let log_path = path.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wiresocket"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start wiresocket");
+            .stderr(log);
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("start wiresocket");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
