@@ -86,19 +86,10 @@ impl Shared {
         };
         connections >= self.connections_fd_max
             || over(connections, node.connections_capacity)
-            || (node.memory_budget_bytes > 0 && over(resident_bytes(), node.memory_budget_bytes))
+            || (node.memory_budget_bytes > 0
+                && over(
+                    super::stats::resident_bytes("self").unwrap_or(0),
+                    node.memory_budget_bytes,
+                ))
     }
-}
-
-/// This process's resident memory, from /proc/self/statm.
-pub fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    pages * page
 }

@@ -118,8 +118,26 @@ pub fn get(counter: &AtomicU64) -> u64 {
     counter.load(Relaxed)
 }
 
+/// Resident memory of a process (`"self"` or a pid), from `/proc/{process}/statm`; `None`
+/// if there is no such process. The overload check reads its own; the load generator and
+/// the tests read a server's.
+pub fn resident_bytes(process: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{process}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resident_memory_of_this_process_and_of_no_process() {
+        let own = super::resident_bytes("self").unwrap();
+        assert!(own > 1 << 20, "{own} bytes");
+        assert_eq!(super::resident_bytes(&u32::MAX.to_string()), None);
+    }
+
     use super::*;
 
     #[test]

@@ -82,14 +82,21 @@ pub struct Outcome {
     pub deliveries: usize,
 }
 
+/// One subscriber's updates, decoded, with the frames that relay them (`frames[i]` relays
+/// `updates[i]`).
+struct Batch {
+    from: Slot,
+    updates: Vec<yrs::Update>,
+    frames: Vec<Frame>,
+}
+
 pub struct Room {
     doc: yrs::Doc,
-    /// Updates received but not yet applied, all from `staged_from`, with the frames that
-    /// relay them: [`Room::flush`] applies them in one transaction. A yrs transaction costs
-    /// more than the update in it (commit, cleanup), so a client that is behind — whose one
-    /// read holds many updates — is caught up in one transaction instead of many.
-    staged: Vec<(yrs::Update, Frame)>,
-    staged_from: Option<Slot>,
+    /// Updates received but not yet applied: [`Room::flush`] applies them in one
+    /// transaction. A yrs transaction costs more than the update in it (commit, cleanup), so
+    /// a client that is behind — whose one read holds many updates — is caught up in one
+    /// transaction instead of many.
+    staged: Option<Batch>,
     awareness: AwarenessStates,
     /// A slab: leaving frees a slot, joining reuses one.
     subscribers: Vec<Option<Subscriber>>,
@@ -102,8 +109,7 @@ impl Room {
     pub fn new(config: RoomConfig) -> Self {
         Room {
             doc: yrs::Doc::new(),
-            staged: Vec::new(),
-            staged_from: None,
+            staged: None,
             awareness: AwarenessStates::new(config.awareness_clients_max),
             subscribers: Vec::new(),
             free_slots: Vec::new(),
@@ -124,7 +130,7 @@ impl Room {
     /// (sync step 1) and the current awareness states.
     pub fn join(&mut self, outbox: Rc<Outbox>) -> Slot {
         assert!(
-            self.staged.is_empty(),
+            self.staged.is_none(),
             "a batch is flushed before anyone joins"
         );
         let sv = self.doc.transact().state_vector().encode_v1();
@@ -154,7 +160,7 @@ impl Room {
     /// is broadcast to the others.
     pub fn leave(&mut self, slot: Slot) {
         assert!(
-            self.staged.is_empty(),
+            self.staged.is_none(),
             "a batch is flushed before anyone leaves"
         );
         let subscriber = self.subscribers[slot.0].take().expect("a slot leaves once");
@@ -186,8 +192,7 @@ impl Room {
     /// would spread that; the clients hold the whole document, so they lose nothing.
     pub fn reset(&mut self) {
         self.doc = yrs::Doc::new();
-        self.staged.clear();
-        self.staged_from = None;
+        self.staged = None;
         self.awareness = AwarenessStates::new(self.config.awareness_clients_max);
         for subscriber in self.subscribers.iter_mut().flatten() {
             subscriber.awareness_ids.clear();
@@ -226,7 +231,7 @@ impl Room {
         can_write: bool,
     ) -> Result<Outcome, Refusal> {
         assert!(
-            self.staged_from.is_none_or(|staged| staged == from),
+            self.staged.as_ref().is_none_or(|batch| batch.from == from),
             "a batch holds one subscriber's updates"
         );
         let message =
@@ -267,10 +272,15 @@ impl Room {
                 } else {
                     binary(payload)
                 };
-                self.staged.push((decoded, frame));
-                self.staged_from = Some(from);
+                let batch = self.staged.get_or_insert_with(|| Batch {
+                    from,
+                    updates: Vec::new(),
+                    frames: Vec::new(),
+                });
+                batch.updates.push(decoded);
+                batch.frames.push(frame);
                 // A decoded update takes more memory than its bytes: a batch is bounded.
-                if self.staged.len() >= STAGED_UPDATES_MAX {
+                if batch.updates.len() >= STAGED_UPDATES_MAX {
                     self.flush()?
                 } else {
                     Outcome::default()
@@ -308,27 +318,30 @@ impl Room {
     /// subscriber in the order they came. An update yrs refuses ends the batch: those before
     /// it are applied and relayed, it and the rest are dropped, and its sender is refused.
     pub fn flush(&mut self) -> Result<Outcome, Refusal> {
-        let Some(from) = self.staged_from.take() else {
+        // Taken, not kept: an idle room holds no batch capacity.
+        let Some(Batch {
+            from,
+            updates,
+            frames,
+        }) = self.staged.take()
+        else {
             return Ok(Outcome::default());
         };
-        // Taken, not kept: an idle room holds no batch capacity.
-        let staged = std::mem::take(&mut self.staged);
-        let total = staged.len();
-        let mut relay = Vec::with_capacity(total);
+        let mut applied = 0;
         {
             let mut txn = self.doc.transact_mut();
-            for (update, frame) in staged {
+            for update in updates {
                 if txn.apply_update(update).is_err() {
                     break;
                 }
-                relay.push(frame);
+                applied += 1;
             }
         }
-        let deliveries = relay
+        let deliveries = frames[..applied]
             .iter()
             .map(|frame| self.broadcast(Some(from), frame).deliveries)
             .sum();
-        if relay.len() < total {
+        if applied < frames.len() {
             // (The deliveries of the updates before it are queued but not counted.)
             return Err(Refusal::Integrate);
         }

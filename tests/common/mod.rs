@@ -109,12 +109,7 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        wiresocket::server::stats::resident_bytes(&self.pid().to_string()).unwrap() / 1024
     }
 
     /// A raw HTTP exchange: sends `request`, returns the whole response.

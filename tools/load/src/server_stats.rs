@@ -11,13 +11,9 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("/proc/{pid}/status: no VmRSS"))
+    wiresocket::server::stats::resident_bytes(&pid.to_string())
+        .map(|bytes| bytes / 1024)
+        .ok_or_else(|| format!("/proc/{pid}/statm: no such process"))
 }
 
 /// utime + stime: fields 14 and 15, counted after the parenthesised command name (which
@@ -50,7 +46,15 @@ mod tests {
     fn this_process_has_resident_memory_and_cpu_time() {
         let pid = std::process::id();
         assert!(rss_kib(pid).unwrap() > 0);
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        // Burn CPU until the kernel's tick-grained counter moves (it must, within seconds).
+        let before = cpu_seconds(pid).unwrap();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds(pid).unwrap() <= before {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            assert!(start.elapsed().as_secs() < 10, "CPU time never moved");
+        }
         assert!(rss_kib(u32::MAX).is_err());
+        assert!(cpu_seconds(u32::MAX).is_err());
     }
 }

@@ -15,15 +15,33 @@ fn node() -> wiresocket::server::Node {
     wiresocket::server::start(config, registry).unwrap()
 }
 
-fn token() -> String {
-    let directory = Directory::from_config(&Config::default()).unwrap();
-    directory
-        .mint("dev", "load-test", 600, serde_json::Value::Null)
-        .unwrap()
+/// How a run reaches the node: a development token, or none (to be refused).
+enum Auth {
+    Token,
+    None,
 }
 
-fn load(args: &[&str]) -> (bool, serde_json::Value) {
+/// Runs `wiresocket-load MODE` against `node` (this process is the server) with `args`;
+/// returns whether it succeeded and its JSON report.
+fn load(
+    node: &wiresocket::server::Node,
+    auth: Auth,
+    mode: &str,
+    args: &[&str],
+) -> (bool, serde_json::Value) {
+    let url = match auth {
+        Auth::Token => {
+            let directory = Directory::from_config(&Config::default()).unwrap();
+            let token = directory
+                .mint("dev", "load-test", 600, serde_json::Value::Null)
+                .unwrap();
+            format!("ws://{}/{{doc}}?token={token}", node.addr)
+        }
+        Auth::None => format!("ws://{}/{{doc}}", node.addr),
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_wiresocket-load"))
+        .args([mode, "--url", &url, "--server-pid"])
+        .arg(std::process::id().to_string())
         .args(args)
         .arg("--json")
         .output()
@@ -40,26 +58,23 @@ fn load(args: &[&str]) -> (bool, serde_json::Value) {
 
 #[test]
 fn a_fanout_run_delivers_every_update_and_converges() {
-    let node = node();
-    let url = format!("ws://{}/{{doc}}?token={}", node.addr, token());
-    let pid = std::process::id().to_string();
-    let (ok, report) = load(&[
+    let (ok, report) = load(
+        &node(),
+        Auth::Token,
         "fanout",
-        "--url",
-        &url,
-        "--docs",
-        "6",
-        "--clients",
-        "4",
-        "--rate",
-        "20",
-        "--duration-s",
-        "1",
-        "--threads",
-        "2",
-        "--server-pid",
-        &pid,
-    ]);
+        &[
+            "--docs",
+            "6",
+            "--clients",
+            "4",
+            "--rate",
+            "20",
+            "--duration-s",
+            "1",
+            "--threads",
+            "2",
+        ],
+    );
     assert!(ok, "{report}");
     assert_eq!(report["connected"], 24);
     let sent = report["updates_sent"].as_u64().unwrap();
@@ -75,20 +90,12 @@ fn a_fanout_run_delivers_every_update_and_converges() {
 
 #[test]
 fn capacity_counts_idle_connections_and_their_memory() {
-    let node = node();
-    let url = format!("ws://{}/{{doc}}?token={}", node.addr, token());
-    let pid = std::process::id().to_string();
-    let (ok, report) = load(&[
+    let (ok, report) = load(
+        &node(),
+        Auth::Token,
         "capacity",
-        "--url",
-        &url,
-        "--connections",
-        "200",
-        "--sources",
-        "3",
-        "--server-pid",
-        &pid,
-    ]);
+        &["--connections", "200", "--sources", "3"],
+    );
     assert!(ok, "{report}");
     assert_eq!(report["connected"], 200);
     assert!(
@@ -99,20 +106,13 @@ fn capacity_counts_idle_connections_and_their_memory() {
 
 #[test]
 fn refused_connections_fail_the_run() {
-    let node = node();
     // No token: the server completes the upgrade and closes with 4001.
-    let url = format!("ws://{}/{{doc}}", node.addr);
-    let (ok, report) = load(&[
+    let (ok, report) = load(
+        &node(),
+        Auth::None,
         "fanout",
-        "--url",
-        &url,
-        "--docs",
-        "2",
-        "--clients",
-        "2",
-        "--duration-s",
-        "0.2",
-    ]);
+        &["--docs", "2", "--clients", "2", "--duration-s", "0.2"],
+    );
     assert!(!ok, "{report}");
     assert_eq!(report["connected"], 0);
     let failures = report["failures"].to_string();
