@@ -208,6 +208,17 @@ pub struct WebSocketConfig {
     /// After the close frame is queued, how long the peer gets to take it before the socket
     /// is dropped.
     pub close_timeout_ms: u64,
+    /// A frame or fragmented message must make progress (another 64 KiB of it, or its end)
+    /// within this, or the connection is closed (1008).
+    pub message_timeout_ms: u64,
+    /// Bytes the node holds in incomplete frames and messages, over every connection; a
+    /// connection whose partial message would take the node past it is closed (1013).
+    pub incomplete_bytes_max: usize,
+    /// Messages a connection may send per second once its burst is used up; past it, 1008.
+    /// A step 1 or an awareness query counts 16 (each makes the server encode a whole
+    /// document or every presence state).
+    pub messages_per_second: u32,
+    pub messages_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +230,11 @@ pub struct DocumentConfig {
     pub update_structs_max: usize,
     pub awareness_clients_max: usize,
     pub awareness_clients_per_connection_max: usize,
+    /// Bytes of JSON in one awareness state; a larger one: 1009.
+    pub awareness_state_bytes_max: usize,
+    /// A document's size as a Yjs update; an update that would take it past this: 1009, not
+    /// applied.
+    pub document_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -260,6 +276,10 @@ impl Default for WebSocketConfig {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 60_000,
             close_timeout_ms: 5_000,
+            message_timeout_ms: 30_000,
+            incomplete_bytes_max: 256 << 20,
+            messages_per_second: 500,
+            messages_burst: 2_000,
         }
     }
 }
@@ -271,6 +291,8 @@ impl Default for DocumentConfig {
             update_structs_max: 1 << 20,
             awareness_clients_max: 4096,
             awareness_clients_per_connection_max: 8,
+            awareness_state_bytes_max: 64 << 10,
+            document_bytes_max: 64 << 20,
         }
     }
 }
@@ -369,6 +391,30 @@ impl Config {
             (
                 ws.idle_timeout_ms > ws.ping_interval_ms,
                 "websocket.idle_timeout_ms must exceed websocket.ping_interval_ms",
+            ),
+            (
+                ws.message_timeout_ms > 0,
+                "websocket.message_timeout_ms must be positive",
+            ),
+            (
+                ws.incomplete_bytes_max >= 1 << 20,
+                "websocket.incomplete_bytes_max must be at least 1 MiB",
+            ),
+            (
+                ws.messages_per_second >= 1,
+                "websocket.messages_per_second must be at least 1",
+            ),
+            (
+                ws.messages_burst >= 16,
+                "websocket.messages_burst must be at least 16 (one step 1)",
+            ),
+            (
+                self.documents.awareness_state_bytes_max >= 64,
+                "documents.awareness_state_bytes_max must be at least 64",
+            ),
+            (
+                self.documents.document_bytes_max >= 1 << 10,
+                "documents.document_bytes_max must be at least 1024",
             ),
             (
                 self.documents.update_structs_max >= 1,

@@ -7,6 +7,7 @@ use crate::auth::claims::Limits;
 use crate::outbox::{shared_frame, Outbox};
 use crate::registry::rate::MinuteWindow;
 use crate::registry::NodeInfo;
+use crate::sync::message_rate::{self, MessageRate};
 use crate::sync::room::{Room, Slot};
 use crate::ws::close;
 use crate::ws::frame::Opcode;
@@ -26,6 +27,7 @@ pub struct DocumentHandler {
     can_write: bool,
     ops_per_minute: Option<u64>,
     ops: Arc<MinuteWindow>,
+    rate: MessageRate,
 }
 
 /// What a connection to a document is allowed, from its verified token.
@@ -106,7 +108,14 @@ impl DocumentHandler {
         let slot = room.borrow_mut().join(outbox);
         stats::add(&shard.my_stats().connections, 1);
         let ops = registry.ops_window(&app);
+        let ws = &shard.config().websocket;
+        let rate = MessageRate::new(
+            ws.messages_per_second,
+            ws.messages_burst,
+            crate::log::unix_ms(),
+        );
         Ok(DocumentHandler {
+            rate,
             shard,
             key,
             app,
@@ -121,7 +130,7 @@ impl DocumentHandler {
 
 fn unavailable() -> Refused {
     (
-        TRY_AGAIN_LATER,
+        close::TRY_AGAIN_LATER,
         "Service unavailable: the registry did not answer, try again later".into(),
     )
 }
@@ -167,13 +176,6 @@ pub const DOCUMENT_LIMIT: u16 = 4005;
 pub const RATE_LIMIT: u16 = 4006;
 pub const USERS_PER_DOCUMENT_LIMIT: u16 = 4008;
 pub const REDIRECT: u16 = 4009;
-pub const TRY_AGAIN_LATER: u16 = 1013;
-
-/// Whether `payload` is a sync update (step 2 or update) that carries changes: what
-/// `opsPerMinute` counts. The empty update (`[0, 0]`) Yjs sends when it has nothing is not one.
-fn is_sync_update(payload: &[u8]) -> bool {
-    matches!(payload, [0, 1 | 2, body @ ..] if body != [2, 0, 0])
-}
 
 fn refused(refusal: crate::sync::room::Refusal) -> Refused {
     (refusal.close_code(), refusal.reason().into())
@@ -187,10 +189,21 @@ impl Handler for DocumentHandler {
                 "document connections take binary y-websocket messages".into(),
             ));
         }
+        let mut room = self.room.borrow_mut();
+        // Every limit below is keyed on the decoded message, never on its first bytes.
+        let message = room.decode(payload).map_err(refused)?;
+        let now_ms = crate::log::unix_ms();
+        if !self.rate.admit(message_rate::weight(&message), now_ms) {
+            let per_second = self.shard.config().websocket.messages_per_second;
+            return Err((
+                close::POLICY_VIOLATION,
+                format!("message rate exceeded: at most {per_second} messages per second").into(),
+            ));
+        }
         if let Some(limit) = self.ops_per_minute {
             if self.can_write
-                && is_sync_update(payload)
-                && !self.ops.try_count(crate::log::unix_ms() / 1000, limit)
+                && message.changes_document()
+                && !self.ops.try_count(now_ms / 1000, limit)
             {
                 return Err((
                     RATE_LIMIT,
@@ -198,10 +211,8 @@ impl Handler for DocumentHandler {
                 ));
             }
         }
-        let outcome = self
-            .room
-            .borrow_mut()
-            .stage(self.slot, payload, self.can_write)
+        let outcome = room
+            .stage_message(self.slot, message, self.can_write)
             .map_err(refused)?;
         stats::add(
             &self.shard.my_stats().deliveries_total,
@@ -253,7 +264,7 @@ impl Handler for EchoHandler {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_sync_update, redirect_reason};
+    use super::redirect_reason;
     use crate::registry::NodeInfo;
 
     #[test]
@@ -272,14 +283,5 @@ mod tests {
             redirect_reason(&home, &long),
             "Document active in region: eu-central-1"
         );
-    }
-
-    #[test]
-    fn counts_only_non_empty_updates() {
-        assert!(is_sync_update(&[0, 2, 3, 1, 2, 3]));
-        assert!(is_sync_update(&[0, 1, 3, 1, 2, 3]));
-        assert!(!is_sync_update(&[0, 1, 2, 0, 0]), "empty step 2");
-        assert!(!is_sync_update(&[0, 0, 1, 0]), "step 1");
-        assert!(!is_sync_update(&[1, 2, 3]), "awareness");
     }
 }

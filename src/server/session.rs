@@ -2,7 +2,7 @@
 //! frames, and passes data messages to a `Handler` (a document, or the echo route). The
 //! writer runs as its own task draining the connection's `Outbox`.
 
-use super::shard::{Shard, SCRATCH_BYTES};
+use super::shard::{Liveness, Shard, SCRATCH_BYTES};
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::outbox::{shared_frame, Closed, Outbox};
@@ -12,7 +12,12 @@ use crate::ws::mask::unmask;
 use crate::ws::message::{Assembler, Event};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+/// What counts as progress for an incomplete frame or message, besides a message ending:
+/// this many more bytes of it. A client trickling a byte at a time does not progress.
+const PROGRESS_BYTES: usize = SCRATCH_BYTES;
 
 /// Why a handler refuses a message: the close code and a reason for the client.
 pub type Refused = (u16, std::borrow::Cow<'static, str>);
@@ -56,17 +61,25 @@ pub async fn run(
         outbox: &outbox,
         assembler: Assembler::new(shard.message_limits),
         frame_bytes_max: shard.config().websocket.frame_bytes_max,
+        held_bytes: 0,
+        unprogressed_bytes: 0,
+        message_completed: false,
     };
     // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
     // straight from the shard's scratch buffer.
     let mut pending = leftover;
     let mut open = pending.is_empty() || frames.process_pending(&mut pending, handler);
+    open = open && frames.hold(&pending);
+    frames.track_progress(&pending, &live, 0);
     while open {
         let read = if pending.is_empty() {
             socket::read_with(&stream, &shard.scratch).await
         } else {
             let start = pending.len();
             pending.resize(start + frames.next_read_len(&pending), 0);
+            if !frames.hold(&pending) {
+                break;
+            }
             let n = socket::read(&stream, &mut pending[start..]).await;
             pending.truncate(start + *n.as_ref().unwrap_or(&0));
             n
@@ -88,7 +101,10 @@ pub async fn run(
         } else {
             frames.process_pending(&mut pending, handler)
         };
+        open = open && frames.hold(&pending);
+        frames.track_progress(&pending, &live, n);
     }
+    frames.release();
     handler.on_end();
     if outbox.closed() == Some(Closed::Overflowed) {
         stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
@@ -111,9 +127,66 @@ struct Frames<'s> {
     outbox: &'s Rc<Outbox>,
     assembler: Assembler,
     frame_bytes_max: usize,
+    /// Bytes of incomplete frames and messages (buffer capacity) this connection has
+    /// counted in the node's `incomplete_bytes`.
+    held_bytes: usize,
+    /// Bytes read since the incomplete frame or message last made progress.
+    unprogressed_bytes: usize,
+    /// A data message ended during this read.
+    message_completed: bool,
 }
 
 impl Frames<'_> {
+    /// Counts what this connection holds of incomplete frames and messages in the node's
+    /// total; past `incomplete_bytes_max` the connection is refused (1013) and false returned.
+    fn hold(&mut self, pending: &Vec<u8>) -> bool {
+        let held = pending.capacity() + self.assembler.held_bytes();
+        let total = &self.shard.shared.incomplete_bytes;
+        if held <= self.held_bytes {
+            total.fetch_sub(self.held_bytes - held, Relaxed);
+            self.held_bytes = held;
+            return true;
+        }
+        let more = held - self.held_bytes;
+        let before = total.fetch_add(more, Relaxed);
+        self.held_bytes = held;
+        if before + more <= self.shard.config().websocket.incomplete_bytes_max {
+            return true;
+        }
+        stats::add(&self.shard.my_stats().incomplete_bytes_closes_total, 1);
+        self.refuse(
+            close::TRY_AGAIN_LATER,
+            "server busy: too many large messages in flight, try again later",
+        );
+        false
+    }
+
+    /// Gives back what [`Frames::hold`] counted.
+    fn release(&mut self) {
+        let total = &self.shard.shared.incomplete_bytes;
+        total.fetch_sub(std::mem::take(&mut self.held_bytes), Relaxed);
+    }
+
+    /// After a read of `read_bytes`: restarts the incomplete frame or message's clock
+    /// (which the keepalive sweep watches) when it made progress, clears it when nothing is
+    /// incomplete.
+    fn track_progress(&mut self, pending: &[u8], live: &Liveness, read_bytes: usize) {
+        let completed = std::mem::take(&mut self.message_completed);
+        if pending.is_empty() && !self.assembler.in_message() {
+            live.incomplete_since.set(None);
+            self.unprogressed_bytes = 0;
+            return;
+        }
+        self.unprogressed_bytes += read_bytes;
+        if live.incomplete_since.get().is_none()
+            || completed
+            || self.unprogressed_bytes >= PROGRESS_BYTES
+        {
+            live.incomplete_since.set(Some(Instant::now()));
+            self.unprogressed_bytes = 0;
+        }
+    }
+
     /// Handles the whole frames in `pending` and keeps the rest.
     fn process_pending(&mut self, pending: &mut Vec<u8>, handler: &mut dyn Handler) -> bool {
         let (consumed, open) = self.process(pending, handler);
@@ -124,14 +197,14 @@ impl Frames<'_> {
         open
     }
 
-    /// How much to read next into `pending`: the rest of the cut frame when its header is
-    /// known (so a large frame arrives in few reads), else a scratch buffer's worth.
+    /// How much to read next into `pending`: as much as it already holds (at least a
+    /// scratch buffer's worth), never more than the rest of the cut frame. So the buffer
+    /// grows with the bytes that arrive, doubling, never to what a header announces: 15
+    /// bytes announcing 16 MiB cost one scratch buffer.
     fn next_read_len(&self, pending: &[u8]) -> usize {
+        let step = pending.len().max(SCRATCH_BYTES);
         match parse_header(pending, self.frame_bytes_max) {
-            Ok(Some(h)) => h
-                .frame_len()
-                .saturating_sub(pending.len())
-                .max(SCRATCH_BYTES),
+            Ok(Some(h)) => h.frame_len().saturating_sub(pending.len()).clamp(1, step),
             _ => SCRATCH_BYTES,
         }
     }
@@ -192,6 +265,7 @@ impl Frames<'_> {
                     return (at, false);
                 }
                 Event::Message { opcode, payload } => {
+                    self.message_completed = true;
                     stats::add(&self.shard.my_stats().messages_in_total, 1);
                     match guarded(|| handler.on_message(opcode, payload)) {
                         Ok(()) => continue,

@@ -106,6 +106,9 @@ pub struct Liveness {
     pub closing_since: Cell<Option<Instant>>,
     pub last_rx: Cell<Instant>,
     pub last_ping: Cell<Instant>,
+    /// Since when a frame or fragmented message has been incomplete without progress
+    /// (`None`: nothing incomplete); see `session`.
+    pub incomplete_since: Cell<Option<Instant>>,
 }
 
 /// Read buffer shared by every connection of the shard: a connection only keeps bytes of its
@@ -175,6 +178,8 @@ pub async fn run(setup: Setup) {
         },
         awareness_clients_max: documents.awareness_clients_max,
         awareness_clients_per_connection_max: documents.awareness_clients_per_connection_max,
+        awareness_state_bytes_max: documents.awareness_state_bytes_max,
+        document_bytes_max: documents.document_bytes_max,
     };
     let shard = Rc::new(Shard {
         id,
@@ -470,6 +475,7 @@ impl Shard {
             closing_since: Cell::new(None),
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
+            incomplete_since: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, live.clone());
         (id, live)
@@ -505,7 +511,9 @@ async fn keepalive(shard: Rc<Shard>) {
     let ping_every = Duration::from_millis(ws.ping_interval_ms);
     let idle_after = Duration::from_millis(ws.idle_timeout_ms);
     let close_within = Duration::from_millis(ws.close_timeout_ms);
-    let tick = (ping_every / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let message_within = Duration::from_millis(ws.message_timeout_ms);
+    let tick = (ping_every.min(message_within) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(5));
     loop {
         sleep(tick).await;
         let now = Instant::now();
@@ -523,7 +531,17 @@ async fn keepalive(shard: Rc<Shard>) {
                 continue;
             }
             let quiet = now.saturating_duration_since(live.last_rx.get());
-            if quiet >= idle_after {
+            let stalled = live
+                .incomplete_since
+                .get()
+                .is_some_and(|since| now.saturating_duration_since(since) >= message_within);
+            if stalled {
+                stats::add(&shard.my_stats().message_timeouts_total, 1);
+                live.outbox.close(
+                    close::POLICY_VIOLATION,
+                    "message timeout: a frame or message stopped arriving",
+                );
+            } else if quiet >= idle_after {
                 stats::add(&shard.my_stats().idle_closes_total, 1);
                 live.outbox.close(
                     close::GOING_AWAY,

@@ -6,7 +6,7 @@ use crate::auth::oauth::RefreshStore;
 use crate::config::Config;
 use crate::http::ip_rate::IpRateLimiter;
 use crate::registry::{NodeInfo, Registry};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct Shared {
@@ -23,6 +23,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Connections the open-file limit leaves room for (see [`connections_fd_max`]).
     pub connections_fd_max: u64,
+    /// Bytes held in incomplete frames and messages over every connection of the node,
+    /// bounded by `websocket.incomplete_bytes_max`.
+    pub incomplete_bytes: AtomicUsize,
 }
 
 /// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
@@ -60,6 +63,7 @@ impl Shared {
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
             connections_fd_max: connections_fd_max(),
+            incomplete_bytes: AtomicUsize::new(0),
             config,
             node,
             directory,

@@ -48,6 +48,8 @@ shard_stats! {
     counter messages_refused_total: "Client messages refused (the connection was closed)",
     counter slow_consumer_closes_total: "Connections closed because their outbound buffer filled",
     counter idle_closes_total: "Connections closed for silence past the idle timeout",
+    counter message_timeouts_total: "Connections closed because a frame or message stopped arriving",
+    counter incomplete_bytes_closes_total: "Connections closed because the node held too many bytes of incomplete messages",
     counter panics_total: "Panics caught while handling one connection's message",
     counter http_requests_total: "Plain HTTP requests answered",
 }

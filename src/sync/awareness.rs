@@ -17,6 +17,8 @@ pub enum AwarenessError {
     TooManyClientsForConnection,
     /// The room holds as many live clients as allowed.
     TooManyClientsForRoom,
+    /// One state is larger than `awareness_state_bytes_max`.
+    StateTooLarge,
 }
 
 impl AwarenessError {
@@ -26,6 +28,7 @@ impl AwarenessError {
                 "too many awareness clients on one connection"
             }
             AwarenessError::TooManyClientsForRoom => "too many awareness clients in this document",
+            AwarenessError::StateTooLarge => "awareness state too large",
         }
     }
 }
@@ -36,14 +39,17 @@ pub struct AwarenessStates {
     clients: HashMap<u64, ClientState>,
     /// Entries (live or removed) kept at most; removed ones are forgotten first.
     clients_max: usize,
+    /// Bytes of JSON one state may hold.
+    state_bytes_max: usize,
 }
 
 impl AwarenessStates {
-    pub fn new(clients_max: usize) -> Self {
-        assert!(clients_max > 0);
+    pub fn new(clients_max: usize, state_bytes_max: usize) -> Self {
+        assert!(clients_max > 0 && state_bytes_max >= "null".len());
         AwarenessStates {
             clients: HashMap::new(),
             clients_max,
+            state_bytes_max,
         }
     }
 
@@ -56,6 +62,10 @@ impl AwarenessStates {
         owned: &mut Vec<u64>,
         owned_max: usize,
     ) -> Result<bool, AwarenessError> {
+        // Checked before anything is applied: a refused update changes nothing.
+        if entries.iter().any(|e| e.state.len() > self.state_bytes_max) {
+            return Err(AwarenessError::StateTooLarge);
+        }
         let mut changed = false;
         for e in entries.iter() {
             let removes = e.state == "null";
@@ -168,7 +178,7 @@ mod tests {
 
     #[test]
     fn newer_clocks_win_and_stale_ones_are_ignored() {
-        let mut a = AwarenessStates::new(100);
+        let mut a = AwarenessStates::new(100, 1 << 10);
         let mut owned = Vec::new();
         assert_eq!(apply(&mut a, &mut owned, &[(1, 1, "{\"a\":1}")]), Ok(true));
         assert_eq!(apply(&mut a, &mut owned, &[(1, 1, "{\"a\":2}")]), Ok(false));
@@ -182,7 +192,7 @@ mod tests {
 
     #[test]
     fn leaving_removes_owned_states_with_a_bumped_clock() {
-        let mut a = AwarenessStates::new(100);
+        let mut a = AwarenessStates::new(100, 1 << 10);
         let mut owned = Vec::new();
         apply(&mut a, &mut owned, &[(7, 5, "{}")]).unwrap();
         assert_eq!(a.remove(&owned), vec![(7, 6)]);
@@ -193,7 +203,7 @@ mod tests {
 
     #[test]
     fn bounds_per_connection_and_per_room() {
-        let mut a = AwarenessStates::new(100);
+        let mut a = AwarenessStates::new(100, 1 << 10);
         let mut owned = Vec::new();
         let many: Vec<(u64, u32, &str)> = (0..5).map(|i| (i, 1, "{}")).collect();
         assert_eq!(
@@ -201,7 +211,7 @@ mod tests {
             Err(AwarenessError::TooManyClientsForConnection)
         );
 
-        let mut a = AwarenessStates::new(2);
+        let mut a = AwarenessStates::new(2, 1 << 10);
         apply(&mut a, &mut Vec::new(), &[(1, 1, "{}")]).unwrap();
         apply(&mut a, &mut Vec::new(), &[(2, 1, "{}")]).unwrap();
         assert_eq!(
@@ -211,5 +221,20 @@ mod tests {
         // Once one is removed, its slot can be reused.
         a.remove(&[1]);
         assert_eq!(apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]), Ok(true));
+    }
+
+    #[test]
+    fn a_state_over_the_bound_is_refused_and_nothing_of_its_update_is_kept() {
+        let mut a = AwarenessStates::new(100, 16);
+        let mut owned = Vec::new();
+        let at_bound = format!("\"{}\"", "x".repeat(14));
+        let over = format!("\"{}\"", "x".repeat(15));
+        assert_eq!(apply(&mut a, &mut owned, &[(1, 1, &at_bound)]), Ok(true));
+        assert_eq!(
+            apply(&mut a, &mut owned, &[(2, 1, "{}"), (1, 2, &over)]),
+            Err(AwarenessError::StateTooLarge)
+        );
+        assert_eq!(a.live_count(), 1, "client 2 was not added");
+        assert_eq!(a.live().next().unwrap().state, at_bound);
     }
 }

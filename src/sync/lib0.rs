@@ -17,6 +17,9 @@ pub enum DecodeError {
     TooDeep,
     /// Bytes left over after the message.
     TrailingBytes,
+    /// A varint written with more bytes than its value needs, where the protocol decides
+    /// on the value (a message type): a limit keyed on the bytes would miss it.
+    NonMinimal,
 }
 
 /// A cursor over untrusted bytes.
@@ -80,6 +83,16 @@ impl<'a> Reader<'a> {
         u32::try_from(self.var_u64()?).map_err(|_| DecodeError::Overflow)
     }
 
+    /// An unsigned 32-bit varint written in as few bytes as its value takes.
+    pub fn minimal_var_u32(&mut self) -> Result<u32, DecodeError> {
+        let start = self.pos;
+        let value = self.var_u32()?;
+        if self.pos - start != var_u64_len(value as u64) {
+            return Err(DecodeError::NonMinimal);
+        }
+        Ok(value)
+    }
+
     /// A signed varint (lib0 `writeVarInt`): sign in bit 6 of the first byte.
     pub fn var_i64(&mut self) -> Result<i64, DecodeError> {
         let first = self.u8()?;
@@ -125,12 +138,23 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn write_var_u64(out: &mut Vec<u8>, mut value: u64) {
+pub fn write_var_u64(out: &mut Vec<u8>, value: u64) {
+    let mut bytes = [0u8; 10];
+    let n = put_var_u64(&mut bytes, value);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// Writes `value` as a varint at the start of `out` (at least 10 bytes) and returns the
+/// bytes written.
+pub fn put_var_u64(out: &mut [u8], mut value: u64) -> usize {
+    let mut n = 0;
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        out[n] = (value as u8) | 0x80;
         value >>= 7;
+        n += 1;
     }
-    out.push(value as u8);
+    out[n] = value as u8;
+    n + 1
 }
 
 pub fn write_var_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -178,6 +202,22 @@ mod tests {
         assert_eq!(r.var_u32(), Err(DecodeError::Overflow));
         let mut r = Reader::new(&[0x80]);
         assert_eq!(r.var_u64(), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn non_minimal_varints_are_told_apart() {
+        // 0 and 2 written in two bytes: other decoders read them as 0 and 2.
+        assert_eq!(Reader::new(&[0x80, 0x00]).var_u32(), Ok(0));
+        assert_eq!(
+            Reader::new(&[0x80, 0x00]).minimal_var_u32(),
+            Err(DecodeError::NonMinimal)
+        );
+        assert_eq!(
+            Reader::new(&[0x82, 0x80, 0x00]).minimal_var_u32(),
+            Err(DecodeError::NonMinimal)
+        );
+        assert_eq!(Reader::new(&[0x02]).minimal_var_u32(), Ok(2));
+        assert_eq!(Reader::new(&[0x80, 0x01]).minimal_var_u32(), Ok(128));
     }
 
     #[test]

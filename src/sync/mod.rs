@@ -4,6 +4,7 @@
 pub mod awareness;
 pub mod document;
 pub mod lib0;
+pub mod message_rate;
 pub mod protocol;
 pub mod room;
 pub mod update_check;

@@ -53,6 +53,9 @@ impl ProtocolError {
             ProtocolError::Decode(DecodeError::TrailingBytes) => {
                 "malformed message: trailing bytes"
             }
+            ProtocolError::Decode(DecodeError::NonMinimal) => {
+                "malformed message: message type or sync step not minimally encoded"
+            }
             ProtocolError::Decode(_) => "malformed message",
             ProtocolError::Update(UpdateError::TooManyStructs) => "update has too many structs",
             ProtocolError::Update(UpdateError::DuplicateClient) => {
@@ -65,12 +68,22 @@ impl ProtocolError {
     }
 }
 
-/// Decodes one client message (the payload of one binary WebSocket message).
+impl Message<'_> {
+    /// Whether handling it changes the document: what `opsPerMinute` counts. The empty
+    /// update Yjs sends when it has nothing to say is not a change.
+    pub fn changes_document(&self) -> bool {
+        matches!(self, Message::Update { stats, .. } if !stats.is_empty())
+    }
+}
+
+/// Decodes one client message (the payload of one binary WebSocket message). The message
+/// type and sync step must be minimally encoded: every limit and count is keyed on what is
+/// decoded here, and a relayed message must read the same to every other client.
 pub fn decode<'a>(payload: &'a [u8], limits: &UpdateLimits) -> Result<Message<'a>, ProtocolError> {
     let mut r = Reader::new(payload);
-    let message = match r.var_u32()? {
+    let message = match r.minimal_var_u32()? {
         t if t == MESSAGE_SYNC as u32 => {
-            let step = r.var_u32()?;
+            let step = r.minimal_var_u32()?;
             let body = r.var_bytes()?;
             match step {
                 s if s == SYNC_STEP1 as u32 => Message::SyncStep1(StateVectorEntries::parse(body)?),
@@ -110,12 +123,17 @@ impl<'a> StateVectorEntries<'a> {
         Ok(StateVectorEntries { bytes })
     }
 
+    /// No entries: the client has nothing yet.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + 'a {
         let mut r = Reader::new(self.bytes);
-        let n = r.count(2).unwrap_or(0);
+        let n = r.count(2).expect("checked in parse");
         (0..n).map(move |_| {
-            // Checked in `parse`.
-            (r.var_u64().unwrap_or(0), r.var_u32().unwrap_or(0))
+            let client = r.var_u64().expect("checked in parse");
+            (client, r.var_u32().expect("checked in parse"))
         })
     }
 
@@ -177,6 +195,24 @@ fn read_awareness_entry<'a>(r: &mut Reader<'a>) -> Result<AwarenessEntry<'a>, De
         clock,
         state,
     })
+}
+
+/// The head of `[MESSAGE_SYNC, step, len, body]`: the message up to its body, so that a
+/// frame can be put together from it and a borrowed body without another copy.
+pub fn sync_head(step: u8, body_len: usize) -> ([u8; 12], usize) {
+    let mut head = [0u8; 12];
+    head[0] = MESSAGE_SYNC;
+    head[1] = step;
+    let n = lib0::put_var_u64(&mut head[2..], body_len as u64);
+    (head, 2 + n)
+}
+
+/// The head of `[MESSAGE_AWARENESS, len, update]`, as [`sync_head`] is of a sync message.
+pub fn awareness_head(update_len: usize) -> ([u8; 12], usize) {
+    let mut head = [0u8; 12];
+    head[0] = MESSAGE_AWARENESS;
+    let n = lib0::put_var_u64(&mut head[1..], update_len as u64);
+    (head, 1 + n)
 }
 
 /// `[MESSAGE_SYNC, step, len, body]`.
@@ -306,6 +342,43 @@ mod tests {
         assert_eq!(
             decode(&[3, 0], &limits()).unwrap_err(),
             ProtocolError::Decode(DecodeError::TrailingBytes)
+        );
+    }
+
+    #[test]
+    fn only_updates_with_changes_count_as_changes() {
+        let changes = |bytes: &[u8]| decode(bytes, &limits()).unwrap().changes_document();
+        let update = {
+            use yrs::{Text, Transact};
+            let doc = yrs::Doc::with_client_id(1);
+            let text = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "x");
+            txn.encode_update_v1()
+        };
+        assert!(changes(&encode_sync(SYNC_UPDATE, &update)));
+        assert!(changes(&encode_sync(SYNC_STEP2, &update)));
+        assert!(!changes(&encode_sync(SYNC_STEP2, &[0, 0])), "empty step 2");
+        assert!(!changes(&[0, 0, 1, 0]), "step 1");
+        assert!(!changes(&[1, 1, 0]), "awareness");
+    }
+
+    #[test]
+    fn an_overlong_type_or_step_is_refused_not_misread() {
+        let mut overlong_type = vec![0x80, 0x00];
+        overlong_type.extend_from_slice(&encode_sync(SYNC_UPDATE, &[0, 0])[1..]);
+        assert_eq!(
+            decode(&overlong_type, &limits()).unwrap_err(),
+            ProtocolError::Decode(DecodeError::NonMinimal)
+        );
+        let overlong_step = [0, 0x81, 0x00, 2, 0, 0];
+        assert_eq!(
+            decode(&overlong_step, &limits()).unwrap_err(),
+            ProtocolError::Decode(DecodeError::NonMinimal)
+        );
+        assert_eq!(
+            decode(&[0x83, 0x00], &limits()).unwrap_err(),
+            ProtocolError::Decode(DecodeError::NonMinimal)
         );
     }
 

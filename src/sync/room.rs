@@ -2,7 +2,7 @@
 //! y-websocket protocol between them. Runtime-free: subscribers are outboxes.
 
 use super::awareness::{AwarenessError, AwarenessStates};
-use super::protocol::{self, Message, ProtocolError, SYNC_STEP1, SYNC_STEP2};
+use super::protocol::{self, Message, ProtocolError, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use super::update_check::UpdateLimits;
 use crate::outbox::{shared_frame, Frame, Outbox};
 use crate::ws::close;
@@ -15,6 +15,12 @@ use yrs::{ReadTxn, Transact};
 /// Updates staged before a flush is forced (see [`Room::stage`]).
 pub const STAGED_UPDATES_MAX: usize = 64;
 
+/// A document near its size bound is measured again (its whole state encoded) only after
+/// this share of the bound (1/16) has arrived since it was last measured: so the cost of
+/// measuring is spread over at least that many bytes of updates, however close to the
+/// bound a document sits.
+const REMEASURE_DIVISOR: usize = 16;
+
 #[derive(Debug, Clone, Copy)]
 pub struct RoomConfig {
     pub update_limits: UpdateLimits,
@@ -22,6 +28,11 @@ pub struct RoomConfig {
     pub awareness_clients_max: usize,
     /// Awareness client ids one connection may introduce (a browser tab uses one).
     pub awareness_clients_per_connection_max: usize,
+    /// Bytes of JSON in one awareness state.
+    pub awareness_state_bytes_max: usize,
+    /// The document's size as a Yjs update: an update that would take it past this is
+    /// refused (1009) and not applied.
+    pub document_bytes_max: usize,
 }
 
 impl Default for RoomConfig {
@@ -30,6 +41,8 @@ impl Default for RoomConfig {
             update_limits: UpdateLimits::default(),
             awareness_clients_max: 4096,
             awareness_clients_per_connection_max: 8,
+            awareness_state_bytes_max: 64 << 10,
+            document_bytes_max: 64 << 20,
         }
     }
 }
@@ -41,6 +54,8 @@ pub enum Refusal {
     Awareness(AwarenessError),
     /// The update decoded but yrs could not integrate it.
     Integrate,
+    /// The update would take the document past `document_bytes_max`.
+    DocumentTooLarge,
 }
 
 impl Refusal {
@@ -49,7 +64,9 @@ impl Refusal {
             Refusal::Protocol(ProtocolError::UnknownType) => close::UNSUPPORTED_DATA,
             Refusal::Protocol(ProtocolError::Update(
                 super::update_check::UpdateError::TooManyStructs,
-            )) => close::MESSAGE_TOO_BIG,
+            ))
+            | Refusal::Awareness(AwarenessError::StateTooLarge)
+            | Refusal::DocumentTooLarge => close::MESSAGE_TOO_BIG,
             Refusal::Protocol(_) | Refusal::Integrate => close::INVALID_PAYLOAD,
             Refusal::Awareness(_) => close::POLICY_VIOLATION,
         }
@@ -60,6 +77,9 @@ impl Refusal {
             Refusal::Protocol(p) => p.reason(),
             Refusal::Awareness(a) => a.reason(),
             Refusal::Integrate => "update could not be applied",
+            Refusal::DocumentTooLarge => {
+                "document too large: this update would take it past the server's size limit"
+            }
         }
     }
 }
@@ -88,6 +108,8 @@ struct Batch {
     from: Slot,
     updates: Vec<yrs::Update>,
     frames: Vec<Frame>,
+    /// The updates' encoded bytes, for the document's size bound.
+    update_bytes: usize,
 }
 
 pub struct Room {
@@ -97,7 +119,17 @@ pub struct Room {
     /// a client that is behind — whose one read holds many updates — is caught up in one
     /// transaction instead of many.
     staged: Option<Batch>,
+    /// The document's size as an update, from above: the last measurement plus the bytes of
+    /// every update applied since (Yjs merges, so the real size is usually less).
+    document_bytes: usize,
+    /// Update bytes applied since the document was last measured.
+    unmeasured_bytes: usize,
+    /// Sync step 2 with the whole document, for clients that have nothing yet: encoded once
+    /// per change and shared, not once per request.
+    full_state: Option<Frame>,
     awareness: AwarenessStates,
+    /// Every live awareness state in one message, likewise encoded once per change.
+    awareness_all: Option<Frame>,
     /// A slab: leaving frees a slot, joining reuses one.
     subscribers: Vec<Option<Subscriber>>,
     free_slots: Vec<usize>,
@@ -110,7 +142,11 @@ impl Room {
         Room {
             doc: yrs::Doc::new(),
             staged: None,
-            awareness: AwarenessStates::new(config.awareness_clients_max),
+            document_bytes: 0,
+            unmeasured_bytes: 0,
+            full_state: None,
+            awareness: new_awareness(&config),
+            awareness_all: None,
             subscribers: Vec::new(),
             free_slots: Vec::new(),
             len: 0,
@@ -135,8 +171,8 @@ impl Room {
         );
         let sv = self.doc.transact().state_vector().encode_v1();
         outbox.push(&sync_frame(SYNC_STEP1, &sv));
-        if self.awareness.live_count() > 0 {
-            outbox.push(&binary(&protocol::encode_awareness(self.awareness.live())));
+        if let Some(frame) = self.awareness_all() {
+            outbox.push(&frame);
         }
         let subscriber = Subscriber {
             outbox,
@@ -168,6 +204,7 @@ impl Room {
         self.len -= 1;
         let removed = self.awareness.remove(&subscriber.awareness_ids);
         if !removed.is_empty() {
+            self.awareness_all = None;
             let entries = removed
                 .iter()
                 .map(|&(client_id, clock)| protocol::AwarenessEntry {
@@ -193,7 +230,11 @@ impl Room {
     pub fn reset(&mut self) {
         self.doc = yrs::Doc::new();
         self.staged = None;
-        self.awareness = AwarenessStates::new(self.config.awareness_clients_max);
+        self.document_bytes = 0;
+        self.unmeasured_bytes = 0;
+        self.full_state = None;
+        self.awareness = new_awareness(&self.config);
+        self.awareness_all = None;
         for subscriber in self.subscribers.iter_mut().flatten() {
             subscriber.awareness_ids.clear();
             subscriber.outbox.close(
@@ -218,44 +259,57 @@ impl Room {
         })
     }
 
-    /// Handles one binary message from the subscriber in `from`; an update is checked and
-    /// decoded now but applied and relayed by the next [`Room::flush`], which must come
-    /// before another subscriber's message, a join or a leave. Any other message flushes
-    /// first, so everything leaves in the order it came.
-    /// `can_write` is false for read-only (viewer) connections: their updates are answered
-    /// with an auth message (permission denied, `read-only`) and neither applied nor relayed.
+    /// Decodes one client message with this room's limits (nothing is changed).
+    pub fn decode<'p>(&self, payload: &'p [u8]) -> Result<Message<'p>, Refusal> {
+        protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)
+    }
+
+    /// Decodes and stages one binary message (see [`Room::stage_message`]).
     pub fn stage(
         &mut self,
         from: Slot,
         payload: &[u8],
         can_write: bool,
     ) -> Result<Outcome, Refusal> {
+        let message = self.decode(payload)?;
+        self.stage_message(from, message, can_write)
+    }
+
+    /// Handles one decoded message from the subscriber in `from`; an update is checked and
+    /// decoded now but applied and relayed by the next [`Room::flush`], which must come
+    /// before another subscriber's message, a join or a leave. Any other message flushes
+    /// first, so everything leaves in the order it came.
+    /// `can_write` is false for read-only (viewer) connections: their updates are answered
+    /// with an auth message (permission denied, `read-only`) and neither applied nor relayed.
+    pub fn stage_message(
+        &mut self,
+        from: Slot,
+        message: Message<'_>,
+        can_write: bool,
+    ) -> Result<Outcome, Refusal> {
         assert!(
             self.staged.as_ref().is_none_or(|batch| batch.from == from),
             "a batch holds one subscriber's updates"
         );
-        let message =
-            protocol::decode(payload, &self.config.update_limits).map_err(Refusal::Protocol)?;
         let flushed = match message {
             Message::Update { .. } => Outcome::default(),
             _ => self.flush()?,
         };
         let handled = match message {
             Message::SyncStep1(sv) => {
-                let diff = self
-                    .doc
-                    .transact()
-                    .encode_state_as_update_v1(&sv.to_state_vector());
-                self.sender(from)
-                    .outbox
-                    .push(&sync_frame(SYNC_STEP2, &diff));
+                let answer = if sv.is_empty() {
+                    self.full_state()
+                } else {
+                    let diff = self
+                        .doc
+                        .transact()
+                        .encode_state_as_update_v1(&sv.to_state_vector());
+                    sync_frame(SYNC_STEP2, &diff)
+                };
+                self.sender(from).outbox.push(&answer);
                 Outcome::default()
             }
-            Message::Update {
-                step2,
-                update,
-                stats,
-            } => {
+            Message::Update { update, stats, .. } => {
                 if stats.is_empty() {
                     return Ok(Outcome::default());
                 }
@@ -264,26 +318,29 @@ impl Room {
                     self.sender(from).outbox.push(&denied);
                     return Ok(Outcome::default());
                 }
+                let measured = self.make_room_for(update.len())?;
                 let decoded = yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
-                // Relay the client's own bytes: a step 2 becomes an update (type byte 2) and
-                // is otherwise the same message.
-                let frame = if step2 {
-                    binary_parts(&[&payload[..1], &[protocol::SYNC_UPDATE], &payload[2..]])
-                } else {
-                    binary(payload)
-                };
+                // Relayed as an update message encoded here from the decoded update (a step 2
+                // and an update relay alike): every other client reads what the server applied.
+                let (head, head_len) = protocol::sync_head(SYNC_UPDATE, update.len());
+                let frame = binary_parts(&[&head[..head_len], update]);
                 let batch = self.staged.get_or_insert_with(|| Batch {
                     from,
                     updates: Vec::new(),
                     frames: Vec::new(),
+                    update_bytes: 0,
                 });
                 batch.updates.push(decoded);
                 batch.frames.push(frame);
+                batch.update_bytes += update.len();
                 // A decoded update takes more memory than its bytes: a batch is bounded.
-                if batch.updates.len() >= STAGED_UPDATES_MAX {
+                let flushed = if batch.updates.len() >= STAGED_UPDATES_MAX {
                     self.flush()?
                 } else {
                     Outcome::default()
+                };
+                Outcome {
+                    deliveries: measured.deliveries + flushed.deliveries,
                 }
             }
             Message::Awareness(entries) => {
@@ -291,19 +348,23 @@ impl Room {
                 let subscriber = self.subscribers[from.0]
                     .as_mut()
                     .expect("sender is subscribed");
-                let changed = self
-                    .awareness
-                    .apply(&entries, &mut subscriber.awareness_ids, owned_max)
-                    .map_err(Refusal::Awareness)?;
-                if changed {
-                    self.broadcast(Some(from), &binary(payload))
+                let applied =
+                    self.awareness
+                        .apply(&entries, &mut subscriber.awareness_ids, owned_max);
+                // A refused update may have applied its first entries.
+                self.awareness_all = None;
+                if applied.map_err(Refusal::Awareness)? {
+                    let (head, head_len) = protocol::awareness_head(entries.bytes.len());
+                    self.broadcast(
+                        Some(from),
+                        &binary_parts(&[&head[..head_len], entries.bytes]),
+                    )
                 } else {
                     Outcome::default()
                 }
             }
             Message::QueryAwareness => {
-                if self.awareness.live_count() > 0 {
-                    let frame = binary(&protocol::encode_awareness(self.awareness.live()));
+                if let Some(frame) = self.awareness_all() {
                     self.sender(from).outbox.push(&frame);
                 }
                 Outcome::default()
@@ -323,6 +384,7 @@ impl Room {
             from,
             updates,
             frames,
+            update_bytes,
         }) = self.staged.take()
         else {
             return Ok(Outcome::default());
@@ -337,6 +399,12 @@ impl Room {
                 applied += 1;
             }
         }
+        if applied > 0 {
+            self.full_state = None;
+            // All the batch's bytes, even if yrs refused some: an upper bound stays one.
+            self.document_bytes += update_bytes;
+            self.unmeasured_bytes += update_bytes;
+        }
         let deliveries = frames[..applied]
             .iter()
             .map(|frame| self.broadcast(Some(from), frame).deliveries)
@@ -346,6 +414,53 @@ impl Room {
             return Err(Refusal::Integrate);
         }
         Ok(Outcome { deliveries })
+    }
+
+    /// Checks that an update of `update_bytes` keeps the document within its bound, measuring
+    /// it when the estimate says no and enough has arrived since the last measurement (which
+    /// flushes the batch first).
+    fn make_room_for(&mut self, update_bytes: usize) -> Result<Outcome, Refusal> {
+        let max = self.config.document_bytes_max;
+        let staged = self.staged.as_ref().map_or(0, |b| b.update_bytes);
+        if self.document_bytes + staged + update_bytes <= max {
+            return Ok(Outcome::default());
+        }
+        if self.unmeasured_bytes + staged < max / REMEASURE_DIVISOR {
+            return Err(Refusal::DocumentTooLarge);
+        }
+        let flushed = self.flush()?;
+        self.full_state();
+        if self.document_bytes + update_bytes > max {
+            return Err(Refusal::DocumentTooLarge);
+        }
+        Ok(flushed)
+    }
+
+    /// Sync step 2 with the whole document, encoded once per change; encoding it measures
+    /// the document.
+    fn full_state(&mut self) -> Frame {
+        assert!(self.staged.is_none(), "measured after the batch is applied");
+        if let Some(frame) = &self.full_state {
+            return frame.clone();
+        }
+        let update = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        self.document_bytes = update.len();
+        self.unmeasured_bytes = 0;
+        let frame = sync_frame(SYNC_STEP2, &update);
+        self.full_state = Some(frame.clone());
+        frame
+    }
+
+    /// Every live awareness state in one message (none when there are none), encoded once
+    /// per change.
+    fn awareness_all(&mut self) -> Option<Frame> {
+        if self.awareness_all.is_none() && self.awareness.live_count() > 0 {
+            self.awareness_all = Some(binary(&protocol::encode_awareness(self.awareness.live())));
+        }
+        self.awareness_all.clone()
     }
 
     /// Queues `frame` on every subscriber but `except`.
@@ -368,6 +483,13 @@ impl Room {
     }
 }
 
+fn new_awareness(config: &RoomConfig) -> AwarenessStates {
+    AwarenessStates::new(
+        config.awareness_clients_max,
+        config.awareness_state_bytes_max,
+    )
+}
+
 fn binary(payload: &[u8]) -> Frame {
     shared_frame(Opcode::Binary, &[payload])
 }
@@ -383,7 +505,7 @@ fn sync_frame(step: u8, body: &[u8]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::protocol::{encode_awareness, AwarenessEntry, SYNC_UPDATE};
+    use crate::sync::protocol::{encode_awareness, AwarenessEntry};
     use std::task::{Context, Waker};
     use yrs::{GetString, Text};
 
@@ -661,6 +783,101 @@ mod tests {
             .into_iter(),
         );
         assert_eq!(room.receive(sv, &aw, false).unwrap().deliveries, 1);
+    }
+
+    #[test]
+    fn a_step2_is_relayed_as_an_update_encoded_from_what_was_decoded() {
+        let (mut room, _a, b, sa) = two_subscribers();
+        let update = client_update("hi");
+        let Message::Update { update: body, .. } = room.decode(&update).unwrap() else {
+            panic!()
+        };
+        let step2 = protocol::encode_sync(SYNC_STEP2, body);
+        room.receive(sa, &step2, true).unwrap();
+        assert_eq!(drain(&b), vec![protocol::encode_sync(SYNC_UPDATE, body)]);
+        // Written with a two-byte length, the same update is relayed minimally encoded.
+        let mut long_length = vec![0, SYNC_UPDATE, 0x80 | body.len() as u8, 0x00];
+        long_length.extend_from_slice(body);
+        let (mut room, _a, b, sa) = two_subscribers();
+        room.receive(sa, &long_length, true).unwrap();
+        assert_eq!(drain(&b), vec![protocol::encode_sync(SYNC_UPDATE, body)]);
+    }
+
+    fn room_of_max_bytes(document_bytes_max: usize) -> (Room, Rc<Outbox>, Slot) {
+        let mut room = Room::new(RoomConfig {
+            document_bytes_max,
+            ..RoomConfig::default()
+        });
+        let b = Rc::new(Outbox::new(1 << 30));
+        let sa = room.join(Rc::new(Outbox::new(1 << 30)));
+        room.join(b.clone());
+        drain(&b);
+        (room, b, sa)
+    }
+
+    #[test]
+    fn an_update_past_the_document_bound_is_refused_and_the_document_is_unharmed() {
+        let (mut room, _b, sa) = room_of_max_bytes(4 << 10);
+        room.receive(sa, &client_update(&"a".repeat(3 << 10)), true)
+            .unwrap();
+        let refusal = room
+            .receive(sa, &client_update(&"b".repeat(2 << 10)), true)
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::DocumentTooLarge);
+        assert_eq!(refusal.close_code(), close::MESSAGE_TOO_BIG);
+        assert_eq!(text(&room), "a".repeat(3 << 10));
+        // A refused update is not staged: what comes next still fits or is refused alone.
+        assert_eq!(room.flush().unwrap().deliveries, 0);
+    }
+
+    #[test]
+    fn many_small_updates_are_measured_not_summed_when_they_near_the_bound() {
+        // 8,000 one-character insertions by one client: over 12 bytes each as updates
+        // (over 96 KB), about 8 KB once yrs has merged them. The bound is 16 KiB.
+        let (mut room, b, sa) = room_of_max_bytes(16 << 10);
+        let updates = consecutive_updates(8_000);
+        assert!(updates.iter().map(Vec::len).sum::<usize>() > 3 * (16 << 10));
+        for (i, u) in updates.iter().enumerate() {
+            room.stage(sa, u, true)
+                .unwrap_or_else(|r| panic!("update {i}: {r:?}"));
+        }
+        room.flush().unwrap();
+        assert_eq!(text(&room).len(), 8_000);
+        assert_eq!(drain(&b).len(), 8_000);
+        assert!(room.document_bytes <= 16 << 10, "{}", room.document_bytes);
+    }
+
+    /// The addresses of the frames queued on `o`, to tell a shared frame from a copy.
+    fn queued_frames(o: &Outbox) -> Vec<*const u8> {
+        let frames = o.with_unwritten(|it| it.map(<[u8]>::as_ptr).collect());
+        drain(o);
+        frames
+    }
+
+    #[test]
+    fn the_whole_state_and_all_awareness_are_encoded_once_per_change() {
+        let (mut room, a, _b, sa) = two_subscribers();
+        room.receive(sa, &client_update("abc"), true).unwrap();
+        let awareness = encode_awareness(
+            [AwarenessEntry {
+                client_id: 9,
+                clock: 1,
+                state: "{}",
+            }]
+            .into_iter(),
+        );
+        room.receive(sa, &awareness, true).unwrap();
+        let step1 = protocol::encode_sync(SYNC_STEP1, &[0]);
+        for message in [&step1[..], &[protocol::MESSAGE_QUERY_AWARENESS]] {
+            room.receive(sa, message, true).unwrap();
+            let first = queued_frames(&a);
+            room.receive(sa, message, true).unwrap();
+            assert_eq!(queued_frames(&a), first, "the same frame, shared");
+        }
+        room.receive(sa, &client_update("d"), true).unwrap();
+        let before = queued_frames(&a);
+        room.receive(sa, &step1, true).unwrap();
+        assert_ne!(queued_frames(&a), before);
     }
 
     #[test]

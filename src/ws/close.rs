@@ -9,6 +9,7 @@ pub const POLICY_VIOLATION: u16 = 1008;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 pub const SERVICE_RESTART: u16 = 1012;
+pub const TRY_AGAIN_LATER: u16 = 1013;
 
 /// The longest reason that fits a control frame: 125 bytes less the 2-byte code.
 pub const REASON_BYTES_MAX: usize = 123;

@@ -83,6 +83,17 @@ impl Assembler {
         }
     }
 
+    /// Whether a fragmented message is in progress.
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Bytes of buffer held (a fragmented message in progress, or capacity kept for the
+    /// next one).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Takes one complete, already unmasked frame.
     pub fn push<'a>(
         &'a mut self,

@@ -1,0 +1,110 @@
+//! Messages per connection: a token bucket, weighted by what a message makes the server do.
+//! Most messages cost one token; a step 1 or an awareness query makes the server encode a
+//! whole document or every presence state, so it costs [`HEAVY_MESSAGE_WEIGHT`].
+
+use super::protocol::Message;
+
+/// Tokens a step 1 or an awareness query costs.
+pub const HEAVY_MESSAGE_WEIGHT: u32 = 16;
+
+/// What `message` costs against a connection's rate.
+pub fn weight(message: &Message<'_>) -> u32 {
+    match message {
+        Message::SyncStep1(_) | Message::QueryAwareness => HEAVY_MESSAGE_WEIGHT,
+        Message::Update { .. } | Message::Awareness(_) => 1,
+    }
+}
+
+/// A token bucket in thousandths of a token, so that refilling is integer arithmetic:
+/// `per_second` tokens a second are `per_second` thousandths a millisecond.
+#[derive(Debug, Clone)]
+pub struct MessageRate {
+    tokens_milli: u64,
+    burst_milli: u64,
+    per_second: u64,
+    refilled_at_ms: u64,
+}
+
+impl MessageRate {
+    /// A full bucket of `burst` tokens at `now_ms`, refilled at `per_second`.
+    pub fn new(per_second: u32, burst: u32, now_ms: u64) -> Self {
+        assert!(per_second > 0 && burst >= HEAVY_MESSAGE_WEIGHT);
+        let burst_milli = burst as u64 * 1000;
+        MessageRate {
+            tokens_milli: burst_milli,
+            burst_milli,
+            per_second: per_second as u64,
+            refilled_at_ms: now_ms,
+        }
+    }
+
+    /// Takes `weight` tokens at `now_ms`; false (and nothing taken) when there are not
+    /// enough. A clock that goes back refills nothing.
+    pub fn admit(&mut self, weight: u32, now_ms: u64) -> bool {
+        let elapsed_ms = now_ms.saturating_sub(self.refilled_at_ms);
+        if elapsed_ms > 0 {
+            self.tokens_milli = self
+                .tokens_milli
+                .saturating_add(elapsed_ms.saturating_mul(self.per_second))
+                .min(self.burst_milli);
+            self.refilled_at_ms = now_ms;
+        }
+        let cost_milli = weight as u64 * 1000;
+        if self.tokens_milli < cost_milli {
+            return false;
+        }
+        self.tokens_milli -= cost_milli;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let mut rate = MessageRate::new(500, 2000, 0);
+        assert_eq!((0..3000).filter(|_| rate.admit(1, 0)).count(), 2000);
+        assert!(!rate.admit(1, 1), "half a token back after 1 ms");
+        assert!(rate.admit(1, 2), "one token back after 2 ms");
+        // A second later: 500 more, no more.
+        assert_eq!((0..1000).filter(|_| rate.admit(1, 1002)).count(), 500);
+    }
+
+    #[test]
+    fn heavy_messages_cost_more_and_a_refusal_takes_nothing() {
+        let mut rate = MessageRate::new(500, 2000, 0);
+        assert_eq!(
+            (0..200)
+                .filter(|_| rate.admit(HEAVY_MESSAGE_WEIGHT, 0))
+                .count(),
+            125
+        );
+        assert!(!rate.admit(HEAVY_MESSAGE_WEIGHT, 0));
+        // 16 tokens take 32 ms at 500/s; the refusals above did not put the bucket in debt.
+        assert!(!rate.admit(HEAVY_MESSAGE_WEIGHT, 31));
+        assert!(rate.admit(HEAVY_MESSAGE_WEIGHT, 32));
+    }
+
+    #[test]
+    fn the_bucket_never_holds_more_than_the_burst_and_time_going_back_is_harmless() {
+        let mut rate = MessageRate::new(500, 20, 1_000);
+        assert_eq!(
+            (0..100).filter(|_| rate.admit(1, 1_000_000_000)).count(),
+            20
+        );
+        assert!(!rate.admit(1, 5), "the clock went back: no refill");
+        assert!(rate.admit(1, 1_000_000_002));
+    }
+
+    #[test]
+    fn weights_follow_the_work_a_message_makes() {
+        let limits = crate::sync::update_check::UpdateLimits::default();
+        let decode = |bytes: &[u8]| weight(&crate::sync::protocol::decode(bytes, &limits).unwrap());
+        assert_eq!(decode(&[0, 0, 1, 0]), HEAVY_MESSAGE_WEIGHT, "step 1");
+        assert_eq!(decode(&[3]), HEAVY_MESSAGE_WEIGHT, "query awareness");
+        assert_eq!(decode(&[0, 2, 2, 0, 0]), 1, "update");
+        assert_eq!(decode(&[1, 1, 0]), 1, "awareness");
+    }
+}
