@@ -60,7 +60,8 @@ pub struct NodeConfig {
     /// Connections this node is sized for; with `memory_budget_bytes`, what the high-water
     /// mark is taken of.
     pub connections_capacity: u64,
-    /// Resident memory this node may use; 0: not watched.
+    /// Resident memory this node may use; 0: 70 % of the machine's memory (or of the
+    /// cgroup's limit, when lower).
     pub memory_budget_bytes: u64,
     /// Past this share of capacity or memory the node reports `overloaded` and refuses new
     /// upgrades with 503 (live sessions are never dropped for load).

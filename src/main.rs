@@ -188,6 +188,7 @@ fn serve(config: Config) -> ExitCode {
                 ("url", &node.info.url),
                 // Raise `ulimit -n` to hold more connections.
                 ("connections_max_by_open_files", &node.connections_fd_max()),
+                ("memory_budget_bytes", &node.memory_budget_bytes()),
             ],
         );
     });

@@ -5,6 +5,7 @@
 mod api;
 mod deadline;
 mod handlers;
+mod memory;
 mod router;
 mod session;
 mod shard;
@@ -68,6 +69,11 @@ impl Node {
     /// Connections the open-file limit leaves room for: past them upgrades get 503.
     pub fn connections_fd_max(&self) -> u64 {
         self.shared.connections_fd_max
+    }
+
+    /// The resident memory past whose high-water mark upgrades get 503.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.shared.memory.budget_bytes()
     }
 
     /// Blocks until the shards stop.

@@ -23,6 +23,7 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Connections the open-file limit leaves room for (see [`connections_fd_max`]).
     pub connections_fd_max: u64,
+    pub memory: super::memory::MemoryWatch,
     /// Bytes held in incomplete frames and messages over every connection of the node,
     /// bounded by `websocket.incomplete_bytes_max`.
     pub incomplete_bytes: AtomicUsize,
@@ -64,6 +65,10 @@ impl Shared {
             draining: AtomicBool::new(false),
             connections_fd_max: connections_fd_max(),
             incomplete_bytes: AtomicUsize::new(0),
+            memory: super::memory::MemoryWatch::new(
+                config.node.memory_budget_bytes,
+                config.node.high_water_percent,
+            ),
             config,
             node,
             directory,
@@ -90,10 +95,6 @@ impl Shared {
         };
         connections >= self.connections_fd_max
             || over(connections, node.connections_capacity)
-            || (node.memory_budget_bytes > 0
-                && over(
-                    super::stats::resident_bytes("self").unwrap_or(0),
-                    node.memory_budget_bytes,
-                ))
+            || self.memory.over_high_water(crate::log::unix_ms())
     }
 }
