@@ -6,6 +6,7 @@ mod api;
 mod deadline;
 mod handlers;
 mod memory;
+mod offload;
 mod router;
 mod session;
 mod shard;

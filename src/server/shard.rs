@@ -130,6 +130,8 @@ pub struct Shard {
     pub scratch: RefCell<Box<[u8]>>,
     handoff: Senders<Handoff>,
     ping: Frame,
+    /// Token signatures and secret hashes, off this executor.
+    pub offload: super::offload::Offload,
 }
 
 pub async fn run(setup: Setup) {
@@ -195,6 +197,7 @@ pub async fn run(setup: Setup) {
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         handoff: senders,
         ping: shared_frame(Opcode::Ping, &[]),
+        offload: super::offload::Offload::default(),
     });
     for (_, receiver) in receivers.streams() {
         let shard = shard.clone();
