@@ -172,3 +172,38 @@ fn per_ip_budgets_answer_429_with_retry_after() {
     };
     assert_eq!((usage(1), usage(2), usage(3)), (200, 200, 429));
 }
+
+#[test]
+fn discovery_applies_the_docs_claim_and_the_name_rules() {
+    let server = Server::start("");
+    let ask = |token: &str, name: &str| {
+        let r = server.http(&format!(
+            "GET /discovery?documentName={name} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ));
+        (status(&r), body_json(&r))
+    };
+    let scoped = dev_token(serde_json::json!({ "docs": ["team-*"] }));
+    let (code, body) = ask(&scoped, "team-plan");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["isNew"], true);
+    let (code, body) = ask(&scoped, "payroll");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (code, body) = ask(editor_token(), "a%3A%3Ab");
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = ask(editor_token(), "bad.name");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|d| d.contains("invalid document name")),
+        "{body}"
+    );
+}

@@ -90,8 +90,8 @@ pub fn too_many_requests() -> Vec<u8> {
 }
 
 /// The token of an API request (`Authorization: Bearer` or `?token=`), verified; or the
-/// 401 to answer.
-fn authenticate(shard: &Shard, req: &Request<'_>) -> Result<auth::verify::Identity, Vec<u8>> {
+/// 401 (or 503) to answer.
+async fn authenticate(shard: &Shard, req: &Request<'_>) -> Result<auth::verify::Identity, Vec<u8>> {
     let Some(found) = auth::transport::extract(req) else {
         return Err(json_error(
             401,
@@ -100,12 +100,14 @@ fn authenticate(shard: &Shard, req: &Request<'_>) -> Result<auth::verify::Identi
             &[],
         ));
     };
-    shard
-        .shared
-        .directory
-        .verifier
-        .verify(&found.token)
-        .map_err(|refusal| json_error(401, "invalid_token", &refusal.reason(), &[]))
+    match shard.verify_token(found.token).await {
+        Ok(verified) => {
+            verified.map_err(|refusal| json_error(401, "invalid_token", &refusal.reason(), &[]))
+        }
+        Err(super::offload::Busy) => Err(service_unavailable(
+            "this node is busy verifying tokens: retry later",
+        )),
+    }
 }
 
 fn registry_unavailable() -> Vec<u8> {
@@ -122,7 +124,7 @@ async fn discovery(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
     if !shard.shared.handshakes_per_ip.allow(ip, now_s()) {
         return too_many_requests();
     }
-    let identity = match authenticate(shard, req) {
+    let identity = match authenticate(shard, req).await {
         Ok(identity) => identity,
         Err(answer) => return answer,
     };
@@ -130,6 +132,29 @@ async fn discovery(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
     let Some(name) = crate::http::request::percent_decode(encoded).filter(|n| !n.is_empty()) else {
         return json_error(400, "invalid_request", "documentName is required", &[]);
     };
+    // The rules an upgrade to the document would meet, so that discovery reveals nothing
+    // (not even where a document lives) that connecting would not.
+    if name.contains("::") {
+        return json_error(403, "forbidden", "document name contains '::'", &[]);
+    }
+    if let Err(why) = crate::sync::document::validate_name(&name, identity.app.allow_path_names) {
+        return json_error(
+            400,
+            "invalid_request",
+            &format!("invalid document name: {why}"),
+            &[],
+        );
+    }
+    if let Some(docs) = &identity.docs {
+        if !auth::claims::docs_allow(docs, &name) {
+            return json_error(
+                403,
+                "forbidden",
+                "the token does not grant this document",
+                &[],
+            );
+        }
+    }
     let key = crate::sync::document::isolation_key(&identity.tenant_id, &identity.app.id, &name);
     let home = match shard
         .shared
@@ -155,7 +180,7 @@ async fn usage(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
     if !shard.shared.usage_per_ip.allow(ip, now_s()) {
         return too_many_requests();
     }
-    let identity = match authenticate(shard, req) {
+    let identity = match authenticate(shard, req).await {
         Ok(identity) => identity,
         Err(answer) => return answer,
     };

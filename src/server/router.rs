@@ -267,22 +267,18 @@ async fn route(
     };
     let verified = match handed {
         Some(identity) => Ok(identity),
-        None => {
-            let (shared, token) = (shard.shared.clone(), found.token.clone());
-            let verify = move || shared.directory.verifier.verify(&token);
-            match shard.offload.run(verify).await {
-                Ok(verified) => verified,
-                Err(super::offload::Busy) => {
-                    reply(
-                        shard,
-                        stream,
-                        api::service_unavailable("this node is busy verifying tokens: retry later"),
-                    )
-                    .await;
-                    return Routed::Done;
-                }
+        None => match shard.verify_token(found.token.clone()).await {
+            Ok(verified) => verified,
+            Err(super::offload::Busy) => {
+                reply(
+                    shard,
+                    stream,
+                    api::service_unavailable("this node is busy verifying tokens: retry later"),
+                )
+                .await;
+                return Routed::Done;
             }
-        }
+        },
     };
     let identity = match verified {
         Ok(identity) => identity,

@@ -321,6 +321,17 @@ impl Shard {
         self.shared.overloaded(connections)
     }
 
+    /// Verifies a token off this executor (see `offload`); `Err(Busy)` when too many wait.
+    pub async fn verify_token(
+        &self,
+        token: String,
+    ) -> Result<Result<Identity, crate::auth::verify::Refusal>, super::offload::Busy> {
+        let shared = self.shared.clone();
+        self.offload
+            .run(move || shared.directory.verifier.verify(&token))
+            .await
+    }
+
     pub fn my_stats(&self) -> &ShardStats {
         &self.stats[self.id]
     }
