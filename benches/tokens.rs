@@ -15,7 +15,7 @@ fn config(alg: &str) -> String {
         ),
         "ES256" => format!("public_key_file = \"{keys}/es256_public.pem\"\nprivate_key_file = \"{keys}/es256_private.pem\""),
         "EdDSA" => format!("public_key_file = \"{keys}/ed25519_public.pem\"\nprivate_key_file = \"{keys}/ed25519_private.pem\""),
-        _ => "secret = \"development-only-secret\"".to_owned(),
+        _ => "secret = \"development-only-secret-of-32-bytes\"".to_owned(),
     };
     format!("[[tenants]]\nid = \"t\"\n[[tenants.keys]]\nalg = \"{alg}\"\n{key}\n[[apps]]\nid = \"a\"\ntenant = \"t\"\n")
 }

@@ -19,7 +19,7 @@ fn main() {
     let started: Vec<wiresocket::server::Node> = (0..nodes)
         .map(|i| {
             let toml = format!(
-                "listen = \"127.0.0.1:0\"\nshards = 1\n[node]\nid = \"node-{i}\"\nregion = \"local-{i}\"\n"
+                "listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n[node]\nid = \"node-{i}\"\nregion = \"local-{i}\"\n"
             );
             let config = Config::from_toml(&toml, "local_cluster").expect("valid config");
             wiresocket::server::start(config, registry.clone()).unwrap_or_else(|e| {

@@ -23,9 +23,16 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` names the client (for per-IP limits).
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Tenants and their keys. With no tenants and no apps, a development tenant and app
-    /// (`dev`/`dev`, a key pair published in this repository) are used.
+    /// (`dev`/`dev`, a key pair published in this repository) are used, but only without a
+    /// config file on a loopback address, or with `allow_development_tenant`.
     pub tenants: Vec<TenantConfig>,
     pub apps: Vec<AppConfig>,
+    /// Run the development tenant even from a config file or on a non-loopback address:
+    /// anyone can sign its tokens, so this is for development only.
+    pub allow_development_tenant: bool,
+    /// The file this configuration was read from (none: defaults and flags only).
+    #[serde(skip)]
+    pub config_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,11 +40,17 @@ pub struct Config {
 pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway_s: u64,
+    /// Tokens valid longer than this (`exp - iat`, or `exp - now` without `iat`) are refused
+    /// (4002): a leaked token must not work for long.
+    pub token_lifetime_max_s: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { leeway_s: 30 }
+        AuthConfig {
+            leeway_s: 30,
+            token_lifetime_max_s: 86_400,
+        }
     }
 }
 
@@ -254,6 +267,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             tenants: Vec::new(),
             apps: Vec::new(),
+            allow_development_tenant: false,
+            config_file: None,
         }
     }
 }
@@ -309,8 +324,13 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// Parses a config file's text; `origin` names the file (for errors, and it counts as
+    /// a config file for the development tenant's rule).
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        config.config_file = Some(origin.to_owned());
+        Ok(config)
     }
 
     /// Applies one setting by its flag name (`listen`, `shards`, `echo-path`,
@@ -433,6 +453,8 @@ impl Config {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError((*msg).to_owned()));
         }
+        self.check_development_tenant(&addr)?;
+        self.check_ids()?;
         for app in &self.apps {
             if app.allowed_domains.len() > 3 {
                 return Err(ConfigError(format!(
@@ -455,6 +477,78 @@ impl Config {
             }
         }
         Ok(addr)
+    }
+}
+
+/// Ids become parts of `{tenant}::{app}::{document}` keys and registry keys (NUL-separated):
+/// either separator inside an id would let one app's keys collide with another's.
+fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() {
+        return Err(ConfigError(format!("{field}: must not be empty")));
+    }
+    if id.contains("::") || id.contains('\0') {
+        return Err(ConfigError(format!(
+            "{field}: {id:?} must not contain \"::\" or NUL"
+        )));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Whether the development tenant would run (no tenants, no apps) where it may not.
+    fn check_development_tenant(&self, addr: &SocketAddr) -> Result<(), ConfigError> {
+        if !self.tenants.is_empty() || !self.apps.is_empty() || self.allow_development_tenant {
+            return Ok(());
+        }
+        let why = match &self.config_file {
+            Some(file) => format!("the config file {file} configures no [[tenants]] and [[apps]]"),
+            None if !addr.ip().is_loopback() => {
+                format!("no config file is given and listen = {addr} is not a loopback address")
+            }
+            None => return Ok(()),
+        };
+        Err(ConfigError(format!(
+            "{why}, so the development tenant would run, and anyone can sign its tokens (its key pair is published). \
+             Configure [[tenants]] and [[apps]] (see the README), or set allow_development_tenant = true in the config file for development only"
+        )))
+    }
+
+    /// Unique, well-formed tenant ids, app ids and client ids. App ids are unique across
+    /// tenants too: apps are looked up by id alone (tokens, `wiresocket token --app`).
+    fn check_ids(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            check_id(&format!("tenants[{i}].id"), &t.id)?;
+            if !seen.insert(t.id.as_str()) {
+                return Err(ConfigError(format!(
+                    "tenants.{}.id: tenant id {:?} is configured twice",
+                    t.id, t.id
+                )));
+            }
+        }
+        let (mut apps, mut clients) = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
+        for (i, a) in self.apps.iter().enumerate() {
+            check_id(&format!("apps[{i}].id"), &a.id)?;
+            if !apps.insert(a.id.as_str()) {
+                return Err(ConfigError(format!(
+                    "apps.{}.id: app id {:?} is configured twice",
+                    a.id, a.id
+                )));
+            }
+            if let Some(client_id) = &a.client_id {
+                check_id(&format!("apps[{i}].client_id"), client_id)?;
+                if !clients.insert(client_id.as_str()) {
+                    return Err(ConfigError(format!(
+                        "apps.{}.client_id: client_id {client_id:?} belongs to another app too",
+                        a.id
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -512,5 +606,71 @@ mod tests {
         let mut c = Config::default();
         c.websocket.idle_timeout_ms = 1;
         assert!(c.validate().unwrap_err().0.contains("idle_timeout_ms"));
+    }
+
+    #[test]
+    fn the_development_tenant_runs_only_without_a_file_on_loopback_or_when_allowed() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        c.listen = "[::1]:0".into();
+        c.validate().unwrap();
+        c.listen = "0.0.0.0:8080".into();
+        let err = c.validate().unwrap_err().0;
+        assert!(
+            err.contains("not a loopback address") && err.contains("allow_development_tenant"),
+            "{err}"
+        );
+        c.allow_development_tenant = true;
+        c.validate().unwrap();
+
+        let from_file = Config::from_toml("listen = \"127.0.0.1:0\"\n", "w.toml").unwrap();
+        let err = from_file.validate().unwrap_err().0;
+        assert!(
+            err.contains("w.toml")
+                && err.contains("[[tenants]]")
+                && err.contains("allow_development_tenant = true"),
+            "{err}"
+        );
+        Config::from_toml("allow_development_tenant = true\n", "w.toml")
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    fn two_tenants_and(apps: &str) -> Result<SocketAddr, ConfigError> {
+        let toml = format!("[[tenants]]\nid = \"t\"\n[[tenants]]\nid = \"u\"\n{apps}");
+        Config::from_toml(&toml, "c.toml").unwrap().validate()
+    }
+
+    #[test]
+    fn ids_are_unique_and_free_of_separators() {
+        two_tenants_and("[[apps]]\nid = \"a\"\ntenant = \"t\"\nclient_id = \"ca\"\n[[apps]]\nid = \"b\"\ntenant = \"u\"\nclient_id = \"cb\"\n").unwrap();
+        let cases = [
+            ("[[tenants]]\nid = \"t\"\n", "tenants.t.id"),
+            ("[[tenants]]\nid = \"x::y\"\n", "tenants[2].id"),
+            ("[[tenants]]\nid = \"x\\u0000\"\n", "tenants[2].id"),
+            ("[[tenants]]\nid = \"\"\n", "tenants[2].id"),
+            (
+                "[[apps]]\nid = \"a\"\ntenant = \"t\"\n[[apps]]\nid = \"a\"\ntenant = \"t\"\n",
+                "apps.a.id",
+            ),
+            (
+                "[[apps]]\nid = \"a\"\ntenant = \"t\"\n[[apps]]\nid = \"a\"\ntenant = \"u\"\n",
+                "apps.a.id",
+            ),
+            ("[[apps]]\nid = \"a::b\"\ntenant = \"t\"\n", "apps[0].id"),
+            (
+                "[[apps]]\nid = \"a\"\ntenant = \"t\"\nclient_id = \"c\"\n[[apps]]\nid = \"b\"\ntenant = \"t\"\nclient_id = \"c\"\n",
+                "apps.b.client_id",
+            ),
+            (
+                "[[apps]]\nid = \"a\"\ntenant = \"t\"\nclient_id = \"c\\u0000\"\n",
+                "apps[0].client_id",
+            ),
+        ];
+        for (extra, field) in cases {
+            let err = two_tenants_and(extra).unwrap_err();
+            assert!(err.0.starts_with(field), "{extra}: {err}");
+        }
     }
 }

@@ -139,6 +139,12 @@ fn token(args: &[String]) -> Result<String, String> {
             .map_err(|_| format!("--ttl-s: expected seconds, got {v:?}"))?,
         None => 900,
     };
+    if ttl_s > config.auth.token_lifetime_max_s {
+        return Err(format!(
+            "--ttl-s {ttl_s}: servers refuse tokens valid longer than auth.token_lifetime_max_s ({} s)",
+            config.auth.token_lifetime_max_s
+        ));
+    }
     let mut extra = serde_json::Map::new();
     if let Some(role) = take_flag(&mut flags, "role") {
         extra.insert("role".into(), role.into());

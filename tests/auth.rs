@@ -75,6 +75,15 @@ fn every_token_refusal_has_its_code_and_reason() {
         closed_with(&server, &format!("/doc?token={wrong_aud}")),
         (4002, "Invalid token: wrong audience".into())
     );
+    // Longer than auth.token_lifetime_max_s (default one day).
+    let long = directory().mint("web", "test", 86_401, json!({})).unwrap();
+    assert_eq!(
+        closed_with(&server, &format!("/doc?token={long}")),
+        (
+            4002,
+            "Invalid token: lifetime over auth.token_lifetime_max_s".into()
+        )
+    );
     let dev = dev_token(serde_json::Value::Null);
     assert_eq!(
         closed_with(&server, &format!("/doc?token={dev}")),
@@ -179,4 +188,27 @@ fn the_token_may_come_in_a_header_or_as_a_subprotocol() {
     let mut ws = connect_raw(&server.addr, &format!("/?token={web}/quirky"));
     assert!(ws.read().is_ok());
     assert_eq!(server.metric("connections").0, 1);
+}
+
+#[test]
+fn the_development_tenant_does_not_run_where_anyone_could_reach_it() {
+    let no_tenants = refused_start("listen = \"127.0.0.1:0\"\n", &[]);
+    assert!(
+        no_tenants.contains("configures no [[tenants]] and [[apps]]")
+            && no_tenants.contains("allow_development_tenant = true"),
+        "{no_tenants}"
+    );
+    let public = refused_start("", &["--listen", "0.0.0.0:0"]);
+    assert!(
+        public.contains("not a loopback address") && public.contains("[[tenants]]"),
+        "{public}"
+    );
+    let duplicate = refused_start(
+        &format!(
+            "{}\n[[apps]]\nid = \"web\"\ntenant = \"acme\"\n",
+            config_toml()
+        ),
+        &[],
+    );
+    assert!(duplicate.contains("apps.web.id"), "{duplicate}");
 }

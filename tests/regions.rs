@@ -14,7 +14,7 @@ const STALE_MS: u64 = 2_000;
 
 fn node(id: &str, region: &str, registry: &Arc<EmbeddedRegistry>) -> wiresocket::server::Node {
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\nshards = 1\n[documents]\ngrace_period_ms = 300\n[node]\nid = \"{id}\"\nregion = \"{region}\"\nheartbeat_interval_ms = 200\nheartbeat_stale_ms = {STALE_MS}\n[rate_limits]\nhandshakes_per_minute = 100000\n"
+        "listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n[documents]\ngrace_period_ms = 300\n[node]\nid = \"{id}\"\nregion = \"{region}\"\nheartbeat_interval_ms = 200\nheartbeat_stale_ms = {STALE_MS}\n[rate_limits]\nhandshakes_per_minute = 100000\n"
     );
     let config = Config::from_toml(&toml, "test").unwrap();
     wiresocket::server::start(config, registry.clone() as Arc<dyn Registry>).unwrap()
@@ -235,7 +235,7 @@ fn a_registry_that_fails_or_hangs_never_stalls_live_sessions() {
         inner: EmbeddedRegistry::new(STALE_MS),
         mode: std::sync::atomic::AtomicU8::new(PASS),
     });
-    let toml = "listen = \"127.0.0.1:0\"\nshards = 1\n[node]\nregistry_timeout_ms = 300\n[rate_limits]\nhandshakes_per_minute = 100000\nusage_per_minute = 100000\n";
+    let toml = "listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n[node]\nregistry_timeout_ms = 300\n[rate_limits]\nhandshakes_per_minute = 100000\nusage_per_minute = 100000\n";
     let node = wiresocket::server::start(
         Config::from_toml(toml, "test").unwrap(),
         faulty.clone() as Arc<dyn Registry>,
@@ -292,7 +292,7 @@ fn a_registry_that_fails_or_hangs_never_stalls_live_sessions() {
 fn a_draining_node_hands_its_clients_to_another_node_without_loss() {
     let registry = Arc::new(EmbeddedRegistry::new(STALE_MS));
     let toml = |id: &str| {
-        format!("listen = \"127.0.0.1:0\"\nshards = 1\n[node]\nid = \"{id}\"\ndrain_timeout_ms = 200\n[rate_limits]\nhandshakes_per_minute = 100000\n")
+        format!("listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n[node]\nid = \"{id}\"\ndrain_timeout_ms = 200\n[rate_limits]\nhandshakes_per_minute = 100000\n")
     };
     let start = |id: &str| {
         wiresocket::server::start(

@@ -64,7 +64,7 @@ start_server() {
     CREATE=()
     case "$1" in
     wiresocket)
-        printf '[rate_limits]\nhandshakes_per_minute = 100000000\n' >"$WORK/wiresocket.toml"
+        printf 'allow_development_tenant = true\n[rate_limits]\nhandshakes_per_minute = 100000000\n' >"$WORK/wiresocket.toml"
         $pin target/release/wiresocket serve --shards 1 --listen "127.0.0.1:$PORT" \
             --config "$WORK/wiresocket.toml" >"$WORK/server.log" 2>&1 &
         SERVER_PID=$!

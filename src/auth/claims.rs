@@ -58,6 +58,9 @@ pub struct RawClaims {
     pub jti: Option<String>,
     pub role: Option<String>,
     pub docs: Option<Vec<String>>,
+    /// Checked by jsonwebtoken; read again for the lifetime bound.
+    pub exp: Option<u64>,
+    pub iat: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 use super::claims::Limits;
 use super::verify::{App, Tenant, TenantKey, Verifier};
 use super::{AUDIENCE, DEV_PRIVATE_KEY_PEM, DEV_PUBLIC_KEY_PEM, SCOPE};
-use crate::config::{Config, ConfigError, KeyConfig};
+use crate::config::{AuthConfig, Config, ConfigError, KeyConfig};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use std::collections::HashMap;
 
@@ -29,20 +29,30 @@ pub struct Directory {
     pub apps: HashMap<String, App>,
     /// True when the published development key pair is in use.
     pub is_development: bool,
+    /// Tenants with an HS256 key (warned about at start: HS256 is for development).
+    pub hs256_tenants: Vec<String>,
 }
+
+/// The shortest HS256 secret accepted: RFC 7518 3.2 asks for a key as long as the hash
+/// output (256 bits), since a short secret can be brute-forced from one token.
+pub const HS256_SECRET_BYTES_MIN: usize = 32;
 
 impl Directory {
     pub fn from_config(config: &Config) -> Result<Directory, ConfigError> {
         if config.tenants.is_empty() && config.apps.is_empty() {
-            return Ok(Self::development());
+            return Ok(Self::development(&config.auth));
         }
         let mut tenants = Vec::new();
         let mut signers = HashMap::new();
+        let mut hs256_tenants = Vec::new();
         for t in &config.tenants {
             let mut keys = Vec::new();
             for (i, k) in t.keys.iter().enumerate() {
                 let field = format!("tenants.{}.keys[{i}]", t.id);
                 let (verify, sign) = load_key(k, &field)?;
+                if verify.alg == Algorithm::HS256 && !hs256_tenants.contains(&t.id) {
+                    hs256_tenants.push(t.id.clone());
+                }
                 if let Some(sign) = sign {
                     signers.entry(t.id.clone()).or_insert(sign);
                 }
@@ -86,14 +96,15 @@ impl Directory {
             }
         }
         Ok(Directory {
-            verifier: Verifier::new(tenants, apps.clone(), config.auth.leeway_s),
+            verifier: Verifier::new(tenants, apps.clone(), &config.auth),
             signers,
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             is_development: false,
+            hs256_tenants,
         })
     }
 
-    fn development() -> Directory {
+    fn development(auth: &AuthConfig) -> Directory {
         let public = DecodingKey::from_rsa_pem(DEV_PUBLIC_KEY_PEM.as_bytes())
             .expect("the dev public key parses");
         let private = EncodingKey::from_rsa_pem(DEV_PRIVATE_KEY_PEM.as_bytes())
@@ -119,7 +130,7 @@ impl Directory {
             }],
         };
         Directory {
-            verifier: Verifier::new(vec![tenant], vec![app.clone()], 30),
+            verifier: Verifier::new(vec![tenant], vec![app.clone()], auth),
             signers: HashMap::from([(
                 DEV.to_owned(),
                 Signer {
@@ -130,6 +141,7 @@ impl Directory {
             )]),
             apps: HashMap::from([(DEV.to_owned(), app)]),
             is_development: true,
+            hs256_tenants: Vec::new(),
         }
     }
 
@@ -220,6 +232,12 @@ fn load_key(k: &KeyConfig, field: &str) -> Result<(TenantKey, Option<Signer>), C
             .secret
             .as_ref()
             .ok_or_else(|| bad("HS256 needs a secret".into()))?;
+        if secret.len() < HS256_SECRET_BYTES_MIN {
+            return Err(bad(format!(
+                "secret: HS256 needs at least {HS256_SECRET_BYTES_MIN} bytes of secret, got {}",
+                secret.len()
+            )));
+        }
         let verify = TenantKey {
             kid: k.kid.clone(),
             alg,
@@ -320,5 +338,30 @@ mod tests {
         let orphan =
             Config::from_toml("[[apps]]\nid = \"a\"\ntenant = \"nobody\"\n", "t.toml").unwrap();
         assert!(orphan.validate().unwrap_err().0.contains("apps.a.tenant"));
+    }
+
+    fn hs256(secret: &str) -> Result<Directory, ConfigError> {
+        let toml = format!("[[tenants]]\nid = \"h\"\n[[tenants.keys]]\nalg = \"HS256\"\nsecret = \"{secret}\"\n[[apps]]\nid = \"a\"\ntenant = \"h\"\n");
+        Directory::from_config(&Config::from_toml(&toml, "t.toml").unwrap())
+    }
+
+    #[test]
+    fn hs256_needs_32_bytes_of_secret_and_is_named_for_the_warning() {
+        let err = hs256(&"s".repeat(HS256_SECRET_BYTES_MIN - 1))
+            .err()
+            .unwrap();
+        assert!(
+            err.0.contains("tenants.h.keys[0]") && err.0.contains("at least 32 bytes"),
+            "{err}"
+        );
+        let d = hs256(&"s".repeat(HS256_SECRET_BYTES_MIN)).unwrap();
+        assert_eq!(d.hs256_tenants, ["h"]);
+        d.verifier
+            .verify(&d.mint("a", "s", 60, serde_json::Value::Null).unwrap())
+            .unwrap();
+        assert!(Directory::from_config(&Config::default())
+            .unwrap()
+            .hs256_tenants
+            .is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 use super::claims::{Limits, RawClaims, Role};
 use super::{AUDIENCE, FORBIDDEN, INVALID_TOKEN, SCOPE};
+use crate::config::AuthConfig;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::collections::HashMap;
@@ -81,14 +82,16 @@ pub struct Verifier {
     tenants: HashMap<String, Tenant>,
     apps: HashMap<String, App>,
     leeway_s: u64,
+    token_lifetime_max_s: u64,
 }
 
 impl Verifier {
-    pub fn new(tenants: Vec<Tenant>, apps: Vec<App>, leeway_s: u64) -> Self {
+    pub fn new(tenants: Vec<Tenant>, apps: Vec<App>, auth: &AuthConfig) -> Self {
         Verifier {
             tenants: tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
-            leeway_s,
+            leeway_s: auth.leeway_s,
+            token_lifetime_max_s: auth.token_lifetime_max_s,
         }
     }
 
@@ -145,6 +148,9 @@ impl Verifier {
             }
         }
         let claims = result?;
+        if lifetime_s(&claims, jsonwebtoken::get_current_timestamp()) > self.token_lifetime_max_s {
+            return Err(Refusal::Invalid("lifetime over auth.token_lifetime_max_s"));
+        }
         let scoped = [&claims.scope, &claims.scp]
             .into_iter()
             .flatten()
@@ -216,6 +222,13 @@ impl Verifier {
     }
 }
 
+/// How long a verified token is valid: `exp - iat`, or `exp - now` without `iat`. An `iat`
+/// in the future counts from now, so it cannot make a long-lived token look short.
+fn lifetime_s(claims: &RawClaims, now_s: u64) -> u64 {
+    let from = claims.iat.map_or(now_s, |iat| iat.min(now_s));
+    claims.exp.unwrap_or(0).saturating_sub(from)
+}
+
 /// Whether the request's `Origin` may use this token: with `allowed_domain_*` claims the
 /// origin's `host[:port]` must match one exactly (case-insensitive); without, any origin. A
 /// request without `Origin` (a server-side client) passes unless the app requires one.
@@ -276,6 +289,8 @@ mod tests {
         }
     }
 
+    const LIFETIME_MAX_S: u64 = 3_600;
+
     fn verifier() -> Verifier {
         let rsa = |pem: &str, kid: &str| TenantKey {
             kid: Some(kid.into()),
@@ -307,7 +322,10 @@ mod tests {
         Verifier::new(
             vec![acme, other],
             vec![app("app1", "acme"), app("app2", "other"), disabled],
-            30,
+            &AuthConfig {
+                leeway_s: 30,
+                token_lifetime_max_s: LIFETIME_MAX_S,
+            },
         )
     }
 
@@ -474,6 +492,29 @@ mod tests {
                 Refusal::Forbidden("app disabled"),
             ),
             (
+                "lifetime over the bound",
+                rs(&with(|c| {
+                    c.insert("iat".into(), json!(now()));
+                    c.insert("exp".into(), json!(now() + LIFETIME_MAX_S + 1));
+                })),
+                Refusal::Invalid("lifetime over auth.token_lifetime_max_s"),
+            ),
+            (
+                "lifetime over the bound, no iat",
+                rs(&with(|c| {
+                    c.insert("exp".into(), json!(now() + LIFETIME_MAX_S + 60));
+                })),
+                Refusal::Invalid("lifetime over auth.token_lifetime_max_s"),
+            ),
+            (
+                "an iat in the future does not shorten the lifetime",
+                rs(&with(|c| {
+                    c.insert("iat".into(), json!(now() + 10 * LIFETIME_MAX_S));
+                    c.insert("exp".into(), json!(now() + 10 * LIFETIME_MAX_S + 60));
+                })),
+                Refusal::Invalid("lifetime over auth.token_lifetime_max_s"),
+            ),
+            (
                 "unknown role",
                 rs(&with(|c| {
                     c.insert("role".into(), json!("admin"));
@@ -490,6 +531,27 @@ mod tests {
                 "{name}: reason leaks the token"
             );
         }
+    }
+
+    #[test]
+    fn a_lifetime_at_the_bound_is_accepted() {
+        let v = verifier();
+        let old = now() - 600;
+        // Issued 10 minutes ago, valid for exactly the bound: accepted though exp - now is less.
+        let token = rs(&with(|c| {
+            c.insert("iat".into(), json!(old));
+            c.insert("exp".into(), json!(old + LIFETIME_MAX_S));
+        }));
+        v.verify(&token).unwrap();
+        let token = rs(&with(|c| {
+            c.insert("iat".into(), json!(old));
+            c.insert("exp".into(), json!(old + LIFETIME_MAX_S + 1));
+        }));
+        assert!(v
+            .verify(&token)
+            .unwrap_err()
+            .reason()
+            .contains("token_lifetime_max_s"));
     }
 
     #[test]

@@ -131,6 +131,15 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
             &[("note", &"no tenants configured: accepting tokens signed with the published development key (wiresocket token, or client_id dev / client_secret dev-secret); configure [[tenants]] and [[apps]] for production")],
         );
     }
+    if !directory.hs256_tenants.is_empty() {
+        crate::log::warn(
+            "hs256_keys",
+            &[
+                ("tenants", &directory.hs256_tenants.join(",")),
+                ("note", &"HS256 is for development: anyone holding the shared secret can sign tokens; use RS256, ES256 or EdDSA keys in production"),
+            ],
+        );
+    }
     let first_listener = listen_first(requested)?;
     let addr = first_listener
         .local_addr()

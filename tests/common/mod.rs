@@ -58,6 +58,12 @@ impl Server {
         } else {
             format!("{config_toml}\n[rate_limits]\nhandshakes_per_minute = 1000000\nusage_per_minute = 1000000\ntoken_requests_per_minute = 1000000\n")
         };
+        // A config file without tenants must opt in to the development tenant.
+        let config_toml = if config_toml.contains("[[tenants]]") {
+            config_toml
+        } else {
+            format!("allow_development_tenant = true\n{config_toml}")
+        };
         std::fs::write(&path, config_toml).unwrap();
         let log_path = path.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -158,6 +164,48 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Runs `wiresocket serve` with `config_toml` (unless empty) and `args`, expecting it to
+/// refuse to start; returns what it printed on stderr.
+pub fn refused_start(config_toml: &str, args: &[&str]) -> String {
+    let path = std::env::temp_dir().join(format!(
+        "wiresocket-test-{}-{}.toml",
+        std::process::id(),
+        CONFIG_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wiresocket"));
+    command.args(["serve", "--shards", "1"]).args(args);
+    let _config = (!config_toml.is_empty()).then(|| {
+        std::fs::write(&path, config_toml).unwrap();
+        command.arg("--config").arg(&path);
+        tempfile_path::TempPath(path)
+    });
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wiresocket");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started; it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "exit status {status}: {stderr}");
+    stderr
 }
 
 static CONFIG_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -9,7 +9,7 @@ use wiresocket::registry::{embedded::EmbeddedRegistry, Registry};
 
 fn node() -> wiresocket::server::Node {
     let toml =
-        "listen = \"127.0.0.1:0\"\nshards = 1\n[rate_limits]\nhandshakes_per_minute = 100000\n";
+        "listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n[rate_limits]\nhandshakes_per_minute = 100000\n";
     let config = Config::from_toml(toml, "test").unwrap();
     let registry = Arc::new(EmbeddedRegistry::new(10_000)) as Arc<dyn Registry>;
     wiresocket::server::start(config, registry).unwrap()
