@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod log;
 pub mod outbox;
+pub mod refusal;
 pub mod registry;
 pub mod server;
 pub mod sync;

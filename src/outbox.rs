@@ -123,7 +123,7 @@ impl Outbox {
     }
 
     /// Drops the queued data (all but a partly written frame, which must finish to keep the
-    /// stream well formed) and queues a 1008 close in its place.
+    /// stream well formed) and queues the slow consumer's close in its place.
     fn cut_off(&self) {
         let mut inner = self.inner.borrow_mut();
         let keep = usize::from(inner.head_written > 0);
@@ -131,10 +131,8 @@ impl Outbox {
         inner.queued_bytes =
             inner.queue.iter().map(|f| f.len()).sum::<usize>() - inner.head_written;
         drop(inner);
-        self.close(
-            close::POLICY_VIOLATION,
-            "outbound buffer full: client too slow, reconnect to resync",
-        );
+        let (code, reason) = crate::refusal::Refusal::SlowConsumer.close();
+        self.close(code, &reason);
         self.inner.borrow_mut().closed = Some(Closed::Overflowed);
     }
 

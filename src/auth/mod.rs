@@ -12,11 +12,6 @@ pub mod verify;
 pub const AUDIENCE: &str = "WireSocket.API";
 pub const SCOPE: &str = "WireSocket.API";
 
-/// Close codes of the token layer.
-pub const MISSING_TOKEN: u16 = 4001;
-pub const INVALID_TOKEN: u16 = 4002;
-pub const FORBIDDEN: u16 = 4003;
-
 /// The development tenant's key pair, used only when no tenant is configured. It is public
 /// (it is in this repository): never run a production server without a configuration.
 pub const DEV_PRIVATE_KEY_PEM: &str = include_str!("dev_tenant_key.pem");

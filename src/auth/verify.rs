@@ -2,7 +2,7 @@
 //! tenant and app, and the identity a connection then carries.
 
 use super::claims::{Limits, RawClaims, Role};
-use super::{AUDIENCE, FORBIDDEN, INVALID_TOKEN, SCOPE};
+use super::{AUDIENCE, SCOPE};
 use crate::config::AuthConfig;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -52,7 +52,7 @@ pub struct Identity {
     pub allowed_domains: Vec<String>,
 }
 
-/// Why a token is refused, with its close code.
+/// Why a token is refused (4002 or 4003: see `refusal`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// 4002: the token is not valid.
@@ -62,13 +62,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn close_code(&self) -> u16 {
-        match self {
-            Refusal::Invalid(_) => INVALID_TOKEN,
-            Refusal::Forbidden(_) => FORBIDDEN,
-        }
-    }
-
     /// The close reason. Never contains the token.
     pub fn reason(&self) -> String {
         match self {

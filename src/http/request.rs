@@ -27,16 +27,6 @@ pub enum HttpError {
     VersionNotSupported,
 }
 
-impl HttpError {
-    pub fn status(self) -> u16 {
-        match self {
-            HttpError::Malformed => 400,
-            HttpError::HeadTooLarge => 431,
-            HttpError::VersionNotSupported => 505,
-        }
-    }
-}
-
 impl<'b> Request<'b> {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
@@ -166,28 +156,22 @@ mod tests {
         }
         raw.extend_from_slice(b"\r\n");
         let err = parse_request(&raw, 1 << 20).unwrap_err();
-        assert_eq!(err.status(), 431);
+        assert_eq!(err, HttpError::HeadTooLarge);
     }
 
     #[test]
     fn refuses_garbage_and_old_versions() {
         assert_eq!(
-            parse_request(b"\x16\x03\x01\x00", MAX)
-                .unwrap_err()
-                .status(),
-            400
+            parse_request(b"\x16\x03\x01\x00", MAX).unwrap_err(),
+            HttpError::Malformed
         );
         assert_eq!(
-            parse_request(b"GET / HTTP/1.0\r\n\r\n", MAX)
-                .unwrap_err()
-                .status(),
-            505
+            parse_request(b"GET / HTTP/1.0\r\n\r\n", MAX).unwrap_err(),
+            HttpError::VersionNotSupported
         );
         assert_eq!(
-            parse_request(b"GET * HTTP/1.1\r\n\r\n", MAX)
-                .unwrap_err()
-                .status(),
-            400
+            parse_request(b"GET * HTTP/1.1\r\n\r\n", MAX).unwrap_err(),
+            HttpError::Malformed
         );
     }
 

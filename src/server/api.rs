@@ -6,14 +6,13 @@ use super::socket::{self, SharedStream};
 use super::stats::ShardStats;
 use crate::auth;
 use crate::http::request::Request;
-use crate::http::response::{iso8601_utc, json_error, json_string, response};
+use crate::http::response::{iso8601_utc, json_string, response};
+use crate::refusal::Refusal;
 use std::net::IpAddr;
 use std::rc::Rc;
 
 /// Largest request body read (the token endpoint's form).
 pub const BODY_BYTES_MAX: usize = 8 << 10;
-
-const RETRY_AFTER: &str = "Retry-After: 60";
 
 /// Answers `req` if it is one of the plain endpoints; false if it is not.
 pub async fn answer(
@@ -34,12 +33,9 @@ pub async fn answer(
         ("GET", "/usage") => usage(shard, req, ip).await,
         ("GET", "/discovery") => discovery(shard, req, ip).await,
         ("POST", "/connect/token") => token(shard, stream, req, leftover, ip).await,
-        (_, "/health" | "/metrics" | "/usage" | "/connect/token") => json_error(
-            405,
-            "method_not_allowed",
-            "see the API documentation for the method",
-            &[],
-        ),
+        (_, "/health" | "/metrics" | "/usage" | "/connect/token") => {
+            Refusal::MethodNotAllowed.http_response()
+        }
         ("GET", path) => match path
             .strip_suffix("/.well-known/jwks")
             .map(|t| t.trim_start_matches('/'))
@@ -69,60 +65,38 @@ fn health(shard: &Shard) -> Vec<u8> {
     response(status, "application/json", &[], &body)
 }
 
-/// 503 with a `Retry-After` of 30 to 40 s, jittered so that refused clients do not return
-/// together.
-pub fn service_unavailable(why: &str) -> Vec<u8> {
-    let retry_after = format!("Retry-After: {}", 30 + rand::random::<u64>() % 11);
-    json_error(503, "unavailable", why, &[&retry_after])
-}
-
 fn now_s() -> u64 {
     crate::log::unix_ms() / 1000
 }
 
-pub fn too_many_requests() -> Vec<u8> {
-    json_error(
-        429,
-        "rate_limited",
-        "too many requests from this address: retry in 60 s",
-        &[RETRY_AFTER],
-    )
+/// A per-IP budget is spent: a security event, logged with the address.
+fn rate_limited(ip: IpAddr, budget: &str) -> Vec<u8> {
+    crate::log::warn("rate_limited", &[("ip", &ip), ("budget", &budget)]);
+    Refusal::RateLimited.http_response()
 }
 
 /// The token of an API request (`Authorization: Bearer` or `?token=`), verified; or the
 /// 401 (or 503) to answer.
 async fn authenticate(shard: &Shard, req: &Request<'_>) -> Result<auth::verify::Identity, Vec<u8>> {
     let Some(found) = auth::transport::extract(req) else {
-        return Err(json_error(
-            401,
-            "missing_token",
-            "send Authorization: Bearer JWT or ?token=JWT",
-            &[],
-        ));
+        return Err(Refusal::ApiMissingToken.http_response());
     };
     match shard.verify_token(found.token).await {
         Ok(verified) => {
-            verified.map_err(|refusal| json_error(401, "invalid_token", &refusal.reason(), &[]))
+            verified.map_err(|refusal| Refusal::ApiInvalidToken(refusal).http_response())
         }
-        Err(super::offload::Busy) => Err(service_unavailable(
-            "this node is busy verifying tokens: retry later",
-        )),
+        Err(super::offload::Busy) => Err(Refusal::VerifierBusy.http_response()),
     }
 }
 
 fn registry_unavailable() -> Vec<u8> {
-    json_error(
-        503,
-        "unavailable",
-        "the registry did not answer: try again shortly",
-        &[RETRY_AFTER],
-    )
+    Refusal::ApiRegistryUnavailable.http_response()
 }
 
 /// `GET /discovery?documentName=NAME`: where to connect for a document.
 async fn discovery(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
     if !shard.shared.handshakes_per_ip.allow(ip, now_s()) {
-        return too_many_requests();
+        return rate_limited(ip, "handshakes");
     }
     let identity = match authenticate(shard, req).await {
         Ok(identity) => identity,
@@ -130,30 +104,31 @@ async fn discovery(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
     };
     let encoded = req.query_param("documentName").unwrap_or_default();
     let Some(name) = crate::http::request::percent_decode(encoded).filter(|n| !n.is_empty()) else {
-        return json_error(400, "invalid_request", "documentName is required", &[]);
+        return Refusal::InvalidRequest("documentName is required".into()).http_response();
     };
     // The rules an upgrade to the document would meet, so that discovery reveals nothing
     // (not even where a document lives) that connecting would not.
-    if name.contains("::") {
-        return json_error(403, "forbidden", "document name contains '::'", &[]);
-    }
-    if let Err(why) = crate::sync::document::validate_name(&name, identity.app.allow_path_names) {
-        return json_error(
-            400,
-            "invalid_request",
-            &format!("invalid document name: {why}"),
-            &[],
-        );
-    }
-    if let Some(docs) = &identity.docs {
-        if !auth::claims::docs_allow(docs, &name) {
-            return json_error(
-                403,
-                "forbidden",
-                "the token does not grant this document",
-                &[],
-            );
-        }
+    let refusal = if name.contains("::") {
+        Some(Refusal::ApiForbidden("document name contains '::'"))
+    } else if let Err(why) =
+        crate::sync::document::validate_name(&name, identity.app.allow_path_names)
+    {
+        Some(Refusal::InvalidRequest(
+            format!("invalid document name: {why}").into(),
+        ))
+    } else if identity
+        .docs
+        .as_ref()
+        .is_some_and(|docs| !auth::claims::docs_allow(docs, &name))
+    {
+        Some(Refusal::ApiForbidden(
+            "the token does not grant this document",
+        ))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        return refusal.http_response();
     }
     let key = crate::sync::document::isolation_key(&identity.tenant_id, &identity.app.id, &name);
     let home = match shard
@@ -178,7 +153,7 @@ async fn discovery(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
 /// `GET /usage`: the app's global counts against its limits.
 async fn usage(shard: &Shard, req: &Request<'_>, ip: IpAddr) -> Vec<u8> {
     if !shard.shared.usage_per_ip.allow(ip, now_s()) {
-        return too_many_requests();
+        return rate_limited(ip, "usage");
     }
     let identity = match authenticate(shard, req).await {
         Ok(identity) => identity,
@@ -234,22 +209,17 @@ async fn token(
     ip: IpAddr,
 ) -> Vec<u8> {
     if !shard.shared.token_requests_per_ip.allow(ip, now_s()) {
-        return too_many_requests();
+        return rate_limited(ip, "token_requests");
     }
     let length = req
         .header("content-length")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     let Some(length) = length else {
-        return json_error(
-            411,
-            "invalid_request",
-            "send the form with a Content-Length",
-            &[],
-        );
+        return Refusal::LengthRequired.http_response();
     };
     if length > BODY_BYTES_MAX {
-        return json_error(413, "invalid_request", "the form is too large", &[]);
+        return Refusal::BodyTooLarge.http_response();
     }
     let mut body = leftover[..leftover.len().min(length)].to_vec();
     while body.len() < length {
@@ -257,13 +227,13 @@ async fn token(
         body.resize(length, 0);
         match socket::read(stream, &mut body[start..]).await {
             Ok(0) | Err(_) => {
-                return json_error(400, "invalid_request", "the form ended early", &[])
+                return Refusal::InvalidRequest("the form ended early".into()).http_response()
             }
             Ok(n) => body.truncate(start + n),
         }
     }
     let Ok(form) = std::str::from_utf8(&body) else {
-        return json_error(400, "invalid_request", "the form is not UTF-8", &[]);
+        return Refusal::InvalidRequest("the form is not UTF-8".into()).http_response();
     };
     let (status, body) = auth::oauth::token_endpoint(
         &shard.shared.directory,
@@ -283,7 +253,7 @@ fn jwks(shard: &Shard, tenant: &str) -> Vec<u8> {
             &["Cache-Control: max-age=300"],
             &body,
         ),
-        None => json_error(404, "not_found", "no such tenant", &[]),
+        None => Refusal::UnknownTenant.http_response(),
     }
 }
 

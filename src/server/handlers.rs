@@ -1,10 +1,11 @@
 //! What a session does with data messages: sync a document, or echo (conformance runs).
 
-use super::session::{Handler, Refused};
+use super::session::Handler;
 use super::shard::{RoomRefusal, Shard};
 use super::stats;
 use crate::auth::claims::Limits;
 use crate::outbox::{shared_frame, Outbox};
+use crate::refusal::Refusal;
 use crate::registry::rate::MinuteWindow;
 use crate::registry::NodeInfo;
 use crate::sync::message_rate::{self, MessageRate};
@@ -48,7 +49,7 @@ impl DocumentHandler {
         shard: Rc<Shard>,
         admission: Admission,
         outbox: Rc<Outbox>,
-    ) -> Result<Self, Refused> {
+    ) -> Result<Self, Refusal> {
         let Admission {
             key,
             document,
@@ -63,33 +64,24 @@ impl DocumentHandler {
             .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err((
-                    CONNECTION_LIMIT,
-                    format!("Connection limit exceeded: {}", e.limit).into(),
-                ))
-            }
-            Err(_) => return Err(unavailable()),
+            Ok(Err(e)) => return Err(Refusal::ConnectionLimit(e.limit)),
+            Err(_) => return Err(Refusal::RegistryUnavailable),
         }
         let room = match shard.open_room(&key, &app, limits.max_documents).await {
             Ok(room) => room,
             Err(refusal) => {
                 release_connection(&shard, &app);
                 return Err(match refusal {
-                    RoomRefusal::DocumentLimit(e) => (
-                        DOCUMENT_LIMIT,
-                        format!(
-                            "Document limit exceeded: {} (active: {})",
-                            e.limit, e.active
-                        )
-                        .into(),
-                    ),
+                    RoomRefusal::DocumentLimit(e) => Refusal::DocumentLimit {
+                        limit: e.limit,
+                        active: e.active,
+                    },
                     RoomRefusal::Elsewhere(home) => {
-                        (REDIRECT, redirect_reason(&home, &document).into())
+                        Refusal::Redirect(redirect_reason(&home, &document))
                     }
                     RoomRefusal::Unavailable(why) => {
                         crate::log::warn("registry_unavailable", &[("error", &why)]);
-                        unavailable()
+                        Refusal::RegistryUnavailable
                     }
                 });
             }
@@ -99,10 +91,7 @@ impl DocumentHandler {
                 release_connection(&shard, &app);
                 // A room created just now is still empty: it goes after its grace period.
                 shard.room_left(&key);
-                return Err((
-                    USERS_PER_DOCUMENT_LIMIT,
-                    format!("Document user limit exceeded: {max}").into(),
-                ));
+                return Err(Refusal::UsersPerDocument(max));
             }
         }
         let slot = room.borrow_mut().join(outbox);
@@ -126,13 +115,6 @@ impl DocumentHandler {
             ops,
         })
     }
-}
-
-fn unavailable() -> Refused {
-    (
-        close::TRY_AGAIN_LATER,
-        "Service unavailable: the registry did not answer, try again later".into(),
-    )
 }
 
 /// Releases a connection count without holding up the caller (the registry may be remote).
@@ -171,49 +153,28 @@ pub fn redirect_reason(home: &NodeInfo, document: &str) -> String {
     }
 }
 
-pub const CONNECTION_LIMIT: u16 = 4004;
-pub const DOCUMENT_LIMIT: u16 = 4005;
-pub const RATE_LIMIT: u16 = 4006;
-pub const USERS_PER_DOCUMENT_LIMIT: u16 = 4008;
-pub const REDIRECT: u16 = 4009;
-
-fn refused(refusal: crate::sync::room::Refusal) -> Refused {
-    (refusal.close_code(), refusal.reason().into())
-}
-
 impl Handler for DocumentHandler {
-    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused> {
+    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refusal> {
         if opcode != Opcode::Binary {
-            return Err((
-                close::UNSUPPORTED_DATA,
-                "document connections take binary y-websocket messages".into(),
-            ));
+            return Err(Refusal::NotBinary);
         }
         let mut room = self.room.borrow_mut();
         // Every limit below is keyed on the decoded message, never on its first bytes.
-        let message = room.decode(payload).map_err(refused)?;
+        let message = room.decode(payload)?;
         let now_ms = crate::log::unix_ms();
         if !self.rate.admit(message_rate::weight(&message), now_ms) {
             let per_second = self.shard.config().websocket.messages_per_second;
-            return Err((
-                close::POLICY_VIOLATION,
-                format!("message rate exceeded: at most {per_second} messages per second").into(),
-            ));
+            return Err(Refusal::MessageRate(per_second));
         }
         if let Some(limit) = self.ops_per_minute {
             if self.can_write
                 && message.changes_document()
                 && !self.ops.try_count(now_ms / 1000, limit)
             {
-                return Err((
-                    RATE_LIMIT,
-                    format!("Rate limit exceeded: {limit} ops/min").into(),
-                ));
+                return Err(Refusal::OpsLimit(limit));
             }
         }
-        let outcome = room
-            .stage_message(self.slot, message, self.can_write)
-            .map_err(refused)?;
+        let outcome = room.stage_message(self.slot, message, self.can_write)?;
         stats::add(
             &self.shard.my_stats().deliveries_total,
             outcome.deliveries as u64,
@@ -221,8 +182,8 @@ impl Handler for DocumentHandler {
         Ok(())
     }
 
-    fn on_batch_end(&mut self) -> Result<(), Refused> {
-        let outcome = self.room.borrow_mut().flush().map_err(refused)?;
+    fn on_batch_end(&mut self) -> Result<(), Refusal> {
+        let outcome = self.room.borrow_mut().flush()?;
         stats::add(
             &self.shard.my_stats().deliveries_total,
             outcome.deliveries as u64,
@@ -254,7 +215,7 @@ pub struct EchoHandler {
 }
 
 impl Handler for EchoHandler {
-    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused> {
+    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refusal> {
         self.outbox.push(&shared_frame(opcode, &[payload]));
         Ok(())
     }

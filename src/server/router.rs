@@ -3,15 +3,15 @@
 
 use super::api;
 use super::handlers::{Admission, DocumentHandler, EchoHandler};
-use super::session::{Handler, Refused};
+use super::session::Handler;
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::auth;
 use crate::auth::verify::Identity;
 use crate::http::request::{parse_request, percent_decode, HttpError, Request};
-use crate::http::response::json_error;
 use crate::outbox::Outbox;
+use crate::refusal::Refusal;
 use crate::sync::document::{self, isolation_key, owner_shard};
 use crate::ws::handshake::{self, check_upgrade};
 use glommio::net::TcpStream;
@@ -19,9 +19,6 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-const MISSING_TOKEN_REASON: &str =
-    "Authentication required: pass a token as ?token=, the access_token subprotocol or Authorization: Bearer";
 
 /// Serves one accepted (or handed-off) connection. `head` holds bytes already read; a
 /// handed-off connection comes with the identity its token was verified to on the shard
@@ -71,32 +68,12 @@ async fn admit(
     .await;
     let head = match read {
         None => {
-            reply(
-                &shard,
-                &stream,
-                json_error(
-                    408,
-                    "request_timeout",
-                    "send the whole request head sooner",
-                    &[],
-                ),
-            )
-            .await;
+            refuse_http(&shard, &stream, &Refusal::RequestTimeout).await;
             return None;
         }
         Some(Err(HeadError::Io)) => return None,
         Some(Err(HeadError::Http(e))) => {
-            let message = match e {
-                HttpError::Malformed => "not an HTTP/1.1 request",
-                HttpError::HeadTooLarge => "request head too large",
-                HttpError::VersionNotSupported => "use HTTP/1.1",
-            };
-            reply(
-                &shard,
-                &stream,
-                json_error(e.status(), "bad_request", message, &[]),
-            )
-            .await;
+            refuse_http(&shard, &stream, &Refusal::Http(e)).await;
             return None;
         }
         Some(Ok(head)) => head,
@@ -218,51 +195,34 @@ async fn route(
         Some(doc) if req.path == "/" => doc.to_owned(),
         _ => percent_decode(&req.path[1..]).unwrap_or_default(),
     };
-    if !upgrade && document::validate_name(&raw_name, true).is_err() {
-        reply(
-            shard,
-            stream,
-            json_error(404, "not_found", "no such endpoint", &[]),
-        )
-        .await;
-        return Routed::Done;
-    }
-    if shard.shared.draining() {
-        reply(
-            shard,
-            stream,
-            api::service_unavailable("this node is restarting: connect again shortly"),
-        )
-        .await;
-        return Routed::Done;
-    }
-    if !handed_off && shard.overloaded() {
-        reply(
-            shard,
-            stream,
-            api::service_unavailable("this node is at capacity: retry later"),
-        )
-        .await;
-        return Routed::Done;
-    }
-    if !handed_off
+    let door = if !upgrade && document::validate_name(&raw_name, true).is_err() {
+        Some(Refusal::NotFound)
+    } else if shard.shared.draining() {
+        Some(Refusal::Draining)
+    } else if !handed_off && shard.overloaded() {
+        Some(Refusal::Overloaded)
+    } else if !handed_off
         && !shard
             .shared
             .handshakes_per_ip
             .allow(ip, crate::log::unix_ms() / 1000)
     {
-        reply(shard, stream, api::too_many_requests()).await;
+        crate::log::warn("rate_limited", &[("ip", &ip), ("budget", &"handshakes")]);
+        Some(Refusal::RateLimited)
+    } else {
+        None
+    };
+    if let Some(refusal) = door {
+        refuse_http(shard, stream, &refusal).await;
         return Routed::Done;
     }
     let Some(accept) = accept_or_refuse(shard, stream, req).await else {
         return Routed::Done;
     };
     let marker = found.as_ref().and_then(|f| f.marker);
-    let refuse = |code: u16, reason: String| {
-        refuse_after_upgrade(shard, stream, &accept, marker, code, reason)
-    };
+    let refuse = |refusal: Refusal| refuse_after_upgrade(shard, stream, &accept, marker, refusal);
     let Some(found) = found else {
-        refuse(auth::MISSING_TOKEN, MISSING_TOKEN_REASON.into()).await;
+        refuse(Refusal::MissingToken).await;
         return Routed::Done;
     };
     let verified = match handed {
@@ -270,12 +230,7 @@ async fn route(
         None => match shard.verify_token(found.token.clone()).await {
             Ok(verified) => verified,
             Err(super::offload::Busy) => {
-                reply(
-                    shard,
-                    stream,
-                    api::service_unavailable("this node is busy verifying tokens: retry later"),
-                )
-                .await;
+                refuse_http(shard, stream, &Refusal::VerifierBusy).await;
                 return Routed::Done;
             }
         },
@@ -283,49 +238,35 @@ async fn route(
     let identity = match verified {
         Ok(identity) => identity,
         Err(refusal) => {
-            refuse(refusal.close_code(), refusal.reason()).await;
+            // A security event: never the token itself.
+            crate::log::warn(
+                "token_refused",
+                &[("ip", &ip), ("reason", &refusal.reason())],
+            );
+            refuse(Refusal::Token(refusal)).await;
             return Routed::Done;
         }
     };
     if !auth::verify::origin_allowed(&identity, req.header("origin")) {
-        reply(
-            shard,
-            stream,
-            json_error(
-                403,
-                "forbidden_origin",
-                "this token is not valid for the page's origin (allowed_domain claims)",
-                &[],
-            ),
-        )
-        .await;
+        refuse_http(shard, stream, &Refusal::OriginForbidden).await;
         return Routed::Done;
     }
-    if raw_name.contains("::") {
-        refuse(
-            auth::FORBIDDEN,
-            "Forbidden: document name contains '::'".into(),
-        )
-        .await;
+    let named = if raw_name.contains("::") {
+        Err(Refusal::NameHasSeparator)
+    } else if let Err(why) = document::validate_name(&raw_name, identity.app.allow_path_names) {
+        Err(Refusal::InvalidName(why))
+    } else if identity
+        .docs
+        .as_ref()
+        .is_some_and(|docs| !auth::claims::docs_allow(docs, &raw_name))
+    {
+        Err(Refusal::DocNotGranted)
+    } else {
+        Ok(())
+    };
+    if let Err(refusal) = named {
+        refuse(refusal).await;
         return Routed::Done;
-    }
-    if let Err(why) = document::validate_name(&raw_name, identity.app.allow_path_names) {
-        refuse(
-            document::INVALID_NAME,
-            format!("Invalid document name: {why}"),
-        )
-        .await;
-        return Routed::Done;
-    }
-    if let Some(docs) = &identity.docs {
-        if !auth::claims::docs_allow(docs, &raw_name) {
-            refuse(
-                auth::FORBIDDEN,
-                "Forbidden: the token does not grant this document".into(),
-            )
-            .await;
-            return Routed::Done;
-        }
     }
     let key = isolation_key(&identity.tenant_id, &identity.app.id, &raw_name);
     let owner = owner_shard(&key, shard.shards);
@@ -367,17 +308,7 @@ async fn accept_or_refuse(
     match check_upgrade(req) {
         Ok(accept) => Some(accept),
         Err(e) => {
-            let extra: &[&str] = match e {
-                handshake::HandshakeError::Version => &["Sec-WebSocket-Version: 13"],
-                handshake::HandshakeError::Method => &["Allow: GET"],
-                _ => &[],
-            };
-            reply(
-                shard,
-                stream,
-                json_error(e.status(), "upgrade_required", e.message(), extra),
-            )
-            .await;
+            refuse_http(shard, stream, &Refusal::Handshake(e)).await;
             None
         }
     }
@@ -391,7 +322,7 @@ struct Session {
     leftover: Vec<u8>,
     started: Instant,
     outbox: Rc<Outbox>,
-    handler: Result<Box<dyn Handler>, Refused>,
+    handler: Result<Box<dyn Handler>, Refusal>,
 }
 
 /// A session whose 101 is written: what it runs with.
@@ -425,8 +356,8 @@ async fn upgrade(shard: &Rc<Shard>, stream: &SharedStream, session: Session) -> 
                 handler,
             })
         }
-        Err((code, reason)) => {
-            refuse_after_upgrade(shard, stream, &accept, protocol, code, reason.into_owned()).await;
+        Err(refusal) => {
+            refuse_after_upgrade(shard, stream, &accept, protocol, refusal).await;
             None
         }
     }
@@ -439,15 +370,20 @@ async fn refuse_after_upgrade(
     stream: &SharedStream,
     accept: &str,
     protocol: Option<&str>,
-    code: u16,
-    reason: String,
+    refusal: Refusal,
 ) {
+    let (code, reason) = refusal.close();
     let mut bytes = handshake::switching_protocols(accept, protocol);
     let payload = crate::ws::close::close_payload(code, &reason);
     crate::ws::frame::encode_frame(&mut bytes, crate::ws::frame::Opcode::Close, &payload);
     let _ = socket::write_all(stream, &bytes).await;
     shard.my_stats().count_rejection(code);
     linger_and_close(shard, stream).await;
+}
+
+/// Answers with the refusal's HTTP status and closes.
+pub(super) async fn refuse_http(shard: &Rc<Shard>, stream: &SharedStream, refusal: &Refusal) {
+    reply(shard, stream, refusal.http_response()).await;
 }
 
 pub(super) async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {

@@ -6,6 +6,7 @@ use super::shard::{Liveness, Shard, SCRATCH_BYTES};
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::outbox::{shared_frame, Closed, Outbox};
+use crate::refusal::Refusal;
 use crate::ws::close::{self, ClosePayload};
 use crate::ws::frame::{parse_header, Opcode};
 use crate::ws::mask::unmask;
@@ -19,14 +20,11 @@ use std::time::{Duration, Instant};
 /// this many more bytes of it. A client trickling a byte at a time does not progress.
 const PROGRESS_BYTES: usize = SCRATCH_BYTES;
 
-/// Why a handler refuses a message: the close code and a reason for the client.
-pub type Refused = (u16, std::borrow::Cow<'static, str>);
-
 pub trait Handler {
     /// A whole data message (text is valid UTF-8).
-    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refused>;
+    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refusal>;
     /// The messages of one read are handled: finish what was batched across them.
-    fn on_batch_end(&mut self) -> Result<(), Refused> {
+    fn on_batch_end(&mut self) -> Result<(), Refusal> {
         Ok(())
     }
     /// A call into this handler panicked (the session closes with 1011): drop whatever
@@ -154,10 +152,7 @@ impl Frames<'_> {
             return true;
         }
         stats::add(&self.shard.my_stats().incomplete_bytes_closes_total, 1);
-        self.refuse(
-            close::TRY_AGAIN_LATER,
-            "server busy: too many large messages in flight, try again later",
-        );
+        self.refuse(&Refusal::IncompleteBytes);
         false
     }
 
@@ -235,7 +230,7 @@ impl Frames<'_> {
                 Ok(Some(h)) if h.frame_len() <= data.len() - at => h,
                 Ok(_) => return (at, true),
                 Err(e) => {
-                    self.refuse(e.close_code(), e.reason());
+                    self.refuse(&Refusal::Frame(e));
                     return (at, false);
                 }
             };
@@ -246,7 +241,7 @@ impl Frames<'_> {
                 Ok(Some(event)) => event,
                 Ok(None) => continue,
                 Err(e) => {
-                    self.refuse(e.close_code(), e.reason());
+                    self.refuse(&Refusal::Message(e));
                     return (at, false);
                 }
             };
@@ -260,7 +255,7 @@ impl Frames<'_> {
                     match close::parse_close_payload(p) {
                         Ok(ClosePayload::Empty) => self.outbox.close(close::NORMAL, ""),
                         Ok(ClosePayload::Code { code, .. }) => self.outbox.close(code, ""),
-                        Err(e) => self.outbox.close(e.close_code(), "invalid close frame"),
+                        Err(e) => self.refuse(&Refusal::BadClose(e)),
                     }
                     return (at, false);
                 }
@@ -279,38 +274,36 @@ impl Frames<'_> {
         }
     }
 
-    fn refuse(&self, code: u16, reason: &str) {
-        self.outbox.close(code, reason);
+    fn refuse(&self, refusal: &Refusal) {
+        let (code, reason) = refusal.close();
+        self.outbox.close(code, &reason);
     }
 
     /// Closes for a handler's refusal, or with 1011 for its panic.
     fn refuse_guarded(&self, refused: Guarded, handler: &mut dyn Handler) {
         let stats = self.shard.my_stats();
-        let (code, reason) = match refused {
-            Guarded::Refused(refused) => refused,
+        let refusal = match refused {
+            Guarded::Refused(refusal) => refusal,
             Guarded::Panicked => {
                 stats::add(&stats.panics_total, 1);
                 // A second panic here would end the shard; the handler's reset is simple.
                 handler.on_panic();
-                (
-                    close::INTERNAL_ERROR,
-                    "internal error handling this message".into(),
-                )
+                Refusal::Panicked
             }
         };
         stats::add(&stats.messages_refused_total, 1);
-        self.refuse(code, &reason);
+        self.refuse(&refusal);
     }
 }
 
 enum Guarded {
-    Refused(Refused),
+    Refused(Refusal),
     Panicked,
 }
 
 /// Runs one message's handling so that a panic in it ends only this connection (1011), not
 /// the shard: every other connection and document on the shard goes on.
-fn guarded(f: impl FnOnce() -> Result<(), Refused>) -> Result<(), Guarded> {
+fn guarded(f: impl FnOnce() -> Result<(), Refusal>) -> Result<(), Guarded> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result.map_err(Guarded::Refused),
         Err(_) => Err(Guarded::Panicked),
@@ -336,8 +329,8 @@ mod tests {
         // The borrow was released by unwinding; the room still takes messages.
         assert!(room.borrow_mut().receive(slot, &[3], true).is_ok());
         assert!(matches!(
-            guarded(|| Err((1003, "no".into()))),
-            Err(Guarded::Refused((1003, _)))
+            guarded(|| Err(Refusal::NotBinary)),
+            Err(Guarded::Refused(Refusal::NotBinary))
         ));
         assert!(guarded(|| Ok(())).is_ok());
     }

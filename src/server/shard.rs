@@ -6,10 +6,10 @@ use super::stats::{self, ShardStats};
 use crate::auth::verify::Identity;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
+use crate::refusal::Refusal;
 use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
 use crate::sync::room::{Room, RoomConfig};
 use crate::sync::update_check::UpdateLimits;
-use crate::ws::close;
 use crate::ws::frame::Opcode;
 use crate::ws::message::MessageLimits;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -277,9 +277,9 @@ async fn drain(shard: &Rc<Shard>) {
     while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
         sleep(Duration::from_millis(50)).await;
     }
+    let (code, reason) = Refusal::Restart.close();
     for live in shard.conns.borrow().values() {
-        live.outbox
-            .close(close::SERVICE_RESTART, "service restart: reconnect");
+        live.outbox.close(code, &reason);
     }
     let close_deadline =
         Instant::now() + Duration::from_millis(shard.config().websocket.close_timeout_ms * 2);
@@ -549,24 +549,23 @@ async fn keepalive(shard: Rc<Shard>) {
                 .incomplete_since
                 .get()
                 .is_some_and(|since| now.saturating_duration_since(since) >= message_within);
-            if stalled {
+            let refusal = if stalled {
                 stats::add(&shard.my_stats().message_timeouts_total, 1);
-                live.outbox.close(
-                    close::POLICY_VIOLATION,
-                    "message timeout: a frame or message stopped arriving",
-                );
+                Refusal::MessageTimeout
             } else if quiet >= idle_after {
                 stats::add(&shard.my_stats().idle_closes_total, 1);
-                live.outbox.close(
-                    close::GOING_AWAY,
-                    "idle timeout: nothing received for too long",
-                );
-            } else if quiet >= ping_every
-                && now.saturating_duration_since(live.last_ping.get()) >= ping_every
-            {
-                live.outbox.push(&shard.ping);
-                live.last_ping.set(now);
-            }
+                Refusal::Idle
+            } else {
+                if quiet >= ping_every
+                    && now.saturating_duration_since(live.last_ping.get()) >= ping_every
+                {
+                    live.outbox.push(&shard.ping);
+                    live.last_ping.set(now);
+                }
+                continue;
+            };
+            let (code, reason) = refusal.close();
+            live.outbox.close(code, &reason);
         }
     }
 }

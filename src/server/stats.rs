@@ -54,11 +54,9 @@ shard_stats! {
     counter http_requests_total: "Plain HTTP requests answered",
 }
 
-/// Close codes and HTTP statuses counted in `wiresocket_rejections_total`.
-pub const REJECTION_CODES: [u16; 30] = [
-    400, 401, 403, 404, 405, 408, 411, 413, 426, 429, 431, 500, 503, 505, 1001, 1002, 1003, 1007,
-    1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005, 4006, 4007, 4008, 4009,
-];
+/// Close codes and HTTP statuses counted in `wiresocket_rejections_total`: every code a
+/// refusal can carry.
+use crate::refusal::CODES as REJECTION_CODES;
 
 impl ShardStats {
     /// Counts a refusal (a close code other than 1000, or an HTTP status of 400 or more).

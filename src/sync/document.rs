@@ -1,7 +1,6 @@
 //! Document names, isolation keys and the owner shard of a document.
 
 /// Close code for an invalid document name.
-pub const INVALID_NAME: u16 = 4007;
 pub const NAME_BYTES_MAX: usize = 255;
 
 /// Checks a (percent-decoded) document name: 1-255 of `[A-Za-z0-9_-]`, plus `/` and `.` when

@@ -1,11 +1,11 @@
 //! `Room`: one live document — its Yjs state, its awareness and its subscribers — and the
 //! y-websocket protocol between them. Runtime-free: subscribers are outboxes.
 
-use super::awareness::{AwarenessError, AwarenessStates};
-use super::protocol::{self, Message, ProtocolError, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
+use super::awareness::AwarenessStates;
+use super::protocol::{self, Message, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use super::update_check::UpdateLimits;
 use crate::outbox::{shared_frame, Frame, Outbox};
-use crate::ws::close;
+use crate::refusal::Refusal;
 use crate::ws::frame::Opcode;
 use std::rc::Rc;
 use yrs::updates::decoder::Decode;
@@ -43,43 +43,6 @@ impl Default for RoomConfig {
             awareness_clients_per_connection_max: 8,
             awareness_state_bytes_max: 64 << 10,
             document_bytes_max: 64 << 20,
-        }
-    }
-}
-
-/// Why a client's message is refused; the connection is closed with [`Refusal::close_code`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Protocol(ProtocolError),
-    Awareness(AwarenessError),
-    /// The update decoded but yrs could not integrate it.
-    Integrate,
-    /// The update would take the document past `document_bytes_max`.
-    DocumentTooLarge,
-}
-
-impl Refusal {
-    pub fn close_code(&self) -> u16 {
-        match self {
-            Refusal::Protocol(ProtocolError::UnknownType) => close::UNSUPPORTED_DATA,
-            Refusal::Protocol(ProtocolError::Update(
-                super::update_check::UpdateError::TooManyStructs,
-            ))
-            | Refusal::Awareness(AwarenessError::StateTooLarge)
-            | Refusal::DocumentTooLarge => close::MESSAGE_TOO_BIG,
-            Refusal::Protocol(_) | Refusal::Integrate => close::INVALID_PAYLOAD,
-            Refusal::Awareness(_) => close::POLICY_VIOLATION,
-        }
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Protocol(p) => p.reason(),
-            Refusal::Awareness(a) => a.reason(),
-            Refusal::Integrate => "update could not be applied",
-            Refusal::DocumentTooLarge => {
-                "document too large: this update would take it past the server's size limit"
-            }
         }
     }
 }
@@ -235,12 +198,10 @@ impl Room {
         self.full_state = None;
         self.awareness = new_awareness(&self.config);
         self.awareness_all = None;
+        let (code, reason) = Refusal::DocumentReset.close();
         for subscriber in self.subscribers.iter_mut().flatten() {
             subscriber.awareness_ids.clear();
-            subscriber.outbox.close(
-                close::INTERNAL_ERROR,
-                "document reset after an internal error: reconnect",
-            );
+            subscriber.outbox.close(code, &reason);
         }
     }
 
@@ -701,8 +662,8 @@ mod tests {
         let mut truncated = client_update("hello");
         truncated.truncate(truncated.len() - 3);
         let refusal = room.receive(sa, &truncated, true).unwrap_err();
-        assert_eq!(refusal.close_code(), 1007);
-        assert_eq!(room.receive(sa, &[7], true).unwrap_err().close_code(), 1003);
+        assert_eq!(refusal.code(), 1007);
+        assert_eq!(room.receive(sa, &[7], true).unwrap_err().code(), 1003);
         assert!(drain(&b).is_empty());
         assert_eq!(
             room.doc().transact().state_vector(),
@@ -719,7 +680,7 @@ mod tests {
             0, 2, 18, 4, 0, 48, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 46, 7, 0,
         ];
         let refusal = room.stage(sa, &crash, true).unwrap_err();
-        assert_eq!(refusal.close_code(), 1007);
+        assert_eq!(refusal.code(), 1007);
         assert_eq!(room.flush().unwrap().deliveries, 0);
         assert!(drain(&b).is_empty());
         let good = client_update("still fine");
@@ -740,7 +701,7 @@ mod tests {
             "the batch went with it"
         );
         for outbox in [&a, &b] {
-            assert_eq!(outbox.close_code(), Some(close::INTERNAL_ERROR));
+            assert_eq!(outbox.close_code(), Some(Refusal::DocumentReset.code()));
         }
         // Subscribers leave as their sessions end; a reconnecting client starts afresh.
         room.leave(sa);
@@ -824,7 +785,7 @@ mod tests {
             .receive(sa, &client_update(&"b".repeat(2 << 10)), true)
             .unwrap_err();
         assert_eq!(refusal, Refusal::DocumentTooLarge);
-        assert_eq!(refusal.close_code(), close::MESSAGE_TOO_BIG);
+        assert_eq!(refusal.code(), 1009);
         assert_eq!(text(&room), "a".repeat(3 << 10));
         // A refused update is not staged: what comes next still fits or is refused alone.
         assert_eq!(room.flush().unwrap().deliveries, 0);

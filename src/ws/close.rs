@@ -32,22 +32,13 @@ pub enum ClosePayload<'a> {
     },
 }
 
-/// Why a client's close frame payload is refused, with the code to answer it with.
+/// Why a client's close frame payload is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseError {
     /// One byte: a code is two.
     Truncated,
     InvalidCode(u16),
     ReasonNotUtf8,
-}
-
-impl CloseError {
-    pub fn close_code(self) -> u16 {
-        match self {
-            CloseError::ReasonNotUtf8 => INVALID_PAYLOAD,
-            _ => PROTOCOL_ERROR,
-        }
-    }
 }
 
 pub fn parse_close_payload(payload: &[u8]) -> Result<ClosePayload<'_>, CloseError> {
@@ -112,8 +103,10 @@ mod tests {
             parse_close_payload(&[0x03, 0xED]),
             Err(CloseError::InvalidCode(1005))
         );
-        let err = parse_close_payload(&[0x03, 0xE8, 0xFF]).unwrap_err();
-        assert_eq!(err.close_code(), 1007);
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xE8, 0xFF]),
+            Err(CloseError::ReasonNotUtf8)
+        );
     }
 
     #[test]

@@ -58,7 +58,8 @@ impl FrameHeader {
     }
 }
 
-/// Why a client frame is refused. Every variant fails the connection; the close code says how.
+/// Why a client frame is refused. Every variant fails the connection (`refusal` says with
+/// which code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// RSV1-3 set without a negotiated extension.
@@ -76,13 +77,6 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    pub fn close_code(self) -> u16 {
-        match self {
-            FrameError::TooLarge => super::close::MESSAGE_TOO_BIG,
-            _ => super::close::PROTOCOL_ERROR,
-        }
-    }
-
     pub fn reason(self) -> &'static str {
         match self {
             FrameError::ReservedBits => "reserved bits set",
@@ -270,7 +264,6 @@ mod tests {
         let mut bytes = vec![0x82, 0xFF];
         bytes.extend_from_slice(&(16u64 << 30).to_be_bytes());
         assert_eq!(parse_header(&bytes, MAX), Err(FrameError::TooLarge));
-        assert_eq!(FrameError::TooLarge.close_code(), 1009);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use sha1::{Digest, Sha1};
 
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Why an upgrade request is refused, each answered with an HTTP status before any frame.
+/// Why an upgrade request is refused, each answered with an HTTP status before any frame
+/// (`refusal` says which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeError {
     /// Not GET.
@@ -22,14 +23,6 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    pub fn status(self) -> u16 {
-        match self {
-            HandshakeError::Method => 405,
-            HandshakeError::NotAnUpgrade | HandshakeError::Version => 426,
-            HandshakeError::Key => 400,
-        }
-    }
-
     pub fn message(self) -> &'static str {
         match self {
             HandshakeError::Method => "WebSocket upgrades use GET",
@@ -115,16 +108,16 @@ mod tests {
     }
 
     #[test]
-    fn refuses_bad_upgrades_with_fitting_statuses() {
+    fn refuses_bad_upgrades_with_the_reason() {
         let cases = [
-            ("POST /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 405),
-            ("GET /d HTTP/1.1\r\nHost: a\r\n\r\n", 426),
-            ("GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 426),
-            ("GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
-            ("GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n\r\n", 400),
+            ("POST /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", HandshakeError::Method),
+            ("GET /d HTTP/1.1\r\nHost: a\r\n\r\n", HandshakeError::NotAnUpgrade),
+            ("GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", HandshakeError::Version),
+            ("GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", HandshakeError::Key),
+            ("GET /d HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n\r\n", HandshakeError::Key),
         ];
-        for (raw, status) in cases {
-            assert_eq!(check(raw).unwrap_err().status(), status, "{raw}");
+        for (raw, why) in cases {
+            assert_eq!(check(raw).unwrap_err(), why, "{raw}");
         }
     }
 

@@ -1,7 +1,6 @@
 //! Message assembly (RFC 6455 section 5.4): fragments in, whole messages out, with limits on
 //! message size and fragment count, and UTF-8 checked as text arrives.
 
-use super::close;
 use super::frame::{FrameHeader, Opcode};
 use super::utf8::Utf8Validator;
 
@@ -36,14 +35,6 @@ pub enum MessageError {
 }
 
 impl MessageError {
-    pub fn close_code(self) -> u16 {
-        match self {
-            MessageError::UnexpectedFragment => close::PROTOCOL_ERROR,
-            MessageError::TooLarge | MessageError::TooManyFragments => close::MESSAGE_TOO_BIG,
-            MessageError::InvalidUtf8 => close::INVALID_PAYLOAD,
-        }
-    }
-
     pub fn reason(self) -> &'static str {
         match self {
             MessageError::UnexpectedFragment => "unexpected continuation frame",
