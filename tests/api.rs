@@ -44,14 +44,44 @@ fn client_credentials_refresh_rotation_and_refused_reuse() {
         tungstenite::Message::Binary(_)
     ));
 
-    let rotate = format!("grant_type=refresh_token&refresh_token={refresh}&client_id=dev");
-    let (code, rotated) = post_form(&server, &rotate);
+    let rotate = |token: &str| {
+        post_form(
+            &server,
+            &format!("grant_type=refresh_token&refresh_token={token}&client_id=dev&client_secret=dev-secret"),
+        )
+    };
+    // Refreshing authenticates the client.
+    let (code, bad) = post_form(
+        &server,
+        &format!("grant_type=refresh_token&refresh_token={refresh}&client_id=dev"),
+    );
+    assert_eq!(
+        (code, bad["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (code, rotated) = rotate(&refresh);
     assert_eq!(code, 200, "{rotated}");
-    assert_ne!(rotated["refresh_token"].as_str().unwrap(), refresh);
-    let (code, reused) = post_form(&server, &rotate);
+    let rotated = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, refresh);
+    // Reuse of the rotated-away token revokes the family: the newest token fails too.
+    let (code, reused) = rotate(&refresh);
     assert_eq!(
         (code, reused["error"].as_str()),
         (401, Some("invalid_grant"))
+    );
+    let (code, newest) = rotate(&rotated);
+    assert_eq!(
+        (code, newest["error"].as_str()),
+        (401, Some("invalid_grant"))
+    );
+    let log = server.log();
+    assert!(
+        log.contains("event=refresh_token_family_revoked") && log.contains("security=true"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&refresh[32..]) && !log.contains(&rotated[32..]),
+        "{log}"
     );
 
     let (code, bad) = post_form(
