@@ -20,8 +20,9 @@ pub struct Config {
     pub node: NodeConfig,
     pub registry: RegistryConfig,
     pub rate_limits: RateLimitConfig,
-    /// Proxies whose `X-Forwarded-For` names the client (for per-IP limits).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Proxies whose `X-Forwarded-For` names the client (for per-IP limits): addresses or
+    /// networks (`10.0.0.0/8`, `fd00::/8`).
+    pub trusted_proxies: Vec<crate::http::ip_rate::Cidr>,
     /// Tenants and their keys. With no tenants and no apps, a development tenant and app
     /// (`dev`/`dev`, a key pair published in this repository) are used, but only without a
     /// config file on a loopback address, or with `allow_development_tenant`.
@@ -130,6 +131,8 @@ pub struct RateLimitConfig {
     pub handshakes_per_minute: u32,
     pub usage_per_minute: u32,
     pub token_requests_per_minute: u32,
+    /// IPv6 clients are keyed by this prefix: one host usually holds a whole /64.
+    pub ipv6_prefix_bits: u8,
 }
 
 impl Default for RateLimitConfig {
@@ -138,6 +141,7 @@ impl Default for RateLimitConfig {
             handshakes_per_minute: 60,
             usage_per_minute: 12,
             token_requests_per_minute: 60,
+            ipv6_prefix_bits: 64,
         }
     }
 }
@@ -390,6 +394,10 @@ impl Config {
                 "http.request_timeout_ms must be positive",
             ),
             (
+                (1..=128).contains(&self.rate_limits.ipv6_prefix_bits),
+                "rate_limits.ipv6_prefix_bits must be 1 to 128",
+            ),
+            (
                 ws.frame_bytes_max >= 125,
                 "websocket.frame_bytes_max must be at least 125",
             ),
@@ -606,6 +614,25 @@ mod tests {
         let mut c = Config::default();
         c.websocket.idle_timeout_ms = 1;
         assert!(c.validate().unwrap_err().0.contains("idle_timeout_ms"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let c = Config::from_toml(
+            "allow_development_tenant = true\ntrusted_proxies = [\"10.0.0.5\", \"10.0.0.0/8\", \"fd00::/8\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        let err = Config::from_toml("trusted_proxies = [\"10.0.0.0/40\"]\n", "p.toml").unwrap_err();
+        assert!(
+            err.0.contains("trusted_proxies") && err.0.contains("10.0.0.0/40"),
+            "{err}"
+        );
+        let mut c = Config::default();
+        assert_eq!(c.rate_limits.ipv6_prefix_bits, 64);
+        c.rate_limits.ipv6_prefix_bits = 129;
+        assert!(c.validate().unwrap_err().0.contains("ipv6_prefix_bits"));
     }
 
     #[test]

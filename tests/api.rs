@@ -44,14 +44,44 @@ fn client_credentials_refresh_rotation_and_refused_reuse() {
         tungstenite::Message::Binary(_)
     ));
 
-    let rotate = format!("grant_type=refresh_token&refresh_token={refresh}&client_id=dev");
-    let (code, rotated) = post_form(&server, &rotate);
+    let rotate = |token: &str| {
+        post_form(
+            &server,
+            &format!("grant_type=refresh_token&refresh_token={token}&client_id=dev&client_secret=dev-secret"),
+        )
+    };
+    // Refreshing authenticates the client.
+    let (code, bad) = post_form(
+        &server,
+        &format!("grant_type=refresh_token&refresh_token={refresh}&client_id=dev"),
+    );
+    assert_eq!(
+        (code, bad["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (code, rotated) = rotate(&refresh);
     assert_eq!(code, 200, "{rotated}");
-    assert_ne!(rotated["refresh_token"].as_str().unwrap(), refresh);
-    let (code, reused) = post_form(&server, &rotate);
+    let rotated = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, refresh);
+    // Reuse of the rotated-away token revokes the family: the newest token fails too.
+    let (code, reused) = rotate(&refresh);
     assert_eq!(
         (code, reused["error"].as_str()),
         (401, Some("invalid_grant"))
+    );
+    let (code, newest) = rotate(&rotated);
+    assert_eq!(
+        (code, newest["error"].as_str()),
+        (401, Some("invalid_grant"))
+    );
+    let log = server.log();
+    assert!(
+        log.contains("event=refresh_token_family_revoked") && log.contains("security=true"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&refresh[32..]) && !log.contains(&rotated[32..]),
+        "{log}"
     );
 
     let (code, bad) = post_form(
@@ -147,7 +177,7 @@ fn usage_reports_counts_against_limits() {
 
 #[test]
 fn per_ip_budgets_answer_429_with_retry_after() {
-    let server = Server::start("trusted_proxies = [\"127.0.0.1\"]\n[rate_limits]\nhandshakes_per_minute = 3\nusage_per_minute = 2\n");
+    let server = Server::start("trusted_proxies = [\"127.0.0.0/8\"]\n[rate_limits]\nhandshakes_per_minute = 3\nusage_per_minute = 2\n");
     let upgrade = |xff: &str| {
         server.http_head(&format!(
             "GET /doc?token={} HTTP/1.1\r\nHost: t\r\n{xff}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -164,6 +194,19 @@ fn per_ip_budgets_answer_429_with_retry_after() {
     );
     // Behind a trusted proxy, the forwarded address has its own budget.
     assert!(upgrade("X-Forwarded-For: 203.0.113.9\r\n").starts_with("HTTP/1.1 101 "));
+    // The client is the first untrusted address from the right over every line: a spoofed
+    // leftmost entry, new each time, does not buy a new budget.
+    for i in 0..3 {
+        let answer = upgrade(&format!(
+            "X-Forwarded-For: 6.6.6.{i}\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.2\r\n"
+        ));
+        let expected = if i < 2 {
+            "HTTP/1.1 101 "
+        } else {
+            "HTTP/1.1 429 "
+        };
+        assert!(answer.starts_with(expected), "{i}: {answer}");
+    }
     let usage = |_: u32| {
         status(&server.http(&format!(
             "GET /usage HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",

@@ -36,13 +36,20 @@ impl<'b> Request<'b> {
             .map(|(_, v)| *v)
     }
 
+    /// Every header named `name` (case-insensitive), in the order received: lists such as
+    /// `X-Forwarded-For` may span several lines.
+    pub fn headers_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
     /// Whether any `name` header holds `token` in its comma-separated list (case-insensitive),
     /// as `Connection: keep-alive, Upgrade` does.
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(|&b| b == b','))
+        self.headers_named(name)
+            .flat_map(|v| v.split(|&b| b == b','))
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     }
 
@@ -136,6 +143,14 @@ mod tests {
         assert!(req.header_has_token("connection", "upgrade"));
         assert_eq!(req.header("UPGRADE"), Some(&b"websocket"[..]));
         assert_eq!(&raw[req.head_len..], b"extra");
+    }
+
+    #[test]
+    fn repeated_headers_come_in_order() {
+        let raw = b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: a\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\r\n";
+        let req = parse_request(raw, MAX).unwrap().unwrap();
+        let lines: Vec<&[u8]> = req.headers_named("X-Forwarded-For").collect();
+        assert_eq!(lines, [&b"1.1.1.1"[..], &b"2.2.2.2, 3.3.3.3"[..]]);
     }
 
     #[test]

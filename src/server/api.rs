@@ -235,13 +235,27 @@ async fn token(
     let Ok(form) = std::str::from_utf8(&body) else {
         return Refusal::InvalidRequest("the form is not UTF-8".into()).http_response();
     };
-    let (status, body) = auth::oauth::token_endpoint(
+    let answer = auth::oauth::token_endpoint(
         &shard.shared.directory,
         &shard.shared.refresh_tokens,
         form,
         now_s(),
     );
-    response(status, "application/json", &[], &body)
+    if let Some(e) = &answer.event {
+        crate::log::warn(
+            e.name,
+            &[
+                ("security", &true),
+                ("reason", &e.reason),
+                ("app", &e.app_id),
+                ("client_id", &e.client_id),
+                ("presented_by", &e.presented_by),
+                ("family", &e.family),
+                ("ip", &ip),
+            ],
+        );
+    }
+    response(answer.status, "application/json", &[], &answer.body)
 }
 
 /// `GET /{tenantId}/.well-known/jwks`: the tenant's public verification keys.

@@ -152,7 +152,7 @@ fn client_ip(shard: &Shard, stream: &SharedStream, req: &Request<'_>) -> IpAddr 
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     crate::http::ip_rate::client_ip(
         peer,
-        req.header("x-forwarded-for"),
+        req.headers_named("x-forwarded-for"),
         &shard.config().trusted_proxies,
     )
 }

@@ -58,9 +58,15 @@ impl Shared {
     ) -> Self {
         let limits = &config.rate_limits;
         Shared {
-            handshakes_per_ip: IpRateLimiter::new(limits.handshakes_per_minute),
-            usage_per_ip: IpRateLimiter::new(limits.usage_per_minute),
-            token_requests_per_ip: IpRateLimiter::new(limits.token_requests_per_minute),
+            handshakes_per_ip: IpRateLimiter::new(
+                limits.handshakes_per_minute,
+                limits.ipv6_prefix_bits,
+            ),
+            usage_per_ip: IpRateLimiter::new(limits.usage_per_minute, limits.ipv6_prefix_bits),
+            token_requests_per_ip: IpRateLimiter::new(
+                limits.token_requests_per_minute,
+                limits.ipv6_prefix_bits,
+            ),
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
             connections_fd_max: connections_fd_max(),
