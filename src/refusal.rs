@@ -3,6 +3,7 @@
 //! [`Refusal::wire`] says what the client is told; [`CODES`] lists every code it can give,
 //! which is what `/metrics` counts refusals by.
 
+use crate::auth::oauth::OAuthError;
 use crate::auth::verify::Refusal as TokenRefusal;
 use crate::http::request::HttpError;
 use crate::http::response::json_error;
@@ -29,8 +30,7 @@ pub const INVALID_NAME: u16 = 4007;
 pub const USERS_PER_DOCUMENT_LIMIT: u16 = 4008;
 pub const REDIRECT: u16 = 4009;
 
-/// Every HTTP status and close code a refusal can carry (and 500, which the token
-/// endpoint's OAuth 2 `server_error` answers with).
+/// Every HTTP status and close code a refusal can carry.
 pub const CODES: [u16; 32] = [
     400,
     401,
@@ -94,6 +94,8 @@ pub enum Refusal {
     BodyTooLarge,
     UnknownTenant,
     ApiRegistryUnavailable,
+    /// The token endpoint's OAuth 2 errors (their body is `auth::oauth`'s).
+    OAuth(OAuthError),
 
     // After the 101: admission.
     MissingToken,
@@ -242,6 +244,19 @@ impl Refusal {
                 "unavailable",
                 "the registry did not answer: try again shortly",
             ),
+            OAuth(e) => {
+                // RFC 6749 5.2 has 401 for invalid_client; invalid_grant has been 401 here
+                // since the endpoint's first release, and clients may rely on it.
+                let status = match e {
+                    OAuthError::InvalidClient | OAuthError::InvalidGrant => 401,
+                    OAuthError::ServerError => 500,
+                    OAuthError::TemporarilyUnavailable => 503,
+                    OAuthError::InvalidRequest
+                    | OAuthError::UnsupportedGrantType
+                    | OAuthError::InvalidScope => 400,
+                };
+                http(status, e.code(), "see error_description")
+            }
             MissingToken => close(MISSING_TOKEN, MISSING_TOKEN_REASON.into()),
             Token(t) => {
                 let code = match t {
@@ -435,6 +450,13 @@ mod tests {
             BodyTooLarge,
             UnknownTenant,
             ApiRegistryUnavailable,
+            OAuth(OAuthError::InvalidRequest),
+            OAuth(OAuthError::UnsupportedGrantType),
+            OAuth(OAuthError::InvalidClient),
+            OAuth(OAuthError::InvalidGrant),
+            OAuth(OAuthError::InvalidScope),
+            OAuth(OAuthError::ServerError),
+            OAuth(OAuthError::TemporarilyUnavailable),
             MissingToken,
             Token(TokenRefusal::Invalid("expired")),
             Token(TokenRefusal::Forbidden("app disabled")),
@@ -500,7 +522,7 @@ mod tests {
         }
         for code in CODES {
             assert!(
-                used.contains(&code) || code == 500,
+                used.contains(&code),
                 "{code} is listed but nothing refuses with it"
             );
         }

@@ -248,20 +248,47 @@ fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// An HTTP answer: status, JSON body, and a security event to log, if any.
+/// The OAuth 2 errors (RFC 6749 5.2, and 503's `temporarily_unavailable`); `refusal` says
+/// which HTTP status each is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthError {
+    InvalidRequest,
+    UnsupportedGrantType,
+    InvalidClient,
+    InvalidGrant,
+    InvalidScope,
+    ServerError,
+    TemporarilyUnavailable,
+}
+
+impl OAuthError {
+    pub fn code(self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest => "invalid_request",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::InvalidClient => "invalid_client",
+            OAuthError::InvalidGrant => "invalid_grant",
+            OAuthError::InvalidScope => "invalid_scope",
+            OAuthError::ServerError => "server_error",
+            OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+/// An answer: the error (none: 200), the JSON body, and a security event to log, if any.
 #[derive(Debug)]
 pub struct Answer {
-    pub status: u16,
+    pub error: Option<OAuthError>,
     pub body: String,
     pub event: Option<SecurityEvent>,
 }
 
-fn error(status: u16, code: &str, description: &str) -> Answer {
+fn error(error: OAuthError, description: &str) -> Answer {
     Answer {
-        status,
+        error: Some(error),
         body: format!(
             "{{\"error\":{},\"error_description\":{}}}",
-            json_string(code),
+            json_string(error.code()),
             json_string(description)
         ),
         event: None,
@@ -284,26 +311,25 @@ pub fn token_endpoint(
     };
     let grant = field("grant_type");
     let required = match grant {
-        None => return error(400, "invalid_request", "grant_type is required"),
+        None => return error(OAuthError::InvalidRequest, "grant_type is required"),
         Some("client_credentials") => "client_id and client_secret are required",
         Some("refresh_token") => "refresh_token, client_id and client_secret are required",
         Some(_) => {
             return error(
-                400,
-                "unsupported_grant_type",
+                OAuthError::UnsupportedGrantType,
                 "use client_credentials or refresh_token",
             )
         }
     };
     let (Some(client_id), Some(secret)) = (field("client_id"), field("client_secret")) else {
-        return error(400, "invalid_request", required);
+        return error(OAuthError::InvalidRequest, required);
     };
     if grant == Some("refresh_token") {
         let Some(refresh) = field("refresh_token") else {
-            return error(400, "invalid_request", required);
+            return error(OAuthError::InvalidRequest, required);
         };
         let Some(app) = authenticate(directory, client_id, secret) else {
-            return error(401, "invalid_client", "unknown client or wrong secret");
+            return error(OAuthError::InvalidClient, "unknown client or wrong secret");
         };
         return match store.rotate(app, client_id, refresh, now_s) {
             Ok(next) => issue(directory, app, client_id, Some(next)),
@@ -321,17 +347,20 @@ pub fn token_endpoint(
                 };
                 Answer {
                     event,
-                    ..error(401, "invalid_grant", description)
+                    ..error(OAuthError::InvalidGrant, description)
                 }
             }
         };
     }
     let scope = field("scope").unwrap_or(super::SCOPE);
     if !scope.split_ascii_whitespace().any(|s| s == super::SCOPE) {
-        return error(400, "invalid_scope", "scope must include WireSocket.API");
+        return error(
+            OAuthError::InvalidScope,
+            "scope must include WireSocket.API",
+        );
     }
     let Some(app) = authenticate(directory, client_id, secret) else {
-        return error(401, "invalid_client", "unknown client or wrong secret");
+        return error(OAuthError::InvalidClient, "unknown client or wrong secret");
     };
     let refresh = if scope
         .split_ascii_whitespace()
@@ -341,8 +370,7 @@ pub fn token_endpoint(
             Some(token) => Some(token),
             None => {
                 return error(
-                    503,
-                    "temporarily_unavailable",
+                    OAuthError::TemporarilyUnavailable,
                     "too many outstanding refresh tokens",
                 )
             }
@@ -370,7 +398,7 @@ fn authenticate<'d>(directory: &'d Directory, client_id: &str, secret: &str) -> 
 fn issue(directory: &Directory, app: &App, client_id: &str, refresh: Option<String>) -> Answer {
     let access = match directory.mint(&app.id, client_id, ACCESS_TTL_S, serde_json::Value::Null) {
         Ok(token) => token,
-        Err(e) => return error(500, "server_error", &e),
+        Err(e) => return error(OAuthError::ServerError, &e),
     };
     let mut body = format!(
         "{{\"access_token\":{},\"token_type\":\"Bearer\",\"expires_in\":{ACCESS_TTL_S}",
@@ -381,7 +409,7 @@ fn issue(directory: &Directory, app: &App, client_id: &str, refresh: Option<Stri
     }
     body.push('}');
     Answer {
-        status: 200,
+        error: None,
         body,
         event: None,
     }
@@ -418,9 +446,9 @@ mod tests {
         serde_json::from_str(&answer.body).unwrap()
     }
 
-    fn error_of(answer: &Answer) -> (u16, String) {
+    fn error_of(answer: &Answer) -> (Option<OAuthError>, String) {
         (
-            answer.status,
+            answer.error,
             json(answer)["error"].as_str().unwrap().to_owned(),
         )
     }
@@ -443,7 +471,7 @@ mod tests {
             &format!("{LOGIN}&client_id={client}&client_secret={secret}"),
             now_s,
         );
-        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.error, None, "{}", answer.body);
         json(&answer)["refresh_token"].as_str().unwrap().to_owned()
     }
 
@@ -473,7 +501,7 @@ mod tests {
     }
 
     fn rotated(answer: &Answer) -> String {
-        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.error, None, "{}", answer.body);
         json(answer)["refresh_token"].as_str().unwrap().to_owned()
     }
 
@@ -482,7 +510,7 @@ mod tests {
         let (d, store) = setup();
         let form = format!("grant_type=client_credentials&client_id={DEV}&client_secret={DEV_CLIENT_SECRET}&scope=WireSocket.API+offline_access");
         let first = token_endpoint(&d, &store, &form, NOW);
-        assert_eq!(first.status, 200, "{}", first.body);
+        assert_eq!(first.error, None, "{}", first.body);
         let body = json(&first);
         assert_eq!(body["token_type"], "Bearer");
         assert_eq!(body["expires_in"], 900);
@@ -512,7 +540,10 @@ mod tests {
         let third = rotated(&web_refresh(&d, &store, &second, NOW + 2));
         // The first token again: an attacker or the client replays it.
         let reuse = web_refresh(&d, &store, &first, NOW + 3);
-        assert_eq!(error_of(&reuse), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&reuse),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
         let event = reuse.event.expect("a security event");
         assert_eq!(
             (event.name, event.app_id.as_str(), event.client_id.as_str()),
@@ -527,7 +558,10 @@ mod tests {
         }
         // Every descendant is revoked, the newest included; other families are not.
         let newest = web_refresh(&d, &store, &third, NOW + 4);
-        assert_eq!(error_of(&newest), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&newest),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
         assert!(newest.event.is_none(), "the family is gone: logged once");
         rotated(&web_refresh(&d, &store, &other_family, NOW + 5));
     }
@@ -542,9 +576,15 @@ mod tests {
             &format!("grant_type=refresh_token&refresh_token={token}&client_id=web-c"),
             NOW,
         );
-        assert_eq!(error_of(&no_secret), (400, "invalid_request".into()));
+        assert_eq!(
+            error_of(&no_secret),
+            (Some(OAuthError::InvalidRequest), "invalid_request".into())
+        );
         let wrong = refresh(&d, &store, &token, "web-c", "guess", NOW);
-        assert_eq!(error_of(&wrong), (401, "invalid_client".into()));
+        assert_eq!(
+            error_of(&wrong),
+            (Some(OAuthError::InvalidClient), "invalid_client".into())
+        );
         // Neither spent the token.
         rotated(&web_refresh(&d, &store, &token, NOW));
     }
@@ -564,7 +604,10 @@ mod tests {
             token = rotated(&web_refresh(&d, &store, &token, NOW + day * DAY_S));
         }
         let late = web_refresh(&d, &store, &token, NOW + REFRESH_TTL_S);
-        assert_eq!(error_of(&late), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&late),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
         assert!(json(&late)["error_description"]
             .as_str()
             .unwrap()
@@ -603,7 +646,10 @@ mod tests {
             "web-secret",
             NOW,
         );
-        assert_eq!(error_of(&disabled), (401, "invalid_client".into()));
+        assert_eq!(
+            error_of(&disabled),
+            (Some(OAuthError::InvalidClient), "invalid_client".into())
+        );
         let changed = refresh(
             &apps(true, "new-secret"),
             &store,
@@ -612,7 +658,10 @@ mod tests {
             "new-secret",
             NOW,
         );
-        assert_eq!(error_of(&changed), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&changed),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
         let again = refresh(
             &apps(true, "web-secret"),
             &store,
@@ -623,7 +672,7 @@ mod tests {
         );
         assert_eq!(
             error_of(&again),
-            (401, "invalid_grant".into()),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into()),
             "the family ended"
         );
     }
@@ -634,14 +683,20 @@ mod tests {
         let store = RefreshStore::default();
         let token = login(&d, &store, "web-c", "web-secret", NOW);
         let stolen = refresh(&d, &store, &token, "api-c", "api-secret", NOW);
-        assert_eq!(error_of(&stolen), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&stolen),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
         let event = stolen.event.unwrap();
         assert_eq!(
             (event.client_id.as_str(), event.presented_by.as_str()),
             ("web-c", "api-c")
         );
         let owner = refresh(&d, &store, &token, "web-c", "web-secret", NOW);
-        assert_eq!(error_of(&owner), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&owner),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
     }
 
     #[test]
@@ -653,7 +708,10 @@ mod tests {
         let (w1, w2) = (web(NOW), web(NOW + 1));
         let w3 = web(NOW + 2);
         let evicted = refresh(&d, &store, &w1, "web-c", "web-secret", NOW + 3);
-        assert_eq!(error_of(&evicted), (401, "invalid_grant".into()));
+        assert_eq!(
+            error_of(&evicted),
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
+        );
         assert!(evicted.event.is_none(), "an eviction is not a reuse");
         rotated(&refresh(&d, &store, &w2, "web-c", "web-secret", NOW + 3));
         rotated(&refresh(&d, &store, &w3, "web-c", "web-secret", NOW + 3));
@@ -693,7 +751,13 @@ mod tests {
             &format!("{LOGIN}&client_id=web-c&client_secret=web-secret"),
             NOW + 2,
         );
-        assert_eq!(error_of(&full), (503, "temporarily_unavailable".into()));
+        assert_eq!(
+            error_of(&full),
+            (
+                Some(OAuthError::TemporarilyUnavailable),
+                "temporarily_unavailable".into()
+            )
+        );
         login(&d, &store, "web-c", "web-secret", NOW + 1 + REFRESH_TTL_S);
         assert_eq!(
             store.families.lock().unwrap().by_id.len(),
@@ -706,53 +770,51 @@ mod tests {
     fn oauth_errors() {
         let (d, store) = setup();
         let cases = [
-            ("", 400, "invalid_request"),
-            ("grant_type=password", 400, "unsupported_grant_type"),
+            ("", "invalid_request"),
+            ("grant_type=password", "unsupported_grant_type"),
             (
                 "grant_type=client_credentials&client_id=dev",
-                400,
                 "invalid_request",
             ),
             (
                 "grant_type=client_credentials&client_id=dev&client_secret=wrong",
-                401,
                 "invalid_client",
             ),
             (
                 "grant_type=client_credentials&client_id=ghost&client_secret=x",
-                401,
                 "invalid_client",
             ),
             (
                 "grant_type=client_credentials&client_id=dev&client_secret=dev-secret&scope=openid",
-                400,
                 "invalid_scope",
             ),
             (
                 "grant_type=refresh_token&refresh_token=nope&client_id=dev",
-                400,
                 "invalid_request",
             ),
             (
                 "grant_type=refresh_token&refresh_token=nope&client_id=dev&client_secret=dev-secret",
-                401,
                 "invalid_grant",
             ),
             (
                 "grant_type=refresh_token&client_id=dev&client_secret=dev-secret",
-                400,
                 "invalid_request",
             ),
         ];
-        for (form, status, code) in cases {
+        for (form, code) in cases {
             let answer = token_endpoint(&d, &store, form, NOW);
-            assert_eq!(error_of(&answer), (status, code.to_owned()), "{form}");
+            let (error, body) = error_of(&answer);
+            assert_eq!(
+                (error.map(OAuthError::code), body.as_str()),
+                (Some(code), code),
+                "{form}"
+            );
         }
         // A well-formed token of no family.
         let forged = "ab".repeat(TOKEN_HEX_LEN / 2);
         assert_eq!(
             error_of(&dev_refresh(&d, &store, &forged, NOW)),
-            (401, "invalid_grant".into())
+            (Some(OAuthError::InvalidGrant), "invalid_grant".into())
         );
     }
 

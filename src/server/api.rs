@@ -255,7 +255,8 @@ async fn token(
             ],
         );
     }
-    response(answer.status, "application/json", &[], &answer.body)
+    let status = answer.error.map_or(200, |e| Refusal::OAuth(e).code());
+    response(status, "application/json", &[], &answer.body)
 }
 
 /// `GET /{tenantId}/.well-known/jwks`: the tenant's public verification keys.
