@@ -78,7 +78,7 @@ pub enum Refusal {
     MethodNotAllowed,
     Draining,
     Overloaded,
-    /// Too many tokens wait to be verified on this shard.
+    /// Too many tokens or client secrets wait to be checked on this shard.
     VerifierBusy,
     /// A per-IP budget.
     RateLimited,
@@ -204,7 +204,7 @@ impl Refusal {
             VerifierBusy => http(
                 503,
                 "unavailable",
-                "this node is busy verifying tokens: retry later",
+                "this node is busy checking credentials: retry later",
             ),
             RateLimited => http(
                 429,

@@ -4,7 +4,7 @@
 //! (its family), since one of the two holders is not the client.
 
 use super::directory::Directory;
-use super::secret::verify_secret;
+use super::secret::{verify_nothing, verify_secret};
 use super::verify::App;
 use crate::http::response::json_string;
 use sha2::{Digest, Sha256};
@@ -383,16 +383,20 @@ pub fn token_endpoint(
 
 /// The enabled app whose client this is, if `secret` is its secret. A disabled app's client
 /// fails authentication (`invalid_client`, RFC 6749 5.2).
+/// An unknown client costs a check too (`verify_nothing`).
 fn authenticate<'d>(directory: &'d Directory, client_id: &str, secret: &str) -> Option<&'d App> {
-    directory
+    let found = directory
         .apps
         .values()
         .find(|a| a.enabled && a.client_id.as_deref() == Some(client_id))
-        .filter(|a| {
-            a.client_secret_hash
-                .as_deref()
-                .is_some_and(|h| verify_secret(secret, h))
-        })
+        .and_then(|a| Some((a, a.client_secret_hash.as_deref()?)));
+    match found {
+        Some((app, hash)) => verify_secret(secret, hash).then_some(app),
+        None => {
+            verify_nothing(secret);
+            None
+        }
+    }
 }
 
 fn issue(directory: &Directory, app: &App, client_id: &str, refresh: Option<String>) -> Answer {
@@ -764,6 +768,22 @@ mod tests {
             1,
             "both expired were dropped"
         );
+    }
+
+    #[test]
+    fn an_unknown_or_disabled_client_costs_what_a_known_one_does() {
+        use crate::auth::secret::ITERATIONS_RUN;
+        let (d, store) = setup();
+        let cost = |form: &str| {
+            let before = ITERATIONS_RUN.with(|n| n.get());
+            let answer = token_endpoint(&d, &store, form, NOW);
+            assert_eq!(answer.error, Some(OAuthError::InvalidClient), "{form}");
+            ITERATIONS_RUN.with(|n| n.get()) - before
+        };
+        let known = cost("grant_type=client_credentials&client_id=dev&client_secret=wrong");
+        let unknown = cost("grant_type=client_credentials&client_id=ghost&client_secret=wrong");
+        assert!(known > 0);
+        assert_eq!(unknown, known);
     }
 
     #[test]

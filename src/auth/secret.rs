@@ -47,6 +47,14 @@ pub fn verify_secret(secret: &str, stored: &str) -> bool {
         == 0
 }
 
+/// Spends what checking `secret` against a new hash would, and matches nothing: for a
+/// client id that is unknown (or disabled), so that its answer takes as long as a known
+/// one's and timing does not tell which client ids exist.
+pub fn verify_nothing(secret: &str) -> bool {
+    std::hint::black_box(derive(secret, &[0; 16], ITERATIONS));
+    false
+}
+
 /// Whether `stored` is a hash this module can check (for configuration errors).
 pub fn is_valid_hash(stored: &str) -> bool {
     let parts: Vec<&str> = stored.split('$').collect();
@@ -58,9 +66,17 @@ pub fn is_valid_hash(stored: &str) -> bool {
 }
 
 fn derive(secret: &str, salt: &[u8], iterations: u32) -> [u8; HASH_BYTES] {
+    #[cfg(test)]
+    ITERATIONS_RUN.with(|n| n.set(n.get() + iterations as u64));
     let mut out = [0u8; HASH_BYTES];
     pbkdf2::pbkdf2_hmac::<sha2::Sha256>(secret.as_bytes(), salt, iterations, &mut out);
     out
+}
+
+#[cfg(test)]
+thread_local! {
+    /// PBKDF2 iterations this thread has run, so tests can tell what a check cost.
+    pub static ITERATIONS_RUN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! CPU-heavy work that a client can ask for (token signatures: RS256 costs 171 µs; client
-//! secret hashes: PBKDF2 costs 18 ms) runs off the data-plane executor: on the shard's
+//! secret hashes on `POST /connect/token`: PBKDF2 costs 18 ms) runs off the data-plane executor: on the shard's
 //! blocking thread, at the lowest CPU priority, so that live documents on the shard's core
 //! keep their turn while a storm of handshakes or token requests waits. At most
 //! [`IN_FLIGHT_MAX`] jobs wait per shard; past that the caller answers 503.
