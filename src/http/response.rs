@@ -3,18 +3,28 @@
 
 use std::fmt::Write;
 
+/// The RFC 9110 (and RFC 6585 for 429 and 431) reason phrase of every status the server
+/// answers with; a test checks that the statuses in the code are all here.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
+        // The phrase carries no meaning for clients (RFC 9112 section 4); never empty.
         _ => "Unknown",
     }
 }
@@ -98,6 +108,70 @@ mod tests {
         assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(iso8601_utc(1_795_395_723_456), "2026-11-23T01:02:03.456Z");
+    }
+
+    /// Every status the code passes to a response builder or returns from a `status()`,
+    /// found in the sources that answer requests, has its RFC phrase.
+    #[test]
+    fn every_emitted_status_has_its_phrase() {
+        // RFC 9110 section 15, RFC 6585 (429, 431): written out here, apart from the table.
+        const RFC: &[(u16, &str)] = &[
+            (101, "Switching Protocols"),
+            (200, "OK"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (426, "Upgrade Required"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (503, "Service Unavailable"),
+            (505, "HTTP Version Not Supported"),
+        ];
+        let sources = [
+            include_str!("request.rs"),
+            include_str!("../ws/handshake.rs"),
+            include_str!("../auth/oauth.rs"),
+            include_str!("../server/api.rs"),
+            include_str!("../server/router.rs"),
+        ];
+        // Where a status is written: `json_error(404, ..)`, `error(401, ..)`,
+        // `response(200, ..)`, `=> 426` in a `status()`, `HTTP/1.1 101`.
+        let needles = ["error(", "response(", "=> ", "HTTP/1.1 "];
+        let mut emitted = std::collections::BTreeSet::new();
+        for source in sources {
+            for needle in needles {
+                for (at, _) in source.match_indices(needle) {
+                    let rest = source[at + needle.len()..].trim_start();
+                    // A match arm may open a block first: `=> {\n 400 }`.
+                    let rest = rest.strip_prefix('{').unwrap_or(rest).trim_start();
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    // A number, not the start of `100.0` or `4001`.
+                    let whole = !rest[digits.len()..]
+                        .starts_with(|c: char| c == '.' || c.is_alphanumeric());
+                    if let (true, Ok(status @ 100..=599)) = (whole, digits.parse::<u16>()) {
+                        emitted.insert(status);
+                    }
+                }
+            }
+        }
+        for status in [101, 401, 408, 411, 413, 429, 500, 501, 503] {
+            assert!(emitted.contains(&status), "{status} not found: {emitted:?}");
+        }
+        for status in emitted {
+            let expected = RFC.iter().find(|(s, _)| *s == status).map(|(_, p)| *p);
+            assert_eq!(
+                Some(reason_phrase(status)),
+                expected,
+                "status {status}: add its RFC phrase"
+            );
+        }
     }
 
     #[test]

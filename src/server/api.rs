@@ -22,6 +22,7 @@ pub async fn answer(
     req: &Request<'_>,
     leftover: &[u8],
     ip: IpAddr,
+    deadline: std::time::Instant,
 ) -> bool {
     let bytes = match (req.method, req.path) {
         ("GET" | "HEAD", "/health" | "/") => health(shard),
@@ -33,7 +34,7 @@ pub async fn answer(
         ),
         ("GET", "/usage") => usage(shard, req, ip).await,
         ("GET", "/discovery") => discovery(shard, req, ip).await,
-        ("POST", "/connect/token") => token(shard, stream, req, leftover, ip).await,
+        ("POST", "/connect/token") => token(shard, stream, req, leftover, ip, deadline).await,
         (_, "/health" | "/metrics" | "/usage" | "/connect/token") => json_error(
             405,
             "method_not_allowed",
@@ -78,6 +79,16 @@ pub fn service_unavailable(why: &str) -> Vec<u8> {
 
 fn now_s() -> u64 {
     crate::log::unix_ms() / 1000
+}
+
+/// 408: `what` did not arrive within `http.request_timeout_ms` of the connection.
+pub fn request_timeout(what: &str) -> Vec<u8> {
+    json_error(
+        408,
+        "request_timeout",
+        &format!("send the whole {what} sooner"),
+        &[],
+    )
 }
 
 pub fn too_many_requests() -> Vec<u8> {
@@ -207,15 +218,12 @@ async fn token(
     req: &Request<'_>,
     leftover: &[u8],
     ip: IpAddr,
+    deadline: std::time::Instant,
 ) -> Vec<u8> {
     if !shard.shared.token_requests_per_ip.allow(ip, now_s()) {
         return too_many_requests();
     }
-    let length = req
-        .header("content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    let Some(length) = length else {
+    let Some(length) = req.content_length else {
         return json_error(
             411,
             "invalid_request",
@@ -223,20 +231,16 @@ async fn token(
             &[],
         );
     };
-    if length > BODY_BYTES_MAX {
+    if length > BODY_BYTES_MAX as u64 {
         return json_error(413, "invalid_request", "the form is too large", &[]);
     }
-    let mut body = leftover[..leftover.len().min(length)].to_vec();
-    while body.len() < length {
-        let start = body.len();
-        body.resize(length, 0);
-        match socket::read(stream, &mut body[start..]).await {
-            Ok(0) | Err(_) => {
-                return json_error(400, "invalid_request", "the form ended early", &[])
-            }
-            Ok(n) => body.truncate(start + n),
-        }
-    }
+    let body = match super::router::within(deadline, read_body(stream, leftover, length as usize))
+        .await
+    {
+        Some(Ok(body)) => body,
+        Some(Err(())) => return json_error(400, "invalid_request", "the form ended early", &[]),
+        None => return request_timeout("request body"),
+    };
     let Ok(form) = std::str::from_utf8(&body) else {
         return json_error(400, "invalid_request", "the form is not UTF-8", &[]);
     };
@@ -247,6 +251,21 @@ async fn token(
         now_s(),
     );
     response(status, "application/json", &[], &body)
+}
+
+/// The `length` bytes of a body: those read with the head, then the rest from the socket.
+/// `Err` if the client closes first.
+async fn read_body(stream: &SharedStream, leftover: &[u8], length: usize) -> Result<Vec<u8>, ()> {
+    let mut body = leftover[..leftover.len().min(length)].to_vec();
+    while body.len() < length {
+        let start = body.len();
+        body.resize(length, 0);
+        match socket::read(stream, &mut body[start..]).await {
+            Ok(0) | Err(_) => return Err(()),
+            Ok(n) => body.truncate(start + n),
+        }
+    }
+    Ok(body)
 }
 
 /// `GET /{tenantId}/.well-known/jwks`: the tenant's public verification keys.

@@ -39,6 +39,7 @@ macro_rules! shard_stats {
 shard_stats! {
     gauge connections: "Open WebSocket connections on documents owned by the shard",
     gauge documents: "Documents in memory on the shard (grace period included)",
+    gauge admissions: "Sockets in admission on the shard: accepted or handed over, not yet a session or closed",
     counter connections_accepted_total: "TCP connections accepted by the shard",
     counter handoffs_total: "Connections handed to this shard by the shard that accepted them",
     counter messages_in_total: "WebSocket messages received",
@@ -53,9 +54,9 @@ shard_stats! {
 }
 
 /// Close codes and HTTP statuses counted in `wiresocket_rejections_total`.
-pub const REJECTION_CODES: [u16; 30] = [
-    400, 401, 403, 404, 405, 408, 411, 413, 426, 429, 431, 500, 503, 505, 1001, 1002, 1003, 1007,
-    1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005, 4006, 4007, 4008, 4009,
+pub const REJECTION_CODES: [u16; 31] = [
+    400, 401, 403, 404, 405, 408, 411, 413, 426, 429, 431, 500, 501, 503, 505, 1001, 1002, 1003,
+    1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005, 4006, 4007, 4008, 4009,
 ];
 
 impl ShardStats {
