@@ -206,7 +206,8 @@ fn yes() -> bool {
 pub struct HttpConfig {
     /// Request line plus headers; larger requests get 431.
     pub head_bytes_max: usize,
-    /// Time a client has to send its whole request head; slower ones are dropped (408).
+    /// Time a client has, from its connection, to send its whole request (head and body);
+    /// slower ones are answered 408 and dropped.
     pub request_timeout_ms: u64,
 }
 

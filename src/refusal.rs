@@ -31,39 +31,12 @@ pub const USERS_PER_DOCUMENT_LIMIT: u16 = 4008;
 pub const REDIRECT: u16 = 4009;
 
 /// Every HTTP status and close code a refusal can carry.
-pub const CODES: [u16; 32] = [
-    400,
-    401,
-    403,
-    404,
-    405,
-    408,
-    411,
-    413,
-    426,
-    429,
-    431,
-    500,
-    503,
-    505,
-    1001,
-    1002,
-    1003,
-    1007,
-    1008,
-    1009,
-    1011,
-    1012,
-    1013,
-    MISSING_TOKEN,
-    INVALID_TOKEN,
-    FORBIDDEN,
-    CONNECTION_LIMIT,
-    DOCUMENT_LIMIT,
-    RATE_LIMIT,
-    INVALID_NAME,
-    USERS_PER_DOCUMENT_LIMIT,
-    REDIRECT,
+#[rustfmt::skip]
+pub const CODES: [u16; 33] = [
+    400, 401, 403, 404, 405, 408, 411, 413, 426, 429, 431, 500, 501, 503, 505,
+    1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013,
+    MISSING_TOKEN, INVALID_TOKEN, FORBIDDEN, CONNECTION_LIMIT, DOCUMENT_LIMIT, RATE_LIMIT,
+    INVALID_NAME, USERS_PER_DOCUMENT_LIMIT, REDIRECT,
 ];
 
 /// Why a request, an upgrade or a session is refused.
@@ -78,6 +51,9 @@ pub enum Refusal {
     MethodNotAllowed,
     Draining,
     Overloaded,
+    /// Client sockets have taken the descriptors kept back for answering: refused before
+    /// the request is read.
+    OutOfSockets,
     /// Too many tokens or client secrets wait to be checked on this shard.
     VerifierBusy,
     /// A per-IP budget.
@@ -177,6 +153,22 @@ impl Refusal {
                     HttpError::Malformed => (400, "not an HTTP/1.1 request"),
                     HttpError::HeadTooLarge => (431, "request head too large"),
                     HttpError::VersionNotSupported => (505, "use HTTP/1.1"),
+                    HttpError::BadContentLength => (
+                        400,
+                        "Content-Length must be given once, as digits only (RFC 9112 section 6.3)",
+                    ),
+                    HttpError::LengthAndEncoding => (
+                        400,
+                        "send either Content-Length or Transfer-Encoding, not both (RFC 9112 section 6.3)",
+                    ),
+                    // RFC 9112 section 6.1: a transfer coding the server does not implement
+                    // ought to get 501. Requests have none here (the only body, the token
+                    // form, is small and must say its length); 501 says the refusal is about
+                    // the coding, not a malformed request.
+                    HttpError::TransferEncoding => (
+                        501,
+                        "Transfer-Encoding is not supported on requests: send the body with a Content-Length",
+                    ),
                 };
                 http(status, "bad_request", message)
             }
@@ -201,6 +193,11 @@ impl Refusal {
                 "this node is restarting: connect again shortly",
             ),
             Overloaded => http(503, "unavailable", "this node is at capacity: retry later"),
+            OutOfSockets => http(
+                503,
+                "unavailable",
+                "this node is out of connections: retry later",
+            ),
             VerifierBusy => http(
                 503,
                 "unavailable",
@@ -430,6 +427,10 @@ mod tests {
             Http(HttpError::Malformed),
             Http(HttpError::HeadTooLarge),
             Http(HttpError::VersionNotSupported),
+            Http(HttpError::BadContentLength),
+            Http(HttpError::LengthAndEncoding),
+            Http(HttpError::TransferEncoding),
+            OutOfSockets,
             RequestTimeout,
             Handshake(HandshakeError::Method),
             Handshake(HandshakeError::NotAnUpgrade),
@@ -549,6 +550,44 @@ mod tests {
         }
     }
 
+    /// Every HTTP status the server sends has its RFC reason phrase: each refusal's, and
+    /// the two successes (101 is the upgrade, 200 every answer).
+    #[test]
+    fn every_status_sent_has_its_rfc_phrase() {
+        // RFC 9110 section 15, RFC 6585 (429, 431): written out here, apart from the table.
+        const RFC: &[(u16, &str)] = &[
+            (101, "Switching Protocols"),
+            (200, "OK"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (426, "Upgrade Required"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (503, "Service Unavailable"),
+            (505, "HTTP Version Not Supported"),
+        ];
+        let statuses = every_kind().into_iter().filter_map(|r| match r.wire() {
+            Wire::Http { status, .. } => Some(status),
+            Wire::Close { .. } => None,
+        });
+        for status in statuses.chain([101, 200]) {
+            let expected = RFC.iter().find(|(s, _)| *s == status).map(|(_, p)| *p);
+            assert_eq!(
+                Some(crate::http::response::reason_phrase(status)),
+                expected,
+                "status {status}: add its RFC phrase"
+            );
+        }
+    }
+
     #[test]
     fn the_documented_codes_and_reasons() {
         assert_eq!(
@@ -566,6 +605,9 @@ mod tests {
         assert_eq!(Refusal::RegistryUnavailable.code(), 1013);
         assert_eq!(Refusal::Restart.code(), 1012);
         assert_eq!(Refusal::Frame(FrameError::TooLarge).code(), 1009);
+        assert_eq!(Refusal::Http(HttpError::BadContentLength).code(), 400);
+        assert_eq!(Refusal::Http(HttpError::LengthAndEncoding).code(), 400);
+        assert_eq!(Refusal::Http(HttpError::TransferEncoding).code(), 501);
         let upgrade =
             String::from_utf8(Refusal::Handshake(HandshakeError::Version).http_response()).unwrap();
         assert!(

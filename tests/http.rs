@@ -59,6 +59,85 @@ fn slow_request_heads_are_dropped() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// One deadline covers the head and the body, from the connection's start: each part sent
+/// within the timeout is not enough when together they take longer.
+#[test]
+fn slow_request_bodies_get_408_within_one_deadline() {
+    let server = Server::start("[http]\nrequest_timeout_ms = 600\n");
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /connect/token HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"Content-Length: 40\r\n\r\ngrant_type=")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"client_").unwrap();
+    let mut out = String::new();
+    // The server closes: the read ends rather than timing out.
+    s.read_to_string(&mut out).unwrap();
+    let elapsed = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
+    assert!(
+        out.ends_with(
+            "{\"error\":\"request_timeout\",\"message\":\"send the whole request sooner\"}"
+        ),
+        "{out}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(550) && elapsed < Duration::from_millis(2000),
+        "{elapsed:?}"
+    );
+    // A declared body that never comes holds the socket no longer than the deadline.
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /connect/token HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(status(&out), 408, "{out}");
+}
+
+/// Framings two parties could read differently are refused before any body is read (RFC
+/// 9112 section 6.3), with their statuses' phrases.
+#[test]
+fn ambiguous_request_framing_is_refused() {
+    let server = Server::start("");
+    let post = |headers: &str| {
+        server.http(&format!(
+            "POST /connect/token HTTP/1.1\r\nHost: t\r\n{headers}\r\ngrant_type=client_credentials"
+        ))
+    };
+    for headers in [
+        "Content-Length: 29\r\nTransfer-Encoding: chunked\r\n",
+        "Content-Length: 29\r\nContent-Length: 29\r\n",
+        "Content-Length: +29\r\n",
+        "Content-Length: -1\r\n",
+        "Content-Length: 2 9\r\n",
+    ] {
+        let r = post(headers);
+        assert!(
+            r.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{headers}: {r}"
+        );
+        assert!(r.contains("RFC 9112 section 6.3"), "{headers}: {r}");
+    }
+    let r = post("Transfer-Encoding: chunked\r\n");
+    assert!(r.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{r}");
+    assert!(r.contains("send the body with a Content-Length"), "{r}");
+    // An upgrade with an ambiguous framing is refused too: its body would be read as frames.
+    let r = server.http(&format!(
+        "GET /doc?token={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nTransfer-Encoding: chunked\r\n\r\n",
+        editor_token()
+    ));
+    assert_eq!(status(&r), 501, "{r}");
+    let r = post("");
+    assert!(r.starts_with("HTTP/1.1 411 Length Required\r\n"), "{r}");
+    let r = post("Content-Length: 99999\r\n");
+    assert!(r.starts_with("HTTP/1.1 413 Content Too Large\r\n"), "{r}");
+}
+
 #[test]
 fn metrics_are_prometheus_text() {
     let server = Server::start("");

@@ -238,3 +238,71 @@ fn the_open_file_limit_refuses_upgrades_with_503() {
     let mut again = connect(&server.addr, "/one-more");
     again.close(None).unwrap();
 }
+
+/// Sockets still in admission count against the open-file guard: a flood of requests that
+/// never send their body makes the node answer 503, first to upgrades (after their head),
+/// then, with half the reserve gone too, to every new socket at once, instead of running out
+/// of descriptors; at the deadline the flood gets 408 and the node recovers.
+#[test]
+fn half_open_requests_count_against_the_open_file_guard() {
+    use std::io::{Read, Write};
+    // 200 files less 64 kept back: 136 client sockets pass the guard; past 136 + 32 each new
+    // socket is answered at once.
+    const OPEN_FILES: u64 = 200;
+    const GUARD: usize = 136;
+    const RESERVE_HALF: usize = 32;
+    let server = Server::start_with_open_files("[http]\nrequest_timeout_ms = 6000\n", OPEN_FILES);
+    let half_open = || {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        s.write_all(b"POST /connect/token HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let mut flood: Vec<_> = (0..GUARD).map(|_| half_open()).collect();
+    // The /metrics request is an admission too.
+    server.wait_for(
+        "the flood to be in admission",
+        Duration::from_secs(3),
+        |s| s.metric("admissions").0 as usize == GUARD + 1,
+    );
+    let refused = server.http_head(&format!(
+        "GET /flooded?token={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        editor_token()
+    ));
+    assert_eq!(status(&refused), 503, "{refused}");
+    let health = server.get("/health");
+    assert!(
+        status(&health) == 503 && health.contains("\"overloaded\""),
+        "{health}"
+    );
+    flood.extend((0..RESERVE_HALF).map(|_| half_open()));
+    server.wait_for(
+        "new sockets to be refused at once",
+        Duration::from_secs(3),
+        |s| {
+            let r = s.get("/metrics");
+            status(&r) == 503 && r.contains("out of connections")
+        },
+    );
+    // A socket that sends nothing is answered without waiting for its request.
+    let mut silent = std::net::TcpStream::connect(&server.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = String::new();
+    silent.read_to_string(&mut answer).unwrap();
+    assert_eq!(status(&answer), 503, "{answer}");
+    // At the deadline the half-open requests are answered 408 and closed.
+    let mut timed_out = String::new();
+    flood[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    flood[0].read_to_string(&mut timed_out).unwrap();
+    assert_eq!(status(&timed_out), 408, "{timed_out}");
+    server.wait_for("the node to recover", Duration::from_secs(10), |s| {
+        status(&s.get("/health")) == 200 && s.metric("admissions").0 == 1
+    });
+    drop(flood);
+}

@@ -14,6 +14,9 @@ pub struct Request<'b> {
     pub headers: Vec<(&'b str, &'b [u8])>,
     /// Bytes of the request head, including the blank line.
     pub head_len: usize,
+    /// The body's length from `Content-Length`, checked (see [`parse_request`]); `None`
+    /// without one.
+    pub content_length: Option<u64>,
 }
 
 /// Why a request is refused before routing, each with its HTTP status.
@@ -25,6 +28,13 @@ pub enum HttpError {
     HeadTooLarge,
     /// HTTP/1.0 and older cannot upgrade.
     VersionNotSupported,
+    /// A `Content-Length` that is not one run of digits, or more than one of them.
+    BadContentLength,
+    /// Both `Transfer-Encoding` and `Content-Length`: the two framings could disagree (a
+    /// request-smuggling attempt, RFC 9112 section 6.3, item 3).
+    LengthAndEncoding,
+    /// A `Transfer-Encoding` on a request: no endpoint takes a coded body.
+    TransferEncoding,
 }
 
 impl<'b> Request<'b> {
@@ -93,14 +103,55 @@ pub fn parse_request(buf: &[u8], head_bytes_max: usize) -> Result<Option<Request
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let headers = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    let headers: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    let content_length = body_framing(&headers)?;
     Ok(Some(Request {
         method,
         path,
         query,
         headers,
         head_len,
+        content_length,
     }))
+}
+
+/// The body length a request declares, refusing every framing two parties could read
+/// differently (RFC 9112 section 6.3). Checked for every request, not only those with a
+/// body we read: bytes after an upgrade's head are read as frames, so a request whose
+/// framing is ambiguous must not get that far.
+fn body_framing(headers: &[(&str, &[u8])]) -> Result<Option<u64>, HttpError> {
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    let mut lengths = named("content-length");
+    let length = lengths.next();
+    // RFC 9112 allows several Content-Length fields (or a list) with one identical value;
+    // we refuse any repetition, since a proxy in front may have kept a different one.
+    if lengths.next().is_some() {
+        return Err(HttpError::BadContentLength);
+    }
+    if named("transfer-encoding").next().is_some() {
+        return Err(match length {
+            Some(_) => HttpError::LengthAndEncoding,
+            None => HttpError::TransferEncoding,
+        });
+    }
+    length.map(content_length).transpose()
+}
+
+/// `Content-Length = 1*DIGIT` (RFC 9110 section 8.6): no sign, no spaces, no list, and not
+/// past `u64`. (httparse has already dropped the optional whitespace around a field value.)
+fn content_length(value: &[u8]) -> Result<u64, HttpError> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::BadContentLength);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(HttpError::BadContentLength)
 }
 
 /// Percent-decodes `s` into UTF-8. `None` for a bad escape or bytes that are not UTF-8.
@@ -188,6 +239,61 @@ mod tests {
             parse_request(b"GET * HTTP/1.1\r\n\r\n", MAX).unwrap_err(),
             HttpError::Malformed
         );
+    }
+
+    fn framing(headers: &str) -> Result<Option<u64>, HttpError> {
+        let raw = format!("POST /connect/token HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
+        parse_request(raw.as_bytes(), MAX).map(|r| r.unwrap().content_length)
+    }
+
+    #[test]
+    fn content_length_is_one_run_of_digits() {
+        assert_eq!(framing(""), Ok(None));
+        assert_eq!(framing("Content-Length: 0\r\n"), Ok(Some(0)));
+        assert_eq!(framing("content-length: 0042\r\n"), Ok(Some(42)));
+        // Whitespace around a value is not part of it (RFC 9110 section 5.5).
+        assert_eq!(framing("Content-Length:   7  \r\n"), Ok(Some(7)));
+        for bad in [
+            "+5",
+            "-1",
+            "0x5",
+            "5,5",
+            "5 5",
+            "",
+            "1e3",
+            "18446744073709551616",
+        ] {
+            let header = format!("Content-Length: {bad}\r\n");
+            assert_eq!(
+                framing(&header),
+                Err(HttpError::BadContentLength),
+                "{bad:?}"
+            );
+        }
+        for bad in [" 5", "5 ", "\t5"] {
+            assert_eq!(
+                content_length(bad.as_bytes()),
+                Err(HttpError::BadContentLength),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_lengths_and_transfer_codings_are_refused() {
+        // Even two equal values: refusing is the safe reading (see body_framing).
+        assert_eq!(
+            framing("Content-Length: 5\r\nContent-Length: 5\r\n"),
+            Err(HttpError::BadContentLength)
+        );
+        assert_eq!(
+            framing("Content-Length: 5\r\nContent-Length: 6\r\n"),
+            Err(HttpError::BadContentLength)
+        );
+        let both = framing("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n");
+        assert_eq!(both, Err(HttpError::LengthAndEncoding));
+        let coded = framing("Transfer-Encoding: chunked\r\n");
+        assert_eq!(coded, Err(HttpError::TransferEncoding));
     }
 
     #[test]

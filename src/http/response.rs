@@ -3,18 +3,28 @@
 
 use std::fmt::Write;
 
+/// The RFC 9110 (and RFC 6585 for 429 and 431) reason phrase of every status the server
+/// answers with; a test checks that the statuses in the code are all here.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
+        // The phrase carries no meaning for clients (RFC 9112 section 4); never empty.
         _ => "Unknown",
     }
 }

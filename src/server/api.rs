@@ -21,6 +21,7 @@ pub async fn answer(
     req: &Request<'_>,
     leftover: &[u8],
     ip: IpAddr,
+    deadline: std::time::Instant,
 ) -> bool {
     let bytes = match (req.method, req.path) {
         ("GET" | "HEAD", "/health" | "/") => health(shard),
@@ -32,7 +33,7 @@ pub async fn answer(
         ),
         ("GET", "/usage") => usage(shard, req, ip).await,
         ("GET", "/discovery") => discovery(shard, req, ip).await,
-        ("POST", "/connect/token") => token(shard, stream, req, leftover, ip).await,
+        ("POST", "/connect/token") => token(shard, stream, req, leftover, ip, deadline).await,
         (_, "/health" | "/metrics" | "/usage" | "/connect/token") => {
             Refusal::MethodNotAllowed.http_response()
         }
@@ -207,31 +208,25 @@ async fn token(
     req: &Request<'_>,
     leftover: &[u8],
     ip: IpAddr,
+    deadline: std::time::Instant,
 ) -> Vec<u8> {
     if !shard.shared.token_requests_per_ip.allow(ip, now_s()) {
         return rate_limited(ip, "token_requests");
     }
-    let length = req
-        .header("content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    let Some(length) = length else {
+    let Some(length) = req.content_length else {
         return Refusal::LengthRequired.http_response();
     };
-    if length > BODY_BYTES_MAX {
+    if length > BODY_BYTES_MAX as u64 {
         return Refusal::BodyTooLarge.http_response();
     }
-    let mut body = leftover[..leftover.len().min(length)].to_vec();
-    while body.len() < length {
-        let start = body.len();
-        body.resize(length, 0);
-        match socket::read(stream, &mut body[start..]).await {
-            Ok(0) | Err(_) => {
+    let body =
+        match super::router::within(deadline, read_body(stream, leftover, length as usize)).await {
+            Some(Ok(body)) => body,
+            Some(Err(())) => {
                 return Refusal::InvalidRequest("the form ended early".into()).http_response()
             }
-            Ok(n) => body.truncate(start + n),
-        }
-    }
+            None => return Refusal::RequestTimeout.http_response(),
+        };
     let Ok(form) = std::str::from_utf8(&body) else {
         return Refusal::InvalidRequest("the form is not UTF-8".into()).http_response();
     };
@@ -263,6 +258,21 @@ async fn token(
     }
     let status = answer.error.map_or(200, |e| Refusal::OAuth(e).code());
     response(status, "application/json", &[], &answer.body)
+}
+
+/// The `length` bytes of a body: those read with the head, then the rest from the socket.
+/// `Err` if the client closes first.
+async fn read_body(stream: &SharedStream, leftover: &[u8], length: usize) -> Result<Vec<u8>, ()> {
+    let mut body = leftover[..leftover.len().min(length)].to_vec();
+    while body.len() < length {
+        let start = body.len();
+        body.resize(length, 0);
+        match socket::read(stream, &mut body[start..]).await {
+            Ok(0) | Err(_) => return Err(()),
+            Ok(n) => body.truncate(start + n),
+        }
+    }
+    Ok(body)
 }
 
 /// `GET /{tenantId}/.well-known/jwks`: the tenant's public verification keys.

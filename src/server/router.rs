@@ -56,17 +56,16 @@ async fn admit(
     handed: Option<Identity>,
 ) -> Option<(SharedStream, Admitted)> {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let timeout = Duration::from_millis(shard.config().http.request_timeout_ms);
+    let _counted = InAdmission::new(shard.my_stats());
+    // One deadline for the whole exchange, from the accept (no later than the first byte):
+    // a client cannot stretch it by sending its head and body just in time each.
+    let deadline = Instant::now() + Duration::from_millis(shard.config().http.request_timeout_ms);
+    if handed.is_none() && shard.out_of_sockets() {
+        refuse_http(&shard, &stream, &Refusal::OutOfSockets).await;
+        return None;
+    }
     let limit = shard.config().http.head_bytes_max;
-    let read = futures_lite::future::or(
-        async { Some(read_head(&stream, head, limit).await) },
-        async {
-            glommio::timer::sleep(timeout).await;
-            None
-        },
-    )
-    .await;
-    let head = match read {
+    let head = match within(deadline, read_head(&stream, head, limit)).await {
         None => {
             refuse_http(&shard, &stream, &Refusal::RequestTimeout).await;
             return None;
@@ -84,7 +83,18 @@ async fn admit(
         .expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
     let started = Instant::now();
-    match route(&shard, &stream, &req, leftover, handed, started).await {
+    let exchange = route(&shard, &stream, &req, leftover, handed, started, deadline);
+    let routed = if handshake::is_upgrade(&req) {
+        // An upgrade's admission takes registry counts it must give back, so it is never
+        // cut short; its steps are bounded (the registry by `registry_timeout_ms`).
+        exchange.await
+    } else {
+        // A plain exchange holds nothing to give back and can end anywhere: its body must
+        // be in by the deadline (408), and its answer then has one linger to leave.
+        let backstop = deadline + linger(&shard);
+        within(backstop, exchange).await.unwrap_or(Routed::Done)
+    };
+    match routed {
         Routed::Done => None,
         Routed::Session(session) => {
             drop(req);
@@ -113,6 +123,35 @@ enum Routed {
     Session(Session),
     /// The document lives on another shard: hand the connection over.
     HandOff(usize, Box<Identity>),
+}
+
+/// Counts its socket in the shard's `admissions` for as long as it lives: it is dropped on
+/// every way out of an admission.
+struct InAdmission<'s>(&'s stats::ShardStats);
+
+impl<'s> InAdmission<'s> {
+    fn new(stats: &'s stats::ShardStats) -> Self {
+        stats::add(&stats.admissions, 1);
+        InAdmission(stats)
+    }
+}
+
+impl Drop for InAdmission<'_> {
+    fn drop(&mut self) {
+        stats::sub(&self.0.admissions, 1);
+    }
+}
+
+/// `f`'s output, or `None` if `deadline` passes first.
+pub(super) async fn within<T>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        None
+    })
+    .await
 }
 
 enum HeadError {
@@ -165,11 +204,12 @@ async fn route(
     leftover: Vec<u8>,
     handed: Option<Identity>,
     started: Instant,
+    deadline: Instant,
 ) -> Routed {
     let handed_off = handed.is_some();
     let upgrade = handshake::is_upgrade(req);
     let ip = client_ip(shard, stream, req);
-    if !upgrade && api::answer(shard, stream, req, &leftover, ip).await {
+    if !upgrade && api::answer(shard, stream, req, &leftover, ip, deadline).await {
         return Routed::Done;
     }
     if shard.config().echo_path.as_deref() == Some(req.path) {
@@ -406,7 +446,6 @@ async fn linger_and_close(shard: &Rc<Shard>, stream: &SharedStream) {
     let fd = stream.borrow().as_raw_fd();
     // SAFETY: shutting down the write side of our own open socket.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    let linger = Duration::from_millis(shard.config().websocket.close_timeout_ms.min(1000));
     let mut sink = [0u8; 512];
     let drain = async {
         while let Ok(n) = socket::read(stream, &mut sink).await {
@@ -415,5 +454,10 @@ async fn linger_and_close(shard: &Rc<Shard>, stream: &SharedStream) {
             }
         }
     };
-    futures_lite::future::or(drain, glommio::timer::sleep(linger)).await;
+    futures_lite::future::or(drain, glommio::timer::sleep(linger(shard))).await;
+}
+
+/// How long a closing answer waits for the peer (see `linger_and_close`).
+fn linger(shard: &Shard) -> Duration {
+    Duration::from_millis(shard.config().websocket.close_timeout_ms.min(1000))
 }

@@ -315,10 +315,29 @@ impl Shard {
         &self.shared.config
     }
 
-    /// Past the node's high-water mark (open connections over every shard, or memory).
+    /// Past the node's high-water mark (open connections over every shard, or memory), or
+    /// out of file descriptors for clients. Asked from within an admission.
     pub fn overloaded(&self) -> bool {
         let connections = self.stats.iter().map(|s| stats::get(&s.connections)).sum();
-        self.shared.overloaded(connections)
+        self.shared.overloaded(connections, self.other_sockets())
+    }
+
+    /// Too many client sockets to even read a new one's request (see
+    /// `Shared::out_of_sockets`). Asked from within an admission.
+    pub fn out_of_sockets(&self) -> bool {
+        self.shared.out_of_sockets(self.other_sockets())
+    }
+
+    /// Client sockets over every shard, sessions and admissions, less the caller's own (every
+    /// caller is an admission, counted from its start). A session is counted twice between
+    /// its join and the end of its admission: a brief over-count, on the safe side.
+    fn other_sockets(&self) -> u64 {
+        let sockets: u64 = self
+            .stats
+            .iter()
+            .map(|s| stats::get(&s.connections) + stats::get(&s.admissions))
+            .sum();
+        sockets.saturating_sub(1)
     }
 
     /// Verifies a token off this executor (see `offload`); `Err(Busy)` when too many wait.

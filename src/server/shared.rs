@@ -92,15 +92,24 @@ impl Shared {
     }
 
     /// Whether open connections (`connections`, over all shards) or resident memory are past
-    /// the high-water mark, or the connections have taken every file descriptor the
-    /// open-file limit leaves them.
-    pub fn overloaded(&self, connections: u64) -> bool {
+    /// the high-water mark, or client sockets (`sockets`: sessions and sockets in admission)
+    /// have taken every file descriptor the open-file limit leaves them.
+    pub fn overloaded(&self, connections: u64, sockets: u64) -> bool {
         let node = &self.config.node;
         let over = |used: u64, budget: u64| {
             budget > 0 && used.saturating_mul(100) >= budget.saturating_mul(node.high_water_percent)
         };
-        connections >= self.connections_fd_max
+        sockets >= self.connections_fd_max
             || over(connections, node.connections_capacity)
             || self.memory.over_high_water(crate::log::unix_ms())
+    }
+
+    /// Whether client sockets (`sockets`) have eaten half of [`FD_RESERVE`] as well. The
+    /// overload guard refuses upgrades once their head is read, so sockets that send no head,
+    /// or plain requests with a slow body, pass it (a flood of half-open requests). Past
+    /// this a new socket is answered 503 at once, without waiting for its request, so that
+    /// descriptors do not run out.
+    pub fn out_of_sockets(&self, sockets: u64) -> bool {
+        sockets >= self.connections_fd_max.saturating_add(FD_RESERVE / 2)
     }
 }

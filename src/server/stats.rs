@@ -10,7 +10,7 @@ macro_rules! shard_stats {
         pub struct ShardStats {
             $( $(#[$doc])* pub $name: AtomicU64, )*
             /// Refusals by close code or HTTP status, indexed like [`REJECTION_CODES`].
-            pub rejections: [AtomicU64; REJECTION_CODES.len()],
+            pub rejections: Rejections,
             /// Handshakes completed (101 written) and the microseconds they took in all,
             /// from the whole request head to the 101.
             pub handshakes_total: AtomicU64,
@@ -39,6 +39,7 @@ macro_rules! shard_stats {
 shard_stats! {
     gauge connections: "Open WebSocket connections on documents owned by the shard",
     gauge documents: "Documents in memory on the shard (grace period included)",
+    gauge admissions: "Sockets in admission on the shard: accepted or handed over, not yet a session or closed",
     counter connections_accepted_total: "TCP connections accepted by the shard",
     counter handoffs_total: "Connections handed to this shard by the shard that accepted them",
     counter messages_in_total: "WebSocket messages received",
@@ -58,11 +59,21 @@ shard_stats! {
 /// refusal can carry.
 use crate::refusal::CODES as REJECTION_CODES;
 
+/// One counter per code in [`REJECTION_CODES`] (more than `Default` covers for arrays).
+#[derive(Debug)]
+pub struct Rejections([AtomicU64; REJECTION_CODES.len()]);
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Rejections(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
 impl ShardStats {
     /// Counts a refusal (a close code other than 1000, or an HTTP status of 400 or more).
     pub fn count_rejection(&self, code: u16) {
         if let Some(i) = REJECTION_CODES.iter().position(|&c| c == code) {
-            self.rejections[i].fetch_add(1, Relaxed);
+            self.rejections.0[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -80,7 +91,7 @@ fn render_rejections(out: &mut String, shards: &[ShardStats]) {
     );
     let _ = writeln!(out, "# TYPE wiresocket_rejections_total counter");
     for (i, code) in REJECTION_CODES.iter().enumerate() {
-        let total: u64 = shards.iter().map(|s| s.rejections[i].load(Relaxed)).sum();
+        let total: u64 = shards.iter().map(|s| s.rejections.0[i].load(Relaxed)).sum();
         let _ = writeln!(
             out,
             "wiresocket_rejections_total{{code=\"{code}\"}} {total}"
