@@ -89,7 +89,7 @@ pub async fn run(
             frames.process_pending(&mut pending, handler)
         };
     }
-    handler.on_end();
+    super::contain::end(shard.my_stats(), handler);
     if outbox.closed() == Some(Closed::Overflowed) {
         stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
     }

@@ -49,7 +49,7 @@ shard_stats! {
     counter messages_refused_total: "Client messages refused (the connection was closed)",
     counter slow_consumer_closes_total: "Connections closed because their outbound buffer filled",
     counter idle_closes_total: "Connections closed for silence past the idle timeout",
-    counter panics_total: "Panics caught while handling one connection's message",
+    counter panics_total: "Panics caught in one connection's work (admission, messages, its end, the keepalive sweep); each ended only that connection",
     counter http_requests_total: "Plain HTTP requests answered",
 }
 
