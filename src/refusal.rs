@@ -113,6 +113,8 @@ pub enum Refusal {
     SlowConsumer,
     /// A panic while handling the connection's message.
     Panicked,
+    /// A panic while the request was answered or admitted (before any 101).
+    AdmissionPanicked,
     /// The document was reset after a panic in its handling.
     DocumentReset,
     /// The node drains.
@@ -356,6 +358,11 @@ impl Refusal {
                 POLICY_VIOLATION,
                 "outbound buffer full: client too slow, reconnect to resync".into(),
             ),
+            AdmissionPanicked => http(
+                500,
+                "internal_error",
+                "the server failed on this request: try again",
+            ),
             Panicked => close(
                 INTERNAL_ERROR,
                 "internal error handling this message".into(),
@@ -489,6 +496,7 @@ mod tests {
             Idle,
             SlowConsumer,
             Panicked,
+            AdmissionPanicked,
             DocumentReset,
             Restart,
         ];

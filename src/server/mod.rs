@@ -3,6 +3,7 @@
 //! document's owner shard, where its `Room` lives.
 
 mod api;
+mod contain;
 mod deadline;
 mod handlers;
 mod memory;

@@ -28,21 +28,28 @@ use std::time::{Duration, Instant};
 /// state; it runs in its own boxed future, freed before the session starts, so that an idle
 /// connection's task holds only what its session needs.
 /// (Not an `async fn`: its arguments would stay in the task for the connection's life.)
+///
+/// A panic anywhere in admission (token verification, routing, registry calls) ends only
+/// this connection: it is answered 500 and closed.
 pub fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
     head: Vec<u8>,
     handed: Option<Identity>,
 ) -> impl std::future::Future<Output = ()> {
-    let admission = Box::pin(admit(shard.clone(), stream, head, handed));
+    let stream: SharedStream = Rc::new(RefCell::new(stream));
+    let admission = Box::pin(admit(shard.clone(), stream.clone(), head, handed));
     async move {
-        if let Some((stream, session)) = admission.await {
-            let Admitted {
+        match super::contain::future(shard.my_stats(), "admission", admission).await {
+            Some(Some(Admitted {
                 outbox,
                 leftover,
                 handler,
-            } = session;
-            super::session::run(&shard, stream, outbox, leftover, handler).await;
+            })) => super::session::run(&shard, stream, outbox, leftover, handler).await,
+            Some(None) => {}
+            // The 101 is admission's last step, so the panic came before it. If an answer was
+            // already sent, its socket's write side is shut down and this write just fails.
+            None => refuse_http(&shard, &stream, &Refusal::AdmissionPanicked).await,
         }
     }
 }
@@ -51,11 +58,10 @@ pub fn serve(
 /// (its 101 written).
 async fn admit(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    stream: SharedStream,
     head: Vec<u8>,
     handed: Option<Identity>,
-) -> Option<(SharedStream, Admitted)> {
-    let stream: SharedStream = Rc::new(RefCell::new(stream));
+) -> Option<Admitted> {
     let _counted = InAdmission::new(shard.my_stats());
     // One deadline for the whole exchange, from the accept (no later than the first byte):
     // a client cannot stretch it by sending its head and body just in time each.
@@ -99,17 +105,11 @@ async fn admit(
         Routed::Session(session) => {
             drop(req);
             drop(head);
-            let admitted = upgrade(&shard, &stream, session).await?;
-            Some((stream, admitted))
+            upgrade(&shard, &stream, session).await
         }
         Routed::HandOff(owner, identity) => {
             drop(req);
-            // The stream is shared only once a session starts, and none did.
-            if let Ok(stream) = Rc::try_unwrap(stream) {
-                shard
-                    .hand_off(owner, stream.into_inner(), head, *identity)
-                    .await;
-            }
+            shard.hand_off(owner, &stream, head, *identity).await;
             None
         }
     }
@@ -386,7 +386,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &SharedStream, session: Session) -> 
         Ok(mut handler) => {
             let switching = handshake::switching_protocols(&accept, protocol);
             if socket::write_all(stream, &switching).await.is_err() {
-                handler.on_end();
+                super::contain::end(shard.my_stats(), handler.as_mut());
                 return None;
             }
             shard.my_stats().observe_handshake(started.elapsed());

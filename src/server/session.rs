@@ -103,7 +103,7 @@ pub async fn run(
         frames.track_progress(&pending, &live, n);
     }
     frames.release();
-    handler.on_end();
+    super::contain::end(shard.my_stats(), handler);
     if outbox.closed() == Some(Closed::Overflowed) {
         stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
     }

@@ -51,7 +51,7 @@ shard_stats! {
     counter idle_closes_total: "Connections closed for silence past the idle timeout",
     counter message_timeouts_total: "Connections closed because a frame or message stopped arriving",
     counter incomplete_bytes_closes_total: "Connections closed because the node held too many bytes of incomplete messages",
-    counter panics_total: "Panics caught while handling one connection's message",
+    counter panics_total: "Panics caught in one connection's work (admission, messages, its end, the keepalive sweep); each ended only that connection",
     counter http_requests_total: "Plain HTTP requests answered",
 }
 
