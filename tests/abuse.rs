@@ -104,11 +104,7 @@ fn trickling_a_byte_at_a_time_is_not_progress_but_a_slow_large_message_is() {
         match trickler.read() {
             Ok(Message::Close(Some(frame))) => break u16::from(frame.code),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if read_timed_out(&e) => {}
             Err(e) => panic!("no close frame: {e}"),
         }
     };

@@ -19,7 +19,7 @@ pub struct Request<'b> {
     pub content_length: Option<u64>,
 }
 
-/// Why a request is refused before routing, each with its HTTP status.
+/// Why a request is refused before routing (`refusal` says with which HTTP status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpError {
     /// Not HTTP/1.1 syntax.

@@ -295,6 +295,14 @@ pub fn close_code(code: u16) -> CloseCode {
     CloseCode::from(code)
 }
 
+/// Whether a read failed only because its timeout passed.
+pub fn read_timed_out(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e) if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
+}
+
 /// lib0 varint.
 pub fn var(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -421,11 +429,7 @@ impl YClient {
             match self.ws.read() {
                 Ok(Message::Binary(b)) => self.handle(&b),
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if read_timed_out(&e) => {}
                 Err(e) => panic!("connection failed: {e}"),
             }
         }
