@@ -20,8 +20,8 @@ use std::sync::Arc;
 pub struct DocumentHandler {
     shard: Rc<Shard>,
     key: String,
-    /// `{tenant}::{app}`, whose counts this connection holds.
-    app: String,
+    /// The app's connection count this connection holds; `None` once it has left.
+    count: Option<ConnectionCount>,
     room: Rc<RefCell<Room>>,
     slot: Slot,
     /// False for `viewer` tokens: updates are refused with an auth message.
@@ -29,6 +29,21 @@ pub struct DocumentHandler {
     ops_per_minute: Option<u64>,
     ops: Arc<MinuteWindow>,
     rate: MessageRate,
+}
+
+/// One of an app's connections, counted in the registry: given back when dropped, so that no
+/// way out of an admission or a session (a refusal, the end, a panic that drops it) leaves
+/// the count behind.
+struct ConnectionCount {
+    shard: Rc<Shard>,
+    /// `{tenant}::{app}`.
+    app: String,
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        release_connection(&self.shard, &self.app);
+    }
 }
 
 /// What a connection to a document is allowed, from its verified token.
@@ -44,7 +59,7 @@ pub struct Admission {
 impl DocumentHandler {
     /// Admits the connection against its app's limits (4004, 4005, 4008), opens the room
     /// (4009 when the document lives on another node, 1013 when the registry does not
-    /// answer) and joins it. A refusal leaves no count behind.
+    /// answer) and joins it. A refusal (or a panic) leaves no count behind.
     pub async fn join(
         shard: Rc<Shard>,
         admission: Admission,
@@ -67,10 +82,16 @@ impl DocumentHandler {
             Ok(Err(e)) => return Err(Refusal::ConnectionLimit(e.limit)),
             Err(_) => return Err(Refusal::RegistryUnavailable),
         }
-        let room = match shard.open_room(&key, &app, limits.max_documents).await {
+        let count = ConnectionCount {
+            shard: shard.clone(),
+            app,
+        };
+        let room = match shard
+            .open_room(&key, &count.app, limits.max_documents)
+            .await
+        {
             Ok(room) => room,
             Err(refusal) => {
-                release_connection(&shard, &app);
                 return Err(match refusal {
                     RoomRefusal::DocumentLimit(e) => Refusal::DocumentLimit {
                         limit: e.limit,
@@ -88,7 +109,6 @@ impl DocumentHandler {
         };
         if let Some(max) = limits.max_users_per_doc {
             if room.borrow().subscriber_count() as u64 >= max {
-                release_connection(&shard, &app);
                 // A room created just now is still empty: it goes after its grace period.
                 shard.room_left(&key);
                 return Err(Refusal::UsersPerDocument(max));
@@ -96,7 +116,7 @@ impl DocumentHandler {
         }
         let slot = room.borrow_mut().join(outbox);
         stats::add(&shard.my_stats().connections, 1);
-        let ops = registry.ops_window(&app);
+        let ops = registry.ops_window(&count.app);
         let ws = &shard.config().websocket;
         let rate = MessageRate::new(
             ws.messages_per_second,
@@ -107,7 +127,7 @@ impl DocumentHandler {
             rate,
             shard,
             key,
-            app,
+            count: Some(count),
             room,
             slot,
             can_write,
@@ -198,14 +218,34 @@ impl Handler for DocumentHandler {
     }
 
     fn on_end(&mut self) {
-        let mut room = self.room.borrow_mut();
-        // Updates staged before the end were valid; a refusal now has no one to tell.
-        let _ = room.flush();
-        room.leave(self.slot);
-        drop(room);
+        self.leave();
+    }
+}
+
+impl DocumentHandler {
+    /// Leaves the room and gives the connection count back, once.
+    fn leave(&mut self) {
+        let Some(count) = self.count.take() else {
+            return;
+        };
+        // Borrowed only if a panic unwound out of the room's own code; the room is then
+        // reset by the session, and a second panic here would end the shard.
+        if let Ok(mut room) = self.room.try_borrow_mut() {
+            // Updates staged before the end were valid; a refusal now has no one to tell.
+            let _ = room.flush();
+            room.leave(self.slot);
+        }
         stats::sub(&self.shard.my_stats().connections, 1);
-        release_connection(&self.shard, &self.app);
+        drop(count);
         self.shard.room_left(&self.key);
+    }
+}
+
+/// A handler dropped without its end (a panic between the join and the session) still
+/// leaves its room and gives back its count.
+impl Drop for DocumentHandler {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
