@@ -245,7 +245,8 @@ pub struct WebSocketConfig {
 pub struct DocumentConfig {
     /// How long a document stays in memory after its last client leaves.
     pub grace_period_ms: u64,
-    /// Structs one update may carry (yrs keeps each in memory).
+    /// Structs and delete ranges one update may carry (yrs keeps each struct in memory, and
+    /// a delete range may split one).
     pub update_structs_max: usize,
     pub awareness_clients_max: usize,
     pub awareness_clients_per_connection_max: usize,

@@ -11,6 +11,16 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the process first asked: for rates and timeouts, which must not move
+/// when the wall clock is set.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 pub fn event(level: &str, event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     let mut line = format!(
         "ts={} level={level} event={event}",

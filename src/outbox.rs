@@ -50,6 +50,8 @@ struct Inner {
     /// Bytes of `queue[0]` already written.
     head_written: usize,
     queued_bytes: usize,
+    /// Bytes ever taken by the consumer: whether it is still reading.
+    written_bytes: u64,
     closed: Option<Closed>,
     /// The code of the close frame queued, if any.
     close_code: Option<u16>,
@@ -69,6 +71,7 @@ impl Outbox {
                 queue: VecDeque::new(),
                 head_written: 0,
                 queued_bytes: 0,
+                written_bytes: 0,
                 closed: None,
                 close_code: None,
                 waker: None,
@@ -149,6 +152,11 @@ impl Outbox {
         self.inner.borrow().queued_bytes
     }
 
+    /// Bytes the consumer has taken so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.inner.borrow().written_bytes
+    }
+
     /// Writer side: ready with `true` when frames are queued, `false` when the outbox is
     /// closed and fully written (the writer is done).
     pub fn poll_pending(&self, cx: &mut Context<'_>) -> Poll<bool> {
@@ -189,7 +197,9 @@ impl Outbox {
     /// Writer side: `n` more bytes went out.
     pub fn consume(&self, mut n: usize) {
         let mut inner = self.inner.borrow_mut();
+        assert!(n <= inner.queued_bytes, "consumed more than was queued");
         inner.queued_bytes -= n;
+        inner.written_bytes += n as u64;
         while n > 0 {
             let head_left = inner.queue[0].len() - inner.head_written;
             if n >= head_left {

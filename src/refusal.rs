@@ -109,8 +109,12 @@ pub enum Refusal {
     MessageTimeout,
     /// The node holds `websocket.incomplete_bytes_max` of incomplete messages.
     IncompleteBytes,
+    /// The node is past `node.memory_budget_bytes`: no document changes.
+    OutOfMemory,
     Idle,
     SlowConsumer,
+    /// The client took none of what was sent to it for `websocket.message_timeout_ms`.
+    NotReading,
     /// A panic while handling the connection's message.
     Panicked,
     /// A panic while the request was answered or admitted (before any 101).
@@ -325,7 +329,8 @@ impl Refusal {
                 let code = match e {
                     AwarenessError::StateTooLarge => MESSAGE_TOO_BIG,
                     AwarenessError::TooManyClientsForConnection
-                    | AwarenessError::TooManyClientsForRoom => POLICY_VIOLATION,
+                    | AwarenessError::TooManyClientsForRoom
+                    | AwarenessError::RepeatedClient => POLICY_VIOLATION,
                 };
                 close(code, e.reason().into())
             }
@@ -350,6 +355,10 @@ impl Refusal {
                 TRY_AGAIN_LATER,
                 "server busy: too many large messages in flight, try again later".into(),
             ),
+            OutOfMemory => close(
+                TRY_AGAIN_LATER,
+                "server out of memory: keep the edit and try again later".into(),
+            ),
             Idle => close(
                 GOING_AWAY,
                 "idle timeout: nothing received for too long".into(),
@@ -357,6 +366,10 @@ impl Refusal {
             SlowConsumer => close(
                 POLICY_VIOLATION,
                 "outbound buffer full: client too slow, reconnect to resync".into(),
+            ),
+            NotReading => close(
+                POLICY_VIOLATION,
+                "client stopped reading: reconnect to resync".into(),
             ),
             AdmissionPanicked => http(
                 500,
@@ -487,14 +500,17 @@ mod tests {
             Protocol(ProtocolError::AwarenessNotJson),
             Awareness(AwarenessError::StateTooLarge),
             Awareness(AwarenessError::TooManyClientsForRoom),
+            Awareness(AwarenessError::RepeatedClient),
             Integrate,
             DocumentTooLarge,
             NotBinary,
             MessageRate(1),
             MessageTimeout,
             IncompleteBytes,
+            OutOfMemory,
             Idle,
             SlowConsumer,
+            NotReading,
             Panicked,
             AdmissionPanicked,
             DocumentReset,

@@ -161,7 +161,10 @@ fn the_node_bounds_bytes_held_in_incomplete_messages() {
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        assert!(ws.read().is_err(), "still open, nothing sent");
+        match ws.read() {
+            Err(e) if read_timed_out(&e) => {}
+            other => panic!("still open, nothing sent, but got {other:?}"),
+        }
     }
     drop(holders);
     std::thread::sleep(Duration::from_millis(200));
@@ -308,4 +311,49 @@ fn memory_freed_after_a_spike_stops_counting_against_the_budget() {
         after < during && after < 38 * 1024,
         "RSS {during} KiB during the spike, {after} KiB after"
     );
+}
+
+#[test]
+fn a_client_that_stops_reading_a_whole_document_is_cut_off() {
+    // The step 2 for a joiner is one 12 MiB frame: larger than the outbound budget, which
+    // a frame being written is exempt from, so only its not moving tells.
+    let server = Server::start(
+        "[websocket]\nmessage_timeout_ms = 600\nclose_timeout_ms = 500\nping_interval_ms = 20000\nidle_timeout_ms = 60000\n",
+    );
+    let mut writer = YClient::connect(&server.addr, "big", 1);
+    writer.insert(0, &"b".repeat(12 << 20));
+    let mut check = YClient::connect(&server.addr, "big", 2);
+    assert!(check.pump_until(WAIT, |c| c.text().len() == 12 << 20));
+    let mut stalled = connect(&server.addr, "/big");
+    stalled
+        .send(Message::Binary(sync_message(0, &[0]).into()))
+        .unwrap();
+    server.wait_for("the stalled reader to be cut off", WAIT, |s| {
+        s.metric("slow_consumer_closes_total").0 >= 1
+    });
+    // Its socket is then shut down: reading what was sent ends, well before the idle timeout.
+    let started = Instant::now();
+    let socket = stalled.get_mut();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(socket, &mut sink) {
+            Ok(0) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the server stopped sending but never shut the socket down")
+            }
+            Err(_) => break, // reset: shut down with bytes unread
+            Ok(_) => assert!(started.elapsed() < WAIT, "never shut down"),
+        }
+    }
+    // The document and its other readers go on.
+    writer.insert(0, "!");
+    assert!(check.pump_until(WAIT, |c| c.text().starts_with('!')));
 }

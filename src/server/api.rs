@@ -234,7 +234,7 @@ async fn token(
     let (shared, form, now_s) = (shard.shared.clone(), form.to_owned(), now_s());
     let answer = match shard
         .offload
-        .run(move || {
+        .run(super::offload::Work::SecretHash, move || {
             auth::oauth::token_endpoint(&shared.directory, &shared.refresh_tokens, &form, now_s)
         })
         .await

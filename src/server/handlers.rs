@@ -121,7 +121,7 @@ impl DocumentHandler {
         let rate = MessageRate::new(
             ws.messages_per_second,
             ws.messages_burst,
-            crate::log::unix_ms(),
+            crate::log::monotonic_ms(),
         );
         Ok(DocumentHandler {
             rate,
@@ -145,16 +145,19 @@ fn release_connection(shard: &Rc<Shard>, app: &str) {
         .releases_in_flight
         .set(shard.releases_in_flight.get() + 1);
     glommio::spawn_local(async move {
-        if shard
-            .shared
-            .registry
-            .release_connection(&app, &shard.shared.node, crate::log::unix_ms())
-            .await
-            .is_err()
-        {
-            // The registry drops this node's counts when its heartbeat goes stale.
-            crate::log::warn("connection_release_failed", &[("app", &app)]);
-        }
+        let release = async {
+            if shard
+                .shared
+                .registry
+                .release_connection(&app, &shard.shared.node, crate::log::unix_ms())
+                .await
+                .is_err()
+            {
+                // The registry drops this node's counts when its heartbeat goes stale.
+                crate::log::warn("connection_release_failed", &[("app", &app)]);
+            }
+        };
+        super::contain::future(shard.my_stats(), "connection_release", release).await;
         shard
             .releases_in_flight
             .set(shard.releases_in_flight.get() - 1);
@@ -181,15 +184,23 @@ impl Handler for DocumentHandler {
         let mut room = self.room.borrow_mut();
         // Every limit below is keyed on the decoded message, never on its first bytes.
         let message = room.decode(payload)?;
-        let now_ms = crate::log::unix_ms();
-        if !self.rate.admit(message_rate::weight(&message), now_ms) {
+        let weight = message_rate::weight(&message, room.document_bytes());
+        if !self.rate.admit(weight, crate::log::monotonic_ms()) {
             let per_second = self.shard.config().websocket.messages_per_second;
             return Err(Refusal::MessageRate(per_second));
+        }
+        // Past the memory budget a node sheds new work (section 8) and takes no changes that
+        // could grow a document: the client keeps its edit and sends it again on reconnect.
+        if self.can_write
+            && message.changes_document()
+            && self.shard.shared.memory.over_budget(crate::log::unix_ms())
+        {
+            return Err(Refusal::OutOfMemory);
         }
         if let Some(limit) = self.ops_per_minute {
             if self.can_write
                 && message.changes_document()
-                && !self.ops.try_count(now_ms / 1000, limit)
+                && !self.ops.try_count(crate::log::unix_ms() / 1000, limit)
             {
                 return Err(Refusal::OpsLimit(limit));
             }

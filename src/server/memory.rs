@@ -48,6 +48,12 @@ impl MemoryWatch {
         self.resident_bytes(now_ms) >= self.high_water_bytes
     }
 
+    /// Whether resident memory is past the budget itself: the node then takes no more
+    /// document changes (see `handlers`).
+    pub fn over_budget(&self, now_ms: u64) -> bool {
+        self.resident_bytes(now_ms) >= self.budget_bytes
+    }
+
     fn resident_bytes(&self, now_ms: u64) -> u64 {
         let read_at = self.read_at_ms.load(Relaxed);
         // One caller refreshes; the others use the reading it replaces.

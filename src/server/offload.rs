@@ -1,38 +1,70 @@
 //! CPU-heavy work that a client can ask for (token signatures: RS256 costs 171 µs; client
 //! secret hashes on `POST /connect/token`: PBKDF2 costs 18 ms) runs off the data-plane executor: on the shard's
 //! blocking thread, at the lowest CPU priority, so that live documents on the shard's core
-//! keep their turn while a storm of handshakes or token requests waits. At most
-//! [`IN_FLIGHT_MAX`] jobs wait per shard; past that the caller answers 503.
+//! keep their turn while a storm of handshakes or token requests waits. Each kind of
+//! [`Work`] has its own bound per shard; past it the caller answers 503.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
-/// Jobs queued or running per shard: about 350 ms of RS256 verifications.
-pub const IN_FLIGHT_MAX: usize = 2048;
+/// What a job is, for its bound: each kind waits in the same queue but is counted apart, so
+/// a flood of one cannot take the other's places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A token signature (RS256: 171 µs). 2,048 queued: about 350 ms.
+    Signature,
+    /// A client secret hash (PBKDF2: 18 ms). 16 queued: about 300 ms.
+    SecretHash,
+}
 
-/// The shard's queue was full.
+impl Work {
+    pub const fn queued_max(self) -> usize {
+        match self {
+            Work::Signature => 2048,
+            Work::SecretHash => 16,
+        }
+    }
+}
+
+/// The shard's queue for that kind of work was full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
-/// One shard's count of jobs in flight.
+/// One shard's jobs queued or running, by kind. The counts are given back by the job itself
+/// when it has run, not by its waiter: a waiter can be dropped (its connection gone, its
+/// deadline passed) while the job still sits in the blocking thread's queue.
 #[derive(Debug, Default)]
 pub struct Offload {
-    in_flight: Cell<usize>,
+    signatures: Arc<AtomicUsize>,
+    secret_hashes: Arc<AtomicUsize>,
 }
 
 impl Offload {
+    fn queued(&self, work: Work) -> &Arc<AtomicUsize> {
+        match work {
+            Work::Signature => &self.signatures,
+            Work::SecretHash => &self.secret_hashes,
+        }
+    }
+
     /// Runs `job` on the shard's blocking thread and waits for its result, or refuses at
-    /// once when [`IN_FLIGHT_MAX`] jobs are already waiting.
+    /// once when that kind of work already has its maximum queued.
     pub async fn run<R: Send + 'static>(
         &self,
+        work: Work,
         job: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, Busy> {
-        if self.in_flight.get() >= IN_FLIGHT_MAX {
+        let queued = self.queued(work);
+        // Only this shard's executor adds; the blocking thread only takes away.
+        if queued.load(Relaxed) >= work.queued_max() {
             return Err(Busy);
         }
-        self.in_flight.set(self.in_flight.get() + 1);
-        let _done = Done(&self.in_flight);
+        queued.fetch_add(1, Relaxed);
+        let done = Done(queued.clone());
         let result = glommio::executor()
             .spawn_blocking(move || {
+                let _done = done;
                 lower_priority_once();
                 job()
             })
@@ -41,12 +73,12 @@ impl Offload {
     }
 }
 
-/// Gives the count back however the wait ends (a dropped connection included).
-struct Done<'a>(&'a Cell<usize>);
+/// Gives a job's count back when the job has run (or is dropped unrun).
+struct Done(Arc<AtomicUsize>);
 
-impl Drop for Done<'_> {
+impl Drop for Done {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -69,12 +101,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jobs_run_off_the_executor_at_low_priority_and_the_queue_is_bounded() {
+    fn jobs_run_off_the_executor_at_low_priority() {
         glommio::LocalExecutor::default().run(async {
             let offload = Offload::default();
             let executor_thread = std::thread::current().id();
             let (thread, nice) = offload
-                .run(|| {
+                .run(Work::Signature, || {
                     // SAFETY: getpriority has no preconditions.
                     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
                     (std::thread::current().id(), nice)
@@ -83,14 +115,48 @@ mod tests {
                 .unwrap();
             assert_ne!(thread, executor_thread);
             assert_eq!(nice, 19);
-            assert_eq!(offload.in_flight.get(), 0, "given back");
-            offload.in_flight.set(IN_FLIGHT_MAX);
-            assert_eq!(offload.run(|| ()).await, Err(Busy));
+            assert_eq!(offload.signatures.load(Relaxed), 0, "given back");
+        });
+    }
+
+    #[test]
+    fn a_dropped_waiter_keeps_its_place_until_its_job_has_run_and_kinds_are_bounded_apart() {
+        glommio::LocalExecutor::default().run(async {
+            let offload = Offload::default();
+            let (release, gate) = std::sync::mpsc::channel::<()>();
+            // One job holds the blocking thread; the others queue behind it.
+            let mut gate = Some(gate);
+            let mut waiters: Vec<_> = (0..Work::SecretHash.queued_max())
+                .map(|_| {
+                    let gate = gate.take();
+                    Box::pin(offload.run(Work::SecretHash, move || {
+                        if let Some(gate) = gate {
+                            gate.recv().unwrap();
+                        }
+                    }))
+                })
+                .collect();
+            // Start them all (each queues its job on its first poll), then give up waiting.
+            for w in &mut waiters {
+                let _ = futures_lite::future::poll_once(w).await;
+            }
+            drop(waiters);
             assert_eq!(
-                offload.in_flight.get(),
-                IN_FLIGHT_MAX,
-                "a refusal takes nothing"
+                offload.run(Work::SecretHash, || ()).await,
+                Err(Busy),
+                "the dropped waiters' jobs are still queued"
             );
+            // Signatures have their own places.
+            let (sign, _) = futures_lite::future::zip(offload.run(Work::Signature, || 1), async {
+                release.send(()).unwrap();
+            })
+            .await;
+            assert_eq!(sign, Ok(1));
+            // Once the queue has run, the places are back.
+            while offload.secret_hashes.load(Relaxed) > 0 {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(offload.run(Work::SecretHash, || 2).await, Ok(2));
         });
     }
 }

@@ -45,7 +45,11 @@ pub fn serve(
                 outbox,
                 leftover,
                 handler,
-            })) => super::session::run(&shard, stream, outbox, leftover, handler).await,
+            })) => {
+                let session = super::session::run(&shard, stream, outbox, leftover, handler);
+                // Its counts and places are given back by values dropped as it unwinds.
+                super::contain::future(shard.my_stats(), "session", session).await;
+            }
             Some(None) => {}
             // The 101 is admission's last step, so the panic came before it. If an answer was
             // already sent, its socket's write side is shut down and this write just fails.

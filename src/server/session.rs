@@ -45,7 +45,8 @@ pub async fn run(
 ) {
     let handler = handler.as_mut();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
-    let (conn_id, live) = shard.register(outbox.clone(), fd);
+    let registration = shard.register(outbox.clone(), fd);
+    let live = &registration.live;
     let writer = {
         let (stream, outbox, shard) = (stream.clone(), outbox.clone(), shard.clone());
         glommio::spawn_local(async move {
@@ -60,7 +61,7 @@ pub async fn run(
         assembler: Assembler::new(shard.message_limits),
         frame_bytes_max: shard.config().websocket.frame_bytes_max,
         held_bytes: 0,
-        unprogressed_bytes: 0,
+        progress_mark_bytes: 0,
         message_completed: false,
     };
     // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
@@ -68,13 +69,15 @@ pub async fn run(
     let mut pending = leftover;
     let mut open = pending.is_empty() || frames.process_pending(&mut pending, handler);
     open = open && frames.hold(&pending);
-    frames.track_progress(&pending, &live, 0);
+    frames.track_progress(&pending, live);
     while open {
         let read = if pending.is_empty() {
             socket::read_with(&stream, &shard.scratch).await
         } else {
             let start = pending.len();
-            pending.resize(start + frames.next_read_len(&pending), 0);
+            let step = frames.next_read_len(&pending);
+            pending.reserve_exact(step);
+            pending.resize(start + step, 0);
             if !frames.hold(&pending) {
                 break;
             }
@@ -86,6 +89,10 @@ pub async fn run(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
+        if outbox.closed().is_some() {
+            break;
+        }
         live.last_rx.set(Instant::now());
         stats::add(&shard.my_stats().bytes_in_total, n as u64);
         open = if pending.is_empty() {
@@ -100,22 +107,23 @@ pub async fn run(
             frames.process_pending(&mut pending, handler)
         };
         open = open && frames.hold(&pending);
-        frames.track_progress(&pending, &live, n);
+        frames.track_progress(&pending, live);
     }
-    frames.release();
+    let peer_closed = frames.peer_closed;
+    drop(frames);
     super::contain::end(shard.my_stats(), handler);
     if outbox.closed() == Some(Closed::Overflowed) {
         stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
     }
     // A close the client started is echoed, not a refusal.
-    if let (Some(code), false) = (outbox.close_code(), frames.peer_closed) {
+    if let (Some(code), false) = (outbox.close_code(), peer_closed) {
         shard.my_stats().count_rejection(code);
     }
     // A client that vanished gets no close frame; this only lets the writer finish.
     outbox.close(close::NORMAL, "");
     let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
     futures_lite::future::or(writer, glommio::timer::sleep(close_timeout)).await;
-    shard.unregister(conn_id);
+    drop(registration);
 }
 
 struct Frames<'s> {
@@ -128,10 +136,18 @@ struct Frames<'s> {
     /// Bytes of incomplete frames and messages (buffer capacity) this connection has
     /// counted in the node's `incomplete_bytes`.
     held_bytes: usize,
-    /// Bytes read since the incomplete frame or message last made progress.
-    unprogressed_bytes: usize,
+    /// Bytes of the incomplete frame and message when they last made progress.
+    progress_mark_bytes: usize,
     /// A data message ended during this read.
     message_completed: bool,
+}
+
+/// Gives back what [`Frames::hold`] counted, however the session ends.
+impl Drop for Frames<'_> {
+    fn drop(&mut self) {
+        let total = &self.shard.shared.incomplete_bytes;
+        total.fetch_sub(std::mem::take(&mut self.held_bytes), Relaxed);
+    }
 }
 
 impl Frames<'_> {
@@ -156,29 +172,23 @@ impl Frames<'_> {
         false
     }
 
-    /// Gives back what [`Frames::hold`] counted.
-    fn release(&mut self) {
-        let total = &self.shard.shared.incomplete_bytes;
-        total.fetch_sub(std::mem::take(&mut self.held_bytes), Relaxed);
-    }
-
-    /// After a read of `read_bytes`: restarts the incomplete frame or message's clock
-    /// (which the keepalive sweep watches) when it made progress, clears it when nothing is
-    /// incomplete.
-    fn track_progress(&mut self, pending: &[u8], live: &Liveness, read_bytes: usize) {
+    /// After a read: restarts the incomplete frame or message's clock (which the keepalive
+    /// sweep watches) when it made progress, clears it when nothing is incomplete. Progress
+    /// is a data message ending, or the incomplete data growing by [`PROGRESS_BYTES`] and by
+    /// an eighth of itself: bytes that do not add to it (pings) are not progress, and a
+    /// large message must keep coming in proportion, so one cannot be held open for long.
+    fn track_progress(&mut self, pending: &[u8], live: &Liveness) {
         let completed = std::mem::take(&mut self.message_completed);
+        let incomplete = pending.len() + self.assembler.buffered_bytes();
         if pending.is_empty() && !self.assembler.in_message() {
             live.incomplete_since.set(None);
-            self.unprogressed_bytes = 0;
             return;
         }
-        self.unprogressed_bytes += read_bytes;
-        if live.incomplete_since.get().is_none()
-            || completed
-            || self.unprogressed_bytes >= PROGRESS_BYTES
-        {
+        let mark = self.progress_mark_bytes;
+        let grown = incomplete >= mark + PROGRESS_BYTES.max(mark / 8);
+        if live.incomplete_since.get().is_none() || completed || grown {
             live.incomplete_since.set(Some(Instant::now()));
-            self.unprogressed_bytes = 0;
+            self.progress_mark_bytes = incomplete;
         }
     }
 
@@ -192,12 +202,13 @@ impl Frames<'_> {
         open
     }
 
-    /// How much to read next into `pending`: as much as it already holds (at least a
+    /// How much to read next into `pending`: a quarter of what it already holds (at least a
     /// scratch buffer's worth), never more than the rest of the cut frame. So the buffer
-    /// grows with the bytes that arrive, doubling, never to what a header announces: 15
-    /// bytes announcing 16 MiB cost one scratch buffer.
+    /// grows with the bytes that arrive, never to what a header announces (15 bytes
+    /// announcing 16 MiB cost one scratch buffer), and holds at most a quarter more than
+    /// has arrived (the caller reserves exactly this).
     fn next_read_len(&self, pending: &[u8]) -> usize {
-        let step = pending.len().max(SCRATCH_BYTES);
+        let step = (pending.len() / 4).max(SCRATCH_BYTES);
         match parse_header(pending, self.frame_bytes_max) {
             Ok(Some(h)) => h.frame_len().saturating_sub(pending.len()).clamp(1, step),
             _ => SCRATCH_BYTES,

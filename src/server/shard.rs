@@ -90,22 +90,22 @@ impl Pending {
     }
 }
 
-/// A claim's pending entry in `rooms`, for as long as the claim is in flight. However the
-/// claim ends (a room, a refusal, or a panic or drop of its admission), the entry goes unless
-/// the room replaced it, and the waiters wake to look again: none waits forever.
-struct ClaimInFlight<'a> {
+/// A pin claim's or release's pending entry in `rooms`, for as long as it is in flight.
+/// However it ends (a room, a refusal, a release, or a panic or drop of the task), the entry
+/// goes unless a room replaced it, and the waiters wake to look again: none waits forever.
+struct PinInFlight<'a> {
     rooms: &'a RefCell<HashMap<String, RoomState>>,
     key: &'a str,
     pending: Rc<Pending>,
 }
 
-impl<'a> ClaimInFlight<'a> {
+impl<'a> PinInFlight<'a> {
     fn start(rooms: &'a RefCell<HashMap<String, RoomState>>, key: &'a str) -> Self {
         let pending = Rc::new(Pending::default());
         rooms
             .borrow_mut()
             .insert(key.to_owned(), RoomState::Pending(pending.clone()));
-        ClaimInFlight {
+        PinInFlight {
             rooms,
             key,
             pending,
@@ -113,7 +113,7 @@ impl<'a> ClaimInFlight<'a> {
     }
 }
 
-impl Drop for ClaimInFlight<'_> {
+impl Drop for PinInFlight<'_> {
     fn drop(&mut self) {
         // `try_`: a panic may have left `rooms` borrowed by a frame that is still unwinding.
         if let Ok(mut rooms) = self.rooms.try_borrow_mut() {
@@ -146,6 +146,10 @@ pub struct Liveness {
     /// Since when a frame or fragmented message has been incomplete without progress
     /// (`None`: nothing incomplete); see `session`.
     pub incomplete_since: Cell<Option<Instant>>,
+    /// The outbox's written bytes when the sweep last saw them move (or the outbox empty),
+    /// and when: a client that stops reading a frame larger than the outbound budget (whole
+    /// documents are) is not caught by the budget, and would pin that frame.
+    pub written_mark: Cell<(u64, Instant)>,
 }
 
 /// Read buffer shared by every connection of the shard: a connection only keeps bytes of its
@@ -365,14 +369,14 @@ impl Shard {
         self.shared.out_of_sockets(self.other_sockets())
     }
 
-    /// Client sockets over every shard, sessions and admissions, less the caller's own (every
-    /// caller is an admission, counted from its start). A session is counted twice between
-    /// its join and the end of its admission: a brief over-count, on the safe side.
+    /// Client sockets over every shard, sessions (until their socket is closed, the end of a
+    /// close included) and admissions, less the caller's own (every caller is an admission,
+    /// counted from its start).
     fn other_sockets(&self) -> u64 {
         let sockets: u64 = self
             .stats
             .iter()
-            .map(|s| stats::get(&s.connections) + stats::get(&s.admissions))
+            .map(|s| stats::get(&s.sessions) + stats::get(&s.admissions))
             .sum();
         sockets.saturating_sub(1)
     }
@@ -384,7 +388,9 @@ impl Shard {
     ) -> Result<Result<Identity, crate::auth::verify::Refusal>, super::offload::Busy> {
         let shared = self.shared.clone();
         self.offload
-            .run(move || shared.directory.verifier.verify(&token))
+            .run(super::offload::Work::Signature, move || {
+                shared.directory.verifier.verify(&token)
+            })
             .await
     }
 
@@ -445,7 +451,7 @@ impl Shard {
         app: &str,
         documents_max: Option<u64>,
     ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
-        let _claim = ClaimInFlight::start(&self.rooms, key);
+        let _claim = PinInFlight::start(&self.rooms, key);
         let now_ms = crate::log::unix_ms();
         let claim = self
             .shared
@@ -489,7 +495,7 @@ impl Shard {
         let shard = self.clone();
         let key = key.to_owned();
         let grace = Duration::from_millis(self.config().documents.grace_period_ms);
-        glommio::spawn_local(async move {
+        let expire = async move {
             sleep(grace).await;
             let app = {
                 let mut rooms = shard.rooms.borrow_mut();
@@ -498,17 +504,14 @@ impl Shard {
                 if !expired {
                     return;
                 }
-                let pending = Rc::new(Pending::default());
-                let Some(RoomState::Live(entry)) =
-                    rooms.insert(key.clone(), RoomState::Pending(pending.clone()))
-                else {
+                let Some(RoomState::Live(entry)) = rooms.remove(&key) else {
                     unreachable!("checked above")
                 };
                 stats::sub(&shard.my_stats().documents, 1);
-                (entry.app, pending)
+                entry.app
             };
             // Clients arriving meanwhile wait, then claim the document afresh.
-            let (app, pending) = app;
+            let _release = PinInFlight::start(&shard.rooms, &key);
             let released = shard
                 .shared
                 .registry
@@ -518,13 +521,17 @@ impl Shard {
                 // The registry drops the pin when this node's heartbeat goes stale.
                 crate::log::warn("pin_release_failed", &[("error", &why)]);
             }
-            shard.rooms.borrow_mut().remove(&key);
-            pending.finish();
+        };
+        let stats_of = self.clone();
+        glommio::spawn_local(async move {
+            super::contain::future(stats_of.my_stats(), "grace_release", expire).await;
         })
         .detach();
     }
 
-    pub fn register(&self, outbox: Rc<Outbox>, fd: RawFd) -> (u64, Rc<Liveness>) {
+    /// Registers a session's socket with the keepalive sweep and the descriptor count, until
+    /// the returned value is dropped (however the session ends).
+    pub fn register(&self, outbox: Rc<Outbox>, fd: RawFd) -> Registration<'_> {
         let id = self.next_conn_id.get();
         self.next_conn_id.set(id + 1);
         let now = Instant::now();
@@ -535,13 +542,32 @@ impl Shard {
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
             incomplete_since: Cell::new(None),
+            written_mark: Cell::new((0, now)),
         });
         self.conns.borrow_mut().insert(id, live.clone());
-        (id, live)
+        stats::add(&self.my_stats().sessions, 1);
+        Registration {
+            shard: self,
+            id,
+            live,
+        }
     }
+}
 
-    pub fn unregister(&self, id: u64) {
-        self.conns.borrow_mut().remove(&id);
+/// A session's place in its shard's `conns` (see [`Shard::register`]).
+pub struct Registration<'s> {
+    shard: &'s Shard,
+    id: u64,
+    pub live: Rc<Liveness>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        // `try_`: a panic may have unwound out of a sweep that had `conns` borrowed.
+        if let Ok(mut conns) = self.shard.conns.try_borrow_mut() {
+            conns.remove(&self.id);
+        }
+        stats::sub(&self.shard.my_stats().sessions, 1);
     }
 }
 
@@ -595,9 +621,20 @@ async fn keepalive(shard: Rc<Shard>) {
                 .incomplete_since
                 .get()
                 .is_some_and(|since| now.saturating_duration_since(since) >= message_within);
+            let written = live.outbox.written_bytes();
+            let (marked, marked_at) = live.written_mark.get();
+            if written != marked || live.outbox.queued_bytes() == 0 {
+                live.written_mark.set((written, now));
+            }
+            let not_reading = written == marked
+                && live.outbox.queued_bytes() > 0
+                && now.saturating_duration_since(marked_at) >= message_within;
             let refusal = if stalled {
                 stats::add(&shard.my_stats().message_timeouts_total, 1);
                 Refusal::MessageTimeout
+            } else if not_reading {
+                stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
+                Refusal::NotReading
             } else if quiet >= idle_after {
                 stats::add(&shard.my_stats().idle_closes_total, 1);
                 Refusal::Idle
@@ -642,7 +679,7 @@ mod tests {
     #[test]
     fn a_claim_that_never_completes_leaves_no_pending_entry() {
         let rooms = RefCell::new(HashMap::new());
-        let abandoned = ClaimInFlight::start(&rooms, "t::a::d");
+        let abandoned = PinInFlight::start(&rooms, "t::a::d");
         let pending = abandoned.pending.clone();
         assert!(matches!(
             rooms.borrow().get("t::a::d"),
@@ -653,7 +690,7 @@ mod tests {
         assert!(rooms.borrow().is_empty());
         assert!(pending.done.get(), "waiters are woken to look again");
         // A claim that made its room leaves the room.
-        let made = ClaimInFlight::start(&rooms, "t::a::d");
+        let made = PinInFlight::start(&rooms, "t::a::d");
         let entry = RoomEntry {
             room: Rc::new(RefCell::new(Room::new(RoomConfig::default()))),
             app: "t::a".into(),
@@ -688,6 +725,7 @@ mod tests {
                     last_rx: Cell::new(now),
                     last_ping: Cell::new(now),
                     incomplete_since: Cell::new(None),
+                    written_mark: Cell::new((0, now)),
                 })
             })
             .collect();

@@ -39,6 +39,7 @@ macro_rules! shard_stats {
 shard_stats! {
     gauge connections: "Open WebSocket connections on documents owned by the shard",
     gauge documents: "Documents in memory on the shard (grace period included)",
+    gauge sessions: "WebSocket sessions whose socket is open on the shard (documents, echo, and those closing)",
     gauge admissions: "Sockets in admission on the shard: accepted or handed over, not yet a session or closed",
     counter connections_accepted_total: "TCP connections accepted by the shard",
     counter handoffs_total: "Connections handed to this shard by the shard that accepted them",

@@ -19,6 +19,9 @@ pub enum AwarenessError {
     TooManyClientsForRoom,
     /// One state is larger than `awareness_state_bytes_max`.
     StateTooLarge,
+    /// One client id twice in one update: only the last could count, and the repeats would
+    /// be relayed to everyone.
+    RepeatedClient,
 }
 
 impl AwarenessError {
@@ -29,6 +32,7 @@ impl AwarenessError {
             }
             AwarenessError::TooManyClientsForRoom => "too many awareness clients in this document",
             AwarenessError::StateTooLarge => "awareness state too large",
+            AwarenessError::RepeatedClient => "awareness update names a client twice",
         }
     }
 }
@@ -56,16 +60,15 @@ impl AwarenessStates {
     /// Applies a client's update. `owned` is the list of client ids the sending connection
     /// controls (grown here, at most `owned_max`); they are removed when it leaves.
     /// Returns whether anything changed, i.e. whether the update is worth relaying.
+    /// Every bound is checked before anything is applied: a refused update changes nothing
+    /// (a state it left behind would belong to no connection and never be removed).
     pub fn apply(
         &mut self,
         entries: &AwarenessEntries<'_>,
         owned: &mut Vec<u64>,
         owned_max: usize,
     ) -> Result<bool, AwarenessError> {
-        // Checked before anything is applied: a refused update changes nothing.
-        if entries.iter().any(|e| e.state.len() > self.state_bytes_max) {
-            return Err(AwarenessError::StateTooLarge);
-        }
+        self.check(entries, owned, owned_max)?;
         let mut changed = false;
         for e in entries.iter() {
             let removes = e.state == "null";
@@ -81,8 +84,9 @@ impl AwarenessStates {
                     }
                 }
                 None => {
-                    if self.clients.len() >= self.clients_max && !self.forget_one_removed() {
-                        return Err(AwarenessError::TooManyClientsForRoom);
+                    if self.clients.len() >= self.clients_max {
+                        let forgotten = self.forget_one_removed(entries);
+                        debug_assert!(forgotten, "room space was checked");
                     }
                     self.clients.insert(
                         e.client_id,
@@ -95,20 +99,61 @@ impl AwarenessStates {
                 }
             }
             if !removes && !owned.contains(&e.client_id) {
-                if owned.len() >= owned_max {
-                    return Err(AwarenessError::TooManyClientsForConnection);
-                }
                 owned.push(e.client_id);
             }
         }
+        debug_assert!(owned.len() <= owned_max && self.clients.len() <= self.clients_max);
         Ok(changed)
     }
 
-    fn forget_one_removed(&mut self) -> bool {
+    /// Whether `entries` can be applied whole: sizes, no client twice, the connection's and
+    /// the room's client bounds.
+    fn check(
+        &self,
+        entries: &AwarenessEntries<'_>,
+        owned: &[u64],
+        owned_max: usize,
+    ) -> Result<(), AwarenessError> {
+        // More entries than a room holds can only be repeats or over the bound.
+        if entries.iter().nth(self.clients_max).is_some() {
+            return Err(AwarenessError::TooManyClientsForRoom);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let (mut newly_owned, mut new_in_room) = (0, 0);
+        for e in entries.iter() {
+            if e.state.len() > self.state_bytes_max {
+                return Err(AwarenessError::StateTooLarge);
+            }
+            if !seen.insert(e.client_id) {
+                return Err(AwarenessError::RepeatedClient);
+            }
+            newly_owned += usize::from(e.state != "null" && !owned.contains(&e.client_id));
+            new_in_room += usize::from(!self.clients.contains_key(&e.client_id));
+        }
+        if owned.len() + newly_owned > owned_max {
+            return Err(AwarenessError::TooManyClientsForConnection);
+        }
+        let free = self.clients_max - self.clients.len();
+        if new_in_room > free {
+            let forgettable = self
+                .clients
+                .iter()
+                .filter(|(id, c)| c.state.is_none() && !seen.contains(*id))
+                .count();
+            if new_in_room > free + forgettable {
+                return Err(AwarenessError::TooManyClientsForRoom);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets one removed client that `entries` does not name (so that an entry the update
+    /// still has to apply keeps its place).
+    fn forget_one_removed(&mut self, entries: &AwarenessEntries<'_>) -> bool {
         let removed = self
             .clients
             .iter()
-            .find(|(_, c)| c.state.is_none())
+            .find(|(id, c)| c.state.is_none() && !entries.iter().any(|e| e.client_id == **id))
             .map(|(id, _)| *id);
         removed.is_some_and(|id| self.clients.remove(&id).is_some())
     }
@@ -221,6 +266,56 @@ mod tests {
         // Once one is removed, its slot can be reused.
         a.remove(&[1]);
         assert_eq!(apply(&mut a, &mut Vec::new(), &[(3, 1, "{}")]), Ok(true));
+    }
+
+    #[test]
+    fn a_refused_update_leaves_no_state_behind() {
+        // The connection's 5th client id: refused, and the 4 before it in the update are not
+        // kept either (they would belong to no connection and never be removed).
+        let mut a = AwarenessStates::new(100, 1 << 10);
+        let mut owned = Vec::new();
+        let five: Vec<(u64, u32, &str)> = (0..5).map(|i| (i, 1, "{}")).collect();
+        assert_eq!(
+            apply(&mut a, &mut owned, &five),
+            Err(AwarenessError::TooManyClientsForConnection)
+        );
+        assert_eq!((a.live_count(), owned.len()), (0, 0));
+        // A full room: nothing of a refused update is kept.
+        let mut a = AwarenessStates::new(3, 1 << 10);
+        apply(&mut a, &mut Vec::new(), &[(1, 1, "{}"), (2, 1, "{}")]).unwrap();
+        let mut owned = Vec::new();
+        assert_eq!(
+            apply(&mut a, &mut owned, &[(3, 1, "{}"), (4, 1, "{}")]),
+            Err(AwarenessError::TooManyClientsForRoom)
+        );
+        assert_eq!((a.live_count(), owned.len()), (2, 0));
+    }
+
+    #[test]
+    fn a_client_named_twice_in_one_update_is_refused() {
+        let mut a = AwarenessStates::new(100, 1 << 10);
+        let mut owned = Vec::new();
+        assert_eq!(
+            apply(&mut a, &mut owned, &[(1, 1, "{}"), (1, 2, "{}")]),
+            Err(AwarenessError::RepeatedClient)
+        );
+        assert_eq!(a.live_count(), 0);
+    }
+
+    #[test]
+    fn a_full_room_forgets_removed_clients_but_not_those_the_update_names() {
+        let mut a = AwarenessStates::new(2, 1 << 10);
+        let mut owned = Vec::new();
+        apply(&mut a, &mut owned, &[(1, 1, "{}"), (2, 1, "{}")]).unwrap();
+        a.remove(&[1, 2]);
+        // Client 3 is new and takes a removed client's place; client 2, removed, comes back
+        // in the same update and keeps its own.
+        let mut owned = Vec::new();
+        assert_eq!(
+            apply(&mut a, &mut owned, &[(3, 1, "{}"), (2, 3, "{}")]),
+            Ok(true)
+        );
+        assert_eq!(a.live_count(), 2);
     }
 
     #[test]

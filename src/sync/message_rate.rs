@@ -1,15 +1,24 @@
 //! Messages per connection: a token bucket, weighted by what a message makes the server do.
 //! Most messages cost one token; a step 1 or an awareness query makes the server encode a
-//! whole document or every presence state, so it costs [`HEAVY_MESSAGE_WEIGHT`].
+//! whole document or every presence state, so it costs [`HEAVY_MESSAGE_WEIGHT`], and a step
+//! 1 with a state vector (whose answer is encoded for it alone, not shared) one more token
+//! per [`BYTES_PER_TOKEN`] of the document.
 
 use super::protocol::Message;
 
 /// Tokens a step 1 or an awareness query costs.
 pub const HEAVY_MESSAGE_WEIGHT: u32 = 16;
 
-/// What `message` costs against a connection's rate.
-pub fn weight(message: &Message<'_>) -> u32 {
+/// Document bytes a step 1 with a state vector costs a token for.
+pub const BYTES_PER_TOKEN: usize = 64 << 10;
+
+/// What `message` costs against a connection's rate, in a document of `document_bytes`.
+pub fn weight(message: &Message<'_>, document_bytes: usize) -> u32 {
     match message {
+        Message::SyncStep1(sv) if !sv.is_empty() => {
+            let per_size = (document_bytes / BYTES_PER_TOKEN).min(u32::MAX as usize) as u32;
+            HEAVY_MESSAGE_WEIGHT.saturating_add(per_size)
+        }
         Message::SyncStep1(_) | Message::QueryAwareness => HEAVY_MESSAGE_WEIGHT,
         Message::Update { .. } | Message::Awareness(_) => 1,
     }
@@ -38,7 +47,8 @@ impl MessageRate {
         }
     }
 
-    /// Takes `weight` tokens at `now_ms`; false (and nothing taken) when there are not
+    /// Takes `weight` tokens (at most a whole burst: a message that costs more still goes,
+    /// once the bucket is full) at `now_ms`; false (and nothing taken) when there are not
     /// enough. A clock that goes back refills nothing.
     pub fn admit(&mut self, weight: u32, now_ms: u64) -> bool {
         let elapsed_ms = now_ms.saturating_sub(self.refilled_at_ms);
@@ -49,7 +59,7 @@ impl MessageRate {
                 .min(self.burst_milli);
             self.refilled_at_ms = now_ms;
         }
-        let cost_milli = weight as u64 * 1000;
+        let cost_milli = (weight as u64 * 1000).min(self.burst_milli);
         if self.tokens_milli < cost_milli {
             return false;
         }
@@ -101,10 +111,33 @@ mod tests {
     #[test]
     fn weights_follow_the_work_a_message_makes() {
         let limits = crate::sync::update_check::UpdateLimits::default();
-        let decode = |bytes: &[u8]| weight(&crate::sync::protocol::decode(bytes, &limits).unwrap());
-        assert_eq!(decode(&[0, 0, 1, 0]), HEAVY_MESSAGE_WEIGHT, "step 1");
-        assert_eq!(decode(&[3]), HEAVY_MESSAGE_WEIGHT, "query awareness");
-        assert_eq!(decode(&[0, 2, 2, 0, 0]), 1, "update");
-        assert_eq!(decode(&[1, 1, 0]), 1, "awareness");
+        let decode = |bytes: &[u8], document_bytes| {
+            weight(
+                &crate::sync::protocol::decode(bytes, &limits).unwrap(),
+                document_bytes,
+            )
+        };
+        let mb = 1 << 20;
+        assert_eq!(
+            decode(&[0, 0, 1, 0], mb),
+            HEAVY_MESSAGE_WEIGHT,
+            "step 1, nothing yet"
+        );
+        assert_eq!(
+            decode(&[0, 0, 3, 1, 5, 1], mb),
+            HEAVY_MESSAGE_WEIGHT + 16,
+            "step 1 with a state vector: answered for it alone"
+        );
+        assert_eq!(decode(&[3], mb), HEAVY_MESSAGE_WEIGHT, "query awareness");
+        assert_eq!(decode(&[0, 2, 2, 0, 0], mb), 1, "update");
+        assert_eq!(decode(&[1, 1, 0], mb), 1, "awareness");
+    }
+
+    #[test]
+    fn a_message_costlier_than_the_burst_goes_only_from_a_full_bucket() {
+        let mut rate = MessageRate::new(500, 2000, 0);
+        assert!(rate.admit(5000, 0), "a full bucket pays for it");
+        assert!(!rate.admit(5000, 1_000), "half full");
+        assert!(rate.admit(5000, 4_000), "full again after 4 s");
     }
 }

@@ -82,8 +82,10 @@ pub struct Room {
     /// a client that is behind — whose one read holds many updates — is caught up in one
     /// transaction instead of many.
     staged: Option<Batch>,
-    /// The document's size as an update, from above: the last measurement plus the bytes of
-    /// every update applied since (Yjs merges, so the real size is usually less).
+    /// The document's size as an update, estimated: the last measurement plus the bytes of
+    /// every update applied since. Usually more than the real size, as Yjs merges; deletions
+    /// that split many items can make it less, until the next measurement. (Memory itself is
+    /// bounded by the node's budget, past which no changes are taken.)
     document_bytes: usize,
     /// Update bytes applied since the document was last measured.
     unmeasured_bytes: usize,
@@ -119,6 +121,11 @@ impl Room {
 
     pub fn subscriber_count(&self) -> usize {
         self.len
+    }
+
+    /// The document's size as an update, as last measured plus what was applied since.
+    pub fn document_bytes(&self) -> usize {
+        self.document_bytes
     }
 
     pub fn doc(&self) -> &yrs::Doc {
@@ -362,7 +369,7 @@ impl Room {
         }
         if applied > 0 {
             self.full_state = None;
-            // All the batch's bytes, even if yrs refused some: an upper bound stays one.
+            // All the batch's bytes, even if yrs refused some: the estimate errs high.
             self.document_bytes += update_bytes;
             self.unmeasured_bytes += update_bytes;
         }

@@ -9,7 +9,8 @@ use super::lib0::{DecodeError, Reader};
 /// Limits on what one update may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct UpdateLimits {
-    /// Structs (items, GC and skip ranges) in one update: yrs keeps every one in memory.
+    /// Structs (items, GC and skip ranges) and delete ranges in one update: yrs keeps every
+    /// struct in memory, and each delete range may split an item in two.
     pub structs_max: usize,
     /// Nesting of `Any` values (maps and arrays inside maps and arrays).
     pub any_depth_max: usize,
@@ -102,6 +103,9 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
             r.var_u32()?;
         }
         stats.delete_ranges += ranges;
+        if stats.structs + stats.delete_ranges > limits.structs_max {
+            return Err(UpdateError::TooManyStructs);
+        }
     }
     r.finish()?;
     Ok(stats)

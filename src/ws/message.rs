@@ -79,6 +79,15 @@ impl Assembler {
         self.partial.is_some()
     }
 
+    /// Bytes of the fragmented message in progress, if any.
+    pub fn buffered_bytes(&self) -> usize {
+        if self.partial.is_some() {
+            self.buf.len()
+        } else {
+            0
+        }
+    }
+
     /// Bytes of buffer held (a fragmented message in progress, or capacity kept for the
     /// next one).
     pub fn held_bytes(&self) -> usize {
