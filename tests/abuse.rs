@@ -170,8 +170,8 @@ fn the_node_bounds_bytes_held_in_incomplete_messages() {
     std::thread::sleep(Duration::from_millis(200));
     let mut sender = YClient::connect(&server.addr, "after", 1);
     let mut receiver = YClient::connect(&server.addr, "after", 2);
-    sender.insert(0, &"z".repeat(400 << 10));
-    assert!(receiver.pump_until(WAIT, |c| c.text().len() == 400 << 10));
+    sender.insert(0, &"z".repeat(300 << 10));
+    assert!(receiver.pump_until(WAIT, |c| c.text().len() == 300 << 10));
 }
 
 #[test]

@@ -152,7 +152,8 @@ impl Drop for Frames<'_> {
 
 impl Frames<'_> {
     /// Counts what this connection holds of incomplete frames and messages in the node's
-    /// total; past `incomplete_bytes_max` the connection is refused (1013) and false returned.
+    /// total; past `incomplete_bytes_max` (or past half of it, for a connection holding more
+    /// than a sixteenth) the connection is refused (1013) and false returned.
     fn hold(&mut self, pending: &Vec<u8>) -> bool {
         let held = pending.capacity() + self.assembler.held_bytes();
         let total = &self.shard.shared.incomplete_bytes;
@@ -162,9 +163,13 @@ impl Frames<'_> {
             return true;
         }
         let more = held - self.held_bytes;
-        let before = total.fetch_add(more, Relaxed);
+        let now_total = total.fetch_add(more, Relaxed) + more;
         self.held_bytes = held;
-        if before + more <= self.shard.config().websocket.incomplete_bytes_max {
+        let max = self.shard.config().websocket.incomplete_bytes_max;
+        // Past half the bound, no one connection may hold more than a sixteenth of it: a
+        // few slow large messages cannot take the room every other client's frames need.
+        let fair = now_total <= max / 2 || held <= max / 16;
+        if now_total <= max && fair {
             return true;
         }
         stats::add(&self.shard.my_stats().incomplete_bytes_closes_total, 1);
