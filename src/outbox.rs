@@ -125,11 +125,12 @@ impl Outbox {
         }
     }
 
-    /// Drops the queued data (all but a partly written frame, which must finish to keep the
-    /// stream well formed) and queues the slow consumer's close in its place.
+    /// Drops the queued data (all but the first frame, which the writer may be writing right
+    /// now, from its own reference, and which must finish to keep the stream well formed)
+    /// and queues the slow consumer's close in its place.
     fn cut_off(&self) {
         let mut inner = self.inner.borrow_mut();
-        let keep = usize::from(inner.head_written > 0);
+        let keep = usize::from(!inner.queue.is_empty());
         inner.queue.truncate(keep);
         inner.queued_bytes =
             inner.queue.iter().map(|f| f.len()).sum::<usize>() - inner.head_written;
@@ -265,12 +266,14 @@ mod tests {
         assert!(!o.push(&f));
         assert_eq!(o.closed(), Some(Closed::Overflowed));
         assert_eq!(o.close_code(), Some(1008));
-        // Only the close frame is left; the shared frame is no longer held.
-        assert_eq!(Rc::strong_count(&f), 1);
+        // The head (the writer may be writing it) and the close frame are left; the frames
+        // behind the head are no longer held.
+        assert_eq!(Rc::strong_count(&f), 2, "ours and the head's");
         let left = unwritten(&o);
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0][0], 0x88);
-        assert_eq!(u16::from_be_bytes([left[0][2], left[0][3]]), 1008);
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0], f.to_vec());
+        assert_eq!(left[1][0], 0x88);
+        assert_eq!(u16::from_be_bytes([left[1][2], left[1][3]]), 1008);
         assert!(!o.push(&f));
     }
 
@@ -302,6 +305,30 @@ mod tests {
         assert_eq!(left.len(), 2);
         assert_eq!(left[0], f[10..].to_vec());
         assert_eq!(o.queued_bytes(), left[0].len() + left[1].len());
+    }
+
+    /// The writer waits for room with the head frame in hand before anything of it is
+    /// written; a cut-off meanwhile must keep that frame, or the bytes the writer then sends
+    /// are taken from the close frame (found in review: a panic in `consume`, which ended the
+    /// shard).
+    #[test]
+    fn a_head_frame_not_yet_written_survives_the_cut_off() {
+        let o = Outbox::new(50);
+        let big = frame(100);
+        assert!(o.push(&big));
+        let (held_by_writer, offset) = o.head().unwrap();
+        assert_eq!(offset, 0);
+        let f = frame(40);
+        assert!(o.push(&f));
+        assert!(o.push(&f));
+        assert!(!o.push(&f), "over budget: cut off");
+        // The writer's write of 90 bytes of the head then completes.
+        o.consume(90);
+        let left = unwritten(&o);
+        assert_eq!(left[0], held_by_writer[90..].to_vec());
+        assert_eq!(left.len(), 2, "the rest of the head, then the close");
+        o.consume(left.iter().map(Vec::len).sum());
+        assert_eq!(o.close_code(), Some(1008));
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl Handler for DocumentHandler {
         let mut room = self.room.borrow_mut();
         // Every limit below is keyed on the decoded message, never on its first bytes.
         let message = room.decode(payload)?;
-        let weight = message_rate::weight(&message, room.document_bytes());
+        let weight = message_rate::weight(&message, room.encode_bytes(&message));
         if !self.rate.admit(weight, crate::log::monotonic_ms()) {
             let per_second = self.shard.config().websocket.messages_per_second;
             return Err(Refusal::MessageRate(per_second));
@@ -193,7 +193,11 @@ impl Handler for DocumentHandler {
         // could grow a document: the client keeps its edit and sends it again on reconnect.
         if self.can_write
             && message.changes_document()
-            && self.shard.shared.memory.over_budget(crate::log::unix_ms())
+            && self
+                .shard
+                .shared
+                .memory
+                .over_budget(crate::log::monotonic_ms())
         {
             return Err(Refusal::OutOfMemory);
         }
@@ -235,20 +239,27 @@ impl Handler for DocumentHandler {
 
 impl DocumentHandler {
     /// Leaves the room and gives the connection count back, once.
+    /// The counts are given back even if the room's own code panics (that panic then goes
+    /// on, unless the thread is already unwinding: a second panic would end the shard).
     fn leave(&mut self) {
         let Some(count) = self.count.take() else {
             return;
         };
-        // Borrowed only if a panic unwound out of the room's own code; the room is then
-        // reset by the session, and a second panic here would end the shard.
-        if let Ok(mut room) = self.room.try_borrow_mut() {
-            // Updates staged before the end were valid; a refusal now has no one to tell.
-            let _ = room.flush();
-            room.leave(self.slot);
-        }
+        let left = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Borrowed only if a panic unwound out of the room's own code; the room is then
+            // reset by the session.
+            if let Ok(mut room) = self.room.try_borrow_mut() {
+                // Updates staged before the end were valid; a refusal now has no one to tell.
+                let _ = room.flush();
+                room.leave(self.slot);
+            }
+        }));
         stats::sub(&self.shard.my_stats().connections, 1);
         drop(count);
         self.shard.room_left(&self.key);
+        if let (Err(panic), false) = (left, std::thread::panicking()) {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How stale a reading may be.
 const READ_EVERY_MS: u64 = 250;
+/// `read_at_ms` before the first reading.
+const NEVER: u64 = u64::MAX;
 /// How often, at most, freed heap is handed back (it walks every arena).
 const TRIM_EVERY_MS: u64 = 1_000;
 /// The share of the machine's (or the cgroup's) memory a node takes when no budget is set.
@@ -33,7 +35,7 @@ impl MemoryWatch {
             budget_bytes,
             high_water_bytes: budget_bytes / 100 * high_water_percent,
             resident_bytes: AtomicU64::new(0),
-            read_at_ms: AtomicU64::new(0),
+            read_at_ms: AtomicU64::new(NEVER),
             trimmed_at_ms: AtomicU64::new(0),
         }
     }
@@ -43,7 +45,7 @@ impl MemoryWatch {
     }
 
     /// Whether resident memory is past the high-water mark, as of at most
-    /// [`READ_EVERY_MS`] before `now_ms`.
+    /// [`READ_EVERY_MS`] before `now_ms` (`log::monotonic_ms`).
     pub fn over_high_water(&self, now_ms: u64) -> bool {
         self.resident_bytes(now_ms) >= self.high_water_bytes
     }
@@ -57,7 +59,7 @@ impl MemoryWatch {
     fn resident_bytes(&self, now_ms: u64) -> u64 {
         let read_at = self.read_at_ms.load(Relaxed);
         // One caller refreshes; the others use the reading it replaces.
-        if now_ms.saturating_sub(read_at) < READ_EVERY_MS
+        if (read_at != NEVER && now_ms.saturating_sub(read_at) < READ_EVERY_MS)
             || self
                 .read_at_ms
                 .compare_exchange(read_at, now_ms, Relaxed, Relaxed)
@@ -72,10 +74,13 @@ impl MemoryWatch {
             self.trimmed_at_ms.store(now_ms, Relaxed);
             // On a thread of its own: it walks every arena (milliseconds on a large heap),
             // which the executor that asked should not wait for. The next reading sees it.
-            std::thread::spawn(|| {
-                // SAFETY: malloc_trim has no preconditions; it only returns free heap pages.
-                unsafe { libc::malloc_trim(0) };
-            });
+            // Near a thread limit it may not start; the next trim is a second away.
+            let _ = std::thread::Builder::new()
+                .name("wiresocket-trim".into())
+                .spawn(|| {
+                    // SAFETY: malloc_trim has no preconditions; it only returns free heap pages.
+                    unsafe { libc::malloc_trim(0) };
+                });
         }
         self.resident_bytes.store(resident, Relaxed);
         resident

@@ -66,10 +66,15 @@ impl Offload {
             .spawn_blocking(move || {
                 let _done = done;
                 lower_priority_once();
-                job()
+                // Caught here so that the shard's one blocking thread lives on; the panic
+                // goes on in the waiter, whose connection it is (and which is contained).
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
             })
             .await;
-        Ok(result)
+        match result {
+            Ok(result) => Ok(result),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 }
 
@@ -116,6 +121,22 @@ mod tests {
             assert_ne!(thread, executor_thread);
             assert_eq!(nice, 19);
             assert_eq!(offload.signatures.load(Relaxed), 0, "given back");
+        });
+    }
+
+    #[test]
+    fn a_panicking_job_panics_its_waiter_and_the_blocking_thread_goes_on() {
+        use futures_lite::FutureExt;
+        glommio::LocalExecutor::default().run(async {
+            let offload = Offload::default();
+            let waited = std::panic::AssertUnwindSafe(
+                offload.run(Work::Signature, || -> u8 { panic!("in the job") }),
+            )
+            .catch_unwind()
+            .await;
+            assert!(waited.is_err());
+            assert_eq!(offload.signatures.load(Relaxed), 0);
+            assert_eq!(offload.run(Work::Signature, || 3).await, Ok(3));
         });
     }
 

@@ -75,9 +75,14 @@ pub async fn run(
             socket::read_with(&stream, &shard.scratch).await
         } else {
             let start = pending.len();
-            let step = frames.next_read_len(&pending);
-            pending.reserve_exact(step);
-            pending.resize(start + step, 0);
+            let want = frames.next_read_len(&pending);
+            // Grown by a quarter (at least a scratch buffer), reserved exactly, only when
+            // the room left is too small: so the buffer holds at most a quarter more than
+            // has arrived, and reallocation is amortized over many reads.
+            if pending.capacity() - start < want {
+                pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
+            }
+            pending.resize(start + want, 0);
             if !frames.hold(&pending) {
                 break;
             }
@@ -119,6 +124,8 @@ pub async fn run(
     if let (Some(code), false) = (outbox.close_code(), peer_closed) {
         shard.my_stats().count_rejection(code);
     }
+    // Not held through the close wait.
+    drop(pending);
     // A client that vanished gets no close frame; this only lets the writer finish.
     outbox.close(close::NORMAL, "");
     let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
@@ -180,8 +187,9 @@ impl Frames<'_> {
     /// After a read: restarts the incomplete frame or message's clock (which the keepalive
     /// sweep watches) when it made progress, clears it when nothing is incomplete. Progress
     /// is a data message ending, or the incomplete data growing by [`PROGRESS_BYTES`] and by
-    /// an eighth of itself: bytes that do not add to it (pings) are not progress, and a
-    /// large message must keep coming in proportion, so one cannot be held open for long.
+    /// an eighth of itself (at most 1 MiB): bytes that do not add to it (pings) are not
+    /// progress, and a large message must keep coming in proportion, so one cannot be held
+    /// open for long.
     fn track_progress(&mut self, pending: &[u8], live: &Liveness) {
         let completed = std::mem::take(&mut self.message_completed);
         let incomplete = pending.len() + self.assembler.buffered_bytes();
@@ -190,7 +198,8 @@ impl Frames<'_> {
             return;
         }
         let mark = self.progress_mark_bytes;
-        let grown = incomplete >= mark + PROGRESS_BYTES.max(mark / 8);
+        // An eighth, up to 1 MiB: a 16 MiB upload must bring 1 MiB per timeout (35 KB/s).
+        let grown = incomplete >= mark + PROGRESS_BYTES.max(mark / 8).min(1 << 20);
         if live.incomplete_since.get().is_none() || completed || grown {
             live.incomplete_since.set(Some(Instant::now()));
             self.progress_mark_bytes = incomplete;
@@ -207,15 +216,16 @@ impl Frames<'_> {
         open
     }
 
-    /// How much to read next into `pending`: a quarter of what it already holds (at least a
-    /// scratch buffer's worth), never more than the rest of the cut frame. So the buffer
-    /// grows with the bytes that arrive, never to what a header announces (15 bytes
-    /// announcing 16 MiB cost one scratch buffer), and holds at most a quarter more than
-    /// has arrived (the caller reserves exactly this).
+    /// How much to read next into `pending`: a scratch buffer's worth, never more than the
+    /// rest of the cut frame. So the buffer grows with the bytes that arrive, never to what
+    /// a header announces (15 bytes announcing 16 MiB cost one scratch buffer), and no read
+    /// zero-fills more than a scratch buffer ahead of the data.
     fn next_read_len(&self, pending: &[u8]) -> usize {
-        let step = (pending.len() / 4).max(SCRATCH_BYTES);
         match parse_header(pending, self.frame_bytes_max) {
-            Ok(Some(h)) => h.frame_len().saturating_sub(pending.len()).clamp(1, step),
+            Ok(Some(h)) => h
+                .frame_len()
+                .saturating_sub(pending.len())
+                .clamp(1, SCRATCH_BYTES),
             _ => SCRATCH_BYTES,
         }
     }
@@ -242,6 +252,11 @@ impl Frames<'_> {
     fn process_frames(&mut self, data: &mut [u8], handler: &mut dyn Handler) -> (usize, bool) {
         let mut at = 0;
         loop {
+            // Refused meanwhile (its outbox overflowed): the rest of the read counts for
+            // nothing.
+            if self.outbox.closed().is_some() {
+                return (at, false);
+            }
             let header = match parse_header(&data[at..], self.frame_bytes_max) {
                 Ok(Some(h)) if h.frame_len() <= data.len() - at => h,
                 Ok(_) => return (at, true),

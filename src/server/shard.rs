@@ -146,10 +146,33 @@ pub struct Liveness {
     /// Since when a frame or fragmented message has been incomplete without progress
     /// (`None`: nothing incomplete); see `session`.
     pub incomplete_since: Cell<Option<Instant>>,
-    /// The outbox's written bytes when the sweep last saw them move (or the outbox empty),
-    /// and when: a client that stops reading a frame larger than the outbound budget (whole
-    /// documents are) is not caught by the budget, and would pin that frame.
-    pub written_mark: Cell<(u64, Instant)>,
+    /// How far the client had taken what was sent to it when the sweep last saw that move
+    /// (or the outbox empty), and when: a client that stops reading a frame larger than the
+    /// outbound budget (whole documents are) is not caught by the budget, and would pin it.
+    pub written_mark: Cell<(Taken, Instant)>,
+}
+
+/// How much a client has taken: bytes the writer has handed to the socket, and bytes the
+/// socket still holds unsent. Either moving is progress (the writer wakes only once a
+/// third of the send buffer has drained, so a slow but steady reader may move only the
+/// second for a while).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Taken {
+    written_bytes: u64,
+    unsent_bytes: i32,
+}
+
+impl Taken {
+    fn of(live: &Liveness) -> Taken {
+        let mut unsent_bytes: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int for an open socket the session owns; on error
+        // the value stays 0.
+        unsafe { libc::ioctl(live.fd, libc::TIOCOUTQ, &mut unsent_bytes) };
+        Taken {
+            written_bytes: live.outbox.written_bytes(),
+            unsent_bytes,
+        }
+    }
 }
 
 /// Read buffer shared by every connection of the shard: a connection only keeps bytes of its
@@ -542,7 +565,7 @@ impl Shard {
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
             incomplete_since: Cell::new(None),
-            written_mark: Cell::new((0, now)),
+            written_mark: Cell::new((Taken::default(), now)),
         });
         self.conns.borrow_mut().insert(id, live.clone());
         stats::add(&self.my_stats().sessions, 1);
@@ -621,13 +644,15 @@ async fn keepalive(shard: Rc<Shard>) {
                 .incomplete_since
                 .get()
                 .is_some_and(|since| now.saturating_duration_since(since) >= message_within);
-            let written = live.outbox.written_bytes();
+            let waiting = live.outbox.queued_bytes() > 0;
             let (marked, marked_at) = live.written_mark.get();
-            if written != marked || live.outbox.queued_bytes() == 0 {
-                live.written_mark.set((written, now));
+            // The socket is asked only while something waits to be written.
+            let taken = if waiting { Taken::of(live) } else { marked };
+            if taken != marked || !waiting {
+                live.written_mark.set((taken, now));
             }
-            let not_reading = written == marked
-                && live.outbox.queued_bytes() > 0
+            let not_reading = waiting
+                && taken == marked
                 && now.saturating_duration_since(marked_at) >= message_within;
             let refusal = if stalled {
                 stats::add(&shard.my_stats().message_timeouts_total, 1);
@@ -725,7 +750,7 @@ mod tests {
                     last_rx: Cell::new(now),
                     last_ping: Cell::new(now),
                     incomplete_since: Cell::new(None),
-                    written_mark: Cell::new((0, now)),
+                    written_mark: Cell::new((Taken::default(), now)),
                 })
             })
             .collect();

@@ -101,7 +101,7 @@ impl Shared {
         };
         sockets >= self.connections_fd_max
             || over(connections, node.connections_capacity)
-            || self.memory.over_high_water(crate::log::unix_ms())
+            || self.memory.over_high_water(crate::log::monotonic_ms())
     }
 
     /// Whether client sockets (`sockets`) have eaten half of [`FD_RESERVE`] as well. The

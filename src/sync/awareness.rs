@@ -68,7 +68,7 @@ impl AwarenessStates {
         owned: &mut Vec<u64>,
         owned_max: usize,
     ) -> Result<bool, AwarenessError> {
-        self.check(entries, owned, owned_max)?;
+        let mut forgettable = self.check(entries, owned, owned_max)?;
         let mut changed = false;
         for e in entries.iter() {
             let removes = e.state == "null";
@@ -85,8 +85,9 @@ impl AwarenessStates {
                 }
                 None => {
                     if self.clients.len() >= self.clients_max {
-                        let forgotten = self.forget_one_removed(entries);
-                        debug_assert!(forgotten, "room space was checked");
+                        let id = forgettable.pop().expect("room space was checked");
+                        let forgotten = self.clients.remove(&id);
+                        debug_assert!(forgotten.is_some_and(|c| c.state.is_none()));
                     }
                     self.clients.insert(
                         e.client_id,
@@ -107,13 +108,14 @@ impl AwarenessStates {
     }
 
     /// Whether `entries` can be applied whole: sizes, no client twice, the connection's and
-    /// the room's client bounds.
+    /// the room's client bounds. Returns the removed clients the room may forget to make
+    /// room (none that the update names, which keep their place), as many as it needs.
     fn check(
         &self,
         entries: &AwarenessEntries<'_>,
         owned: &[u64],
         owned_max: usize,
-    ) -> Result<(), AwarenessError> {
+    ) -> Result<Vec<u64>, AwarenessError> {
         // More entries than a room holds can only be repeats or over the bound.
         if entries.iter().nth(self.clients_max).is_some() {
             return Err(AwarenessError::TooManyClientsForRoom);
@@ -134,28 +136,21 @@ impl AwarenessStates {
             return Err(AwarenessError::TooManyClientsForConnection);
         }
         let free = self.clients_max - self.clients.len();
-        if new_in_room > free {
-            let forgettable = self
-                .clients
-                .iter()
-                .filter(|(id, c)| c.state.is_none() && !seen.contains(*id))
-                .count();
-            if new_in_room > free + forgettable {
-                return Err(AwarenessError::TooManyClientsForRoom);
-            }
+        if new_in_room <= free {
+            return Ok(Vec::new());
         }
-        Ok(())
-    }
-
-    /// Forgets one removed client that `entries` does not name (so that an entry the update
-    /// still has to apply keeps its place).
-    fn forget_one_removed(&mut self, entries: &AwarenessEntries<'_>) -> bool {
-        let removed = self
+        let needed = new_in_room - free;
+        let forgettable: Vec<u64> = self
             .clients
             .iter()
-            .find(|(id, c)| c.state.is_none() && !entries.iter().any(|e| e.client_id == **id))
-            .map(|(id, _)| *id);
-        removed.is_some_and(|id| self.clients.remove(&id).is_some())
+            .filter(|(id, c)| c.state.is_none() && !seen.contains(*id))
+            .map(|(id, _)| *id)
+            .take(needed)
+            .collect();
+        if forgettable.len() < needed {
+            return Err(AwarenessError::TooManyClientsForRoom);
+        }
+        Ok(forgettable)
     }
 
     /// Removes the live states of `client_ids` (a connection that left) and returns the

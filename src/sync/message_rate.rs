@@ -1,25 +1,26 @@
 //! Messages per connection: a token bucket, weighted by what a message makes the server do.
 //! Most messages cost one token; a step 1 or an awareness query makes the server encode a
 //! whole document or every presence state, so it costs [`HEAVY_MESSAGE_WEIGHT`], and a step
-//! 1 with a state vector (whose answer is encoded for it alone, not shared) one more token
-//! per [`BYTES_PER_TOKEN`] of the document.
+//! 1 whose answer must be encoded (not one shared from the cache) one more token per
+//! [`BYTES_PER_TOKEN`] of the document.
 
 use super::protocol::Message;
 
 /// Tokens a step 1 or an awareness query costs.
 pub const HEAVY_MESSAGE_WEIGHT: u32 = 16;
 
-/// Document bytes a step 1 with a state vector costs a token for.
+/// Document bytes an encoded step 1 answer costs a token for.
 pub const BYTES_PER_TOKEN: usize = 64 << 10;
 
-/// What `message` costs against a connection's rate, in a document of `document_bytes`.
-pub fn weight(message: &Message<'_>, document_bytes: usize) -> u32 {
+/// What `message` costs against a connection's rate, when answering a step 1 means encoding
+/// `encode_bytes` of document (0 when the answer is shared from the cache).
+pub fn weight(message: &Message<'_>, encode_bytes: usize) -> u32 {
     match message {
-        Message::SyncStep1(sv) if !sv.is_empty() => {
-            let per_size = (document_bytes / BYTES_PER_TOKEN).min(u32::MAX as usize) as u32;
+        Message::SyncStep1(_) => {
+            let per_size = (encode_bytes / BYTES_PER_TOKEN).min(u32::MAX as usize) as u32;
             HEAVY_MESSAGE_WEIGHT.saturating_add(per_size)
         }
-        Message::SyncStep1(_) | Message::QueryAwareness => HEAVY_MESSAGE_WEIGHT,
+        Message::QueryAwareness => HEAVY_MESSAGE_WEIGHT,
         Message::Update { .. } | Message::Awareness(_) => 1,
     }
 }
@@ -119,14 +120,14 @@ mod tests {
         };
         let mb = 1 << 20;
         assert_eq!(
-            decode(&[0, 0, 1, 0], mb),
+            decode(&[0, 0, 1, 0], 0),
             HEAVY_MESSAGE_WEIGHT,
-            "step 1, nothing yet"
+            "step 1, answer cached"
         );
         assert_eq!(
             decode(&[0, 0, 3, 1, 5, 1], mb),
             HEAVY_MESSAGE_WEIGHT + 16,
-            "step 1 with a state vector: answered for it alone"
+            "step 1 whose answer encodes 1 MiB"
         );
         assert_eq!(decode(&[3], mb), HEAVY_MESSAGE_WEIGHT, "query awareness");
         assert_eq!(decode(&[0, 2, 2, 0, 0], mb), 1, "update");

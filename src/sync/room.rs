@@ -123,9 +123,14 @@ impl Room {
         self.len
     }
 
-    /// The document's size as an update, as last measured plus what was applied since.
-    pub fn document_bytes(&self) -> usize {
-        self.document_bytes
+    /// Bytes of document that answering `message` would encode: none for a step 1 whose
+    /// answer is the cached whole state, else the document's size (see `message_rate`).
+    pub fn encode_bytes(&self, message: &Message<'_>) -> usize {
+        match message {
+            Message::SyncStep1(sv) if sv.is_empty() && self.full_state.is_some() => 0,
+            Message::SyncStep1(_) => self.document_bytes,
+            _ => 0,
+        }
     }
 
     pub fn doc(&self) -> &yrs::Doc {
