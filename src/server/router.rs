@@ -46,14 +46,21 @@ pub fn serve(
                 leftover,
                 handler,
             })) => {
-                let session = super::session::run(&shard, stream, outbox, leftover, handler);
+                // Boxed: held inline, the containing future would hold it twice (an async
+                // fn keeps its argument and the moved value both), doubling an idle
+                // connection's task.
+                let session = Box::pin(super::session::run(
+                    &shard, stream, outbox, leftover, handler,
+                ));
                 // Its counts and places are given back by values dropped as it unwinds.
                 super::contain::future(shard.my_stats(), "session", session).await;
             }
             Some(None) => {}
             // The 101 is admission's last step, so the panic came before it. If an answer was
             // already sent, its socket's write side is shut down and this write just fails.
-            None => refuse_http(&shard, &stream, &Refusal::AdmissionPanicked).await,
+            // Boxed: inline, the answer's linger buffer would sit in every idle connection's
+            // task.
+            None => Box::pin(refuse_http(&shard, &stream, &Refusal::AdmissionPanicked)).await,
         }
     }
 }
