@@ -2,6 +2,7 @@
 //! the server delivered, how fast, at what CPU and memory cost, and whether every document
 //! converged on every client.
 
+mod floor;
 mod peer;
 mod run;
 mod server_stats;
@@ -24,6 +25,9 @@ USAGE:
         deliveries, latency, server CPU and memory, and checks convergence
     wiresocket-load capacity --url URL --connections N [OPTIONS]
         opens N idle, synced document connections and reports server memory per connection
+    wiresocket-load floor [--floor-sends N]
+        what one loopback send of a 40-byte frame costs this machine's CPU: the least a
+        delivery can cost a server that sends each one (fanout prints it beside the server)
 
 URL is ws://HOST:PORT/PATH with {doc} where the document name goes, e.g.
     ws://127.0.0.1:8080/{doc}?token=JWT          wiresocket, the Node reference server
@@ -44,6 +48,7 @@ OPTIONS:
     --create-docs URL        POST {\"docId\":NAME} here for every document first (y-sweet)
     --doc-prefix P           document names are P-0, P-1, ... (default load-PID)
     --label NAME             name of this run in the JSON line
+    --floor-sends N          sends the floor is measured with, before a fanout (default 50000; 0: none)
     --json                   print one JSON line instead of the report
 ";
 
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fanout") => Options::parse(&args[1..]).and_then(|o| execute(o, Mode::Fanout)),
         Some("capacity") => Options::parse(&args[1..]).and_then(|o| execute(o, Mode::Capacity)),
+        Some("floor") => Options::parse(&args[1..]).and_then(print_floor),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -110,6 +116,35 @@ impl Options {
     }
 }
 
+/// The loopback send floor, measured with `--floor-sends` sends (0: not measured).
+fn measure_floor(options: &Options) -> Result<Option<floor::Floor>, String> {
+    match options.get("floor-sends", 50_000usize)? {
+        0 => Ok(None),
+        sends => floor::measure(FLOOR_FRAME_BYTES, sends)
+            .map(Some)
+            .map_err(|e| format!("measuring the floor: {e}")),
+    }
+}
+
+/// A 40-byte frame: about what a small update's broadcast is.
+const FLOOR_FRAME_BYTES: usize = 40;
+
+fn print_floor(options: Options) -> Result<bool, String> {
+    if let Some(unknown) = options.values.keys().find(|k| k.as_str() != "floor-sends") {
+        return Err(format!("unknown option --{unknown}"));
+    }
+    let Some(f) = measure_floor(&options)? else {
+        return Err("--floor-sends must be at least 1".into());
+    };
+    println!(
+        "floor          one loopback send of a {}-byte frame costs {:.2} us of CPU here: at most {:.0} deliveries per CPU-second",
+        f.frame_bytes,
+        f.send_us,
+        f.deliveries_per_cpu_s()
+    );
+    Ok(true)
+}
+
 fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     let known = [
         "url",
@@ -127,6 +162,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         "create-docs",
         "doc-prefix",
         "label",
+        "floor-sends",
     ];
     if let Some(unknown) = options.values.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown option --{unknown}"));
@@ -179,7 +215,13 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         }
     }
     let hold = Duration::from_secs_f64(options.get("hold-s", 0.0)?);
-    let measured = coordinate(Arc::new(plan), pid, hold)?;
+    // Before connecting: the server is idle and the machine quiet.
+    let floor = match mode {
+        Mode::Fanout => measure_floor(&options)?,
+        Mode::Capacity => None,
+    };
+    let mut measured = coordinate(Arc::new(plan), pid, hold)?;
+    measured.floor = floor;
     let ok = measured.failures().is_empty();
     let label = options.text("label").unwrap_or("run");
     if options.json {
@@ -226,6 +268,7 @@ struct Measured {
     rss_end_kib: Option<u64>,
     server_cpu_s: Option<f64>,
     wall: Duration,
+    floor: Option<floor::Floor>,
 }
 
 fn coordinate(plan: Arc<Plan>, pid: Option<u32>, hold: Duration) -> Result<Measured, String> {
@@ -279,6 +322,7 @@ fn coordinate(plan: Arc<Plan>, pid: Option<u32>, hold: Duration) -> Result<Measu
         rss_end_kib,
         server_cpu_s: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
         wall,
+        floor: None,
     })
 }
 
@@ -319,6 +363,11 @@ impl Measured {
         self.server_cpu_s
             .filter(|&c| c > 0.0)
             .map(|c| self.sum(|r| r.deliveries) as f64 / c)
+    }
+
+    /// The server's deliveries per CPU-second as a share of the floor's.
+    fn of_floor(&self) -> Option<f64> {
+        Some(self.deliveries_per_cpu_s()? / self.floor?.deliveries_per_cpu_s())
     }
 
     /// Time the generator threads spent handling events while measuring, against the time
@@ -426,6 +475,24 @@ impl Measured {
                     self.deliveries_per_cpu_s().unwrap_or(0.0)
                 );
             }
+            if let Some(f) = self.floor {
+                let server = self.deliveries_per_cpu_s().map_or(
+                    "no server CPU (--server-pid)".to_owned(),
+                    |d| {
+                        format!(
+                            "the server reached {:.2} of that rate ({:.2} us per delivery)",
+                            self.of_floor().unwrap_or(0.0),
+                            1e6 / d
+                        )
+                    },
+                );
+                println!(
+                    "floor          one loopback send of a {}-byte frame costs {:.2} us here ({:.0} per CPU-second); {server}",
+                    f.frame_bytes,
+                    f.send_us,
+                    f.deliveries_per_cpu_s()
+                );
+            }
             println!(
                 "generator      busy {:.0} % of the run (the rest polling): near 100 %, the generator is the bottleneck",
                 self.generator_busy_percent()
@@ -473,6 +540,8 @@ impl Measured {
             "server_cpu_s": self.server_cpu_s,
             "deliveries_per_cpu_s": self.deliveries_per_cpu_s().map(f64::round),
             "server_cpu_percent": self.server_cpu_s.map(|c| (c / self.wall.as_secs_f64() * 100.0).round()),
+            "floor_send_us": self.floor.map(|f| f.send_us),
+            "of_floor": self.of_floor(),
             "generator_busy_percent": self.generator_busy_percent().round(),
             "p50_us": fanout.then(|| h.value_at_quantile(0.5)),
             "p99_us": fanout.then(|| h.value_at_quantile(0.99)),

@@ -73,6 +73,8 @@ fn a_fanout_run_delivers_every_update_and_converges() {
             "1",
             "--threads",
             "2",
+            "--floor-sends",
+            "2000",
         ],
     );
     assert!(ok, "{report}");
@@ -85,6 +87,15 @@ fn a_fanout_run_delivers_every_update_and_converges() {
     assert_eq!(report["expected_deliveries"], report["deliveries"]);
     assert!(report["p99_us"].as_u64().unwrap() > 0);
     assert!(report["server_cpu_s"].as_f64().is_some());
+    // The floor was measured, and the server's cost set beside it.
+    assert!(
+        report["floor_send_us"].as_f64().is_some_and(|us| us > 0.0),
+        "{report}"
+    );
+    assert!(
+        report["of_floor"].as_f64().is_some_and(|f| f > 0.0),
+        "{report}"
+    );
     assert_eq!(report["failures"], serde_json::json!([]));
 }
 
@@ -111,7 +122,16 @@ fn refused_connections_fail_the_run() {
         &node(),
         Auth::None,
         "fanout",
-        &["--docs", "2", "--clients", "2", "--duration-s", "0.2"],
+        &[
+            "--docs",
+            "2",
+            "--clients",
+            "2",
+            "--duration-s",
+            "0.2",
+            "--floor-sends",
+            "0",
+        ],
     );
     assert!(!ok, "{report}");
     assert_eq!(report["connected"], 0);
