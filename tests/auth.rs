@@ -212,3 +212,20 @@ fn the_development_tenant_does_not_run_where_anyone_could_reach_it() {
     );
     assert!(duplicate.contains("apps.web.id"), "{duplicate}");
 }
+
+#[test]
+fn a_reconnect_with_the_same_token_skips_the_signature_check() {
+    let server = Server::start_with("", &["--shards", "1"]);
+    let token = dev_token(serde_json::json!({ "sub": "cache" }));
+    let hits = |s: &Server| s.metric("token_cache_hits_total").0;
+    let mut first = YClient::from_ws(connect_raw(&server.addr, &format!("/c?token={token}")), 1);
+    first.insert(0, "a");
+    assert_eq!(hits(&server), 0, "verified the first time");
+    let mut again = YClient::from_ws(connect_raw(&server.addr, &format!("/c?token={token}")), 2);
+    assert!(again.pump_until(Duration::from_secs(5), |c| c.text() == "a"));
+    assert_eq!(hits(&server), 1, "the same token again: from the cache");
+    // Another token (another signature) is verified on its own.
+    let other = dev_token(serde_json::json!({ "sub": "cache-2" }));
+    let _third = connect_raw(&server.addr, &format!("/c?token={other}"));
+    assert_eq!(hits(&server), 1);
+}

@@ -5,6 +5,7 @@ pub mod claims;
 pub mod directory;
 pub mod oauth;
 pub mod secret;
+pub mod token_cache;
 pub mod transport;
 pub mod verify;
 

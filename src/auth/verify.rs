@@ -50,6 +50,8 @@ pub struct Identity {
     pub role: Role,
     pub docs: Option<Vec<String>>,
     pub allowed_domains: Vec<String>,
+    /// The token's `exp`.
+    pub expires_at_s: u64,
 }
 
 /// Why a token is refused (4002 or 4003: see `refusal`).
@@ -190,6 +192,7 @@ impl Verifier {
             role,
             docs: claims.docs,
             allowed_domains,
+            expires_at_s: claims.exp.unwrap_or(0),
         })
     }
 

@@ -196,7 +196,13 @@ pub struct Shard {
     ping: Frame,
     /// Token signatures and secret hashes, off this executor.
     pub offload: super::offload::Offload,
+    /// Tokens this shard verified, until they expire: a reconnect storm is not a storm of
+    /// signature checks. (A reload or a revocation, when they exist, must empty it.)
+    token_cache: RefCell<crate::auth::token_cache::TokenCache>,
 }
+
+/// Verified tokens a shard remembers: about 2 MiB of identities at most.
+const TOKEN_CACHE_ENTRIES_MAX: usize = 4096;
 
 pub async fn run(setup: Setup) {
     let Setup {
@@ -262,6 +268,9 @@ pub async fn run(setup: Setup) {
         handoff: senders,
         ping: shared_frame(Opcode::Ping, &[]),
         offload: super::offload::Offload::default(),
+        token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
+            TOKEN_CACHE_ENTRIES_MAX,
+        )),
     });
     for (_, receiver) in receivers.streams() {
         let shard = shard.clone();
@@ -404,17 +413,30 @@ impl Shard {
         sockets.saturating_sub(1)
     }
 
-    /// Verifies a token off this executor (see `offload`); `Err(Busy)` when too many wait.
+    /// Verifies a token: from the cache if this shard verified it before (and it has not
+    /// expired), else off this executor (see `offload`); `Err(Busy)` when too many wait.
     pub async fn verify_token(
         &self,
         token: String,
     ) -> Result<Result<Identity, crate::auth::verify::Refusal>, super::offload::Busy> {
-        let shared = self.shared.clone();
-        self.offload
+        let now_s = crate::log::unix_ms() / 1000;
+        if let Some(identity) = self.token_cache.borrow_mut().get(&token, now_s) {
+            stats::add(&self.my_stats().token_cache_hits_total, 1);
+            return Ok(Ok(identity));
+        }
+        let (shared, job_token) = (self.shared.clone(), token.clone());
+        let verified = self
+            .offload
             .run(super::offload::Work::Signature, move || {
-                shared.directory.verifier.verify(&token)
+                shared.directory.verifier.verify(&job_token)
             })
-            .await
+            .await?;
+        if let Ok(identity) = &verified {
+            self.token_cache
+                .borrow_mut()
+                .insert(&token, identity.clone(), now_s);
+        }
+        Ok(verified)
     }
 
     pub fn my_stats(&self) -> &ShardStats {
