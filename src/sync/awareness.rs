@@ -117,17 +117,23 @@ impl AwarenessStates {
         owned_max: usize,
     ) -> Result<Vec<u64>, AwarenessError> {
         // More entries than a room holds can only be repeats or over the bound.
-        if entries.iter().nth(self.clients_max).is_some() {
+        if entries.len > self.clients_max {
             return Err(AwarenessError::TooManyClientsForRoom);
         }
-        let mut seen = std::collections::HashSet::new();
+        // The ids the update names, sorted, to find repeats; a browser tab's update names
+        // only its own client, and then nothing is allocated.
+        let mut named: Vec<u64> = Vec::new();
+        if entries.len > 1 {
+            named = entries.iter().map(|e| e.client_id).collect();
+            named.sort_unstable();
+            if named.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(AwarenessError::RepeatedClient);
+            }
+        }
         let (mut newly_owned, mut new_in_room) = (0, 0);
         for e in entries.iter() {
             if e.state.len() > self.state_bytes_max {
                 return Err(AwarenessError::StateTooLarge);
-            }
-            if !seen.insert(e.client_id) {
-                return Err(AwarenessError::RepeatedClient);
             }
             newly_owned += usize::from(e.state != "null" && !owned.contains(&e.client_id));
             new_in_room += usize::from(!self.clients.contains_key(&e.client_id));
@@ -140,10 +146,19 @@ impl AwarenessStates {
             return Ok(Vec::new());
         }
         let needed = new_in_room - free;
+        let only = (entries.len == 1)
+            .then(|| entries.iter().next().map(|e| e.client_id))
+            .flatten();
         let forgettable: Vec<u64> = self
             .clients
             .iter()
-            .filter(|(id, c)| c.state.is_none() && !seen.contains(*id))
+            .filter(|(id, c)| {
+                let in_update = match only {
+                    Some(only) => only == **id,
+                    None => named.binary_search(id).is_ok(),
+                };
+                c.state.is_none() && !in_update
+            })
             .map(|(id, _)| *id)
             .take(needed)
             .collect();
