@@ -83,7 +83,8 @@ fn batch(c: &mut Criterion) {
                         };
                         deliveries += outcome.unwrap().deliveries;
                     }
-                    deliveries += room.flush().unwrap().deliveries;
+                    deliveries += room.flush().deliveries;
+                    room.integrate_all();
                     assert_eq!(deliveries, BATCH * 7);
                     (room, outboxes)
                 },

@@ -255,6 +255,12 @@ pub struct DocumentConfig {
     /// A document's size as a Yjs update; an update that would take it past this: 1009, not
     /// applied.
     pub document_bytes_max: usize,
+    /// Updates relayed but not yet integrated into a document (integration runs after the
+    /// relay, on a lower-priority task): at this many, the document's writers are not read
+    /// until it catches up.
+    pub pending_updates_max: usize,
+    /// Their bytes, likewise.
+    pub pending_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -315,6 +321,8 @@ impl Default for DocumentConfig {
             awareness_clients_per_connection_max: 8,
             awareness_state_bytes_max: 64 << 10,
             document_bytes_max: 64 << 20,
+            pending_updates_max: 1024,
+            pending_bytes_max: 1 << 20,
         }
     }
 }
@@ -446,6 +454,10 @@ impl Config {
             (
                 self.documents.document_bytes_max >= 1 << 10,
                 "documents.document_bytes_max must be at least 1024",
+            ),
+            (
+                self.documents.pending_updates_max >= 1 && self.documents.pending_bytes_max >= 1,
+                "documents.pending_updates_max and pending_bytes_max must be at least 1",
             ),
             (
                 self.documents.update_structs_max >= 1,

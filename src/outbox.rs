@@ -4,7 +4,10 @@
 //! connection's writer drains its outbox with vectored writes. A consumer that falls
 //! `outbound_bytes_max` behind is cut off: its queue is dropped and a close frame takes its
 //! place (it resyncs when it reconnects), so a slow client never grows server memory.
-//! Free of any runtime: the writer waits through a plain `Waker`.
+//! A push that finds the queue empty sends at once (write-through, see [`WriteThrough`]):
+//! the writer task is woken only for what the socket did not take.
+//! Free of any runtime and of I/O: the writer waits through a plain `Waker`, and the
+//! write-through send is a function the server hands in.
 
 use crate::ws::close;
 use crate::ws::frame::{encode_header, Opcode, SERVER_HEADER_MAX};
@@ -58,10 +61,25 @@ struct Inner {
     waker: Option<Waker>,
 }
 
+/// A non-blocking vectored send of `frames` (in order) on `fd`: the bytes it took, or the
+/// error (`WouldBlock` when the socket is full).
+pub type SendNow = fn(fd: i32, frames: &mut dyn Iterator<Item = &[u8]>) -> std::io::Result<usize>;
+
+/// How a push sends straight to the connection when nothing is queued: a broadcast then
+/// costs one send per subscriber and no task wake (the server's `socket::send_vectored`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteThrough {
+    pub fd: i32,
+    pub send: SendNow,
+}
+
 #[derive(Debug)]
 pub struct Outbox {
     inner: RefCell<Inner>,
     outbound_bytes_max: usize,
+    /// Set once the connection's handshake is written (frames queued before it wait for the
+    /// writer, behind the 101).
+    write_through: std::cell::Cell<Option<WriteThrough>>,
 }
 
 impl Outbox {
@@ -77,7 +95,13 @@ impl Outbox {
                 waker: None,
             }),
             outbound_bytes_max,
+            write_through: std::cell::Cell::new(None),
         }
+    }
+
+    /// From now on a push that finds nothing queued is sent at once through `write_through`.
+    pub fn write_through(&self, write_through: WriteThrough) {
+        self.write_through.set(Some(write_through));
     }
 
     /// Queues a frame. Returns false if the outbox no longer takes frames, including when
@@ -88,6 +112,11 @@ impl Outbox {
     /// and updates queued behind it while the client downloads it do not cut the client off
     /// unless they pile up past the budget themselves.
     pub fn push(&self, frame: &Frame) -> bool {
+        self.push_all(std::slice::from_ref(frame))
+    }
+
+    /// Queues frames, in order, as one push: with write-through, they leave in one send.
+    pub fn push_all(&self, frames: &[Frame]) -> bool {
         let mut inner = self.inner.borrow_mut();
         if inner.closed.is_some() {
             return false;
@@ -101,12 +130,38 @@ impl Outbox {
             self.cut_off();
             return false;
         }
-        inner.queued_bytes += frame.len();
-        inner.queue.push_back(frame.clone());
-        if let Some(w) = inner.waker.take() {
-            w.wake();
-        }
+        self.send_or_queue(&mut inner, frames);
         true
+    }
+
+    /// Sends what the socket takes at once when nothing is queued (so nothing can be sent
+    /// out of order, and no writer is mid-frame), queues the rest and wakes the writer for it.
+    fn send_or_queue(&self, inner: &mut Inner, frames: &[Frame]) {
+        let mut sent = 0;
+        if let (true, Some(w)) = (inner.queue.is_empty(), self.write_through.get()) {
+            // An error (the peer is gone) is left for the writer to find on the queued bytes.
+            sent = (w.send)(w.fd, &mut frames.iter().map(|f| &f[..])).unwrap_or(0);
+            inner.written_bytes += sent as u64;
+        }
+        for frame in frames {
+            if sent >= frame.len() {
+                sent -= frame.len();
+                continue;
+            }
+            // Only the first frame not wholly sent can be partly sent; it is the head.
+            if sent > 0 {
+                assert!(inner.queue.is_empty() && inner.head_written == 0);
+                inner.head_written = sent;
+            }
+            inner.queued_bytes += frame.len() - sent;
+            inner.queue.push_back(frame.clone());
+            sent = 0;
+        }
+        if !inner.queue.is_empty() {
+            if let Some(w) = inner.waker.take() {
+                w.wake();
+            }
+        }
     }
 
     /// Queues a close frame after whatever is queued; nothing more is taken after it.
@@ -116,10 +171,10 @@ impl Outbox {
             return;
         }
         let frame = shared_frame(Opcode::Close, &[&close::close_payload(code, reason)]);
-        inner.queued_bytes += frame.len();
-        inner.queue.push_back(frame);
         inner.closed = Some(Closed::Closing);
         inner.close_code = Some(code);
+        self.send_or_queue(&mut inner, &[frame]);
+        // The writer ends once the close is written, and is woken to see that.
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
@@ -340,6 +395,91 @@ mod tests {
         let left = unwritten(&o);
         assert_eq!(left.len(), 2);
         o.consume(left.iter().map(Vec::len).sum());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_pending(&mut cx), Poll::Ready(false));
+    }
+
+    thread_local! {
+        /// What the fake socket below took, and how many more bytes it takes.
+        static SOCKET: std::cell::RefCell<(Vec<u8>, usize, usize)> =
+            const { std::cell::RefCell::new((Vec::new(), 0, 0)) };
+    }
+
+    /// A socket with room for what `SOCKET.1` says; counts its calls in `SOCKET.2`.
+    fn fake_send(_fd: i32, frames: &mut dyn Iterator<Item = &[u8]>) -> std::io::Result<usize> {
+        SOCKET.with_borrow_mut(|(taken, room, calls)| {
+            *calls += 1;
+            if *room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for f in frames {
+                let k = f.len().min(*room);
+                taken.extend_from_slice(&f[..k]);
+                *room -= k;
+                n += k;
+            }
+            Ok(n)
+        })
+    }
+
+    fn written_through(room: usize) -> Outbox {
+        SOCKET.with_borrow_mut(|s| *s = (Vec::new(), room, 0));
+        let o = Outbox::new(1 << 20);
+        o.write_through(WriteThrough {
+            fd: -1,
+            send: fake_send,
+        });
+        o
+    }
+
+    fn socket() -> (Vec<u8>, usize) {
+        SOCKET.with_borrow(|(taken, _, calls)| (taken.clone(), *calls))
+    }
+
+    #[test]
+    fn a_push_to_an_empty_outbox_is_sent_at_once_and_only_the_rest_queued() {
+        let o = written_through(1 << 20);
+        let (a, b) = (frame(10), frame(20));
+        assert!(o.push_all(&[a.clone(), b.clone()]));
+        assert_eq!(
+            socket(),
+            ([&a[..], &b[..]].concat(), 1),
+            "one send for both"
+        );
+        assert!(unwritten(&o).is_empty());
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.written_bytes(), (a.len() + b.len()) as u64);
+
+        // The socket takes 5 bytes: the rest of the frame waits as the head, partly written.
+        let o = written_through(5);
+        assert!(o.push(&a));
+        assert_eq!(unwritten(&o), vec![a[5..].to_vec()]);
+        assert_eq!((o.queued_bytes(), o.written_bytes()), (a.len() - 5, 5));
+        // Something is queued now: the next push waits behind it, unsent.
+        SOCKET.with_borrow_mut(|s| s.1 = 1 << 20);
+        assert!(o.push(&b));
+        assert_eq!(socket().1, 1, "no second send past a queued frame");
+        assert_eq!(unwritten(&o), vec![a[5..].to_vec(), b.to_vec()]);
+        o.consume(a.len() - 5 + b.len());
+        assert_eq!(o.written_bytes(), (a.len() + b.len()) as u64);
+
+        // A full socket: everything waits for the writer, which is woken.
+        let o = written_through(0);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_pending(&mut cx), Poll::Pending);
+        assert!(o.push(&a));
+        assert_eq!(unwritten(&o), vec![a.to_vec()]);
+        assert_eq!(o.poll_pending(&mut cx), Poll::Ready(true));
+    }
+
+    #[test]
+    fn a_close_is_written_through_too_and_the_writer_then_ends() {
+        let o = written_through(1 << 20);
+        o.close(1008, "slow");
+        let (taken, _) = socket();
+        assert_eq!(taken[0], 0x88);
+        assert_eq!(u16::from_be_bytes([taken[2], taken[3]]), 1008);
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(o.poll_pending(&mut cx), Poll::Ready(false));
     }

@@ -278,6 +278,60 @@ fn a_client_that_stops_reading_is_cut_off_and_memory_stays_flat() {
     assert!(reader.pump_until(WAIT, |c| !c.text().is_empty()));
 }
 
+/// Issue 10 point 3: once cut off, a slow client that reads again gets its 1008 at once,
+/// even while its shard is busy. Two writers insert at the start of one document without
+/// applying each other's updates (as offline editors do), so every insertion conflicts with
+/// all the other's and integrating costs more and more. The close timeout is long, so the
+/// close must come from the writer task, not from the sweep shutting the socket.
+#[test]
+fn a_cut_off_client_that_reads_again_gets_its_close_at_once_while_the_shard_is_busy() {
+    let server = Server::start("shards = 1\n[websocket]\noutbound_bytes_max = 262144\nidle_timeout_ms = 60000\nclose_timeout_ms = 30000\nmessages_per_second = 100000\nmessages_burst = 100000\n");
+    let mut slow = connect(&server.addr, "/busy");
+    slow.send(Message::Binary(sync_message(0, &[0]).into()))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..=2)
+        .map(|id| {
+            let (addr, stop) = (server.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut writer = YClient::connect(&addr, "busy", id);
+                // Non-blocking: a writer sends as fast as it can and reads what came.
+                writer.ws.get_mut().set_nonblocking(true).unwrap();
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let update = writer.insert_offline(0, &"w".repeat(16 << 10));
+                    match writer
+                        .ws
+                        .send(Message::Binary(sync_message(2, &update).into()))
+                    {
+                        Ok(()) => {}
+                        // Queued in the client; flushed by later calls.
+                        Err(e) if read_timed_out(&e) => {}
+                        Err(_) => break,
+                    }
+                    sent += 1;
+                    // Read (so as not to be a slow consumer) but do not apply.
+                    while writer.ws.read().is_ok() {}
+                }
+                sent
+            })
+        })
+        .collect();
+    // The slow client's socket buffers and 256 KiB queue fill within a fraction of this;
+    // its cut-off is counted only when its session ends, after it has read the close.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let (code, reason) = expect_close(&mut slow);
+    let waited = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the close took {waited:?} to arrive once the client read again ({sent} updates sent)"
+    );
+}
+
 #[test]
 fn idle_connections_are_pinged_then_closed() {
     let server = Server::start("[websocket]\nping_interval_ms = 200\nidle_timeout_ms = 600\n");

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let sender = room.join(Rc::new(Outbox::new(1 << 20)));
     room.join(Rc::new(Outbox::new(1 << 20)));
     // The input is one read's messages, each prefixed with a one-byte length class; as in a
-    // session they are staged, and flushed at the end or at the first refusal.
+    // session they are staged, and relayed at the end or at the first refusal.
     let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {
         let len = (len as usize * 8).min(tail.len());
@@ -49,5 +49,7 @@ fuzz_target!(|data: &[u8]| {
         }
         rest = &tail[len..];
     }
-    let _ = room.flush();
+    room.flush();
+    // Relayed first, integrated after, as on the server.
+    room.integrate_all();
 });

@@ -210,20 +210,32 @@ impl Handler for DocumentHandler {
             }
         }
         let outcome = room.stage_message(self.slot, message, self.can_write)?;
-        stats::add(
-            &self.shard.my_stats().deliveries_total,
-            outcome.deliveries as u64,
-        );
+        let stats = self.shard.my_stats();
+        stats::add(&stats.deliveries_total, outcome.deliveries as u64);
+        stats::add(&stats.updates_integrated_total, outcome.integrated as u64);
         Ok(())
     }
 
     fn on_batch_end(&mut self) -> Result<(), Refusal> {
-        let outcome = self.room.borrow_mut().flush()?;
+        let outcome = self.room.borrow_mut().flush();
         stats::add(
             &self.shard.my_stats().deliveries_total,
             outcome.deliveries as u64,
         );
+        self.shard.integrator.request(&self.room);
         Ok(())
+    }
+
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Viewers add nothing to integrate.
+        if !self.can_write {
+            return std::task::Poll::Ready(());
+        }
+        let ready = self.room.borrow_mut().poll_caught_up(cx);
+        if ready.is_pending() {
+            stats::add(&self.shard.my_stats().integration_waits_total, 1);
+        }
+        ready
     }
 
     fn on_panic(&mut self) {
@@ -249,9 +261,11 @@ impl DocumentHandler {
             // Borrowed only if a panic unwound out of the room's own code; the room is then
             // reset by the session.
             if let Ok(mut room) = self.room.try_borrow_mut() {
-                // Updates staged before the end were valid; a refusal now has no one to tell.
-                let _ = room.flush();
+                // Updates staged before the end were valid: relayed, then integrated later.
+                room.flush();
                 room.leave(self.slot);
+                drop(room);
+                self.shard.integrator.request(&self.room);
             }
         }));
         stats::sub(&self.shard.my_stats().connections, 1);

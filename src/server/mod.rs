@@ -6,6 +6,7 @@ mod api;
 mod contain;
 mod deadline;
 mod handlers;
+mod integrate;
 mod memory;
 mod offload;
 mod router;

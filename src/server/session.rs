@@ -27,6 +27,11 @@ pub trait Handler {
     fn on_batch_end(&mut self) -> Result<(), Refusal> {
         Ok(())
     }
+    /// Ready when the connection may be read again; pending while reading it would only
+    /// pile up work that is behind (a document whose integration lags).
+    fn poll_read_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
     /// A call into this handler panicked (the session closes with 1011): drop whatever
     /// state the panic may have left half-changed.
     fn on_panic(&mut self) {}
@@ -47,10 +52,15 @@ pub async fn run(
     let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
     let registration = shard.register(outbox.clone(), fd);
     let live = &registration.live;
+    // The 101 is out: from here a push that finds nothing queued is sent at once.
+    outbox.write_through(crate::outbox::WriteThrough {
+        fd,
+        send: socket::send_vectored,
+    });
     let writer = {
-        let (stream, outbox, shard) = (stream.clone(), outbox.clone(), shard.clone());
+        let (stream, outbox) = (stream.clone(), outbox.clone());
         glommio::spawn_local(async move {
-            let _ = socket::drain_outbox(&stream, &outbox, &shard.my_stats().bytes_out_total).await;
+            let _ = socket::drain_outbox(&stream, &outbox).await;
             socket::shutdown(&stream);
         })
     };
@@ -71,6 +81,7 @@ pub async fn run(
     open = open && frames.hold(&pending);
     frames.track_progress(&pending, live);
     while open {
+        std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
         let read = if pending.is_empty() {
             socket::read_with(&stream, &shard.scratch).await
         } else {

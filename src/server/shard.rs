@@ -150,6 +150,17 @@ pub struct Liveness {
     /// (or the outbox empty), and when: a client that stops reading a frame larger than the
     /// outbound budget (whole documents are) is not caught by the budget, and would pin it.
     pub written_mark: Cell<(Taken, Instant)>,
+    /// Of the bytes the connection has taken, those already in `bytes_out_total`: the sweep
+    /// adds the rest (the outbox counts every byte written, by its writer or write-through).
+    pub bytes_reported: Cell<u64>,
+}
+
+impl Liveness {
+    fn report_bytes_out(&self, stats: &ShardStats) {
+        let written = self.outbox.written_bytes();
+        stats::add(&stats.bytes_out_total, written - self.bytes_reported.get());
+        self.bytes_reported.set(written);
+    }
 }
 
 /// How much a client has taken: bytes the writer has handed to the socket, and bytes the
@@ -196,6 +207,8 @@ pub struct Shard {
     ping: Frame,
     /// Token signatures and secret hashes, off this executor.
     pub offload: super::offload::Offload,
+    /// Rooms with relayed updates still to integrate (a lower-priority task applies them).
+    pub integrator: super::integrate::Integrator,
     /// Tokens this shard verified, until they expire: a reconnect storm is not a storm of
     /// signature checks. (A reload or a revocation, when they exist, must empty it.)
     token_cache: RefCell<crate::auth::token_cache::TokenCache>,
@@ -252,6 +265,8 @@ pub async fn run(setup: Setup) {
         awareness_clients_per_connection_max: documents.awareness_clients_per_connection_max,
         awareness_state_bytes_max: documents.awareness_state_bytes_max,
         document_bytes_max: documents.document_bytes_max,
+        pending_updates_max: documents.pending_updates_max,
+        pending_bytes_max: documents.pending_bytes_max,
     };
     let shard = Rc::new(Shard {
         id,
@@ -268,6 +283,7 @@ pub async fn run(setup: Setup) {
         handoff: senders,
         ping: shared_frame(Opcode::Ping, &[]),
         offload: super::offload::Offload::default(),
+        integrator: super::integrate::Integrator::default(),
         token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
             TOKEN_CACHE_ENTRIES_MAX,
         )),
@@ -291,6 +307,7 @@ pub async fn run(setup: Setup) {
         .detach();
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
+    spawn_integration(&shard);
     if shard.id == 0 {
         glommio::spawn_local(heartbeat(shard.clone())).detach();
     }
@@ -305,6 +322,26 @@ pub async fn run(setup: Setup) {
     };
     futures_lite::future::or(accept_loop(&shard, &listener), drained).await;
 }
+
+/// Integration on its own task queue with a quarter of the sessions' shares: when both have
+/// work, sessions (reads, relays, sends) get four fifths of the core.
+fn spawn_integration(shard: &Rc<Shard>) {
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(INTEGRATION_SHARES),
+        glommio::Latency::NotImportant,
+        "integrate",
+    );
+    let shard = shard.clone();
+    glommio::spawn_local_into(
+        async move { shard.integrator.run(shard.my_stats()).await },
+        queue,
+    )
+    .expect("the integration task queue was just created")
+    .detach();
+}
+
+/// The default task queue's shares are 1,000.
+const INTEGRATION_SHARES: usize = 250;
 
 /// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so
 /// that a restarted server can bind while old connections sit in TIME_WAIT.
@@ -588,6 +625,7 @@ impl Shard {
             last_ping: Cell::new(now),
             incomplete_since: Cell::new(None),
             written_mark: Cell::new((Taken::default(), now)),
+            bytes_reported: Cell::new(0),
         });
         self.conns.borrow_mut().insert(id, live.clone());
         stats::add(&self.my_stats().sessions, 1);
@@ -612,6 +650,7 @@ impl Drop for Registration<'_> {
         if let Ok(mut conns) = self.shard.conns.try_borrow_mut() {
             conns.remove(&self.id);
         }
+        self.live.report_bytes_out(self.shard.my_stats());
         stats::sub(&self.shard.my_stats().sessions, 1);
     }
 }
@@ -649,6 +688,7 @@ async fn keepalive(shard: Rc<Shard>) {
         let now = Instant::now();
         let conns = shard.conns.borrow();
         sweep_each(shard.my_stats(), conns.values(), |live| {
+            live.report_bytes_out(shard.my_stats());
             if live.outbox.closed().is_some() {
                 match live.closing_since.get() {
                     None => live.closing_since.set(Some(now)),
@@ -773,6 +813,7 @@ mod tests {
                     last_ping: Cell::new(now),
                     incomplete_since: Cell::new(None),
                     written_mark: Cell::new((Taken::default(), now)),
+                    bytes_reported: Cell::new(0),
                 })
             })
             .collect();

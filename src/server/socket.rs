@@ -57,11 +57,8 @@ pub fn shutdown(stream: &SharedStream) {
 
 /// Writes everything the outbox holds until it is closed and empty: each round is one
 /// non-blocking `sendmsg` over up to 64 queued frames, straight from the shared buffers.
-pub async fn drain_outbox(
-    stream: &SharedStream,
-    outbox: &Outbox,
-    bytes_out: &std::sync::atomic::AtomicU64,
-) -> io::Result<()> {
+/// (Pushes that find the outbox empty are sent by the pusher; see `Outbox::write_through`.)
+pub async fn drain_outbox(stream: &SharedStream, outbox: &Outbox) -> io::Result<()> {
     let fd = stream.borrow().as_raw_fd();
     while poll_fn(|cx| outbox.poll_pending(cx)).await {
         let written = match outbox.with_unwritten(|frames| send_vectored(fd, frames)) {
@@ -79,13 +76,12 @@ pub async fn drain_outbox(
             return Err(io::ErrorKind::WriteZero.into());
         }
         outbox.consume(written);
-        super::stats::add(bytes_out, written as u64);
     }
     Ok(())
 }
 
-/// One non-blocking `sendmsg` of up to [`BATCH_FRAMES_MAX`] frames.
-fn send_vectored(fd: i32, frames: &mut dyn Iterator<Item = &[u8]>) -> io::Result<usize> {
+/// One non-blocking `sendmsg` of up to [`BATCH_FRAMES_MAX`] frames (an `outbox::SendNow`).
+pub fn send_vectored(fd: i32, frames: &mut dyn Iterator<Item = &[u8]>) -> io::Result<usize> {
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,

@@ -1,5 +1,14 @@
 //! `Room`: one live document — its Yjs state, its awareness and its subscribers — and the
 //! y-websocket protocol between them. Runtime-free: subscribers are outboxes.
+//!
+//! An update is relayed before it is integrated. Once its checks pass (bounded walk, decode,
+//! the document's size bound) its frame goes to every other subscriber at the end of the
+//! read, and the update joins `pending`; [`Room::integrate`] applies pending updates in
+//! batches later (the server runs it on a lower-priority task). So integrating, whose cost
+//! grows with how far behind the writers' views are, never holds up relaying, which keeps
+//! those views current. What is pending is bounded ([`Room::lagging`]): past the bound the
+//! server stops reading the room's writers until integration catches up. A step 1 (what a
+//! joiner sends) first integrates whatever is pending, so its answer misses nothing.
 
 use super::awareness::AwarenessStates;
 use super::protocol::{self, Message, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
@@ -7,12 +16,16 @@ use super::update_check::UpdateLimits;
 use crate::outbox::{shared_frame, Frame, Outbox};
 use crate::refusal::Refusal;
 use crate::ws::frame::Opcode;
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, Transact};
 
-/// Updates staged before a flush is forced (see [`Room::stage`]).
+/// Updates of one read relayed together; past it they are relayed at once (each subscriber
+/// then gets them in one send).
 pub const STAGED_UPDATES_MAX: usize = 64;
 
 /// A document near its size bound is measured again (its whole state encoded) only after
@@ -33,6 +46,10 @@ pub struct RoomConfig {
     /// The document's size as a Yjs update: an update that would take it past this is
     /// refused (1009) and not applied.
     pub document_bytes_max: usize,
+    /// Updates relayed and not yet integrated, past which the room is [`Room::lagging`].
+    pub pending_updates_max: usize,
+    /// Their bytes, likewise.
+    pub pending_bytes_max: usize,
 }
 
 impl Default for RoomConfig {
@@ -43,6 +60,8 @@ impl Default for RoomConfig {
             awareness_clients_per_connection_max: 8,
             awareness_state_bytes_max: 64 << 10,
             document_bytes_max: 64 << 20,
+            pending_updates_max: 1024,
+            pending_bytes_max: 1 << 20,
         }
     }
 }
@@ -56,32 +75,56 @@ struct Subscriber {
     outbox: Rc<Outbox>,
     /// Awareness client ids this connection introduced; removed when it leaves.
     awareness_ids: Vec<u64>,
+    /// Which join of the room this is: a pending update's sender is told of its refusal
+    /// only if its slot still holds the same subscriber.
+    joined: u64,
 }
 
 /// What handling one message did, for the metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
-    /// Frames queued on other subscribers.
+    /// Frames queued on (or sent to) other subscribers.
     pub deliveries: usize,
+    /// Pending updates integrated to answer the message (a step 1).
+    pub integrated: usize,
 }
 
-/// One subscriber's updates, decoded, with the frames that relay them (`frames[i]` relays
-/// `updates[i]`).
-struct Batch {
+/// What one [`Room::integrate`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Integrated {
+    pub applied: usize,
+    /// Updates yrs refused (their senders were closed with 1007).
+    pub refused: usize,
+    /// Updates still pending: integrate again.
+    pub more: bool,
+}
+
+/// One subscriber's updates of the current read, relayed at its end.
+struct Relay {
     from: Slot,
-    updates: Vec<yrs::Update>,
     frames: Vec<Frame>,
-    /// The updates' encoded bytes, for the document's size bound.
+}
+
+/// An update relayed but not yet integrated.
+struct PendingUpdate {
+    update: yrs::Update,
     update_bytes: usize,
+    from: Slot,
+    joined: u64,
 }
 
 pub struct Room {
     doc: yrs::Doc,
-    /// Updates received but not yet applied: [`Room::flush`] applies them in one
-    /// transaction. A yrs transaction costs more than the update in it (commit, cleanup), so
-    /// a client that is behind — whose one read holds many updates — is caught up in one
-    /// transaction instead of many.
-    staged: Option<Batch>,
+    /// This read's updates, relayed by [`Room::flush`] (which comes before another
+    /// subscriber's message, a join or a leave).
+    relay: Option<Relay>,
+    /// Updates relayed and not yet integrated, oldest first.
+    pending: VecDeque<PendingUpdate>,
+    pending_bytes: usize,
+    /// The server has been asked to integrate this room (see [`Room::request_integration`]).
+    integration_requested: bool,
+    /// Readers waiting for the room to stop lagging.
+    caught_up_waiters: Vec<Waker>,
     /// The document's size as an update, estimated: the last measurement plus the bytes of
     /// every update applied since. Usually more than the real size, as Yjs merges; deletions
     /// that split many items can make it less, until the next measurement. (Memory itself is
@@ -89,8 +132,8 @@ pub struct Room {
     document_bytes: usize,
     /// Update bytes applied since the document was last measured.
     unmeasured_bytes: usize,
-    /// Sync step 2 with the whole document, for clients that have nothing yet: encoded once
-    /// per change and shared, not once per request.
+    /// Sync step 2 with the whole integrated document, for clients that have nothing yet:
+    /// encoded once per change and shared, not once per request.
     full_state: Option<Frame>,
     awareness: AwarenessStates,
     /// Every live awareness state in one message, likewise encoded once per change.
@@ -99,6 +142,7 @@ pub struct Room {
     subscribers: Vec<Option<Subscriber>>,
     free_slots: Vec<usize>,
     len: usize,
+    joins: u64,
     config: RoomConfig,
 }
 
@@ -106,7 +150,11 @@ impl Room {
     pub fn new(config: RoomConfig) -> Self {
         Room {
             doc: yrs::Doc::new(),
-            staged: None,
+            relay: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            integration_requested: false,
+            caught_up_waiters: Vec::new(),
             document_bytes: 0,
             unmeasured_bytes: 0,
             full_state: None,
@@ -115,6 +163,7 @@ impl Room {
             subscribers: Vec::new(),
             free_slots: Vec::new(),
             len: 0,
+            joins: 0,
             config,
         }
     }
@@ -133,6 +182,7 @@ impl Room {
         }
     }
 
+    /// The integrated document (without what is pending).
     pub fn doc(&self) -> &yrs::Doc {
         &self.doc
     }
@@ -141,17 +191,19 @@ impl Room {
     /// (sync step 1) and the current awareness states.
     pub fn join(&mut self, outbox: Rc<Outbox>) -> Slot {
         assert!(
-            self.staged.is_none(),
-            "a batch is flushed before anyone joins"
+            self.relay.is_none(),
+            "a read is relayed before anyone joins"
         );
         let sv = self.doc.transact().state_vector().encode_v1();
         outbox.push(&sync_frame(SYNC_STEP1, &sv));
         if let Some(frame) = self.awareness_all() {
             outbox.push(&frame);
         }
+        self.joins += 1;
         let subscriber = Subscriber {
             outbox,
             awareness_ids: Vec::new(),
+            joined: self.joins,
         };
         self.len += 1;
         match self.free_slots.pop() {
@@ -168,11 +220,11 @@ impl Room {
     }
 
     /// Removes a subscriber; the awareness states it introduced are removed and that removal
-    /// is broadcast to the others.
+    /// is broadcast to the others. Its pending updates stay pending (they were relayed).
     pub fn leave(&mut self, slot: Slot) {
         assert!(
-            self.staged.is_none(),
-            "a batch is flushed before anyone leaves"
+            self.relay.is_none(),
+            "a read is relayed before anyone leaves"
         );
         let subscriber = self.subscribers[slot.0].take().expect("a slot leaves once");
         self.free_slots.push(slot.0);
@@ -190,7 +242,7 @@ impl Room {
             let frame = binary(&protocol::encode_awareness(
                 entries.collect::<Vec<_>>().into_iter(),
             ));
-            self.broadcast(None, &frame);
+            self.broadcast(None, std::slice::from_ref(&frame));
         }
         if self.len == 0 {
             self.subscribers.clear();
@@ -204,7 +256,10 @@ impl Room {
     /// would spread that; the clients hold the whole document, so they lose nothing.
     pub fn reset(&mut self) {
         self.doc = yrs::Doc::new();
-        self.staged = None;
+        self.relay = None;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.integration_requested = false;
         self.document_bytes = 0;
         self.unmeasured_bytes = 0;
         self.full_state = None;
@@ -215,10 +270,11 @@ impl Room {
             subscriber.awareness_ids.clear();
             subscriber.outbox.close(code, &reason);
         }
+        self.wake_caught_up();
     }
 
-    /// Handles one binary message from the subscriber in `from` at once (updates are
-    /// applied and relayed before it returns).
+    /// Handles one binary message from the subscriber in `from` at once: relayed, and
+    /// integrated, before it returns (for tests and benchmarks; the server integrates later).
     pub fn receive(
         &mut self,
         from: Slot,
@@ -226,9 +282,11 @@ impl Room {
         can_write: bool,
     ) -> Result<Outcome, Refusal> {
         let staged = self.stage(from, payload, can_write)?;
-        let flushed = self.flush()?;
+        let flushed = self.flush();
+        let integrated = self.integrate_all().applied;
         Ok(Outcome {
             deliveries: staged.deliveries + flushed.deliveries,
+            integrated: staged.integrated + integrated,
         })
     }
 
@@ -249,9 +307,10 @@ impl Room {
     }
 
     /// Handles one decoded message from the subscriber in `from`; an update is checked and
-    /// decoded now but applied and relayed by the next [`Room::flush`], which must come
-    /// before another subscriber's message, a join or a leave. Any other message flushes
-    /// first, so everything leaves in the order it came.
+    /// decoded now, relayed by the next [`Room::flush`] (which must come before another
+    /// subscriber's message, a join or a leave) and integrated by a later
+    /// [`Room::integrate`]. Any other message flushes first, so everything leaves in the
+    /// order it came.
     /// `can_write` is false for read-only (viewer) connections: their updates are answered
     /// with an auth message (permission denied, `read-only`) and neither applied nor relayed.
     pub fn stage_message(
@@ -261,15 +320,17 @@ impl Room {
         can_write: bool,
     ) -> Result<Outcome, Refusal> {
         assert!(
-            self.staged.as_ref().is_none_or(|batch| batch.from == from),
-            "a batch holds one subscriber's updates"
+            self.relay.as_ref().is_none_or(|relay| relay.from == from),
+            "a read's relay holds one subscriber's updates"
         );
         let flushed = match message {
             Message::Update { .. } => Outcome::default(),
-            _ => self.flush()?,
+            _ => self.flush(),
         };
         let handled = match message {
             Message::SyncStep1(sv) => {
+                // Bounded by `pending_*_max` (and work integration would do anyway).
+                let integrated = self.integrate_all().applied;
                 let answer = if sv.is_empty() {
                     self.full_state()
                 } else {
@@ -280,7 +341,10 @@ impl Room {
                     sync_frame(SYNC_STEP2, &diff)
                 };
                 self.sender(from).outbox.push(&answer);
-                Outcome::default()
+                Outcome {
+                    deliveries: 0,
+                    integrated,
+                }
             }
             Message::Update { update, stats, .. } => {
                 if stats.is_empty() {
@@ -293,27 +357,31 @@ impl Room {
                 }
                 let measured = self.make_room_for(update.len())?;
                 let decoded = yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
-                // Relayed as an update message encoded here from the decoded update (a step 2
-                // and an update relay alike): every other client reads what the server applied.
+                // Relayed as an update message encoded here from the checked bytes (a step 2
+                // and an update relay alike): every other client reads what the server takes.
                 let (head, head_len) = protocol::sync_head(SYNC_UPDATE, update.len());
                 let frame = binary_parts(&[&head[..head_len], update]);
-                let batch = self.staged.get_or_insert_with(|| Batch {
+                let joined = self.sender(from).joined;
+                self.pending.push_back(PendingUpdate {
+                    update: decoded,
+                    update_bytes: update.len(),
                     from,
-                    updates: Vec::new(),
-                    frames: Vec::new(),
-                    update_bytes: 0,
+                    joined,
                 });
-                batch.updates.push(decoded);
-                batch.frames.push(frame);
-                batch.update_bytes += update.len();
-                // A decoded update takes more memory than its bytes: a batch is bounded.
-                let flushed = if batch.updates.len() >= STAGED_UPDATES_MAX {
-                    self.flush()?
+                self.pending_bytes += update.len();
+                let relay = self.relay.get_or_insert_with(|| Relay {
+                    from,
+                    frames: Vec::new(),
+                });
+                relay.frames.push(frame);
+                let flushed = if relay.frames.len() >= STAGED_UPDATES_MAX {
+                    self.flush()
                 } else {
                     Outcome::default()
                 };
                 Outcome {
                     deliveries: measured.deliveries + flushed.deliveries,
+                    integrated: measured.integrated,
                 }
             }
             Message::Awareness(entries) => {
@@ -328,10 +396,8 @@ impl Room {
                 self.awareness_all = None;
                 if applied.map_err(Refusal::Awareness)? {
                     let (head, head_len) = protocol::awareness_head(entries.bytes.len());
-                    self.broadcast(
-                        Some(from),
-                        &binary_parts(&[&head[..head_len], entries.bytes]),
-                    )
+                    let frame = binary_parts(&[&head[..head_len], entries.bytes]);
+                    self.broadcast(Some(from), std::slice::from_ref(&frame))
                 } else {
                     Outcome::default()
                 }
@@ -345,74 +411,155 @@ impl Room {
         };
         Ok(Outcome {
             deliveries: flushed.deliveries + handled.deliveries,
+            integrated: handled.integrated,
         })
     }
 
-    /// Applies the staged updates in one transaction, then relays each to every other
-    /// subscriber in the order they came. An update yrs refuses ends the batch: those before
-    /// it are applied and relayed, it and the rest are dropped, and its sender is refused.
-    pub fn flush(&mut self) -> Result<Outcome, Refusal> {
-        // Taken, not kept: an idle room holds no batch capacity.
-        let Some(Batch {
-            from,
-            updates,
-            frames,
-            update_bytes,
-        }) = self.staged.take()
-        else {
-            return Ok(Outcome::default());
+    /// Relays the read's updates to every other subscriber, in the order they came, all of
+    /// them in one push per subscriber.
+    pub fn flush(&mut self) -> Outcome {
+        // Taken, not kept: an idle room holds no relay capacity.
+        let Some(Relay { from, frames }) = self.relay.take() else {
+            return Outcome::default();
         };
-        let mut applied = 0;
+        let relayed = self.broadcast(Some(from), &frames);
+        Outcome {
+            deliveries: relayed.deliveries * frames.len(),
+            integrated: 0,
+        }
+    }
+
+    /// True once when updates wait to be integrated and no integration was asked for since
+    /// the last one finished: the caller then schedules [`Room::integrate`].
+    pub fn request_integration(&mut self) -> bool {
+        let request = !self.pending.is_empty() && !self.integration_requested;
+        self.integration_requested |= request;
+        request
+    }
+
+    /// Integrates pending updates in one transaction (a yrs transaction costs more than a
+    /// small update in it): up to `updates_max`, and none begun after `until` (one update
+    /// that conflicts with many concurrent ones can take milliseconds). An update yrs
+    /// refuses was relayed already: its sender, if still here, is closed (1007); the rest go
+    /// on being integrated, as every other client integrates them.
+    pub fn integrate(&mut self, updates_max: usize, until: Option<Instant>) -> Integrated {
+        let mut done = Integrated::default();
+        let mut refused_senders = Vec::new();
+        let mut applied_bytes = 0;
         {
             let mut txn = self.doc.transact_mut();
-            for update in updates {
-                if txn.apply_update(update).is_err() {
+            while done.applied + done.refused < updates_max
+                && until.is_none_or(|t| done.applied + done.refused == 0 || Instant::now() < t)
+            {
+                let Some(pending) = self.pending.pop_front() else {
                     break;
+                };
+                self.pending_bytes -= pending.update_bytes;
+                applied_bytes += pending.update_bytes;
+                match txn.apply_update(pending.update) {
+                    Ok(()) => done.applied += 1,
+                    Err(_) => {
+                        done.refused += 1;
+                        refused_senders.push((pending.from, pending.joined));
+                    }
                 }
-                applied += 1;
             }
         }
-        if applied > 0 {
+        if applied_bytes > 0 {
             self.full_state = None;
-            // All the batch's bytes, even if yrs refused some: the estimate errs high.
-            self.document_bytes += update_bytes;
-            self.unmeasured_bytes += update_bytes;
+            // All the bytes, even of refused updates: the estimate errs high.
+            self.document_bytes += applied_bytes;
+            self.unmeasured_bytes += applied_bytes;
         }
-        let deliveries = frames[..applied]
+        for (slot, joined) in refused_senders {
+            if let Some(Some(s)) = self.subscribers.get(slot.0) {
+                if s.joined == joined {
+                    let (code, reason) = Refusal::Integrate.close();
+                    s.outbox.close(code, &reason);
+                }
+            }
+        }
+        done.more = !self.pending.is_empty();
+        self.integration_requested = done.more;
+        if !self.lagging() {
+            self.wake_caught_up();
+        }
+        done
+    }
+
+    /// Integrates everything pending.
+    pub fn integrate_all(&mut self) -> Integrated {
+        let mut all = Integrated::default();
+        loop {
+            let done = self.integrate(usize::MAX, None);
+            all.applied += done.applied;
+            all.refused += done.refused;
+            if !done.more {
+                return all;
+            }
+        }
+    }
+
+    /// Updates relayed and not yet integrated.
+    pub fn pending_updates(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Integration is behind by its bound (updates or bytes): the room's writers should not
+    /// be read until it catches up.
+    pub fn lagging(&self) -> bool {
+        self.pending.len() >= self.config.pending_updates_max
+            || self.pending_bytes >= self.config.pending_bytes_max
+    }
+
+    /// Ready once the room is not [`Room::lagging`].
+    pub fn poll_caught_up(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.lagging() {
+            return Poll::Ready(());
+        }
+        // Bounded by the room's subscribers: each session waits on one poll at a time.
+        if !self
+            .caught_up_waiters
             .iter()
-            .map(|frame| self.broadcast(Some(from), frame).deliveries)
-            .sum();
-        if applied < frames.len() {
-            // (The deliveries of the updates before it are queued but not counted.)
-            return Err(Refusal::Integrate);
+            .any(|w| w.will_wake(cx.waker()))
+        {
+            self.caught_up_waiters.push(cx.waker().clone());
         }
-        Ok(Outcome { deliveries })
+        Poll::Pending
+    }
+
+    fn wake_caught_up(&mut self) {
+        for waker in self.caught_up_waiters.drain(..) {
+            waker.wake();
+        }
     }
 
     /// Checks that an update of `update_bytes` keeps the document within its bound, measuring
     /// it when the estimate says no and enough has arrived since the last measurement (which
-    /// flushes the batch first).
+    /// relays the read and integrates everything pending first).
     fn make_room_for(&mut self, update_bytes: usize) -> Result<Outcome, Refusal> {
         let max = self.config.document_bytes_max;
-        let staged = self.staged.as_ref().map_or(0, |b| b.update_bytes);
-        if self.document_bytes + staged + update_bytes <= max {
+        if self.document_bytes + self.pending_bytes + update_bytes <= max {
             return Ok(Outcome::default());
         }
-        if self.unmeasured_bytes + staged < max / REMEASURE_DIVISOR {
+        if self.unmeasured_bytes + self.pending_bytes < max / REMEASURE_DIVISOR {
             return Err(Refusal::DocumentTooLarge);
         }
-        let flushed = self.flush()?;
+        let flushed = self.flush();
+        let integrated = self.integrate_all().applied;
         self.full_state();
         if self.document_bytes + update_bytes > max {
             return Err(Refusal::DocumentTooLarge);
         }
-        Ok(flushed)
+        Ok(Outcome {
+            integrated,
+            ..flushed
+        })
     }
 
-    /// Sync step 2 with the whole document, encoded once per change; encoding it measures
-    /// the document.
+    /// Sync step 2 with the whole integrated document, encoded once per change; encoding it
+    /// measures the document.
     fn full_state(&mut self) -> Frame {
-        assert!(self.staged.is_none(), "measured after the batch is applied");
         if let Some(frame) = &self.full_state {
             return frame.clone();
         }
@@ -436,17 +583,21 @@ impl Room {
         self.awareness_all.clone()
     }
 
-    /// Queues `frame` on every subscriber but `except`.
-    fn broadcast(&self, except: Option<Slot>, frame: &Frame) -> Outcome {
+    /// Pushes `frames` on every subscriber but `except`; counts the subscribers that took
+    /// them.
+    fn broadcast(&self, except: Option<Slot>, frames: &[Frame]) -> Outcome {
         let mut deliveries = 0;
         for (i, s) in self.subscribers.iter().enumerate() {
             if let Some(s) = s {
-                if Some(Slot(i)) != except && s.outbox.push(frame) {
+                if Some(Slot(i)) != except && s.outbox.push_all(frames) {
                     deliveries += 1;
                 }
             }
         }
-        Outcome { deliveries }
+        Outcome {
+            deliveries,
+            integrated: 0,
+        }
     }
 
     fn sender(&self, slot: Slot) -> &Subscriber {
@@ -479,8 +630,9 @@ fn sync_frame(step: u8, body: &[u8]) -> Frame {
 mod tests {
     use super::*;
     use crate::sync::protocol::{encode_awareness, AwarenessEntry};
-    use std::task::{Context, Waker};
-    use yrs::{GetString, Text};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use yrs::{Array, GetString, Map, Text};
 
     /// Takes every frame queued on `o` and returns their payloads (all are short binary frames
     /// or 16-bit-length ones in these tests).
@@ -558,41 +710,52 @@ mod tests {
     }
 
     #[test]
-    fn staged_updates_are_applied_and_relayed_in_order_at_the_flush() {
+    fn updates_are_relayed_at_the_flush_and_integrated_after() {
         let (mut room, a, b, sa) = two_subscribers();
         let messages = consecutive_updates(5);
         for m in &messages {
             assert_eq!(room.stage(sa, m, true).unwrap().deliveries, 0);
         }
         assert!(drain(&b).is_empty(), "nothing relayed before the flush");
-        assert_eq!(text(&room), "");
-        assert_eq!(room.flush().unwrap().deliveries, 5);
+        assert_eq!(room.flush().deliveries, 5);
         assert_eq!(drain(&b), messages, "relayed byte for byte, in order");
         assert!(drain(&a).is_empty());
-        assert_eq!(text(&room), "xxxxx");
-        assert_eq!(
-            room.flush().unwrap().deliveries,
-            0,
-            "a flush empties the batch"
+        assert_eq!(text(&room), "", "relayed before it is integrated");
+        assert_eq!(room.pending_updates(), 5);
+        assert!(room.request_integration());
+        assert!(
+            !room.request_integration(),
+            "asked for once until it is done"
         );
+        let done = room.integrate(3, None);
+        assert_eq!((done.applied, done.more), (3, true));
+        assert_eq!(text(&room), "xxx");
+        let done = room.integrate(3, None);
+        assert_eq!((done.applied, done.more), (2, false));
+        assert_eq!(text(&room), "xxxxx");
+        assert!(!room.request_integration(), "nothing pending");
+        assert_eq!(room.flush().deliveries, 0, "a flush empties the relay");
     }
 
     #[test]
-    fn any_other_message_flushes_the_batch_first() {
+    fn any_other_message_flushes_the_relay_first_and_step1_integrates_what_is_pending() {
         let (mut room, a, b, sa) = two_subscribers();
         let messages = consecutive_updates(2);
         room.stage(sa, &messages[0], true).unwrap();
         // A state request right after an update must see it.
         let step1 = protocol::encode_sync(SYNC_STEP1, &[0]);
-        assert_eq!(room.stage(sa, &step1, true).unwrap().deliveries, 1);
+        let outcome = room.stage(sa, &step1, true).unwrap();
+        assert_eq!((outcome.deliveries, outcome.integrated), (1, 1));
         assert_eq!(drain(&b), vec![messages[0].clone()]);
         let reply = drain(&a);
+        assert_eq!(reply.len(), 1);
         assert_eq!(&reply[0][..2], &[protocol::MESSAGE_SYNC, SYNC_STEP2]);
         assert_eq!(text(&room), "x");
+        assert_eq!(room.pending_updates(), 0);
     }
 
     #[test]
-    fn a_full_batch_flushes_itself() {
+    fn a_full_relay_flushes_itself() {
         let (mut room, _a, b, sa) = two_subscribers();
         let messages = consecutive_updates(STAGED_UPDATES_MAX + 1);
         let staged: usize = messages
@@ -600,9 +763,72 @@ mod tests {
             .map(|m| room.stage(sa, m, true).unwrap().deliveries)
             .sum();
         assert_eq!(staged, STAGED_UPDATES_MAX, "the bound forced one flush");
-        assert_eq!(text(&room).len(), STAGED_UPDATES_MAX);
-        assert_eq!(room.flush().unwrap().deliveries, 1);
-        assert_eq!(drain(&b).len(), STAGED_UPDATES_MAX + 1);
+        assert_eq!(drain(&b).len(), STAGED_UPDATES_MAX);
+        assert_eq!(room.flush().deliveries, 1);
+        assert_eq!(drain(&b).len(), 1);
+        assert_eq!(room.pending_updates(), STAGED_UPDATES_MAX + 1);
+        room.integrate_all();
+        assert_eq!(text(&room).len(), STAGED_UPDATES_MAX + 1);
+    }
+
+    fn room_with(config: RoomConfig) -> (Room, Rc<Outbox>, Slot) {
+        let mut room = Room::new(config);
+        let b = Rc::new(Outbox::new(1 << 30));
+        let sa = room.join(Rc::new(Outbox::new(1 << 30)));
+        room.join(b.clone());
+        drain(&b);
+        (room, b, sa)
+    }
+
+    #[test]
+    fn the_room_lags_at_its_pending_bounds_and_wakes_readers_when_it_catches_up() {
+        let (mut room, _b, sa) = room_with(RoomConfig {
+            pending_updates_max: 4,
+            ..RoomConfig::default()
+        });
+        let woken = Arc::new(AtomicUsize::new(0));
+        let waker = counting_waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let messages = consecutive_updates(4);
+        for m in &messages[..3] {
+            room.stage(sa, m, true).unwrap();
+        }
+        assert!(!room.lagging());
+        assert_eq!(room.poll_caught_up(&mut cx), Poll::Ready(()));
+        room.stage(sa, &messages[3], true).unwrap();
+        room.flush();
+        assert!(room.lagging(), "4 pending: at the bound");
+        assert_eq!(room.poll_caught_up(&mut cx), Poll::Pending);
+        assert_eq!(room.poll_caught_up(&mut cx), Poll::Pending);
+        room.integrate(1, None);
+        assert_eq!(
+            woken.load(Ordering::Relaxed),
+            1,
+            "woken once, the waker kept once"
+        );
+        assert_eq!(room.poll_caught_up(&mut cx), Poll::Ready(()));
+
+        // The byte bound likewise: one 2 KiB update against a 1 KiB bound.
+        let (mut room, _b, sa) = room_with(RoomConfig {
+            pending_bytes_max: 1 << 10,
+            ..RoomConfig::default()
+        });
+        room.stage(sa, &client_update(&"z".repeat(2 << 10)), true)
+            .unwrap();
+        room.flush();
+        assert!(room.lagging());
+        room.integrate_all();
+        assert!(!room.lagging());
+    }
+
+    fn counting_waker(count: Arc<AtomicUsize>) -> Waker {
+        struct Count(Arc<AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Waker::from(Arc::new(Count(count)))
     }
 
     #[test]
@@ -693,7 +919,7 @@ mod tests {
         ];
         let refusal = room.stage(sa, &crash, true).unwrap_err();
         assert_eq!(refusal.code(), 1007);
-        assert_eq!(room.flush().unwrap().deliveries, 0);
+        assert_eq!(room.flush().deliveries, 0);
         assert!(drain(&b).is_empty());
         let good = client_update("still fine");
         assert_eq!(room.receive(sa, &good, true).unwrap().deliveries, 1);
@@ -707,11 +933,7 @@ mod tests {
         room.stage(sa, &consecutive_updates(1)[0], true).unwrap();
         room.reset();
         assert_eq!(text(&room), "");
-        assert_eq!(
-            room.flush().unwrap().deliveries,
-            0,
-            "the batch went with it"
-        );
+        assert_eq!(room.flush().deliveries, 0, "the batch went with it");
         for outbox in [&a, &b] {
             assert_eq!(outbox.close_code(), Some(Refusal::DocumentReset.code()));
         }
@@ -777,15 +999,10 @@ mod tests {
     }
 
     fn room_of_max_bytes(document_bytes_max: usize) -> (Room, Rc<Outbox>, Slot) {
-        let mut room = Room::new(RoomConfig {
+        room_with(RoomConfig {
             document_bytes_max,
             ..RoomConfig::default()
-        });
-        let b = Rc::new(Outbox::new(1 << 30));
-        let sa = room.join(Rc::new(Outbox::new(1 << 30)));
-        room.join(b.clone());
-        drain(&b);
-        (room, b, sa)
+        })
     }
 
     #[test]
@@ -800,7 +1017,7 @@ mod tests {
         assert_eq!(refusal.code(), 1009);
         assert_eq!(text(&room), "a".repeat(3 << 10));
         // A refused update is not staged: what comes next still fits or is refused alone.
-        assert_eq!(room.flush().unwrap().deliveries, 0);
+        assert_eq!(room.flush().deliveries, 0);
     }
 
     #[test]
@@ -814,7 +1031,8 @@ mod tests {
             room.stage(sa, u, true)
                 .unwrap_or_else(|r| panic!("update {i}: {r:?}"));
         }
-        room.flush().unwrap();
+        room.flush();
+        room.integrate_all();
         assert_eq!(text(&room).len(), 8_000);
         assert_eq!(drain(&b).len(), 8_000);
         assert!(room.document_bytes <= 16 << 10, "{}", room.document_bytes);
@@ -865,5 +1083,44 @@ mod tests {
         room.leave(b);
         room.leave(c);
         assert_eq!(room.subscriber_count(), 0);
+    }
+
+    /// Two updates that each decode and pass every check, but whose second names an item of
+    /// the first as its parent when that item is no type: yrs refuses it only while
+    /// integrating (after it was relayed). Both come from client 7 (a client reusing an id).
+    fn invalid_parent_updates() -> (Vec<u8>, Vec<u8>) {
+        let values = yrs::Doc::with_client_id(7);
+        let array = values.get_or_insert_array("a");
+        array.push_back(&mut values.transact_mut(), "not a type");
+        let first = values
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        let nested = yrs::Doc::with_client_id(7);
+        let map = nested.get_or_insert_map("m");
+        let inner = map.insert(&mut nested.transact_mut(), "k", yrs::MapPrelim::default());
+        let before = nested.transact().state_vector();
+        inner.insert(&mut nested.transact_mut(), "x", 1);
+        let second = nested.transact().encode_state_as_update_v1(&before);
+        (
+            protocol::encode_sync(SYNC_UPDATE, &first),
+            protocol::encode_sync(SYNC_UPDATE, &second),
+        )
+    }
+
+    #[test]
+    fn an_update_refused_at_integration_closes_its_sender_and_the_rest_integrate() {
+        let (mut room, a, b, sa) = two_subscribers();
+        let (first, second) = invalid_parent_updates();
+        room.stage(sa, &first, true).unwrap();
+        room.stage(sa, &second, true).unwrap();
+        let after = client_update("after");
+        room.stage(sa, &after, true).unwrap();
+        assert_eq!(room.flush().deliveries, 3);
+        assert_eq!(drain(&b), vec![first, second, after], "relayed first");
+        let done = room.integrate_all();
+        assert_eq!((done.applied, done.refused), (2, 1));
+        assert_eq!(a.close_code(), Some(Refusal::Integrate.code()));
+        assert_eq!(b.close_code(), None, "the others go on");
+        assert_eq!(text(&room), "after");
     }
 }
