@@ -8,11 +8,13 @@ mod run;
 mod server_stats;
 mod ws_client;
 
-use run::{Control, Plan, ThreadReport};
+use hdrhistogram::Histogram;
+use peer::{Editing, Insert};
+use run::{Control, Phases, Plan, StormReport, ThreadReport, Window, WINDOWS};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,19 @@ USAGE:
     wiresocket-load fanout --url URL [OPTIONS]
         D documents x K clients; every client sends updates at a fixed rate; reports
         deliveries, latency, server CPU and memory, and checks convergence
+    wiresocket-load prepend --url URL [OPTIONS]
+        the prepend stress: a fanout whose writers insert 1 KiB at the start of one
+        document 500 times a second each, applying what they receive as it arrives (as
+        --docs 1 --clients 4 --rate 500 --update-bytes 1024 --insert start --apply-live on,
+        each of which can be changed); reports too the share of the other writers' updates
+        each writer had when sending ended and after the drain (a writer missing one after
+        the drain fails the run), and the server's RSS sampled every 100 ms
+    wiresocket-load storm --url URL [OPTIONS]
+        a fanout (spread) during which, after --warmup-s, --storm N more connections are
+        opened as fast as the generator can, each to a new document of its own
+        (PREFIX-storm-I), synced and left idle to the end; reports the fanout's latency for
+        updates sent before, during and after the storm, and the storm's connections per
+        second and failures (a live client dropped or a delivery lost fails the run)
     wiresocket-load capacity --url URL --connections N [OPTIONS]
         opens N idle, synced document connections and reports server memory per connection
     wiresocket-load floor [--floor-sends N]
@@ -33,29 +48,57 @@ URL is ws://HOST:PORT/PATH with {doc} where the document name goes, e.g.
     ws://127.0.0.1:8080/{doc}?token=JWT          wiresocket, the Node reference server
     ws://127.0.0.1:8081/d/{doc}/ws/{doc}         y-sweet (with --create-docs)
 
-OPTIONS:
-    --docs D                 documents (fanout; default 1000)
-    --clients K              clients per document (default 8)
-    --rate R                 updates per second per client (fanout; default 1)
-    --duration-s S           sending time (fanout; default 10)
-    --update-bytes B         characters per edit (default 32)
+OPTIONS (defaults are fanout's and storm's; prepend's where they differ):
+    --docs D                 documents (default 1000; prepend 1)
+    --clients K              clients per document (default 8; prepend 4)
+    --rate R                 updates per second per client (default 1; prepend 500)
+    --duration-s S           sending time (default 10)
+    --update-bytes B         characters per edit (default 32; prepend 1024)
+    --phases spread|burst    each client's first send: spread over one period by a
+                             golden-ratio stride, so a document's clients do not send in the
+                             same millisecond; burst: a document's clients all at once
+                             (default spread)
+    --insert end|start|random  where each edit goes in the client's array (default end;
+                             prepend start); random is seeded per client, so runs repeat
+    --apply-live [on|off]    every client applies each update it receives as it arrives
+                             (as an editor does; costs generator CPU) rather than after the
+                             run; without it a start or random position is relative to the
+                             client's own edits only (default off; prepend on)
     --connections N          idle connections (capacity; documents = N / K)
-    --hold-s S               keep idle connections open this long after measuring (capacity)
+    --hold-s S               keep connections open this long after measuring (default 0)
     --server-pid PID         the server process, for CPU seconds and RSS from /proc
     --threads T              generator threads (default 1)
     --sources S              spread connections over 127.0.0.1 ..= 127.0.0.S (default 1)
     --connect-concurrency C  handshakes in flight per thread (default 128)
-    --create-docs URL        POST {\"docId\":NAME} here for every document first (y-sweet)
+    --create-docs URL        POST {\"docId\":NAME} here for every document first (y-sweet;
+                             not for storm documents)
     --doc-prefix P           document names are P-0, P-1, ... (default load-PID)
-    --label NAME             name of this run in the JSON line
-    --floor-sends N          sends the floor is measured with, before a fanout (default 50000; 0: none)
+    --label NAME             name of this run in the JSON line (default run)
+    --floor-sends N          sends the floor is measured with, before a run that sends
+                             (default 50000; 0: none)
     --json                   print one JSON line instead of the report
+
+STORM OPTIONS:
+    --warmup-s S             live traffic before the storm starts (default 2; below
+                             --duration-s)
+    --storm N                connections in the storm (default 5000)
+    --storm-concurrency C    storm handshakes in flight, on the storm's own thread
+                             (default 256)
+    --storm-url URL          where storm connections go (default --url: the same token
+                             for all, a reconnect storm)
+    --storm-tokens FILE      one token a line: storm connection I uses line I (mod lines)
+                             for {token} in --storm-url, which must then hold it. 1,000
+                             development tokens (each `wiresocket token` signs a new one):
+                               for i in $(seq 1000); do target/release/wiresocket token \\
+                                 --config FILE --ttl-s 3600; done >tokens.txt
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fanout") => Options::parse(&args[1..]).and_then(|o| execute(o, Mode::Fanout)),
+        Some("prepend") => Options::parse(&args[1..]).and_then(|o| execute(o, Mode::Prepend)),
+        Some("storm") => Options::parse(&args[1..]).and_then(|o| execute(o, Mode::Storm)),
         Some("capacity") => Options::parse(&args[1..]).and_then(|o| execute(o, Mode::Capacity)),
         Some("floor") => Options::parse(&args[1..]).and_then(print_floor),
         Some("-h" | "--help" | "help") => {
@@ -77,7 +120,57 @@ fn main() -> ExitCode {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Fanout,
+    Prepend,
+    Storm,
     Capacity,
+}
+
+/// What a mode runs with when an option is not given.
+struct Defaults {
+    docs: usize,
+    clients: usize,
+    rate: f64,
+    update_bytes: usize,
+    editing: Editing,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Fanout => "fanout",
+            Mode::Prepend => "prepend",
+            Mode::Storm => "storm",
+            Mode::Capacity => "capacity",
+        }
+    }
+
+    /// Whether clients send updates (every mode but capacity).
+    fn sends(self) -> bool {
+        self != Mode::Capacity
+    }
+
+    fn defaults(self) -> Defaults {
+        match self {
+            // A hot document: few writers, each fast, with large edits at index 0.
+            Mode::Prepend => Defaults {
+                docs: 1,
+                clients: 4,
+                rate: 500.0,
+                update_bytes: 1024,
+                editing: Editing {
+                    insert: Insert::Start,
+                    apply_live: true,
+                },
+            },
+            Mode::Fanout | Mode::Storm | Mode::Capacity => Defaults {
+                docs: 1000,
+                clients: 8,
+                rate: 1.0,
+                update_bytes: 32,
+                editing: Editing::default(),
+            },
+        }
+    }
 }
 
 struct Options {
@@ -96,6 +189,18 @@ impl Options {
                 .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
             if key == "json" {
                 json = true;
+                continue;
+            }
+            if key == "apply-live" {
+                // A switch that may be given a value: `--apply-live`, `--apply-live off`.
+                let value = match it.as_slice().first().map(String::as_str) {
+                    Some(v @ ("on" | "off")) => {
+                        it.next();
+                        v
+                    }
+                    _ => "on",
+                };
+                values.insert(key.to_owned(), value.to_owned());
                 continue;
             }
             let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
@@ -146,7 +251,7 @@ fn print_floor(options: Options) -> Result<bool, String> {
 }
 
 fn execute(options: Options, mode: Mode) -> Result<bool, String> {
-    let known = [
+    let mut known = vec![
         "url",
         "docs",
         "clients",
@@ -163,14 +268,27 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         "doc-prefix",
         "label",
         "floor-sends",
+        "phases",
+        "insert",
+        "apply-live",
     ];
+    if mode == Mode::Storm {
+        known.extend([
+            "warmup-s",
+            "storm",
+            "storm-concurrency",
+            "storm-url",
+            "storm-tokens",
+        ]);
+    }
     if let Some(unknown) = options.values.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown option --{unknown}"));
     }
     let target = ws_client::Target::parse(options.text("url").ok_or("--url is required")?)?;
-    let clients_per_doc: usize = options.get("clients", 8)?;
+    let defaults = mode.defaults();
+    let clients_per_doc: usize = options.get("clients", defaults.clients)?;
     let docs = match mode {
-        Mode::Fanout => options.get("docs", 1000)?,
+        Mode::Fanout | Mode::Prepend | Mode::Storm => options.get("docs", defaults.docs)?,
         Mode::Capacity => {
             let n: usize = options.get("connections", 0)?;
             if n == 0 {
@@ -183,13 +301,13 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         target,
         docs,
         clients_per_doc,
-        rate_per_client: if mode == Mode::Fanout {
-            options.get("rate", 1.0)?
+        rate_per_client: if mode.sends() {
+            options.get("rate", defaults.rate)?
         } else {
             0.0
         },
         duration: Duration::from_secs_f64(options.get("duration-s", 10.0)?),
-        update_bytes: options.get("update-bytes", 32)?,
+        update_bytes: options.get("update-bytes", defaults.update_bytes)?,
         sources: options.get("sources", 1)?,
         threads: options.get("threads", 1)?,
         doc_prefix: options
@@ -197,13 +315,27 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
             .map(str::to_owned)
             .unwrap_or_else(|| format!("load-{}", std::process::id())),
         connect_concurrency: options.get("connect-concurrency", 128)?,
+        phases: Phases::parse(options.text("phases").unwrap_or("spread"))?,
+        editing: Editing {
+            insert: options
+                .text("insert")
+                .map_or(Ok(defaults.editing.insert), Insert::parse)?,
+            apply_live: options
+                .text("apply-live")
+                .map_or(defaults.editing.apply_live, |v| v == "on"),
+        },
+        tokens: Vec::new(),
     };
     if plan.docs == 0 || plan.clients_per_doc == 0 || plan.threads == 0 || plan.sources == 0 {
         return Err("--docs, --clients, --threads and --sources must be at least 1".into());
     }
-    if mode == Mode::Fanout && plan.rate_per_client <= 0.0 {
+    if mode.sends() && plan.rate_per_client <= 0.0 {
         return Err("--rate must be above 0".into());
     }
+    let storm = match mode {
+        Mode::Storm => Some(storm_plan(&options, &plan)?),
+        _ => None,
+    };
     let pid: Option<u32> = options
         .text("server-pid")
         .map(|p| p.parse())
@@ -217,10 +349,10 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     let hold = Duration::from_secs_f64(options.get("hold-s", 0.0)?);
     // Before connecting: the server is idle and the machine quiet.
     let floor = match mode {
-        Mode::Fanout => measure_floor(&options)?,
         Mode::Capacity => None,
+        _ => measure_floor(&options)?,
     };
-    let mut measured = coordinate(Arc::new(plan), pid, hold)?;
+    let mut measured = coordinate(Arc::new(plan), storm, pid, hold)?;
     measured.floor = floor;
     let ok = measured.failures().is_empty();
     let label = options.text("label").unwrap_or("run");
@@ -230,6 +362,63 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         measured.print(mode);
     }
     Ok(ok)
+}
+
+/// The storm's own plan (one idle connection to each of `--storm` new documents) and its
+/// warm-up.
+fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), String> {
+    let warmup = Duration::from_secs_f64(options.get("warmup-s", 2.0)?);
+    if warmup >= live.duration {
+        return Err(
+            "--warmup-s must be below --duration-s: the storm runs while clients send".into(),
+        );
+    }
+    let connections: usize = options.get("storm", 5000)?;
+    let concurrency: usize = options.get("storm-concurrency", 256)?;
+    if connections == 0 || concurrency == 0 {
+        return Err("--storm and --storm-concurrency must be at least 1".into());
+    }
+    let target = match options.text("storm-url") {
+        Some(url) => ws_client::Target::parse(url)?,
+        None => live.target.clone(),
+    };
+    let tokens = match options.text("storm-tokens") {
+        None => Vec::new(),
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+            let tokens: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if tokens.is_empty() {
+                return Err(format!("--storm-tokens {file}: no tokens in it"));
+            }
+            if !target.has_token_placeholder() {
+                return Err(
+                    "--storm-tokens needs --storm-url with {token} where a token goes".into(),
+                );
+            }
+            tokens
+        }
+    };
+    let plan = Plan {
+        target,
+        docs: connections,
+        clients_per_doc: 1,
+        rate_per_client: 0.0,
+        duration: Duration::ZERO,
+        update_bytes: 0,
+        sources: live.sources,
+        threads: 1,
+        doc_prefix: format!("{}-storm", live.doc_prefix),
+        connect_concurrency: concurrency,
+        phases: live.phases,
+        editing: Editing::default(),
+        tokens,
+    };
+    Ok((Arc::new(plan), warmup))
 }
 
 /// POSTs `{"docId": doc}` (y-sweet creates documents before they can be joined).
@@ -262,16 +451,48 @@ fn create_doc(url: &str, doc: &str) -> Result<(), String> {
 struct Measured {
     plan: Arc<Plan>,
     reports: Vec<ThreadReport>,
+    storm: Option<StormReport>,
     connect_elapsed: Duration,
     rss_idle_kib: Option<u64>,
     rss_connected_kib: Option<u64>,
+    /// The most the server held while clients sent, sampled every `RSS_SAMPLE`.
+    rss_max_kib: Option<u64>,
     rss_end_kib: Option<u64>,
     server_cpu_s: Option<f64>,
     wall: Duration,
     floor: Option<floor::Floor>,
 }
 
-fn coordinate(plan: Arc<Plan>, pid: Option<u32>, hold: Duration) -> Result<Measured, String> {
+/// How often the server's RSS is read while clients send.
+const RSS_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The largest of the server's RSS readings, taken at most every `RSS_SAMPLE`.
+struct RssSampler {
+    pid: Option<u32>,
+    max_kib: Option<u64>,
+    next: Instant,
+}
+
+impl RssSampler {
+    fn tick(&mut self) -> Result<(), String> {
+        let Some(pid) = self.pid else {
+            return Ok(());
+        };
+        if Instant::now() >= self.next {
+            self.next += RSS_SAMPLE;
+            let kib = server_stats::rss_kib(pid)?;
+            self.max_kib = Some(self.max_kib.map_or(kib, |max| max.max(kib)));
+        }
+        Ok(())
+    }
+}
+
+fn coordinate(
+    plan: Arc<Plan>,
+    storm: Option<(Arc<Plan>, Duration)>,
+    pid: Option<u32>,
+    hold: Duration,
+) -> Result<Measured, String> {
     let rss = |pid: Option<u32>| pid.map(server_stats::rss_kib).transpose();
     let cpu = |pid: Option<u32>| pid.map(server_stats::cpu_seconds).transpose();
     let control = Arc::new(Control::default());
@@ -283,42 +504,71 @@ fn coordinate(plan: Arc<Plan>, pid: Option<u32>, hold: Duration) -> Result<Measu
             std::thread::spawn(move || run::thread_main(plan, control, t))
         })
         .collect();
-    let wait_for = |count: &std::sync::atomic::AtomicUsize| {
-        while count.load(Ordering::SeqCst) < plan.threads {
-            if handles.iter().any(|h| h.is_finished()) {
+    let storm_handle = storm.map(|(storm_plan, warmup)| {
+        let control = control.clone();
+        std::thread::spawn(move || run::storm_main(storm_plan, control, warmup))
+    });
+    let stopped_early = || {
+        handles.iter().any(|h| h.is_finished())
+            || storm_handle.as_ref().is_some_and(|h| h.is_finished())
+    };
+    let wait_until = |done: &dyn Fn() -> bool, rss_sampler: &mut RssSampler| {
+        while !done() {
+            if stopped_early() {
                 return Err("a generator thread stopped early".to_owned());
             }
+            rss_sampler.tick()?;
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
     };
-    wait_for(&control.ready)?;
+    let threads_at = |count: &AtomicUsize| count.load(Ordering::SeqCst) >= plan.threads;
+    // Connecting is not sampled: the memory of idle connections is measured after it.
+    let mut no_sampling = RssSampler {
+        pid: None,
+        max_kib: None,
+        next: connect_start,
+    };
+    wait_until(&|| threads_at(&control.ready), &mut no_sampling)?;
     let connect_elapsed = connect_start.elapsed();
     // Let the server settle (allocator, lazily created state) before measuring memory.
     std::thread::sleep(Duration::from_millis(500));
     let rss_connected_kib = rss(pid)?;
     let cpu_start = cpu(pid)?;
     let start = Instant::now();
+    let mut sampler = RssSampler {
+        pid,
+        max_kib: rss_connected_kib,
+        next: start,
+    };
     control.go.store(true, Ordering::SeqCst);
-    wait_for(&control.drained)?;
+    wait_until(&|| threads_at(&control.drained), &mut sampler)?;
+    // A storm still connecting when the clients have drained is part of the run.
+    wait_until(
+        &|| storm_handle.is_none() || control.storm_finished.get().is_some(),
+        &mut sampler,
+    )?;
     let wall = start.elapsed();
     let cpu_end = cpu(pid)?;
     let rss_end_kib = rss(pid)?;
     std::thread::sleep(hold);
     control.release.store(true, Ordering::SeqCst);
+    let panicked = |_| "a generator thread panicked".to_owned();
     let reports = handles
         .into_iter()
-        .map(|h| {
-            h.join()
-                .map_err(|_| "a generator thread panicked".to_owned())
-        })
+        .map(|h| h.join().map_err(panicked))
         .collect::<Result<Vec<_>, _>>()?;
+    let storm = storm_handle
+        .map(|h| h.join().map_err(panicked))
+        .transpose()?;
     Ok(Measured {
         plan,
         reports,
+        storm,
         connect_elapsed,
         rss_idle_kib,
         rss_connected_kib,
+        rss_max_kib: sampler.max_kib.max(rss_end_kib),
         rss_end_kib,
         server_cpu_s: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
         wall,
@@ -335,12 +585,32 @@ impl Measured {
         self.sum(|r| r.connected)
     }
 
-    fn latency(&self) -> hdrhistogram::Histogram<u64> {
-        let mut all = self.reports[0].latency_us.clone();
-        for r in &self.reports[1..] {
-            all.add(&r.latency_us).expect("same bounds");
+    /// Delivery latencies of updates sent in any of `windows`, from every thread.
+    fn latency(&self, windows: &[Window]) -> Histogram<u64> {
+        let mut all = self.reports[0].latency_us[0].clone();
+        all.reset();
+        for r in &self.reports {
+            for &w in windows {
+                all.add(&r.latency_us[w as usize]).expect("same bounds");
+            }
         }
         all
+    }
+
+    /// The least and the mean of the clients' received shares that `f` picks.
+    fn received(&self, f: impl Fn(&ThreadReport) -> &Vec<f64>) -> Option<(f64, f64)> {
+        let shares: Vec<f64> = self
+            .reports
+            .iter()
+            .flat_map(|r| f(r).iter().copied())
+            .collect();
+        let least = shares.iter().copied().reduce(f64::min)?;
+        Some((least, shares.iter().sum::<f64>() / shares.len() as f64))
+    }
+
+    fn storm_connect_per_s(&self) -> Option<f64> {
+        let s = self.storm.as_ref()?;
+        Some(s.connected as f64 / s.elapsed.as_secs_f64().max(1e-9))
     }
 
     /// From the first update sent to the last delivery received.
@@ -411,6 +681,25 @@ impl Measured {
                 "{lost} updates missing from a client's document at the end"
             ));
         }
+        let missing: Vec<f64> = self
+            .reports
+            .iter()
+            .flat_map(|r| r.received_after_drain.iter().copied())
+            .filter(|&share| share < 1.0)
+            .collect();
+        if let Some(least) = missing.iter().copied().reduce(f64::min) {
+            out.push(format!(
+                "{} clients lack some of the other clients' updates after the drain (the least has {:.1} %)",
+                missing.len(),
+                least * 100.0
+            ));
+        }
+        if let Some(s) = self.storm.as_ref().filter(|s| s.connected == 0) {
+            out.push(format!(
+                "none of the storm's {} connections synced: the storm measured nothing",
+                s.connections
+            ));
+        }
         let diverged = self.sum(|r| r.docs_diverged);
         if diverged > 0 {
             out.push(format!("{diverged} documents diverged between clients"));
@@ -430,6 +719,11 @@ impl Measured {
                 out.push(format!("first error: {e}"));
             }
         }
+        if let Some(e) = self.storm.as_ref().and_then(|s| s.first_error.clone()) {
+            if !out.is_empty() {
+                out.push(format!("first storm error: {e}"));
+            }
+        }
         out
     }
 
@@ -444,14 +738,20 @@ impl Measured {
             self.connect_elapsed.as_secs_f64(),
             self.connect_per_s()
         );
-        if mode == Mode::Fanout {
-            let h = self.latency();
+        if mode.sends() {
             println!(
-                "sent           {} updates ({} per client per second for {:.1} s, {} bytes each)",
+                "sent           {} updates ({} per client per second for {:.1} s, {} bytes each; phases {}, inserted at the {}, {})",
                 self.sum(|r| r.updates_sent),
                 p.rate_per_client,
                 p.duration.as_secs_f64(),
-                p.update_bytes
+                p.update_bytes,
+                p.phases.name(),
+                p.editing.insert.name(),
+                if p.editing.apply_live {
+                    "applied live"
+                } else {
+                    "applied after the run"
+                }
             );
             println!(
                 "delivered      {} of {} expected ({} echoes to senders): {:.0} deliveries/s",
@@ -460,13 +760,34 @@ impl Measured {
                 self.sum(|r| r.echoes),
                 self.deliveries_per_s()
             );
-            println!(
-                "latency        p50 {} us, p99 {} us, p99.9 {} us, max {} us",
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max()
-            );
+            println!("latency        {}", latency_text(&self.latency(&WINDOWS)));
+            if let Some(s) = &self.storm {
+                println!(
+                    "storm          {} connections after {:.1} s: {} synced in {:.2} s ({:.0} connections/s), {} failed, {} closed by the server later",
+                    s.connections,
+                    s.warmup.as_secs_f64(),
+                    s.connected,
+                    s.elapsed.as_secs_f64(),
+                    self.storm_connect_per_s().unwrap_or(0.0),
+                    s.failed,
+                    s.dropped
+                );
+                for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_NAMES) {
+                    println!("  sent {when:<13}{}", latency_text(&self.latency(&[*w])));
+                }
+            }
+            if let (Some((end_min, end_mean)), Some((drained_min, drained_mean))) = (
+                self.received(|r| &r.received_at_send_end),
+                self.received(|r| &r.received_after_drain),
+            ) {
+                println!(
+                    "received       of the other clients' updates, each client had {:.1} % (least) / {:.1} % (mean) when sending ended, {:.1} % / {:.1} % after the drain",
+                    end_min * 100.0,
+                    end_mean * 100.0,
+                    drained_min * 100.0,
+                    drained_mean * 100.0
+                );
+            }
             if let Some(cpu) = self.server_cpu_s {
                 println!(
                     "server CPU     {cpu:.2} s over {:.2} s ({:.0} % of one core): {:.0} deliveries per CPU-second",
@@ -507,7 +828,9 @@ impl Measured {
             (self.rss_idle_kib, self.rss_connected_kib, self.rss_end_kib)
         {
             println!(
-                "server RSS     {idle} KiB before, {connected} KiB connected, {end} KiB at the end: {:.0} bytes per connection",
+                "server RSS     {idle} KiB before, {connected} KiB connected, {} KiB at most while sending (every {} ms), {end} KiB at the end: {:.0} bytes per connection",
+                self.rss_max_kib.unwrap_or(end),
+                RSS_SAMPLE.as_millis(),
                 self.rss_per_connection_bytes().unwrap_or(0.0)
             );
         }
@@ -523,14 +846,25 @@ impl Measured {
 
     fn json(&self, label: &str, mode: Mode) -> String {
         let p = &self.plan;
-        let h = self.latency();
-        let fanout = mode == Mode::Fanout;
-        serde_json::json!({
+        let h = self.latency(&WINDOWS);
+        let sends = mode.sends();
+        let received = |f: fn(&ThreadReport) -> &Vec<f64>| {
+            self.received(f).map_or(
+                serde_json::json!({"min": null, "mean": null}),
+                |(min, mean)| serde_json::json!({"min": min, "mean": mean}),
+            )
+        };
+        let mut report = serde_json::json!({
             "label": label,
-            "mode": if fanout { "fanout" } else { "capacity" },
+            "mode": mode.name(),
             "docs": p.docs,
             "clients": p.clients_per_doc,
             "rate": p.rate_per_client,
+            "duration_s": p.duration.as_secs_f64(),
+            "update_bytes": p.update_bytes,
+            "phases": p.phases.name(),
+            "insert": p.editing.insert.name(),
+            "apply_live": p.editing.apply_live,
             "connected": self.connected(),
             "connect_per_s": self.connect_per_s().round(),
             "updates_sent": self.sum(|r| r.updates_sent),
@@ -543,13 +877,68 @@ impl Measured {
             "floor_send_us": self.floor.map(|f| f.send_us),
             "of_floor": self.of_floor(),
             "generator_busy_percent": self.generator_busy_percent().round(),
-            "p50_us": fanout.then(|| h.value_at_quantile(0.5)),
-            "p99_us": fanout.then(|| h.value_at_quantile(0.99)),
-            "p999_us": fanout.then(|| h.value_at_quantile(0.999)),
+            "p50_us": sends.then(|| h.value_at_quantile(0.5)),
+            "p99_us": sends.then(|| h.value_at_quantile(0.99)),
+            "p999_us": sends.then(|| h.value_at_quantile(0.999)),
+            "max_us": sends.then(|| h.max()),
+            // Shares (0..1) of the other clients' updates of its document a client had.
+            "received_share_at_send_end": received(|r| &r.received_at_send_end),
+            "received_share_after_drain": received(|r| &r.received_after_drain),
             "rss_connected_kib": self.rss_connected_kib,
+            "rss_max_kib": self.rss_max_kib,
+            "rss_end_kib": self.rss_end_kib,
             "rss_per_connection_bytes": self.rss_per_connection_bytes().map(f64::round),
             "failures": self.failures(),
-        })
-        .to_string()
+        });
+        if let Some(s) = &self.storm {
+            let fields = report.as_object_mut().expect("an object");
+            fields.insert(
+                "storm".into(),
+                serde_json::json!({
+                    "connections": s.connections,
+                    "concurrency": s.concurrency,
+                    "warmup_s": s.warmup.as_secs_f64(),
+                    "connected": s.connected,
+                    "failed": s.failed,
+                    "dropped": s.dropped,
+                    "elapsed_s": s.elapsed.as_secs_f64(),
+                    "connect_per_s": self.storm_connect_per_s().map(f64::round),
+                    "first_error": s.first_error,
+                }),
+            );
+            for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_KEYS) {
+                fields.insert(when.into(), latency_json(&self.latency(&[*w])));
+            }
+        }
+        report.to_string()
     }
+}
+
+/// The storm's latency groups, in `WINDOWS` order.
+const STORM_WINDOW_NAMES: [&str; 3] = ["before storm", "during storm", "after storm"];
+const STORM_WINDOW_KEYS: [&str; 3] = [
+    "latency_before_storm_us",
+    "latency_during_storm_us",
+    "latency_after_storm_us",
+];
+
+fn latency_text(h: &Histogram<u64>) -> String {
+    format!(
+        "{} deliveries: p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "deliveries": h.len(),
+        "p50": h.value_at_quantile(0.5),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
 }

@@ -1,6 +1,8 @@
 //! One simulated y-websocket client: its own Yjs document, the updates it sent (with send
-//! times), and every update it received, kept as bytes and applied only after the run so
-//! the generator spends its CPU on the sockets while measuring.
+//! times), and every update it received. By default received updates are kept as bytes and
+//! applied only after the run, so the generator spends its CPU on the sockets while
+//! measuring; with `apply_live` each is applied as it arrives, as an editor does, so that an
+//! edit's position (`Insert::Start`, `Insert::Random`) is relative to everything received.
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -14,14 +16,64 @@ use yrs::{Array, ArrayRef, Doc, ReadTxn, StateVector, Transact, Update};
 /// is its sequence number.
 const ARRAY: &str = "load";
 
+/// Where a peer's edit goes in the shared array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    End,
+    Start,
+    /// Anywhere from the start to the end, drawn from a per-peer seed (runs repeat).
+    Random,
+}
+
+impl Insert {
+    pub fn parse(name: &str) -> Result<Insert, String> {
+        match name {
+            "end" => Ok(Insert::End),
+            "start" => Ok(Insert::Start),
+            "random" => Ok(Insert::Random),
+            _ => Err(format!("--insert: {name:?} is not end, start or random")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Insert::End => "end",
+            Insert::Start => "start",
+            Insert::Random => "random",
+        }
+    }
+}
+
+/// How a peer edits and what it does with what it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Editing {
+    pub insert: Insert,
+    /// Apply every received update to the peer's document as it arrives.
+    pub apply_live: bool,
+}
+
+impl Default for Editing {
+    fn default() -> Editing {
+        Editing {
+            insert: Insert::End,
+            apply_live: false,
+        }
+    }
+}
+
 pub struct Peer {
     pub client_id: u64,
+    editing: Editing,
     doc: Doc,
     array: ArrayRef,
     /// Send instant of each update, indexed by its clock.
     sent_at: RefCell<Vec<Instant>>,
-    /// Received updates, each prefixed with its lib0 length.
+    /// Received updates, each prefixed with its lib0 length (unless applied live).
     received: RefCell<Vec<u8>>,
+    /// Updates received from other peers.
+    deliveries: Cell<u64>,
+    /// xorshift64 state for `Insert::Random`, seeded from the client id.
+    random: Cell<u64>,
     pub synced: Cell<bool>,
 }
 
@@ -38,15 +90,19 @@ pub enum Incoming {
 }
 
 impl Peer {
-    pub fn new(client_id: u64) -> Peer {
+    pub fn new(client_id: u64, editing: Editing) -> Peer {
         let doc = Doc::with_client_id(client_id);
         let array = doc.get_or_insert_array(ARRAY);
         Peer {
             client_id,
+            editing,
             doc,
             array,
             sent_at: RefCell::new(Vec::new()),
             received: RefCell::new(Vec::new()),
+            deliveries: Cell::new(0),
+            // Never 0 (xorshift's fixed point); distinct per client.
+            random: Cell::new(client_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
             synced: Cell::new(false),
         }
     }
@@ -68,11 +124,26 @@ impl Peer {
             payload_bytes.saturating_sub(item.len()),
         ));
         let mut txn = self.doc.transact_mut();
-        self.array.push_back(&mut txn, item);
+        let len = self.array.len(&txn);
+        let index = match self.editing.insert {
+            Insert::End => len,
+            Insert::Start => 0,
+            Insert::Random => (self.next_random() % (u64::from(len) + 1)) as u32,
+        };
+        self.array.insert(&mut txn, index, item);
         let update = txn.encode_update_v1();
         drop(txn);
         sent_at.push(Instant::now());
         encode_sync(SYNC_UPDATE, &update)
+    }
+
+    fn next_random(&self) -> u64 {
+        let mut x = self.random.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.set(x);
+        x
     }
 
     pub fn updates_sent(&self) -> u64 {
@@ -98,7 +169,7 @@ impl Peer {
                 Ok(Incoming::Reply(encode_sync(SYNC_STEP2, &diff)))
             }
             SYNC_STEP2 => {
-                self.keep(body);
+                self.keep(body)?;
                 self.synced.set(true);
                 Ok(Incoming::Other)
             }
@@ -107,20 +178,39 @@ impl Peer {
                 if author == self.client_id {
                     return Ok(Incoming::Echo);
                 }
-                self.keep(body);
+                self.keep(body)?;
+                self.deliveries.set(self.deliveries.get() + 1);
                 Ok(Incoming::Delivery { author, clock })
             }
             _ => Ok(Incoming::Other),
         }
     }
 
-    fn keep(&self, update: &[u8]) {
+    /// Updates received from other peers so far.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.get()
+    }
+
+    fn keep(&self, update: &[u8]) -> Result<(), String> {
+        if self.editing.apply_live {
+            return apply(&mut self.doc.transact_mut(), update);
+        }
         lib0::write_var_bytes(&mut self.received.borrow_mut(), update);
+        Ok(())
     }
 
     /// After the run: this peer's view of the document (its own edits plus everything it
-    /// received), as the array's items.
+    /// received), as the array's items. An update that could not be integrated (one it
+    /// depends on never came) is not among them.
     pub fn converged_items(&self) -> Result<Vec<String>, String> {
+        if self.editing.apply_live {
+            let txn = self.doc.transact();
+            return Ok(self
+                .array
+                .iter(&txn)
+                .map(|item| item.to_string(&txn))
+                .collect());
+        }
         let view = Doc::with_client_id(u64::MAX >> 12);
         let array = view.get_or_insert_array(ARRAY);
         let mut txn = view.transact_mut();
@@ -159,7 +249,10 @@ mod tests {
 
     #[test]
     fn deliveries_name_their_author_and_clock_and_views_converge() {
-        let (a, b) = (Peer::new(1), Peer::new(2));
+        let (a, b) = (
+            Peer::new(1, Editing::default()),
+            Peer::new(2, Editing::default()),
+        );
         for _ in 0..3 {
             let msg = a.next_update(16);
             match b.on_message(&msg).unwrap() {
@@ -187,24 +280,75 @@ mod tests {
 
     #[test]
     fn a_missing_update_shows_in_the_view() {
-        let (a, b) = (Peer::new(1), Peer::new(2));
-        let _lost = a.next_update(8);
-        let kept = a.next_update(8);
-        b.on_message(&kept).unwrap();
-        // The second update depends on the first: b cannot integrate it.
-        assert_eq!(b.converged_items().unwrap().len(), 0);
-        assert_eq!(a.converged_items().unwrap().len(), 2);
+        for apply_live in [false, true] {
+            let editing = Editing {
+                apply_live,
+                ..Editing::default()
+            };
+            let (a, b) = (Peer::new(1, editing), Peer::new(2, editing));
+            let _lost = a.next_update(8);
+            let kept = a.next_update(8);
+            b.on_message(&kept).unwrap();
+            // The second update depends on the first: b cannot integrate it.
+            assert_eq!(b.converged_items().unwrap().len(), 0, "live {apply_live}");
+            assert_eq!(a.converged_items().unwrap().len(), 2);
+            assert_eq!(b.deliveries(), 1);
+        }
+    }
+
+    #[test]
+    fn live_peers_insert_at_the_start_of_what_they_received() {
+        let editing = Editing {
+            insert: Insert::Start,
+            apply_live: true,
+        };
+        let (a, b) = (Peer::new(1, editing), Peer::new(2, editing));
+        for _ in 0..2 {
+            b.on_message(&a.next_update(8)).unwrap();
+        }
+        // b's edit goes before a's two, which b has applied.
+        a.on_message(&b.next_update(8)).unwrap();
+        let (va, vb) = (a.converged_items().unwrap(), b.converged_items().unwrap());
+        let authors: Vec<&str> = va.iter().map(|item| &item[..4]).collect();
+        assert_eq!(authors, ["2:0:", "1:1:", "1:0:"]);
+        assert_eq!(va, vb);
+        assert_eq!((a.deliveries(), b.deliveries()), (1, 2));
+    }
+
+    #[test]
+    fn random_inserts_repeat_for_a_client_and_land_inside_the_array() {
+        let editing = Editing {
+            insert: Insert::Random,
+            apply_live: false,
+        };
+        let view = |client_id| {
+            let peer = Peer::new(client_id, editing);
+            for _ in 0..20 {
+                peer.next_update(8);
+            }
+            peer.converged_items().unwrap()
+        };
+        let items = view(7);
+        assert_eq!(items, view(7));
+        assert_eq!(items.len(), 20);
+        let seqs: Vec<usize> = items
+            .iter()
+            .map(|item| item.split(':').nth(1).unwrap().parse().unwrap())
+            .collect();
+        // Neither appended (0, 1, 2, ...) nor prepended (19, 18, ...).
+        assert!(seqs.windows(2).any(|w| w[0] < w[1]), "{seqs:?}");
+        assert!(seqs.windows(2).any(|w| w[0] > w[1]), "{seqs:?}");
     }
 
     #[test]
     fn step1_is_answered_with_what_the_server_lacks() {
-        let a = Peer::new(1);
+        let a = Peer::new(1, Editing::default());
         a.next_update(8);
         let server_step1 = encode_sync(SYNC_STEP1, &StateVector::default().encode_v1());
         let Incoming::Reply(reply) = a.on_message(&server_step1).unwrap() else {
             panic!("step 1 needs a reply");
         };
-        let other = Peer::new(2);
+        let other = Peer::new(2, Editing::default());
         other.on_message(&reply).unwrap();
         assert!(other.synced.get());
         assert_eq!(other.converged_items().unwrap().len(), 1);

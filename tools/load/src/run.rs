@@ -1,14 +1,15 @@
 //! One run: every peer connects and syncs, then (unless idle) sends updates at a fixed rate
 //! until the deadline; the run waits for the last delivery and checks that every document
 //! converged. All peers of a document live on one thread, so send times and deliveries are
-//! matched without crossing threads.
+//! matched without crossing threads. A storm (`storm_main`) is one more thread that opens
+//! its own connections while the others send, each to a document of its own.
 //!
 //! Each thread is an epoll loop that polls without sleeping while the run is live. On
 //! loopback a sleeping reader makes every server send pay for waking it (a cross-core
 //! interrupt, dear in a VM) which a real network card would absorb; a polling generator
 //! keeps that cost out of the server's CPU seconds.
 
-use crate::peer::{Incoming, Peer};
+use crate::peer::{Editing, Incoming, Peer};
 use crate::ws_client::{self, parse_server_frame};
 use hdrhistogram::Histogram;
 use socket2::Socket;
@@ -17,7 +18,7 @@ use std::collections::BinaryHeap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wiresocket::ws::frame::Opcode;
 
@@ -37,6 +38,57 @@ const DRAIN_MAX: Duration = Duration::from_secs(30);
 const OUT_BYTES_MAX: usize = 64 << 10;
 /// Latencies are recorded in microseconds, up to a minute.
 const LATENCY_US_MAX: u64 = 60_000_000;
+/// The golden ratio's fraction: a stride that spreads first sends evenly over a period
+/// without repeating, fixed (not random) so that runs repeat.
+const GOLDEN_STRIDE: f64 = 0.618_033_988_75;
+
+/// When each client sends first, as a share of one period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phases {
+    /// Every client its own offset: a document's clients do not send in the same
+    /// millisecond, as users typing do not.
+    Spread,
+    /// A document's clients share one offset and send in the same millisecond, which lets
+    /// a coalescing server send several updates in one syscall.
+    Burst,
+}
+
+impl Phases {
+    pub fn parse(name: &str) -> Result<Phases, String> {
+        match name {
+            "spread" => Ok(Phases::Spread),
+            "burst" => Ok(Phases::Burst),
+            _ => Err(format!("--phases: {name:?} is not spread or burst")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phases::Spread => "spread",
+            Phases::Burst => "burst",
+        }
+    }
+
+    /// The first send of local peer `idx` (of `clients_per_doc` per document), as a
+    /// fraction of one period.
+    pub fn first_send_offset(self, idx: usize, clients_per_doc: usize) -> f64 {
+        let slot = match self {
+            Phases::Spread => idx,
+            Phases::Burst => idx / clients_per_doc,
+        };
+        (slot as f64 * GOLDEN_STRIDE).fract()
+    }
+}
+
+/// When a delivered update was sent, against the storm (without one: always `Before`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Before = 0,
+    During = 1,
+    After = 2,
+}
+
+pub const WINDOWS: [Window; 3] = [Window::Before, Window::During, Window::After];
 
 pub struct Plan {
     pub target: ws_client::Target,
@@ -52,11 +104,23 @@ pub struct Plan {
     pub doc_prefix: String,
     /// Handshakes in flight per thread.
     pub connect_concurrency: usize,
+    pub phases: Phases,
+    pub editing: Editing,
+    /// Replace `{token}` in the URL: document `i`'s connection uses `tokens[i % len]`
+    /// (empty: the URL is used as it is).
+    pub tokens: Vec<String>,
 }
 
 impl Plan {
     pub fn doc_name(&self, doc: usize) -> String {
         format!("{}-{doc}", self.doc_prefix)
+    }
+
+    /// The request path of a connection to global document `doc`.
+    fn path(&self, doc: usize) -> String {
+        let token =
+            (!self.tokens.is_empty()).then(|| self.tokens[doc % self.tokens.len()].as_str());
+        self.target.path(&self.doc_name(doc), token)
     }
 }
 
@@ -70,6 +134,23 @@ pub struct Control {
     pub drained: AtomicUsize,
     /// Measurements taken: threads may close their connections and return.
     pub release: AtomicBool,
+    /// When the storm's first handshake started, and when its last one ended.
+    pub storm_started: OnceLock<Instant>,
+    pub storm_finished: OnceLock<Instant>,
+}
+
+impl Control {
+    /// Where an update sent at `sent` falls against the storm, seen at its delivery (a
+    /// storm not started yet will start after `sent`; one not finished, after it too).
+    fn window(&self, sent: Instant) -> Window {
+        match self.storm_started.get() {
+            Some(&started) if sent >= started => match self.storm_finished.get() {
+                Some(&finished) if sent >= finished => Window::After,
+                _ => Window::During,
+            },
+            _ => Window::Before,
+        }
+    }
 }
 
 pub struct ThreadReport {
@@ -84,7 +165,8 @@ pub struct ThreadReport {
     pub echoes: u64,
     /// Connections the server closed while the run was live.
     pub dropped: u64,
-    pub latency_us: Histogram<u64>,
+    /// Delivery latencies by the send's `Window`.
+    pub latency_us: [Histogram<u64>; 3],
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
     /// Time spent handling events while measuring (the rest was polling for them).
@@ -92,6 +174,26 @@ pub struct ThreadReport {
     pub docs_checked: u64,
     pub docs_diverged: u64,
     pub lost_updates: u64,
+    /// Per connected client: the share of the other clients' updates of its document it had
+    /// received when sending ended, and after the drain.
+    pub received_at_send_end: Vec<f64>,
+    pub received_after_drain: Vec<f64>,
+}
+
+/// What the storm thread saw.
+pub struct StormReport {
+    pub connections: u64,
+    /// Handshakes it kept in flight.
+    pub concurrency: usize,
+    /// Live traffic before it started.
+    pub warmup: Duration,
+    pub connected: u64,
+    pub failed: u64,
+    /// Storm connections the server closed after they synced.
+    pub dropped: u64,
+    /// From the first handshake to the last one's end (synced or failed).
+    pub elapsed: Duration,
+    pub first_error: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,6 +219,7 @@ struct Conn {
 /// One thread's share: documents `thread, thread + threads, ...`, each with all its peers.
 struct Thread {
     plan: Arc<Plan>,
+    control: Arc<Control>,
     thread: usize,
     epoll: OwnedFd,
     peers: Vec<Peer>,
@@ -133,62 +236,105 @@ struct Thread {
     echoes: u64,
     dropped: u64,
     skipped: u64,
-    latency_us: Histogram<u64>,
+    latency_us: [Histogram<u64>; 3],
     last_delivery: Option<Instant>,
     busy: Duration,
 }
 
 pub fn thread_main(plan: Arc<Plan>, control: Arc<Control>, thread: usize) -> ThreadReport {
-    // SAFETY: epoll_create1 has no preconditions; the result is checked.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(
-        epoll >= 0,
-        "epoll_create1: {}",
-        std::io::Error::last_os_error()
-    );
-    let docs = (plan.docs + plan.threads - 1 - thread) / plan.threads;
-    let count = docs * plan.clients_per_doc;
-    let now = Instant::now();
-    let mut t = Thread {
-        plan: plan.clone(),
-        thread,
-        // SAFETY: a fresh descriptor we own.
-        epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
-        peers: Vec::with_capacity(count),
-        conns: (0..count)
-            .map(|_| Conn {
-                socket: None,
-                phase: Phase::Waiting,
-                inbuf: Vec::new(),
-                out: Vec::new(),
-                want_out: false,
-                connect_deadline: now,
-            })
-            .collect(),
-        scratch: vec![0; READ_BYTES],
-        next_connect: 0,
-        in_flight: 0,
-        synced: 0,
-        failed: 0,
-        first_error: None,
-        measuring: false,
-        finished: false,
-        deliveries: 0,
-        echoes: 0,
-        dropped: 0,
-        skipped: 0,
-        latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds"),
-        last_delivery: None,
-        busy: Duration::ZERO,
-    };
-    for idx in 0..count {
-        let id = t.client_id(idx);
-        t.peers.push(Peer::new(id));
+    Thread::new(plan, control, thread).run()
+}
+
+/// The storm: once the others have sent for `warmup`, opens every connection of `plan`
+/// (one document each) as fast as `plan.connect_concurrency` allows, then keeps them open
+/// and idle until the measurements are taken.
+pub fn storm_main(plan: Arc<Plan>, control: Arc<Control>, warmup: Duration) -> StormReport {
+    let mut t = Thread::new(plan, control.clone(), 0);
+    while !control.go.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    t.run(&control)
+    std::thread::sleep(warmup);
+    let started = Instant::now();
+    control.storm_started.set(started).expect("one storm a run");
+    // Waits in epoll rather than spinning: the live clients may share this core, and their
+    // threads poll.
+    t.connect_all(1);
+    let finished = Instant::now();
+    control
+        .storm_finished
+        .set(finished)
+        .expect("one storm a run");
+    while !control.release.load(Ordering::SeqCst) {
+        t.poll(1);
+    }
+    t.finished = true;
+    let report = StormReport {
+        connections: t.conns.len() as u64,
+        concurrency: t.plan.connect_concurrency,
+        warmup,
+        connected: t.synced,
+        failed: t.failed,
+        dropped: t.dropped,
+        elapsed: finished - started,
+        first_error: t.first_error.clone(),
+    };
+    t.close_all();
+    report
 }
 
 impl Thread {
+    fn new(plan: Arc<Plan>, control: Arc<Control>, thread: usize) -> Thread {
+        // SAFETY: epoll_create1 has no preconditions; the result is checked.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(
+            epoll >= 0,
+            "epoll_create1: {}",
+            std::io::Error::last_os_error()
+        );
+        let docs = (plan.docs + plan.threads - 1 - thread) / plan.threads;
+        let count = docs * plan.clients_per_doc;
+        let now = Instant::now();
+        let mut t = Thread {
+            plan: plan.clone(),
+            control,
+            thread,
+            // SAFETY: a fresh descriptor we own.
+            epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+            peers: Vec::with_capacity(count),
+            conns: (0..count)
+                .map(|_| Conn {
+                    socket: None,
+                    phase: Phase::Waiting,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    want_out: false,
+                    connect_deadline: now,
+                })
+                .collect(),
+            scratch: vec![0; READ_BYTES],
+            next_connect: 0,
+            in_flight: 0,
+            synced: 0,
+            failed: 0,
+            first_error: None,
+            measuring: false,
+            finished: false,
+            deliveries: 0,
+            echoes: 0,
+            dropped: 0,
+            skipped: 0,
+            latency_us: WINDOWS
+                .map(|_| Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds")),
+            last_delivery: None,
+            busy: Duration::ZERO,
+        };
+        for idx in 0..count {
+            let id = t.client_id(idx);
+            t.peers.push(Peer::new(id, plan.editing));
+        }
+        t
+    }
+
     fn docs(&self) -> usize {
         self.peers.len() / self.plan.clients_per_doc
     }
@@ -213,28 +359,38 @@ impl Thread {
             .filter(|&i| i < self.peers.len())
     }
 
-    fn run(mut self, control: &Control) -> ThreadReport {
+    /// Connects every peer and waits until each has synced or failed, polling epoll with
+    /// `wait_ms` (0: spin).
+    fn connect_all(&mut self, wait_ms: i32) {
         let count = self.peers.len() as u64;
         let mut expiry_check = Instant::now();
         while self.synced + self.failed < count {
             self.start_connects();
-            self.poll(0);
+            self.poll(wait_ms);
             if expiry_check.elapsed() > Duration::from_millis(100) {
                 expiry_check = Instant::now();
                 self.expire_handshakes();
             }
         }
+    }
+
+    fn run(mut self) -> ThreadReport {
+        let control = self.control.clone();
+        self.connect_all(0);
         control.ready.fetch_add(1, Ordering::SeqCst);
         while !control.go.load(Ordering::SeqCst) {
             self.poll(1);
         }
         let mut first_send = None;
+        let (mut received_at_send_end, mut received_after_drain) = (Vec::new(), Vec::new());
         if self.plan.rate_per_client > 0.0 {
             let start = Instant::now();
             first_send = Some(start);
             self.measuring = true;
             self.send_updates(start);
+            received_at_send_end = self.received_shares();
             self.drain();
+            received_after_drain = self.received_shares();
             self.measuring = false;
         }
         control.drained.fetch_add(1, Ordering::SeqCst);
@@ -268,8 +424,15 @@ impl Thread {
             docs_checked,
             docs_diverged,
             lost_updates,
+            received_at_send_end,
+            received_after_drain,
         };
-        // Close cleanly: the server sees a close frame rather than a reset.
+        self.close_all();
+        report
+    }
+
+    /// Closes cleanly: the server sees a close frame rather than a reset.
+    fn close_all(&mut self) {
         for idx in 0..self.conns.len() {
             if self.conns[idx].phase == Phase::Open {
                 ws_client::push_frame(
@@ -280,23 +443,42 @@ impl Thread {
                 self.flush(idx);
             }
         }
-        report
+    }
+
+    /// For each connected peer, the share of its document's other live peers' updates it
+    /// has received (1 where they sent none).
+    fn received_shares(&self) -> Vec<f64> {
+        let mut shares = Vec::with_capacity(self.peers.len());
+        for j in 0..self.docs() {
+            let live = self.live_peers(j);
+            let sent: u64 = live.iter().map(|&i| self.peers[i].updates_sent()).sum();
+            for &i in &live {
+                let others = sent - self.peers[i].updates_sent();
+                let received = self.peers[i].deliveries();
+                shares.push(if others == 0 {
+                    1.0
+                } else {
+                    received as f64 / others as f64
+                });
+            }
+        }
+        shares
     }
 
     fn open_count(&self) -> u64 {
         self.conns.iter().filter(|c| c.phase == Phase::Open).count() as u64
     }
 
-    /// Every peer sends one update every `1 / rate` seconds, from an offset spread evenly
-    /// over one period, until the run's end.
+    /// Every peer sends one update every `1 / rate` seconds, from an offset within one
+    /// period set by the plan's phases, until the run's end.
     fn send_updates(&mut self, start: Instant) {
         let period = Duration::from_secs_f64(1.0 / self.plan.rate_per_client);
         let end = start + self.plan.duration;
+        let phases = self.plan.phases;
         let mut due: BinaryHeap<Reverse<(Instant, usize)>> = (0..self.conns.len())
             .filter(|&idx| self.conns[idx].phase == Phase::Open)
             .map(|idx| {
-                // A fixed stride (golden ratio), not random, so runs repeat.
-                let offset = (idx as f64 * 0.618_033_988_75).fract();
+                let offset = phases.first_send_offset(idx, self.plan.clients_per_doc);
                 Reverse((start + period.mul_f64(offset), idx))
             })
             .collect();
@@ -492,12 +674,9 @@ impl Thread {
             let error = self.conns[idx].socket.as_ref().map(Socket::take_error);
             match error {
                 Some(Ok(None)) => {
-                    let conn = &mut self.conns[idx];
-                    conn.phase = Phase::Upgrading;
-                    let doc = self
-                        .plan
-                        .doc_name(self.doc_of(idx / self.plan.clients_per_doc));
-                    let request = ws_client::upgrade_request(&self.plan.target, &doc);
+                    self.conns[idx].phase = Phase::Upgrading;
+                    let path = self.plan.path(self.doc_of(idx / self.plan.clients_per_doc));
+                    let request = ws_client::upgrade_request(&self.plan.target, &path);
                     self.conns[idx].out.extend_from_slice(&request);
                     self.flush(idx);
                 }
@@ -623,7 +802,8 @@ impl Thread {
                         .and_then(|i| self.peers[i].sent_at(clock));
                     if let Some(sent) = sent {
                         let us = now.duration_since(sent).as_micros() as u64;
-                        self.latency_us.saturating_record(us.max(1));
+                        let window = self.control.window(sent) as usize;
+                        self.latency_us[window].saturating_record(us.max(1));
                     }
                 }
             }
@@ -662,5 +842,78 @@ impl Thread {
             self.conns[idx].out.drain(..n as usize);
         }
         self.set_want_out(idx, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_gives_a_documents_clients_one_offset_and_spread_distinct_ones() {
+        let k = 4;
+        let offsets = |phases: Phases, doc: usize| -> Vec<f64> {
+            (doc * k..(doc + 1) * k)
+                .map(|idx| phases.first_send_offset(idx, k))
+                .collect()
+        };
+        let mut burst_by_doc = Vec::new();
+        for doc in 0..5 {
+            let burst = offsets(Phases::Burst, doc);
+            assert!(burst.iter().all(|&o| o == burst[0]), "{burst:?}");
+            burst_by_doc.push(burst[0]);
+            let spread = offsets(Phases::Spread, doc);
+            for (a, &x) in spread.iter().enumerate() {
+                assert!((0.0..1.0).contains(&x));
+                assert!(
+                    spread[a + 1..].iter().all(|&y| (x - y).abs() > 0.01),
+                    "{spread:?}"
+                );
+            }
+        }
+        // Documents still start apart from each other.
+        for (a, &x) in burst_by_doc.iter().enumerate() {
+            assert!(
+                burst_by_doc[a + 1..].iter().all(|&y| x != y),
+                "{burst_by_doc:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storm_connections_take_the_tokens_in_turn() {
+        let plan = Plan {
+            target: ws_client::Target::parse("ws://127.0.0.1:1/{doc}?token={token}").unwrap(),
+            docs: 3,
+            clients_per_doc: 1,
+            rate_per_client: 0.0,
+            duration: Duration::ZERO,
+            update_bytes: 0,
+            sources: 1,
+            threads: 1,
+            doc_prefix: "s".into(),
+            connect_concurrency: 1,
+            phases: Phases::Spread,
+            editing: Editing::default(),
+            tokens: vec!["a".into(), "b".into()],
+        };
+        let paths: Vec<String> = (0..3).map(|doc| plan.path(doc)).collect();
+        assert_eq!(paths, ["/s-0?token=a", "/s-1?token=b", "/s-2?token=a"]);
+    }
+
+    #[test]
+    fn a_send_falls_before_during_or_after_the_storm() {
+        let control = Control::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(control.window(at(5)), Window::Before);
+        control.storm_started.set(at(10)).unwrap();
+        assert_eq!(control.window(at(5)), Window::Before);
+        // Storm still running: anything sent since it started is during it.
+        assert_eq!(control.window(at(50)), Window::During);
+        control.storm_finished.set(at(20)).unwrap();
+        assert_eq!(control.window(at(10)), Window::During);
+        assert_eq!(control.window(at(19)), Window::During);
+        assert_eq!(control.window(at(20)), Window::After);
     }
 }

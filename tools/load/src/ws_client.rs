@@ -11,7 +11,7 @@ use wiresocket::ws::frame::Opcode;
 const RESPONSE_HEAD_BYTES_MAX: usize = 8 << 10;
 
 /// Where a document connection goes: `ws://host:port/path?query`, with `{doc}` in the path
-/// replaced by the document name.
+/// replaced by the document name (and `{token}`, if there, by a connection's token).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
@@ -44,17 +44,24 @@ impl Target {
         })
     }
 
-    pub fn path(&self, doc: &str) -> String {
-        self.path_template.replace("{doc}", doc)
+    pub fn has_token_placeholder(&self) -> bool {
+        self.path_template.contains("{token}")
+    }
+
+    pub fn path(&self, doc: &str, token: Option<&str>) -> String {
+        let path = self.path_template.replace("{doc}", doc);
+        match token {
+            Some(token) => path.replace("{token}", token),
+            None => path,
+        }
     }
 }
 
-/// The upgrade request for `doc`.
-pub fn upgrade_request(target: &Target, doc: &str) -> Vec<u8> {
+/// The upgrade request for `path` (from [`Target::path`]).
+pub fn upgrade_request(target: &Target, path: &str) -> Vec<u8> {
     format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        target.path(doc),
         target.host
     )
     .into_bytes()
@@ -232,7 +239,11 @@ mod tests {
     #[test]
     fn urls_need_a_document_placeholder() {
         let t = Target::parse("ws://127.0.0.1:8080/{doc}?token=x").unwrap();
-        assert_eq!(t.path("a"), "/a?token=x");
+        assert_eq!(t.path("a", Some("ignored")), "/a?token=x");
+        assert!(!t.has_token_placeholder());
+        let t = Target::parse("ws://127.0.0.1:8080/{doc}?token={token}").unwrap();
+        assert_eq!(t.path("a", Some("jwt")), "/a?token=jwt");
+        assert!(t.has_token_placeholder());
         assert!(Target::parse("ws://127.0.0.1:8080/fixed").is_err());
         assert!(Target::parse("wss://127.0.0.1:8080/{doc}").is_err());
     }

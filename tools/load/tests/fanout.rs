@@ -1,5 +1,6 @@
 //! The load generator against a real wiresocket node (in this process): a small fan-out run
-//! converges and reports every delivery; a refused connection makes the run fail.
+//! converges and reports every delivery, in each mode (fanout, prepend, storm); a refused
+//! connection makes the run fail.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -21,6 +22,13 @@ enum Auth {
     None,
 }
 
+fn dev_token() -> String {
+    let directory = Directory::from_config(&Config::default()).unwrap();
+    directory
+        .mint("dev", "load-test", 600, serde_json::Value::Null)
+        .unwrap()
+}
+
 /// Runs `wiresocket-load MODE` against `node` (this process is the server) with `args`;
 /// returns whether it succeeded and its JSON report.
 fn load(
@@ -30,13 +38,7 @@ fn load(
     args: &[&str],
 ) -> (bool, serde_json::Value) {
     let url = match auth {
-        Auth::Token => {
-            let directory = Directory::from_config(&Config::default()).unwrap();
-            let token = directory
-                .mint("dev", "load-test", 600, serde_json::Value::Null)
-                .unwrap();
-            format!("ws://{}/{{doc}}?token={token}", node.addr)
-        }
+        Auth::Token => format!("ws://{}/{{doc}}?token={}", node.addr, dev_token()),
         Auth::None => format!("ws://{}/{{doc}}", node.addr),
     };
     let out = Command::new(env!("CARGO_BIN_EXE_wiresocket-load"))
@@ -138,4 +140,151 @@ fn refused_connections_fail_the_run() {
     let failures = report["failures"].to_string();
     assert!(failures.contains("4 connections failed"), "{failures}");
     assert!(failures.contains("4001"), "{failures}");
+}
+
+#[test]
+fn burst_phases_with_random_live_inserts_converge() {
+    let (ok, report) = load(
+        &node(),
+        Auth::Token,
+        "fanout",
+        &[
+            "--docs",
+            "3",
+            "--clients",
+            "3",
+            "--rate",
+            "20",
+            "--duration-s",
+            "1",
+            "--phases",
+            "burst",
+            "--insert",
+            "random",
+            "--apply-live",
+            "--floor-sends",
+            "0",
+        ],
+    );
+    assert!(ok, "{report}");
+    assert_eq!(
+        (&report["phases"], &report["insert"], &report["apply_live"]),
+        (
+            &serde_json::json!("burst"),
+            &serde_json::json!("random"),
+            &serde_json::json!(true)
+        )
+    );
+    let sent = report["updates_sent"].as_u64().unwrap();
+    assert_eq!(report["deliveries"].as_u64().unwrap(), sent * 2, "{report}");
+}
+
+#[test]
+fn a_prepend_run_converges_and_reports_what_each_writer_had() {
+    let (ok, report) = load(
+        &node(),
+        Auth::Token,
+        "prepend",
+        &[
+            "--clients",
+            "2",
+            "--rate",
+            "50",
+            "--duration-s",
+            "1",
+            "--floor-sends",
+            "0",
+        ],
+    );
+    assert!(ok, "{report}");
+    // prepend's own defaults, where not overridden.
+    assert_eq!(report["mode"], "prepend");
+    assert_eq!(report["docs"], 1);
+    assert_eq!(report["update_bytes"], 1024);
+    assert_eq!(report["insert"], "start");
+    assert_eq!(report["apply_live"], true);
+    let sent = report["updates_sent"].as_u64().unwrap();
+    assert!((90..=110).contains(&sent), "{report}");
+    assert_eq!(report["deliveries"].as_u64().unwrap(), sent, "{report}");
+    let share = |when: &str, of: &str| report[when][of].as_f64().unwrap();
+    // Everything arrived by the end of the drain; at most that much when sending ended.
+    assert_eq!(share("received_share_after_drain", "min"), 1.0, "{report}");
+    assert_eq!(share("received_share_after_drain", "mean"), 1.0, "{report}");
+    let (end_min, end_mean) = (
+        share("received_share_at_send_end", "min"),
+        share("received_share_at_send_end", "mean"),
+    );
+    assert!(
+        0.0 < end_min && end_min <= end_mean && end_mean <= 1.0,
+        "{report}"
+    );
+    // RSS was sampled while sending: its maximum is at least what it was at either end.
+    let kib = |key: &str| report[key].as_u64().unwrap();
+    assert!(kib("rss_max_kib") >= kib("rss_connected_kib").max(kib("rss_end_kib")));
+}
+
+#[test]
+fn a_storm_run_reports_latency_around_the_storm_and_its_connections() {
+    let node = node();
+    let tokens = std::env::temp_dir().join(format!("storm-tokens-{}", std::process::id()));
+    std::fs::write(&tokens, format!("{}\n{}\n", dev_token(), dev_token())).unwrap();
+    let storm_url = format!("ws://{}/{{doc}}?token={{token}}", node.addr);
+    let (ok, report) = load(
+        &node,
+        Auth::Token,
+        "storm",
+        &[
+            "--docs",
+            "4",
+            "--clients",
+            "2",
+            "--rate",
+            "20",
+            // A debug-build node next to the other tests' runs connects slowly: 30
+            // connections take about a second, well within the 2.5 s after the warm-up.
+            "--duration-s",
+            "3",
+            "--warmup-s",
+            "0.5",
+            "--storm",
+            "30",
+            "--storm-url",
+            &storm_url,
+            "--storm-tokens",
+            tokens.to_str().unwrap(),
+            "--floor-sends",
+            "0",
+        ],
+    );
+    std::fs::remove_file(&tokens).unwrap();
+    assert!(ok, "{report}");
+    let storm = &report["storm"];
+    assert_eq!(storm["connections"], 30, "{report}");
+    assert_eq!(storm["connected"], 30, "{report}");
+    assert_eq!(storm["failed"], 0, "{report}");
+    assert!(storm["connect_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    // Every delivery falls in exactly one group; traffic ran on both sides of the storm.
+    let group = |key: &str| report[key]["deliveries"].as_u64().unwrap();
+    let (before, during, after) = (
+        group("latency_before_storm_us"),
+        group("latency_during_storm_us"),
+        group("latency_after_storm_us"),
+    );
+    assert_eq!(
+        before + during + after,
+        report["deliveries"].as_u64().unwrap()
+    );
+    assert!(before > 0 && after > 0, "{report}");
+    for key in ["latency_before_storm_us", "latency_after_storm_us"] {
+        let g = &report[key];
+        assert!(
+            g["p50"].as_u64().unwrap() <= g["p99"].as_u64().unwrap(),
+            "{report}"
+        );
+        assert!(
+            g["p99"].as_u64().unwrap() <= g["max"].as_u64().unwrap(),
+            "{report}"
+        );
+    }
+    assert_eq!(report["failures"], serde_json::json!([]));
 }
