@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 /// that accepted it, so the token is verified once.
 ///
 /// Admission (the request head, the token, registry calls) needs several KiB of transient
-/// state; it runs in its own boxed future, freed before the session starts, so that an idle
-/// connection's task holds only what its session needs.
+/// state; it runs as its own task on the shard's admission task queue, freed before the
+/// session starts, so that an idle connection's task holds only what its session needs and
+/// handshakes never hold up live documents.
 /// (Not an `async fn`: its arguments would stay in the task for the connection's life.)
 ///
 /// A panic anywhere in admission (token verification, routing, registry calls) ends only
@@ -38,9 +39,21 @@ pub fn serve(
     handed: Option<Identity>,
 ) -> impl std::future::Future<Output = ()> {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let admission = Box::pin(admit(shard.clone(), stream.clone(), head, handed));
+    // Boxed: inline, this task would hold the whole admission future for its life.
+    let admission = {
+        let (shard, stream) = (shard.clone(), stream.clone());
+        Box::pin(async move {
+            let admit = admit(shard.clone(), stream, head, handed);
+            super::contain::future(shard.my_stats(), "admission", admit).await
+        })
+    };
     async move {
-        match super::contain::future(shard.my_stats(), "admission", admission).await {
+        // On the admission task queue: a storm of handshakes takes its share of the core,
+        // not the live sessions'. The session then runs here, on the data plane's queue.
+        let admitted = glommio::spawn_local_into(admission, shard.admission_queue)
+            .expect("the admission task queue lives as long as the shard")
+            .await;
+        match admitted {
             Some(Some(Admitted {
                 outbox,
                 leftover,

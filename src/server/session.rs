@@ -1,8 +1,9 @@
 //! A WebSocket session after the 101: reads frames, assembles messages, answers control
 //! frames, and passes data messages to a `Handler` (a document, or the echo route). The
-//! writer runs as its own task draining the connection's `Outbox`.
+//! same task drains the connection's `Outbox` while it waits to read (what a push could not
+//! send at once, see `Outbox::write_through`).
 
-use super::shard::{Liveness, Shard, SCRATCH_BYTES};
+use super::shard::{Liveness, Shard, Stamp, SCRATCH_BYTES};
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::outbox::{shared_frame, Closed, Outbox};
@@ -14,7 +15,7 @@ use crate::ws::message::{Assembler, Event};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What counts as progress for an incomplete frame or message, besides a message ending:
 /// this many more bytes of it. A client trickling a byte at a time does not progress.
@@ -57,13 +58,6 @@ pub async fn run(
         fd,
         send: socket::send_vectored,
     });
-    let writer = {
-        let (stream, outbox) = (stream.clone(), outbox.clone());
-        glommio::spawn_local(async move {
-            let _ = socket::drain_outbox(&stream, &outbox).await;
-            socket::shutdown(&stream);
-        })
-    };
     let mut frames = Frames {
         peer_closed: false,
         shard,
@@ -81,35 +75,52 @@ pub async fn run(
     open = open && frames.hold(&pending);
     frames.track_progress(&pending, live);
     while open {
-        std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
-        let read = if pending.is_empty() {
-            socket::read_with(&stream, &shard.scratch).await
-        } else {
-            let start = pending.len();
-            let want = frames.next_read_len(&pending);
-            // Grown by a quarter (at least a scratch buffer), reserved exactly, only when
-            // the room left is too small: so the buffer holds at most a quarter more than
-            // has arrived, and reallocation is amortized over many reads.
-            if pending.capacity() - start < want {
-                pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
-            }
-            pending.resize(start + want, 0);
-            if !frames.hold(&pending) {
+        // One task reads and writes: the outbox is drained while the read waits (an idle
+        // connection holds no writer task of its own). Dropping the drain when the read
+        // completes loses nothing: it consumes what a send took within the same poll, and
+        // glommio's write of a full socket is re-polled from the outbox's head.
+        let step = futures_lite::future::or(
+            async {
+                std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
+                if pending.is_empty() {
+                    return Step::Read(socket::read_with(&stream, &shard.scratch).await);
+                }
+                let start = pending.len();
+                let want = frames.next_read_len(&pending);
+                // Grown by a quarter (at least a scratch buffer), reserved exactly, only
+                // when the room left is too small: so the buffer holds at most a quarter
+                // more than has arrived, and reallocation is amortized over many reads.
+                if pending.capacity() - start < want {
+                    pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
+                }
+                pending.resize(start + want, 0);
+                if !frames.hold(&pending) {
+                    return Step::Refused;
+                }
+                let n = socket::read(&stream, &mut pending[start..]).await;
+                pending.truncate(start + *n.as_ref().unwrap_or(&0));
+                Step::Read(n)
+            },
+            async {
+                // Done: the outbox is closed and written, or the peer is gone.
+                let _ = std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
+                Step::Written
+            },
+        )
+        .await;
+        let n = match step {
+            Step::Read(Ok(n)) if n > 0 => n,
+            Step::Written => {
+                socket::shutdown(&stream);
                 break;
             }
-            let n = socket::read(&stream, &mut pending[start..]).await;
-            pending.truncate(start + *n.as_ref().unwrap_or(&0));
-            n
-        };
-        let n = match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+            Step::Read(_) | Step::Refused => break,
         };
         // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
         if outbox.closed().is_some() {
             break;
         }
-        live.last_rx.set(Instant::now());
+        live.last_rx.set(Stamp::now());
         stats::add(&shard.my_stats().bytes_in_total, n as u64);
         open = if pending.is_empty() {
             let mut scratch = shard.scratch.borrow_mut();
@@ -137,11 +148,24 @@ pub async fn run(
     }
     // Not held through the close wait.
     drop(pending);
-    // A client that vanished gets no close frame; this only lets the writer finish.
+    // A client that vanished gets no close frame; this only lets the writing finish.
     outbox.close(close::NORMAL, "");
     let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
-    futures_lite::future::or(writer, glommio::timer::sleep(close_timeout)).await;
+    let written = async {
+        let _ = std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
+    };
+    futures_lite::future::or(written, glommio::timer::sleep(close_timeout)).await;
+    socket::shutdown(&stream);
     drop(registration);
+}
+
+/// What one turn of the session loop came to.
+enum Step {
+    Read(std::io::Result<usize>),
+    /// Refused for the bytes it holds (see `Frames::hold`).
+    Refused,
+    /// The outbox is closed and written (or the peer is gone): the session is over.
+    Written,
 }
 
 struct Frames<'s> {
@@ -212,7 +236,7 @@ impl Frames<'_> {
         // An eighth, up to 1 MiB: a 16 MiB upload must bring 1 MiB per timeout (35 KB/s).
         let grown = incomplete >= mark + PROGRESS_BYTES.max(mark / 8).min(1 << 20);
         if live.incomplete_since.get().is_none() || completed || grown {
-            live.incomplete_since.set(Some(Instant::now()));
+            live.incomplete_since.set(Some(Stamp::now()));
             self.progress_mark_bytes = incomplete;
         }
     }

@@ -134,22 +134,42 @@ struct RoomEntry {
     emptied: u64,
 }
 
+/// A moment, to the millisecond, in 4 bytes (an `Instant` takes 16, and every connection
+/// holds five): the process's monotonic milliseconds, wrapping every 49 days, which is far
+/// longer than any interval measured with them (timeouts of seconds to minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(std::num::NonZeroU32);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        // The lowest bit set, so never zero (`Option<Stamp>` is 4 bytes too); still
+        // non-decreasing.
+        let ms = crate::log::monotonic_ms() as u32 | 1;
+        Stamp(std::num::NonZeroU32::new(ms).expect("the lowest bit is set"))
+    }
+
+    /// Time from `earlier` to this moment.
+    pub fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_millis(u64::from(self.0.get().wrapping_sub(earlier.0.get())))
+    }
+}
+
 /// What the keepalive sweep needs to know of a connection.
 pub struct Liveness {
     pub outbox: Rc<Outbox>,
     /// The socket, to shut down when a closing peer does not take its close frame in time.
     pub fd: RawFd,
     /// When the sweep first saw the outbox closed.
-    pub closing_since: Cell<Option<Instant>>,
-    pub last_rx: Cell<Instant>,
-    pub last_ping: Cell<Instant>,
+    pub closing_since: Cell<Option<Stamp>>,
+    pub last_rx: Cell<Stamp>,
+    pub last_ping: Cell<Stamp>,
     /// Since when a frame or fragmented message has been incomplete without progress
     /// (`None`: nothing incomplete); see `session`.
-    pub incomplete_since: Cell<Option<Instant>>,
+    pub incomplete_since: Cell<Option<Stamp>>,
     /// How far the client had taken what was sent to it when the sweep last saw that move
     /// (or the outbox empty), and when: a client that stops reading a frame larger than the
     /// outbound budget (whole documents are) is not caught by the budget, and would pin it.
-    pub written_mark: Cell<(Taken, Instant)>,
+    pub written_mark: Cell<(Taken, Stamp)>,
     /// Of the bytes the connection has taken, those already in `bytes_out_total`: the sweep
     /// adds the rest (the outbox counts every byte written, by its writer or write-through).
     pub bytes_reported: Cell<u64>,
@@ -209,6 +229,9 @@ pub struct Shard {
     pub offload: super::offload::Offload,
     /// Rooms with relayed updates still to integrate (a lower-priority task applies them).
     pub integrator: super::integrate::Integrator,
+    /// Where admissions (request heads, tokens, registry calls, joins) run: a task queue
+    /// with a quarter of the sessions' shares.
+    pub admission_queue: glommio::TaskQueueHandle,
     /// Tokens this shard verified, until they expire: a reconnect storm is not a storm of
     /// signature checks. (A reload or a revocation, when they exist, must empty it.)
     token_cache: RefCell<crate::auth::token_cache::TokenCache>,
@@ -284,6 +307,7 @@ pub async fn run(setup: Setup) {
         ping: shared_frame(Opcode::Ping, &[]),
         offload: super::offload::Offload::default(),
         integrator: super::integrate::Integrator::default(),
+        admission_queue: background_queue("admission"),
         token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
             TOKEN_CACHE_ENTRIES_MAX,
         )),
@@ -323,25 +347,31 @@ pub async fn run(setup: Setup) {
     futures_lite::future::or(accept_loop(&shard, &listener), drained).await;
 }
 
-/// Integration on its own task queue with a quarter of the sessions' shares: when both have
-/// work, sessions (reads, relays, sends) get four fifths of the core.
-fn spawn_integration(shard: &Rc<Shard>) {
-    let queue = glommio::executor().create_task_queue(
-        glommio::Shares::Static(INTEGRATION_SHARES),
+/// A task queue for work that must not hold up live sessions (admissions, integration): a
+/// quarter of the sessions' shares, so when both have work, sessions (reads, relays, sends)
+/// get four fifths of the core; with the executor's short preemption period they wait at
+/// most about that long for it.
+fn background_queue(name: &str) -> glommio::TaskQueueHandle {
+    glommio::executor().create_task_queue(
+        glommio::Shares::Static(BACKGROUND_SHARES),
         glommio::Latency::NotImportant,
-        "integrate",
-    );
+        name,
+    )
+}
+
+/// The default task queue's shares are 1,000.
+const BACKGROUND_SHARES: usize = 250;
+
+/// Integration on its own background queue (see `server::integrate`).
+fn spawn_integration(shard: &Rc<Shard>) {
     let shard = shard.clone();
     glommio::spawn_local_into(
         async move { shard.integrator.run(shard.my_stats()).await },
-        queue,
+        background_queue("integrate"),
     )
     .expect("the integration task queue was just created")
     .detach();
 }
-
-/// The default task queue's shares are 1,000.
-const INTEGRATION_SHARES: usize = 250;
 
 /// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so
 /// that a restarted server can bind while old connections sit in TIME_WAIT.
@@ -616,7 +646,7 @@ impl Shard {
     pub fn register(&self, outbox: Rc<Outbox>, fd: RawFd) -> Registration<'_> {
         let id = self.next_conn_id.get();
         self.next_conn_id.set(id + 1);
-        let now = Instant::now();
+        let now = Stamp::now();
         let live = Rc::new(Liveness {
             outbox,
             fd,
@@ -685,14 +715,14 @@ async fn keepalive(shard: Rc<Shard>) {
         .clamp(Duration::from_millis(20), Duration::from_secs(5));
     loop {
         sleep(tick).await;
-        let now = Instant::now();
+        let now = Stamp::now();
         let conns = shard.conns.borrow();
         sweep_each(shard.my_stats(), conns.values(), |live| {
             live.report_bytes_out(shard.my_stats());
             if live.outbox.closed().is_some() {
                 match live.closing_since.get() {
                     None => live.closing_since.set(Some(now)),
-                    Some(since) if now.saturating_duration_since(since) >= close_within => {
+                    Some(since) if now.since(since) >= close_within => {
                         // SAFETY: the session owns this open socket until it unregisters,
                         // which removes it from `conns`; shutdown does not close the fd.
                         unsafe { libc::shutdown(live.fd, libc::SHUT_RDWR) };
@@ -701,11 +731,11 @@ async fn keepalive(shard: Rc<Shard>) {
                 }
                 return;
             }
-            let quiet = now.saturating_duration_since(live.last_rx.get());
+            let quiet = now.since(live.last_rx.get());
             let stalled = live
                 .incomplete_since
                 .get()
-                .is_some_and(|since| now.saturating_duration_since(since) >= message_within);
+                .is_some_and(|since| now.since(since) >= message_within);
             let waiting = live.outbox.queued_bytes() > 0;
             let (marked, marked_at) = live.written_mark.get();
             // The socket is asked only while something waits to be written.
@@ -713,9 +743,7 @@ async fn keepalive(shard: Rc<Shard>) {
             if taken != marked || !waiting {
                 live.written_mark.set((taken, now));
             }
-            let not_reading = waiting
-                && taken == marked
-                && now.saturating_duration_since(marked_at) >= message_within;
+            let not_reading = waiting && taken == marked && now.since(marked_at) >= message_within;
             let refusal = if stalled {
                 stats::add(&shard.my_stats().message_timeouts_total, 1);
                 Refusal::MessageTimeout
@@ -726,9 +754,7 @@ async fn keepalive(shard: Rc<Shard>) {
                 stats::add(&shard.my_stats().idle_closes_total, 1);
                 Refusal::Idle
             } else {
-                if quiet >= ping_every
-                    && now.saturating_duration_since(live.last_ping.get()) >= ping_every
-                {
+                if quiet >= ping_every && now.since(live.last_ping.get()) >= ping_every {
                     live.outbox.push(&shard.ping);
                     live.last_ping.set(now);
                 }
@@ -801,7 +827,7 @@ mod tests {
     fn a_panic_on_one_connection_does_not_stop_the_sweep() {
         let pairs: Vec<(UnixStream, UnixStream)> =
             (0..3).map(|_| UnixStream::pair().unwrap()).collect();
-        let now = Instant::now();
+        let now = Stamp::now();
         let conns: Vec<Rc<Liveness>> = pairs
             .iter()
             .map(|(ours, _)| {

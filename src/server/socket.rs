@@ -55,29 +55,44 @@ pub fn shutdown(stream: &SharedStream) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
-/// Writes everything the outbox holds until it is closed and empty: each round is one
-/// non-blocking `sendmsg` over up to 64 queued frames, straight from the shared buffers.
-/// (Pushes that find the outbox empty are sent by the pusher; see `Outbox::write_through`.)
-pub async fn drain_outbox(stream: &SharedStream, outbox: &Outbox) -> io::Result<()> {
+/// Writes what the outbox holds, until it is closed and empty (ready with `Ok`) or the peer
+/// is gone (`Err`): each round is one non-blocking `sendmsg` over up to 64 queued frames,
+/// straight from the shared buffers; when the socket is full, glommio is asked to wake us
+/// once it has room. A poll function with no state of its own (the outbox keeps what was
+/// written), so the session can drop and re-poll it freely, and it costs the idle session
+/// nothing. (Pushes that find the outbox empty are sent by the pusher: see
+/// `Outbox::write_through`.)
+pub fn poll_drain(
+    stream: &SharedStream,
+    outbox: &Outbox,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<()>> {
+    use std::task::Poll;
     let fd = stream.borrow().as_raw_fd();
-    while poll_fn(|cx| outbox.poll_pending(cx)).await {
+    loop {
+        match outbox.poll_pending(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(false) => return Poll::Ready(Ok(())),
+            Poll::Ready(true) => {}
+        }
         let written = match outbox.with_unwritten(|frames| send_vectored(fd, frames)) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The socket is full: wait for room through glommio, writing (part of) the
-                // first frame.
+                // Full: glommio writes (part of) the first frame once there is room, and
+                // wakes us then.
                 let (frame, offset) = outbox.head().expect("poll_pending saw a frame");
-                let first = &frame[offset..];
-                poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, first)).await?
+                match Pin::new(&mut *stream.borrow_mut()).poll_write(cx, &frame[offset..]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(written) => written?,
+                }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Poll::Ready(Err(e)),
         };
         if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         outbox.consume(written);
     }
-    Ok(())
 }
 
 /// One non-blocking `sendmsg` of up to [`BATCH_FRAMES_MAX`] frames (an `outbox::SendNow`).

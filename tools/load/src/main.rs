@@ -40,9 +40,14 @@ USAGE:
         second and failures (a live client dropped or a delivery lost fails the run)
     wiresocket-load capacity --url URL --connections N [OPTIONS]
         opens N idle, synced document connections and reports server memory per connection
-    wiresocket-load floor [--floor-sends N]
+    wiresocket-load floor [--floor-sends N] [--floor-sockets N] [--floor-group G] [--floor-gap-us U]
         what one loopback send of a 40-byte frame costs this machine's CPU: the least a
-        delivery can cost a server that sends each one (fanout prints it beside the server)
+        delivery can cost a server that sends each one. Sent as a server of the run would:
+        to one of --floor-sockets (default 8000) sockets, --floor-group (7) distinct ones at
+        a time every --floor-gap-us (125); measured once with a send per delivery and once
+        with each group in one io_uring submission. A run that sends measures it first in
+        its own shape (its connections, its K - 1, its mean time between updates) and
+        prints the server's cost beside it
 
 URL is ws://HOST:PORT/PATH with {doc} where the document name goes, e.g.
     ws://127.0.0.1:8080/{doc}?token=JWT          wiresocket, the Node reference server
@@ -221,11 +226,16 @@ impl Options {
     }
 }
 
-/// The loopback send floor, measured with `--floor-sends` sends (0: not measured).
-fn measure_floor(options: &Options) -> Result<Option<floor::Floor>, String> {
+/// The loopback send floor, measured with `--floor-sends` sends (0: not measured), one
+/// send per delivery, laid out as `shape`.
+fn measure_floor(
+    options: &Options,
+    shape: floor::Shape,
+    via: floor::Via,
+) -> Result<Option<floor::Floor>, String> {
     match options.get("floor-sends", 50_000usize)? {
         0 => Ok(None),
-        sends => floor::measure(FLOOR_FRAME_BYTES, sends)
+        sends => floor::measure(FLOOR_FRAME_BYTES, sends, shape, via)
             .map(Some)
             .map_err(|e| format!("measuring the floor: {e}")),
     }
@@ -234,19 +244,66 @@ fn measure_floor(options: &Options) -> Result<Option<floor::Floor>, String> {
 /// A 40-byte frame: about what a small update's broadcast is.
 const FLOOR_FRAME_BYTES: usize = 40;
 
+/// The floor of a run of `plan`: as many sockets as it has connections (as the descriptor
+/// limit allows, two each), groups of one document's other clients, and the run's mean time
+/// between two updates (at most 1 ms) between groups.
+fn floor_shape(plan: &Plan) -> floor::Shape {
+    let connections = plan.docs * plan.clients_per_doc;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    let sockets_max = (limit.rlim_cur as usize).saturating_sub(64) / 2;
+    let updates_per_s = connections as f64 * plan.rate_per_client;
+    floor::Shape {
+        sockets: connections.clamp(1, sockets_max.max(1)),
+        group: plan.clients_per_doc.saturating_sub(1).max(1),
+        gap_us: (1e6 / updates_per_s.max(1.0)).min(1_000.0) as u64,
+    }
+}
+
+/// `floor`: the floor of a D=1000 x K=8 x 1/s run by default, one send per delivery and
+/// each group through one io_uring submission, side by side.
 fn print_floor(options: Options) -> Result<bool, String> {
-    if let Some(unknown) = options.values.keys().find(|k| k.as_str() != "floor-sends") {
+    let known = [
+        "floor-sends",
+        "floor-sockets",
+        "floor-group",
+        "floor-gap-us",
+    ];
+    if let Some(unknown) = options.values.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown option --{unknown}"));
     }
-    let Some(f) = measure_floor(&options)? else {
-        return Err("--floor-sends must be at least 1".into());
+    let shape = floor::Shape {
+        sockets: options.get("floor-sockets", 8000)?,
+        group: options.get("floor-group", 7)?,
+        gap_us: options.get("floor-gap-us", 125)?,
     };
-    println!(
-        "floor          one loopback send of a {}-byte frame costs {:.2} us of CPU here: at most {:.0} deliveries per CPU-second",
-        f.frame_bytes,
-        f.send_us,
-        f.deliveries_per_cpu_s()
-    );
+    if shape.sockets == 0 || shape.group == 0 {
+        return Err("--floor-sockets and --floor-group must be at least 1".into());
+    }
+    for (via, how) in [
+        (floor::Via::Sendmsg, "one send per delivery"),
+        (
+            floor::Via::Ring,
+            "a group's sends in one io_uring submission",
+        ),
+    ] {
+        let Some(f) = measure_floor(&options, shape, via)? else {
+            return Err("--floor-sends must be at least 1".into());
+        };
+        println!(
+            "floor          {how}: a {}-byte frame to one of {} sockets, {} at a time every {} us, costs {:.2} us of CPU: at most {:.0} deliveries per CPU-second",
+            f.frame_bytes,
+            shape.sockets,
+            shape.group,
+            shape.gap_us,
+            f.send_us,
+            f.deliveries_per_cpu_s()
+        );
+    }
     Ok(true)
 }
 
@@ -325,6 +382,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
                 .map_or(defaults.editing.apply_live, |v| v == "on"),
         },
         tokens: Vec::new(),
+        live_wait_ms: if mode == Mode::Storm { 1 } else { 0 },
     };
     if plan.docs == 0 || plan.clients_per_doc == 0 || plan.threads == 0 || plan.sources == 0 {
         return Err("--docs, --clients, --threads and --sources must be at least 1".into());
@@ -350,7 +408,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     // Before connecting: the server is idle and the machine quiet.
     let floor = match mode {
         Mode::Capacity => None,
-        _ => measure_floor(&options)?,
+        _ => measure_floor(&options, floor_shape(&plan), floor::Via::Sendmsg)?,
     };
     let mut measured = coordinate(Arc::new(plan), storm, pid, hold)?;
     measured.floor = floor;
@@ -417,6 +475,7 @@ fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), S
         phases: live.phases,
         editing: Editing::default(),
         tokens,
+        live_wait_ms: 1,
     };
     Ok((Arc::new(plan), warmup))
 }
