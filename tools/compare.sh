@@ -5,6 +5,8 @@
 #   bash tools/compare.sh                 # D=1000 documents x K=8 clients, three loads
 #   SERVERS="wiresocket yrs-warp" LOADS=prepend bash tools/compare.sh
 #   DOCS=100 LIGHT_RATE=2 DURATION_S=5 LOADS="light prepend" bash tools/compare.sh
+#   BEFORE_BIN=/tmp/wiresocket-old SERVERS="wiresocket-before wiresocket" bash tools/compare.sh
+#                                         # an earlier build beside this one, same run
 #
 # The peers are installed outside the repository, in $PEERS_DIR (default
 # ~/.cache/wiresocket-peers); nothing of theirs is committed. yrs-warp is a library: the
@@ -178,13 +180,17 @@ start_server() {
         return 1
     fi
     case "$1" in
-    wiresocket)
+    wiresocket | wiresocket-before)
+        local bin=target/release/wiresocket
+        if [ "$1" = wiresocket-before ]; then
+            bin=${BEFORE_BIN:?wiresocket-before needs BEFORE_BIN, an earlier wiresocket binary}
+        fi
         printf 'allow_development_tenant = true\n[rate_limits]\nhandshakes_per_minute = 100000000\n' >"$WORK/wiresocket.toml"
-        $pin target/release/wiresocket serve --shards 1 --listen "127.0.0.1:$PORT" \
+        $pin "$bin" serve --shards 1 --listen "127.0.0.1:$PORT" \
             --config "$WORK/wiresocket.toml" >"$WORK/server.log" 2>&1 &
         SERVER_PID=$!
         wait_port
-        URL="ws://127.0.0.1:$PORT/{doc}?token=$(target/release/wiresocket token --ttl-s 3600 --config "$WORK/wiresocket.toml")"
+        URL="ws://127.0.0.1:$PORT/{doc}?token=$("$bin" token --ttl-s 3600 --config "$WORK/wiresocket.toml")"
         ;;
     y-sweet)
         $pin "$PEERS_DIR/y-sweet/bin/y-sweet" serve --host 127.0.0.1 --port "$PORT" \

@@ -105,9 +105,13 @@ struct Relay {
     frames: Vec<Frame>,
 }
 
-/// An update relayed but not yet integrated.
+/// An update relayed but not yet integrated: its relayed frame (shared with the outboxes,
+/// so it costs no copy) and where the update's bytes start in it. Kept as bytes, decoded
+/// again when integrated: a decoded update takes several times its bytes, and a shard that
+/// is behind holds many of them.
 struct PendingUpdate {
-    update: yrs::Update,
+    frame: Frame,
+    update_at: usize,
     update_bytes: usize,
     from: Slot,
     joined: u64,
@@ -356,14 +360,16 @@ impl Room {
                     return Ok(Outcome::default());
                 }
                 let measured = self.make_room_for(update.len())?;
-                let decoded = yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
+                // Nothing yrs cannot decode is relayed.
+                yrs::Update::decode_v1(update).map_err(|_| Refusal::Integrate)?;
                 // Relayed as an update message encoded here from the checked bytes (a step 2
                 // and an update relay alike): every other client reads what the server takes.
                 let (head, head_len) = protocol::sync_head(SYNC_UPDATE, update.len());
                 let frame = binary_parts(&[&head[..head_len], update]);
                 let joined = self.sender(from).joined;
                 self.pending.push_back(PendingUpdate {
-                    update: decoded,
+                    update_at: frame.len() - update.len(),
+                    frame: frame.clone(),
                     update_bytes: update.len(),
                     from,
                     joined,
@@ -456,9 +462,13 @@ impl Room {
                 };
                 self.pending_bytes -= pending.update_bytes;
                 applied_bytes += pending.update_bytes;
-                match txn.apply_update(pending.update) {
+                // Decoded once already, before it was relayed.
+                let applied = yrs::Update::decode_v1(&pending.frame[pending.update_at..])
+                    .map_err(|_| ())
+                    .and_then(|update| txn.apply_update(update).map_err(|_| ()));
+                match applied {
                     Ok(()) => done.applied += 1,
-                    Err(_) => {
+                    Err(()) => {
                         done.refused += 1;
                         refused_senders.push((pending.from, pending.joined));
                     }
