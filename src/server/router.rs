@@ -20,61 +20,46 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Serves one accepted (or handed-off) connection. `head` holds bytes already read; a
+/// Serves one accepted (or handed-off) connection, on the shard's admission task queue:
+/// reads and answers its request, and if it was admitted to a session, starts the session
+/// as a task of its own on the sessions' queue and ends. `head` holds bytes already read; a
 /// handed-off connection comes with the identity its token was verified to on the shard
 /// that accepted it, so the token is verified once.
 ///
-/// Admission (the request head, the token, registry calls) needs several KiB of transient
-/// state; it runs as its own task on the shard's admission task queue, freed before the
-/// session starts, so that an idle connection's task holds only what its session needs and
-/// handshakes never hold up live documents.
-/// (Not an `async fn`: its arguments would stay in the task for the connection's life.)
+/// So a storm of handshakes takes the admission queue's share of the core, not the live
+/// sessions'; and admission's several KiB of transient state (the request head, the token,
+/// registry calls) are gone with this task, so an idle connection's task holds only its
+/// session.
 ///
 /// A panic anywhere in admission (token verification, routing, registry calls) ends only
 /// this connection: it is answered 500 and closed.
-pub fn serve(
-    shard: Rc<Shard>,
-    stream: TcpStream,
-    head: Vec<u8>,
-    handed: Option<Identity>,
-) -> impl std::future::Future<Output = ()> {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: Option<Identity>) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    // Boxed: inline, this task would hold the whole admission future for its life.
-    let admission = {
-        let (shard, stream) = (shard.clone(), stream.clone());
-        Box::pin(async move {
-            let admit = admit(shard.clone(), stream, head, handed);
-            super::contain::future(shard.my_stats(), "admission", admit).await
-        })
-    };
-    async move {
-        // On the admission task queue: a storm of handshakes takes its share of the core,
-        // not the live sessions'. The session then runs here, on the data plane's queue.
-        let admitted = glommio::spawn_local_into(admission, shard.admission_queue)
-            .expect("the admission task queue lives as long as the shard")
-            .await;
-        match admitted {
-            Some(Some(Admitted {
-                outbox,
-                leftover,
-                handler,
-            })) => {
-                // Boxed: held inline, the containing future would hold it twice (an async
-                // fn keeps its argument and the moved value both), doubling an idle
-                // connection's task.
-                let session = Box::pin(super::session::run(
+    let admit = admit(shard.clone(), stream.clone(), head, handed);
+    match super::contain::future(shard.my_stats(), "admission", admit).await {
+        Some(Some(Admitted {
+            outbox,
+            leftover,
+            handler,
+        })) => {
+            let queue = shard.session_queue;
+            let session = async move {
+                // Boxed: `contain::future`, an async fn, would hold it inline twice (its
+                // argument and the value it moves into the unwind guard).
+                let run = Box::pin(super::session::run(
                     &shard, stream, outbox, leftover, handler,
                 ));
                 // Its counts and places are given back by values dropped as it unwinds.
-                super::contain::future(shard.my_stats(), "session", session).await;
-            }
-            Some(None) => {}
-            // The 101 is admission's last step, so the panic came before it. If an answer was
-            // already sent, its socket's write side is shut down and this write just fails.
-            // Boxed: inline, the answer's linger buffer would sit in every idle connection's
-            // task.
-            None => Box::pin(refuse_http(&shard, &stream, &Refusal::AdmissionPanicked)).await,
+                super::contain::future(shard.my_stats(), "session", run).await;
+            };
+            glommio::spawn_local_into(session, queue)
+                .expect("the sessions' task queue lives as long as the shard")
+                .detach();
         }
+        Some(None) => {}
+        // The 101 is admission's last step, so the panic came before it. If an answer was
+        // already sent, its socket's write side is shut down and this write just fails.
+        None => refuse_http(&shard, &stream, &Refusal::AdmissionPanicked).await,
     }
 }
 
@@ -112,9 +97,10 @@ async fn admit(
         .flatten()
         .expect("read_head returned a whole head");
     let leftover = head[req.head_len..].to_vec();
+    let upgrading = handshake::is_upgrade(&req);
     let started = Instant::now();
     let exchange = route(&shard, &stream, &req, leftover, handed, started, deadline);
-    let routed = if handshake::is_upgrade(&req) {
+    let routed = if upgrading {
         // An upgrade's admission takes registry counts it must give back, so it is never
         // cut short; its steps are bounded (the registry by `registry_timeout_ms`).
         exchange.await

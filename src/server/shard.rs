@@ -229,9 +229,11 @@ pub struct Shard {
     pub offload: super::offload::Offload,
     /// Rooms with relayed updates still to integrate (a lower-priority task applies them).
     pub integrator: super::integrate::Integrator,
-    /// Where admissions (request heads, tokens, registry calls, joins) run: a task queue
-    /// with a quarter of the sessions' shares.
+    /// Where connections are accepted and admitted (request heads, tokens, registry calls,
+    /// joins): a task queue with a quarter of the sessions' shares.
     pub admission_queue: glommio::TaskQueueHandle,
+    /// Where sessions run: the executor's default queue.
+    pub session_queue: glommio::TaskQueueHandle,
     /// Tokens this shard verified, until they expire: a reconnect storm is not a storm of
     /// signature checks. (A reload or a revocation, when they exist, must empty it.)
     token_cache: RefCell<crate::auth::token_cache::TokenCache>,
@@ -308,6 +310,7 @@ pub async fn run(setup: Setup) {
         offload: super::offload::Offload::default(),
         integrator: super::integrate::Integrator::default(),
         admission_queue: background_queue("admission"),
+        session_queue: glommio::executor().current_task_queue(),
         token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
             TOKEN_CACHE_ENTRIES_MAX,
         )),
@@ -319,13 +322,15 @@ pub async fn run(setup: Setup) {
                 // SAFETY: the fd was dup'ed for us by the sending shard and is owned here.
                 let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
                 stats::add(&shard.my_stats().handoffs_total, 1);
-                glommio::spawn_local(super::router::serve(
-                    shard.clone(),
-                    stream,
-                    handoff.head,
-                    Some(handoff.identity),
-                ))
-                .detach();
+                admit_later(
+                    &shard,
+                    super::router::serve(
+                        shard.clone(),
+                        stream,
+                        handoff.head,
+                        Some(handoff.identity),
+                    ),
+                );
             }
         })
         .detach();
@@ -345,6 +350,13 @@ pub async fn run(setup: Setup) {
         drain(&shard).await;
     };
     futures_lite::future::or(accept_loop(&shard, &listener), drained).await;
+}
+
+/// Runs a connection's admission as a task on the admission queue (see `router::serve`).
+fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(serve, shard.admission_queue)
+        .expect("the admission task queue lives as long as the shard")
+        .detach();
 }
 
 /// A task queue for work that must not hold up live sessions (admissions, integration): a
@@ -391,13 +403,10 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 stats::add(&shard.my_stats().connections_accepted_total, 1);
-                glommio::spawn_local(super::router::serve(
-                    shard.clone(),
-                    stream,
-                    Vec::new(),
-                    None,
-                ))
-                .detach();
+                admit_later(
+                    shard,
+                    super::router::serve(shard.clone(), stream, Vec::new(), None),
+                );
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, back off, keep serving.

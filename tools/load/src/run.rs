@@ -111,7 +111,7 @@ pub struct Plan {
     pub tokens: Vec<String>,
     /// How long the sending loop waits in epoll for events: 0 polls, so the server's sends
     /// never pay for waking the generator; a storm waits (1 ms), so that its own thread, at
-    /// nice 19 on the same core, runs only while the live clients have nothing to do, and the
+    /// SCHED_IDLE on the same core, runs only while the live clients have nothing to do, and the
     /// live latency measured is the server's, not the two threads taking turns.
     pub live_wait_ms: i32,
 }
@@ -255,8 +255,11 @@ pub fn thread_main(plan: Arc<Plan>, control: Arc<Control>, thread: usize) -> Thr
 /// and idle until the measurements are taken.
 pub fn storm_main(plan: Arc<Plan>, control: Arc<Control>, warmup: Duration) -> StormReport {
     let mut t = Thread::new(plan, control.clone(), 0);
-    // SAFETY: setpriority on this thread's own id (nice applies per thread on Linux).
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    // SCHED_IDLE: a live thread that wakes always preempts this one at once (a nice 19
+    // thread may still finish its slice first, milliseconds the live latency would show).
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's own policy (pid 0), from a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     while !control.go.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }
