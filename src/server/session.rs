@@ -40,123 +40,128 @@ pub trait Handler {
     fn on_end(&mut self);
 }
 
-/// Runs `handler` against the connection until either side closes. `leftover` holds bytes
-/// the client sent after its request head.
-pub async fn run(
-    shard: &Rc<Shard>,
+/// Runs `handler` against the connection until either side closes. `pending` starts with
+/// the bytes the client sent after its request head.
+/// (Not an `async fn`: its arguments would sit in the future twice, as arguments and as the
+/// locals they are moved into, in every idle connection.)
+#[allow(clippy::manual_async_fn)]
+pub fn run<'s>(
+    shard: &'s Rc<Shard>,
     stream: SharedStream,
     outbox: Rc<Outbox>,
-    leftover: Vec<u8>,
+    mut pending: Vec<u8>,
     mut handler: Box<dyn Handler>,
-) {
-    let handler = handler.as_mut();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
-    let registration = shard.register(outbox.clone(), fd);
-    let live = &registration.live;
-    // The 101 is out: from here a push that finds nothing queued is sent at once.
-    outbox.write_through(crate::outbox::WriteThrough {
-        fd,
-        send: socket::send_vectored,
-    });
-    let mut frames = Frames {
-        peer_closed: false,
-        shard,
-        outbox: &outbox,
-        assembler: Assembler::new(shard.message_limits),
-        frame_bytes_max: shard.config().websocket.frame_bytes_max,
-        held_bytes: 0,
-        progress_mark_bytes: 0,
-        message_completed: false,
-    };
-    // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
-    // straight from the shard's scratch buffer.
-    let mut pending = leftover;
-    let mut open = pending.is_empty() || frames.process_pending(&mut pending, handler);
-    open = open && frames.hold(&pending);
-    frames.track_progress(&pending, live);
-    while open {
-        // One task reads and writes: the outbox is drained while the read waits (an idle
-        // connection holds no writer task of its own). Dropping the drain when the read
-        // completes loses nothing: it consumes what a send took within the same poll, and
-        // glommio's write of a full socket is re-polled from the outbox's head.
-        let step = futures_lite::future::or(
-            async {
-                std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
-                if pending.is_empty() {
-                    return Step::Read(socket::read_with(&stream, &shard.scratch).await);
-                }
-                let start = pending.len();
-                let want = frames.next_read_len(&pending);
-                // Grown by a quarter (at least a scratch buffer), reserved exactly, only
-                // when the room left is too small: so the buffer holds at most a quarter
-                // more than has arrived, and reallocation is amortized over many reads.
-                if pending.capacity() - start < want {
-                    pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
-                }
-                pending.resize(start + want, 0);
-                if !frames.hold(&pending) {
-                    return Step::Refused;
-                }
-                let n = socket::read(&stream, &mut pending[start..]).await;
-                pending.truncate(start + *n.as_ref().unwrap_or(&0));
-                Step::Read(n)
-            },
-            async {
-                // Done: the outbox is closed and written, or the peer is gone.
-                let _ = std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
-                Step::Written
-            },
-        )
-        .await;
-        let n = match step {
-            Step::Read(Ok(n)) if n > 0 => n,
-            Step::Written => {
-                socket::shutdown(&stream);
-                break;
-            }
-            Step::Read(_) | Step::Refused => break,
+) -> impl std::future::Future<Output = ()> + 's {
+    async move {
+        let handler = handler.as_mut();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
+        let registration = shard.register(outbox.clone(), fd);
+        let live = &registration.live;
+        // The 101 is out: from here a push that finds nothing queued is sent at once.
+        outbox.write_through(crate::outbox::WriteThrough {
+            fd,
+            send: socket::send_vectored,
+        });
+        let mut frames = Frames {
+            peer_closed: false,
+            shard,
+            outbox: &outbox,
+            assembler: Assembler::new(shard.message_limits),
+            frame_bytes_max: shard.config().websocket.frame_bytes_max,
+            held_bytes: 0,
+            progress_mark_bytes: 0,
+            message_completed: false,
         };
-        // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
-        if outbox.closed().is_some() {
-            break;
-        }
-        live.last_rx.set(Stamp::now());
-        stats::add(&shard.my_stats().bytes_in_total, n as u64);
-        open = if pending.is_empty() {
-            let mut scratch = shard.scratch.borrow_mut();
-            let data = &mut scratch[..n];
-            let (consumed, open) = frames.process(data, handler);
-            if open {
-                pending.extend_from_slice(&data[consumed..]);
-            }
-            open
-        } else {
-            frames.process_pending(&mut pending, handler)
-        };
+        // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
+        // straight from the shard's scratch buffer.
+        let mut open = pending.is_empty() || frames.process_pending(&mut pending, handler);
         open = open && frames.hold(&pending);
         frames.track_progress(&pending, live);
+        while open {
+            // One task reads and writes: the outbox is drained while the read waits (an idle
+            // connection holds no writer task of its own). Dropping the drain when the read
+            // completes loses nothing: it consumes what a send took within the same poll, and
+            // glommio's write of a full socket is re-polled from the outbox's head.
+            let step = futures_lite::future::or(
+                async {
+                    std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
+                    if pending.is_empty() {
+                        return Step::Read(socket::read_with(&stream, &shard.scratch).await);
+                    }
+                    let start = pending.len();
+                    let want = frames.next_read_len(&pending);
+                    // Grown by a quarter (at least a scratch buffer), reserved exactly, only
+                    // when the room left is too small: so the buffer holds at most a quarter
+                    // more than has arrived, and reallocation is amortized over many reads.
+                    if pending.capacity() - start < want {
+                        pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
+                    }
+                    pending.resize(start + want, 0);
+                    if !frames.hold(&pending) {
+                        return Step::Refused;
+                    }
+                    let n = socket::read(&stream, &mut pending[start..]).await;
+                    pending.truncate(start + *n.as_ref().unwrap_or(&0));
+                    Step::Read(n)
+                },
+                async {
+                    // Done: the outbox is closed and written, or the peer is gone.
+                    let _ =
+                        std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
+                    Step::Written
+                },
+            )
+            .await;
+            let n = match step {
+                Step::Read(Ok(n)) if n > 0 => n,
+                Step::Written => {
+                    socket::shutdown(&stream);
+                    break;
+                }
+                Step::Read(_) | Step::Refused => break,
+            };
+            // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
+            if outbox.closed().is_some() {
+                break;
+            }
+            live.last_rx.set(Stamp::now());
+            stats::add(&shard.my_stats().bytes_in_total, n as u64);
+            open = if pending.is_empty() {
+                let mut scratch = shard.scratch.borrow_mut();
+                let data = &mut scratch[..n];
+                let (consumed, open) = frames.process(data, handler);
+                if open {
+                    pending.extend_from_slice(&data[consumed..]);
+                }
+                open
+            } else {
+                frames.process_pending(&mut pending, handler)
+            };
+            open = open && frames.hold(&pending);
+            frames.track_progress(&pending, live);
+        }
+        let peer_closed = frames.peer_closed;
+        drop(frames);
+        super::contain::end(shard.my_stats(), handler);
+        if outbox.closed() == Some(Closed::Overflowed) {
+            stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
+        }
+        // A close the client started is echoed, not a refusal.
+        if let (Some(code), false) = (outbox.close_code(), peer_closed) {
+            shard.my_stats().count_rejection(code);
+        }
+        // Not held through the close wait.
+        drop(pending);
+        // A client that vanished gets no close frame; this only lets the writing finish.
+        outbox.close(close::NORMAL, "");
+        let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
+        let written = async {
+            let _ = std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
+        };
+        futures_lite::future::or(written, glommio::timer::sleep(close_timeout)).await;
+        socket::shutdown(&stream);
+        drop(registration);
     }
-    let peer_closed = frames.peer_closed;
-    drop(frames);
-    super::contain::end(shard.my_stats(), handler);
-    if outbox.closed() == Some(Closed::Overflowed) {
-        stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
-    }
-    // A close the client started is echoed, not a refusal.
-    if let (Some(code), false) = (outbox.close_code(), peer_closed) {
-        shard.my_stats().count_rejection(code);
-    }
-    // Not held through the close wait.
-    drop(pending);
-    // A client that vanished gets no close frame; this only lets the writing finish.
-    outbox.close(close::NORMAL, "");
-    let close_timeout = Duration::from_millis(shard.config().websocket.close_timeout_ms);
-    let written = async {
-        let _ = std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
-    };
-    futures_lite::future::or(written, glommio::timer::sleep(close_timeout)).await;
-    socket::shutdown(&stream);
-    drop(registration);
 }
 
 /// What one turn of the session loop came to.
