@@ -29,6 +29,8 @@ pub struct DocumentHandler {
     ops_per_minute: Option<u64>,
     ops: Arc<MinuteWindow>,
     rate: MessageRate,
+    /// Not read since its room fell behind (counted once per wait, not per poll).
+    waiting: bool,
 }
 
 /// One of an app's connections, counted in the registry: given back when dropped, so that no
@@ -125,6 +127,7 @@ impl DocumentHandler {
         );
         Ok(DocumentHandler {
             rate,
+            waiting: false,
             shard,
             key,
             count: Some(count),
@@ -232,8 +235,12 @@ impl Handler for DocumentHandler {
             return std::task::Poll::Ready(());
         }
         let ready = self.room.borrow_mut().poll_caught_up(cx);
-        if ready.is_pending() {
+        // The session polls again whenever its task wakes (its outbox too): one wait, once.
+        if ready.is_pending() && !std::mem::replace(&mut self.waiting, true) {
             stats::add(&self.shard.my_stats().integration_waits_total, 1);
+        }
+        if ready.is_ready() {
+            self.waiting = false;
         }
         ready
     }

@@ -112,7 +112,6 @@ struct Relay {
 struct PendingUpdate {
     frame: Frame,
     update_at: usize,
-    update_bytes: usize,
     from: Slot,
     joined: u64,
 }
@@ -370,7 +369,6 @@ impl Room {
                 self.pending.push_back(PendingUpdate {
                     update_at: frame.len() - update.len(),
                     frame: frame.clone(),
-                    update_bytes: update.len(),
                     from,
                     joined,
                 });
@@ -460,10 +458,11 @@ impl Room {
                 let Some(pending) = self.pending.pop_front() else {
                     break;
                 };
-                self.pending_bytes -= pending.update_bytes;
-                applied_bytes += pending.update_bytes;
+                let update = &pending.frame[pending.update_at..];
+                self.pending_bytes -= update.len();
+                applied_bytes += update.len();
                 // Decoded once already, before it was relayed.
-                let applied = yrs::Update::decode_v1(&pending.frame[pending.update_at..])
+                let applied = yrs::Update::decode_v1(update)
                     .map_err(|_| ())
                     .and_then(|update| txn.apply_update(update).map_err(|_| ()));
                 match applied {
