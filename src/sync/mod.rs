@@ -3,6 +3,7 @@
 
 pub mod awareness;
 pub mod document;
+pub mod hocuspocus;
 pub mod lib0;
 pub mod message_rate;
 pub mod protocol;
