@@ -38,6 +38,17 @@ pub fn shared_frame(opcode: Opcode, parts: &[&[u8]]) -> Frame {
     unsafe { frame.assume_init() }
 }
 
+/// The payload of a frame made by [`shared_frame`] (its header's length is read back from
+/// the second byte, which a server frame never masks).
+pub fn frame_payload(frame: &[u8]) -> &[u8] {
+    let header_len = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[header_len..]
+}
+
 /// Why the outbox stopped taking frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
@@ -273,6 +284,15 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frames_payload_is_found_behind_each_header_length() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = vec![7u8; len];
+            let frame = shared_frame(Opcode::Binary, &[&payload]);
+            assert_eq!(frame_payload(&frame), &payload[..], "{len}");
+        }
+    }
     use std::task::Waker;
 
     fn frame(len: usize) -> Frame {

@@ -11,9 +11,10 @@
 //! joiner sends) first integrates whatever is pending, so its answer misses nothing.
 
 use super::awareness::AwarenessStates;
+use super::hocuspocus;
 use super::protocol::{self, Message, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use super::update_check::UpdateLimits;
-use crate::outbox::{shared_frame, Frame, Outbox};
+use crate::outbox::{frame_payload, shared_frame, Frame, Outbox};
 use crate::refusal::Refusal;
 use crate::ws::frame::Opcode;
 use std::collections::VecDeque;
@@ -70,9 +71,31 @@ impl Default for RoomConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot(usize);
 
+/// How a subscriber's connection frames its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing<'a> {
+    /// One document per connection; messages as they are.
+    YWebsocket,
+    /// `@hocuspocus/provider`: every message behind `varString(address)`; its updates are
+    /// acknowledged (sync status) once integrated, and its awareness is echoed to it (the
+    /// provider's only sign of life from a quiet document).
+    Hocuspocus { address: &'a str },
+}
+
+/// What a room sends its Hocuspocus subscribers besides its y-websocket frames, encoded
+/// once for the room (they all name the document the same way).
+#[derive(Debug)]
+struct HocuspocusFrames {
+    prefix: Rc<[u8]>,
+    applied: Frame,
+    refused: Frame,
+}
+
 #[derive(Debug)]
 struct Subscriber {
     outbox: Rc<Outbox>,
+    /// Its connection speaks the Hocuspocus framing.
+    hocuspocus: bool,
     /// Awareness client ids this connection introduced; removed when it leaves.
     awareness_ids: Vec<u64>,
     /// Which join of the room this is: a pending update's sender is told of its refusal
@@ -145,6 +168,8 @@ pub struct Room {
     subscribers: Vec<Option<Subscriber>>,
     free_slots: Vec<usize>,
     len: usize,
+    /// Set by the first Hocuspocus subscriber.
+    hocuspocus: Option<HocuspocusFrames>,
     joins: u64,
     config: RoomConfig,
 }
@@ -166,6 +191,7 @@ impl Room {
             subscribers: Vec::new(),
             free_slots: Vec::new(),
             len: 0,
+            hocuspocus: None,
             joins: 0,
             config,
         }
@@ -193,18 +219,39 @@ impl Room {
     /// Adds a subscriber and queues what a new client gets first: the server's state vector
     /// (sync step 1) and the current awareness states.
     pub fn join(&mut self, outbox: Rc<Outbox>) -> Slot {
+        self.join_framed(outbox, Framing::YWebsocket)
+    }
+
+    /// [`Room::join`] for a connection with the given framing.
+    pub fn join_framed(&mut self, outbox: Rc<Outbox>, framing: Framing<'_>) -> Slot {
         assert!(
             self.relay.is_none(),
             "a read is relayed before anyone joins"
         );
+        let hocuspocus = match framing {
+            Framing::YWebsocket => false,
+            Framing::Hocuspocus { address } => {
+                let prefix = hocuspocus::address_prefix(address);
+                let frames = self.hocuspocus.get_or_insert_with(|| HocuspocusFrames {
+                    applied: binary(&hocuspocus::encode_sync_status(&prefix, true)),
+                    refused: binary(&hocuspocus::encode_sync_status(&prefix, false)),
+                    prefix: prefix.clone().into(),
+                });
+                // A room is keyed by its document name, which is the address.
+                assert_eq!(*frames.prefix, *prefix, "one address per room");
+                true
+            }
+        };
         let sv = self.doc.transact().state_vector().encode_v1();
-        outbox.push(&sync_frame(SYNC_STEP1, &sv));
-        if let Some(frame) = self.awareness_all() {
-            outbox.push(&frame);
+        let step1 = sync_frame(SYNC_STEP1, &sv);
+        let awareness = self.awareness_all();
+        for frame in std::iter::once(step1).chain(awareness) {
+            outbox.push(&self.framed(hocuspocus, frame));
         }
         self.joins += 1;
         let subscriber = Subscriber {
             outbox,
+            hocuspocus,
             awareness_ids: Vec::new(),
             joined: self.joins,
         };
@@ -245,7 +292,7 @@ impl Room {
             let frame = binary(&protocol::encode_awareness(
                 entries.collect::<Vec<_>>().into_iter(),
             ));
-            self.broadcast(None, std::slice::from_ref(&frame));
+            self.broadcast(None, std::slice::from_ref(&frame), false);
         }
         if self.len == 0 {
             self.subscribers.clear();
@@ -343,7 +390,7 @@ impl Room {
                         .encode_state_as_update_v1(&sv.to_state_vector());
                     sync_frame(SYNC_STEP2, &diff)
                 };
-                self.sender(from).outbox.push(&answer);
+                self.send(from, answer);
                 Outcome {
                     deliveries: 0,
                     integrated,
@@ -351,11 +398,17 @@ impl Room {
             }
             Message::Update { update, stats, .. } => {
                 if stats.is_empty() {
+                    // Nothing to integrate: applied as it stands.
+                    self.acknowledge(from, true);
                     return Ok(Outcome::default());
                 }
                 if !can_write {
-                    let denied = binary(&protocol::encode_permission_denied("read-only"));
-                    self.sender(from).outbox.push(&denied);
+                    if self.sender(from).hocuspocus {
+                        self.acknowledge(from, false);
+                    } else {
+                        let denied = binary(&protocol::encode_permission_denied("read-only"));
+                        self.sender(from).outbox.push(&denied);
+                    }
                     return Ok(Outcome::default());
                 }
                 let measured = self.make_room_for(update.len())?;
@@ -401,14 +454,14 @@ impl Room {
                 if applied.map_err(Refusal::Awareness)? {
                     let (head, head_len) = protocol::awareness_head(entries.bytes.len());
                     let frame = binary_parts(&[&head[..head_len], entries.bytes]);
-                    self.broadcast(Some(from), std::slice::from_ref(&frame))
+                    self.broadcast(Some(from), std::slice::from_ref(&frame), true)
                 } else {
                     Outcome::default()
                 }
             }
             Message::QueryAwareness => {
                 if let Some(frame) = self.awareness_all() {
-                    self.sender(from).outbox.push(&frame);
+                    self.send(from, frame);
                 }
                 Outcome::default()
             }
@@ -426,7 +479,7 @@ impl Room {
         let Some(Relay { from, frames }) = self.relay.take() else {
             return Outcome::default();
         };
-        let relayed = self.broadcast(Some(from), &frames);
+        let relayed = self.broadcast(Some(from), &frames, false);
         Outcome {
             deliveries: relayed.deliveries * frames.len(),
             integrated: 0,
@@ -449,6 +502,8 @@ impl Room {
     pub fn integrate(&mut self, updates_max: usize, until: Option<Instant>) -> Integrated {
         let mut done = Integrated::default();
         let mut refused_senders = Vec::new();
+        // Hocuspocus senders get one acknowledgement per update once it is integrated.
+        let mut applied_senders = Vec::new();
         let mut applied_bytes = 0;
         {
             let mut txn = self.doc.transact_mut();
@@ -466,7 +521,12 @@ impl Room {
                     .map_err(|_| ())
                     .and_then(|update| txn.apply_update(update).map_err(|_| ()));
                 match applied {
-                    Ok(()) => done.applied += 1,
+                    Ok(()) => {
+                        done.applied += 1;
+                        if self.hocuspocus.is_some() {
+                            applied_senders.push((pending.from, pending.joined));
+                        }
+                    }
                     Err(()) => {
                         done.refused += 1;
                         refused_senders.push((pending.from, pending.joined));
@@ -481,11 +541,14 @@ impl Room {
             self.unmeasured_bytes += applied_bytes;
         }
         for (slot, joined) in refused_senders {
-            if let Some(Some(s)) = self.subscribers.get(slot.0) {
-                if s.joined == joined {
-                    let (code, reason) = Refusal::Integrate.close();
-                    s.outbox.close(code, &reason);
-                }
+            if let Some(s) = self.still_joined(slot, joined) {
+                let (code, reason) = Refusal::Integrate.close();
+                s.outbox.close(code, &reason);
+            }
+        }
+        for (slot, joined) in applied_senders {
+            if self.still_joined(slot, joined).is_some() {
+                self.acknowledge(slot, true);
             }
         }
         done.more = !self.pending.is_empty();
@@ -592,21 +655,96 @@ impl Room {
         self.awareness_all.clone()
     }
 
-    /// Pushes `frames` on every subscriber but `except`; counts the subscribers that took
-    /// them.
-    fn broadcast(&self, except: Option<Slot>, frames: &[Frame]) -> Outcome {
+    /// Pushes `frames` on every subscriber but `except` (or, with `echo_hocuspocus`, but a
+    /// y-websocket `except`); counts the subscribers that took them. The Hocuspocus
+    /// framing's copies are encoded once, for all its subscribers.
+    fn broadcast(&self, except: Option<Slot>, frames: &[Frame], echo_hocuspocus: bool) -> Outcome {
         let mut deliveries = 0;
+        let mut hocuspocus_frames: Option<Vec<Frame>> = None;
         for (i, s) in self.subscribers.iter().enumerate() {
-            if let Some(s) = s {
-                if Some(Slot(i)) != except && s.outbox.push_all(frames) {
-                    deliveries += 1;
-                }
-            }
+            let Some(s) = s else { continue };
+            let sender = Some(Slot(i)) == except;
+            let took =
+                match s.hocuspocus {
+                    false if sender => continue,
+                    false => s.outbox.push_all(frames),
+                    true if sender && !echo_hocuspocus => continue,
+                    true => s.outbox.push_all(hocuspocus_frames.get_or_insert_with(|| {
+                        frames.iter().map(|f| self.to_hocuspocus(f)).collect()
+                    })),
+                };
+            deliveries += took as usize;
         }
         Outcome {
             deliveries,
             integrated: 0,
         }
+    }
+
+    /// Sends a side message (JSON text) to the document's other Hocuspocus connections
+    /// (PRODUCT.md 9.3; y-websocket connections get side messages with the webhooks).
+    pub fn stateless(&mut self, from: Slot, payload: &str) -> Outcome {
+        let flushed = self.flush();
+        let Some(frames) = &self.hocuspocus else {
+            return flushed;
+        };
+        let frame = binary(&hocuspocus::encode_stateless(&frames.prefix, payload));
+        let mut deliveries = flushed.deliveries;
+        for (i, s) in self.subscribers.iter().enumerate() {
+            if let Some(s) = s.as_ref().filter(|s| s.hocuspocus && Slot(i) != from) {
+                deliveries += s.outbox.push(&frame) as usize;
+            }
+        }
+        Outcome {
+            deliveries,
+            ..flushed
+        }
+    }
+
+    /// `frame` as a subscriber of the given framing receives it.
+    fn framed(&self, hocuspocus: bool, frame: Frame) -> Frame {
+        if hocuspocus {
+            self.to_hocuspocus(&frame)
+        } else {
+            frame
+        }
+    }
+
+    /// The Hocuspocus copy of a y-websocket frame: the same message behind the address.
+    fn to_hocuspocus(&self, frame: &Frame) -> Frame {
+        let prefix = &self
+            .hocuspocus
+            .as_ref()
+            .expect("a Hocuspocus subscriber")
+            .prefix;
+        binary_parts(&[prefix, frame_payload(frame)])
+    }
+
+    /// Sends `frame` to one subscriber, in its framing.
+    fn send(&self, slot: Slot, frame: Frame) {
+        let s = self.sender(slot);
+        s.outbox.push(&self.framed(s.hocuspocus, frame));
+    }
+
+    /// Tells a Hocuspocus subscriber that one update of its was applied or refused (a
+    /// y-websocket one is told nothing of an applied update).
+    fn acknowledge(&self, slot: Slot, applied: bool) {
+        let s = self.sender(slot);
+        if let (true, Some(frames)) = (s.hocuspocus, &self.hocuspocus) {
+            s.outbox.push(if applied {
+                &frames.applied
+            } else {
+                &frames.refused
+            });
+        }
+    }
+
+    /// The subscriber in `slot`, if it is still the one that joined as `joined`.
+    fn still_joined(&self, slot: Slot, joined: u64) -> Option<&Subscriber> {
+        self.subscribers
+            .get(slot.0)?
+            .as_ref()
+            .filter(|s| s.joined == joined)
     }
 
     fn sender(&self, slot: Slot) -> &Subscriber {
@@ -687,6 +825,113 @@ mod tests {
         assert!(drain(&a).is_empty(), "not echoed to the sender");
         let t = room.doc().get_or_insert_text("t");
         assert_eq!(t.get_string(&room.doc().transact()), "hello");
+    }
+
+    /// `message` as a Hocuspocus client or subscriber sees it for document `d`.
+    fn hp(message: &[u8]) -> Vec<u8> {
+        [&hocuspocus::address_prefix("d")[..], message].concat()
+    }
+
+    #[test]
+    fn hocuspocus_and_y_websocket_subscribers_share_a_room_each_in_its_framing() {
+        let mut room = Room::new(RoomConfig::default());
+        let (y, h, h2) = (
+            Rc::new(Outbox::new(1 << 20)),
+            Rc::new(Outbox::new(1 << 20)),
+            Rc::new(Outbox::new(1 << 20)),
+        );
+        let sy = room.join(y.clone());
+        let hocuspocus = Framing::Hocuspocus { address: "d" };
+        let sh = room.join_framed(h.clone(), hocuspocus);
+        let sh2 = room.join_framed(h2.clone(), hocuspocus);
+        let step1 = protocol::encode_sync(SYNC_STEP1, &[0]);
+        assert_eq!(drain(&y), vec![step1.clone()]);
+        assert_eq!(
+            drain(&h),
+            vec![hp(&step1)],
+            "the server's step 1, addressed"
+        );
+        drain(&h2);
+
+        // A Hocuspocus update: relayed in each framing, not echoed, acknowledged once
+        // integrated (not before).
+        let update = client_update("hi");
+        room.stage(sh, &update, true).unwrap();
+        room.flush();
+        assert_eq!(drain(&y), vec![update.clone()]);
+        assert_eq!(drain(&h2), vec![hp(&update)]);
+        assert!(drain(&h).is_empty(), "no echo, and no acknowledgement yet");
+        room.integrate_all();
+        assert_eq!(drain(&h), vec![hp(&[8, 1])]);
+        assert!(drain(&h2).is_empty() && drain(&y).is_empty());
+
+        // A y-websocket update reaches both Hocuspocus subscribers, addressed; the
+        // y-websocket sender is acknowledged nothing.
+        let update = client_update("yo");
+        room.receive(sy, &update, true).unwrap();
+        assert_eq!(drain(&h), vec![hp(&update)]);
+        assert_eq!(drain(&h2), vec![hp(&update)]);
+        assert!(drain(&y).is_empty());
+
+        // An empty step 2 (what a fresh provider answers the server's step 1 with) is
+        // acknowledged at once: the provider's first unsynced change is its step 2.
+        room.receive(sh, &protocol::encode_sync(SYNC_STEP2, &[0, 0]), true)
+            .unwrap();
+        assert_eq!(drain(&h), vec![hp(&[8, 1])]);
+
+        // Awareness is echoed to a Hocuspocus sender (its keepalive), not to a y-websocket one.
+        let awareness = encode_awareness(
+            [AwarenessEntry {
+                client_id: 7,
+                clock: 1,
+                state: "{}",
+            }]
+            .into_iter(),
+        );
+        room.receive(sh, &awareness, true).unwrap();
+        assert_eq!(drain(&h), vec![hp(&awareness)]);
+        assert_eq!(drain(&h2), vec![hp(&awareness)]);
+        assert_eq!(drain(&y), vec![awareness.clone()]);
+
+        // A viewer's update is refused with sync status 0, and goes nowhere.
+        room.receive(sh2, &client_update("no"), false).unwrap();
+        assert_eq!(drain(&h2), vec![hp(&[8, 0])]);
+        assert!(drain(&h).is_empty() && drain(&y).is_empty());
+
+        // A side message goes to the other Hocuspocus subscribers only.
+        let outcome = room.stateless(sh, "{\"type\":\"ping\"}");
+        assert_eq!(outcome.deliveries, 1);
+        assert_eq!(
+            drain(&h2),
+            vec![hocuspocus::encode_stateless(
+                &hocuspocus::address_prefix("d"),
+                "{\"type\":\"ping\"}"
+            )]
+        );
+        assert!(drain(&h).is_empty() && drain(&y).is_empty());
+
+        // A step 1 is answered in the asker's framing.
+        room.receive(sh2, &protocol::encode_sync(SYNC_STEP1, &[0]), true)
+            .unwrap();
+        let answer = drain(&h2);
+        assert_eq!(answer.len(), 1);
+        assert_eq!(&answer[0][..4], &hp(&[0, SYNC_STEP2])[..]);
+    }
+
+    #[test]
+    fn an_acknowledgement_is_not_sent_to_a_later_subscriber_in_the_same_slot() {
+        let mut room = Room::new(RoomConfig::default());
+        let h = Rc::new(Outbox::new(1 << 20));
+        let hocuspocus = Framing::Hocuspocus { address: "d" };
+        let slot = room.join_framed(h.clone(), hocuspocus);
+        room.stage(slot, &client_update("x"), true).unwrap();
+        room.flush();
+        room.leave(slot);
+        let later = Rc::new(Outbox::new(1 << 20));
+        assert_eq!(room.join_framed(later.clone(), hocuspocus), slot);
+        drain(&later);
+        room.integrate_all();
+        assert!(drain(&later).is_empty());
     }
 
     /// A room with subscribers `a` (whose slot is returned) and `b`, their joins drained.
