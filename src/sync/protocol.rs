@@ -61,6 +61,9 @@ impl ProtocolError {
             ProtocolError::Update(UpdateError::DuplicateClient) => {
                 "malformed update: a client appears twice"
             }
+            ProtocolError::Update(UpdateError::LegacyJson) => {
+                "update has legacy JSON content, which this server cannot apply"
+            }
             ProtocolError::Update(_) => "malformed update",
             ProtocolError::UnknownType => "unknown message type",
             ProtocolError::AwarenessNotJson => "awareness state is not JSON",

@@ -36,6 +36,11 @@ pub enum UpdateError {
     /// them make yrs 0.28 divide by zero when it commits (found by the `sync_message` fuzz
     /// target).
     DuplicateClient,
+    /// Legacy JSON content (content ref 2, which Yjs reads and no longer writes): yrs 0.28
+    /// reads one string more than its count, so it and every Yjs client would read the rest
+    /// of the update differently (found by the `hocuspocus_message` fuzz target: the
+    /// misread count made yrs reserve ~100 GB).
+    LegacyJson,
 }
 
 impl From<DecodeError> for UpdateError {
@@ -155,13 +160,7 @@ fn walk_content(
             // Deleted: a length.
             r.var_u32()?;
         }
-        2 => {
-            // JSON (legacy): strings.
-            let n = r.count(1)?;
-            for _ in 0..n {
-                r.var_str()?;
-            }
-        }
+        2 => return Err(UpdateError::LegacyJson),
         3 => {
             r.var_bytes()?; // Binary
         }
@@ -308,6 +307,22 @@ mod tests {
         // The same ranges under two different clients are fine.
         let distinct = [2, 1, 0, 0, 0, 1, 1, 5, 0, 0, 2, 0];
         assert_eq!(check_update_v1(&distinct, &limits()).unwrap().structs, 2);
+    }
+
+    #[test]
+    fn legacy_json_content_is_refused_because_yrs_misreads_its_count() {
+        // The fuzz finding: an item with JSON content of 0 strings, then an empty section
+        // whose long client id yrs reads as a struct count after taking one string too many.
+        let found = [
+            2, 1, 0, 0xff, 0xff, 0xff, 0xff, 3, 2, 0x63, 0x31, 0, 0, 0, 0xff, 0xe3, 0xff, 0xff,
+            0xcf, 0, 0, 0,
+        ];
+        assert_eq!(
+            check_update_v1(&found, &limits()),
+            Err(UpdateError::LegacyJson)
+        );
+        // Why it must be refused: yrs does not read it as the walk (and Yjs) would.
+        assert!(Update::decode_v1(&found).is_err());
     }
 
     #[test]
