@@ -13,6 +13,8 @@ pub struct Config {
     pub shards: usize,
     /// When set, a plain WebSocket echo route at this path (for conformance runs).
     pub echo_path: Option<String>,
+    /// The Hocuspocus framing (`@hocuspocus/provider`, Tiptap), spoken on `/` and `path`.
+    pub hocuspocus: HocuspocusConfig,
     pub http: HttpConfig,
     pub websocket: WebSocketConfig,
     pub documents: DocumentConfig,
@@ -269,6 +271,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             shards: 0,
             echo_path: None,
+            hocuspocus: HocuspocusConfig::default(),
             http: HttpConfig::default(),
             websocket: WebSocketConfig::default(),
             documents: DocumentConfig::default(),
@@ -281,6 +284,34 @@ impl Default for Config {
             apps: Vec::new(),
             allow_development_tenant: false,
             config_file: None,
+        }
+    }
+}
+
+/// Sockets in the Hocuspocus framing: many documents each, every one with its own token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HocuspocusConfig {
+    /// A path besides `/` where upgrades speak the Hocuspocus framing (the provider's `url`
+    /// then ends with it); a path naming a document is a y-websocket connection.
+    pub path: Option<String>,
+    /// Documents one socket may name (open, waiting for their token, or refused); past it
+    /// the socket is closed (1008).
+    pub documents_max: usize,
+    /// Messages a socket may send for documents whose token is not checked yet, queued until
+    /// it is (Hocuspocus 4.3's limits); past it the socket is closed (1008).
+    pub pending_messages_max: usize,
+    /// Their bytes, likewise.
+    pub pending_bytes_max: usize,
+}
+
+impl Default for HocuspocusConfig {
+    fn default() -> Self {
+        HocuspocusConfig {
+            path: None,
+            documents_max: 100,
+            pending_messages_max: 1_000,
+            pending_bytes_max: 5 << 20,
         }
     }
 }
@@ -491,12 +522,23 @@ impl Config {
                 )));
             }
         }
-        if let Some(p) = &self.echo_path {
-            if !p.starts_with('/') || p.len() < 2 {
-                return Err(ConfigError(format!(
-                    "echo_path must start with / and name a path, got {p:?}"
-                )));
+        for (name, path) in [
+            ("echo_path", &self.echo_path),
+            ("hocuspocus.path", &self.hocuspocus.path),
+        ] {
+            if let Some(p) = path {
+                if !p.starts_with('/') || p.len() < 2 {
+                    return Err(ConfigError(format!(
+                        "{name} must start with / and name a path, got {p:?}"
+                    )));
+                }
             }
+        }
+        let h = &self.hocuspocus;
+        if h.documents_max == 0 || h.pending_messages_max == 0 || h.pending_bytes_max == 0 {
+            return Err(ConfigError(
+                "hocuspocus.documents_max, pending_messages_max and pending_bytes_max must be at least 1".into(),
+            ));
         }
         Ok(addr)
     }

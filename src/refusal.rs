@@ -8,6 +8,7 @@ use crate::auth::verify::Refusal as TokenRefusal;
 use crate::http::request::HttpError;
 use crate::http::response::json_error;
 use crate::sync::awareness::AwarenessError;
+use crate::sync::hocuspocus::HocuspocusError;
 use crate::sync::protocol::ProtocolError;
 use crate::sync::update_check::UpdateError;
 use crate::ws::close::{
@@ -123,6 +124,19 @@ pub enum Refusal {
     DocumentReset,
     /// The node drains.
     Restart,
+
+    // The Hocuspocus framing.
+    Hocuspocus(HocuspocusError),
+    /// More documents on one socket than `hocuspocus.documents_max`.
+    HocuspocusDocuments(usize),
+    /// More queued before their documents' tokens than `hocuspocus.pending_*_max`.
+    HocuspocusQueue {
+        messages_max: usize,
+        bytes_max: usize,
+    },
+    /// The document's owner is another shard of this node: not yet reachable from a
+    /// Hocuspocus socket (issue 11, point 4).
+    HocuspocusOtherShard,
 }
 
 /// What the client is told.
@@ -385,6 +399,32 @@ impl Refusal {
                 "document reset after an internal error: reconnect".into(),
             ),
             Restart => close(SERVICE_RESTART, "service restart: reconnect".into()),
+            Hocuspocus(e) => {
+                let code = match e {
+                    HocuspocusError::NotFromClient(_) => POLICY_VIOLATION,
+                    HocuspocusError::TooLong => MESSAGE_TOO_BIG,
+                    HocuspocusError::Decode(_) | HocuspocusError::Address => INVALID_PAYLOAD,
+                };
+                close(code, e.reason().into())
+            }
+            HocuspocusDocuments(max) => close(
+                POLICY_VIOLATION,
+                format!("too many documents on one socket: at most {max}").into(),
+            ),
+            HocuspocusQueue {
+                messages_max,
+                bytes_max,
+            } => close(
+                POLICY_VIOLATION,
+                format!(
+                    "too much queued before a document's token: at most {messages_max} messages, {bytes_max} bytes"
+                )
+                .into(),
+            ),
+            HocuspocusOtherShard => close(
+                TRY_AGAIN_LATER,
+                "document on another core of this node: Hocuspocus sockets need --shards 1 for now".into(),
+            ),
         }
     }
 
@@ -515,6 +555,15 @@ mod tests {
             AdmissionPanicked,
             DocumentReset,
             Restart,
+            Hocuspocus(HocuspocusError::Address),
+            Hocuspocus(HocuspocusError::NotFromClient(6)),
+            Hocuspocus(HocuspocusError::TooLong),
+            HocuspocusDocuments(100),
+            HocuspocusQueue {
+                messages_max: usize::MAX,
+                bytes_max: usize::MAX,
+            },
+            HocuspocusOtherShard,
         ];
         all.extend(
             [

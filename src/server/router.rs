@@ -2,7 +2,9 @@
 //! answer plain HTTP here, and start or hand off WebSocket sessions.
 
 use super::api;
-use super::handlers::{Admission, DocumentHandler, EchoHandler};
+use super::handlers::{DocumentHandler, EchoHandler};
+use super::hocuspocus::HocuspocusHandler;
+use super::membership::Admission;
 use super::session::Handler;
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
@@ -269,6 +271,20 @@ async fn route(
     let Some(accept) = accept_or_refuse(shard, stream, req).await else {
         return Routed::Done;
     };
+    if is_hocuspocus(shard, req, found.as_ref()) {
+        // Each document brings its own token in the framing; the socket stays on this shard.
+        let outbox = new_outbox(shard);
+        let origin = req.header("origin").map(<[u8]>::to_vec);
+        let handler = HocuspocusHandler::new(shard, outbox.clone(), origin);
+        return Routed::Session(Session {
+            accept,
+            protocol: None,
+            leftover,
+            started,
+            outbox,
+            handler: Ok(Box::new(handler)),
+        });
+    }
     let marker = found.as_ref().and_then(|f| f.marker);
     let refuse = |refusal: Refusal| refuse_after_upgrade(shard, stream, &accept, marker, refusal);
     let Some(found) = found else {
@@ -301,20 +317,7 @@ async fn route(
         refuse_http(shard, stream, &Refusal::OriginForbidden).await;
         return Routed::Done;
     }
-    let named = if raw_name.contains("::") {
-        Err(Refusal::NameHasSeparator)
-    } else if let Err(why) = document::validate_name(&raw_name, identity.app.allow_path_names) {
-        Err(Refusal::InvalidName(why))
-    } else if identity
-        .docs
-        .as_ref()
-        .is_some_and(|docs| !auth::claims::docs_allow(docs, &raw_name))
-    {
-        Err(Refusal::DocNotGranted)
-    } else {
-        Ok(())
-    };
-    if let Err(refusal) = named {
+    if let Err(refusal) = check_document(&identity, &raw_name) {
         refuse(refusal).await;
         return Routed::Done;
     }
@@ -343,6 +346,33 @@ async fn route(
         outbox,
         handler,
     })
+}
+
+/// An upgrade whose path names no document (`/`, or `hocuspocus.path`) speaks the
+/// Hocuspocus framing (PRODUCT.md 11); one naming a document (also `/?token=JWT/doc`) is
+/// y-websocket.
+fn is_hocuspocus(shard: &Shard, req: &Request<'_>, found: Option<&auth::transport::Found>) -> bool {
+    let names_document = found.is_some_and(|f| f.document.is_some());
+    !names_document
+        && (req.path == "/" || shard.config().hocuspocus.path.as_deref() == Some(req.path))
+}
+
+/// Whether `identity` may open the document named `name` (its name valid for the app, and
+/// granted by the token's `docs`), in either framing.
+pub(super) fn check_document(identity: &Identity, name: &str) -> Result<(), Refusal> {
+    if name.contains("::") {
+        Err(Refusal::NameHasSeparator)
+    } else if let Err(why) = document::validate_name(name, identity.app.allow_path_names) {
+        Err(Refusal::InvalidName(why))
+    } else if identity
+        .docs
+        .as_ref()
+        .is_some_and(|docs| !auth::claims::docs_allow(docs, name))
+    {
+        Err(Refusal::DocNotGranted)
+    } else {
+        Ok(())
+    }
 }
 
 fn new_outbox(shard: &Shard) -> Rc<Outbox> {

@@ -1,0 +1,591 @@
+//! A socket in the Hocuspocus framing (`@hocuspocus/provider`, Tiptap): many documents on one
+//! connection, each authenticated by its own token in an auth message. Until a document's
+//! token is checked its messages wait in a bounded queue; a refused document is told so
+//! (`PermissionDenied`, the reason led by the close code a y-websocket client would get) and
+//! the socket stays open for the others. The wire facts are in `shared/spec/HOCUSPOCUS.md`;
+//! the bytes are `sync::hocuspocus`'s, the rooms `sync::room`'s.
+
+use super::handlers::new_message_rate;
+use super::membership::{Admission, ConnectionCount, ConnectionGauge, Membership, RoomClaim};
+use super::session::Handler;
+use super::shard::Shard;
+use super::stats;
+use crate::auth;
+use crate::config::HocuspocusConfig;
+use crate::outbox::{shared_frame, Outbox};
+use crate::refusal::Refusal;
+use crate::sync::document::{isolation_key, owner_shard};
+use crate::sync::hocuspocus::{self, DocumentMessage, Incoming};
+use crate::sync::message_rate::MessageRate;
+use crate::sync::room::Framing;
+use crate::ws::frame::Opcode;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
+
+/// Why the provider detached a document, told back to it with the close message.
+const PROVIDER_CLOSED: &str = "provider_initiated";
+
+/// The session's side of a Hocuspocus socket. The state is shared with the tasks that admit
+/// its documents (token checks and registry calls are asynchronous; a session's handler is
+/// not), and borrowed only between awaits.
+pub struct HocuspocusHandler {
+    socket: Rc<RefCell<Socket>>,
+}
+
+struct Socket {
+    shard: Rc<Shard>,
+    outbox: Rc<Outbox>,
+    /// The upgrade's `Origin`, checked against each document's token.
+    origin: Option<Vec<u8>>,
+    bounds: HocuspocusConfig,
+    /// By address; at most `bounds.documents_max` (open, waiting and refused alike).
+    documents: HashMap<Box<str>, Document>,
+    /// Messages (and their bytes) queued for documents whose token is not checked yet.
+    queued_messages: usize,
+    queued_bytes: usize,
+    /// One connection count per app, shared by the app's open documents on this socket
+    /// (and given back with the last of them).
+    counts: HashMap<String, Weak<ConnectionCount>>,
+    rate: MessageRate,
+    /// Tells a document's admissions apart: one that finishes after its document was closed
+    /// (or refused and tried again) finds another attempt and gives back what it took.
+    attempts: u64,
+    /// The document whose message is being handled (for `on_panic`).
+    handling: Option<Box<str>>,
+    /// Not read since one of its rooms fell behind (counted once per wait).
+    waiting: bool,
+    /// `None` once the session has ended.
+    gauge: Option<ConnectionGauge>,
+}
+
+enum Document {
+    /// Its messages wait for its token.
+    Waiting {
+        queue: Vec<Box<[u8]>>,
+        /// Its token is being checked (by the admission `attempt`).
+        admitting: Option<u64>,
+    },
+    Open(Open),
+    /// Refused: its messages are dropped until it sends a token again.
+    Refused,
+}
+
+struct Open {
+    /// Leaves the room before the count below may go.
+    membership: Membership,
+    _count: Rc<ConnectionCount>,
+    /// `varString(address)`.
+    prefix: Vec<u8>,
+    /// A refreshed token is being checked.
+    refreshing: bool,
+}
+
+impl HocuspocusHandler {
+    pub fn new(shard: &Rc<Shard>, outbox: Rc<Outbox>, origin: Option<Vec<u8>>) -> Self {
+        let socket = Socket {
+            shard: shard.clone(),
+            outbox,
+            origin,
+            bounds: shard.config().hocuspocus.clone(),
+            documents: HashMap::new(),
+            queued_messages: 0,
+            queued_bytes: 0,
+            counts: HashMap::new(),
+            rate: new_message_rate(shard),
+            attempts: 0,
+            handling: None,
+            waiting: false,
+            gauge: Some(ConnectionGauge::new(shard)),
+        };
+        HocuspocusHandler {
+            socket: Rc::new(RefCell::new(socket)),
+        }
+    }
+}
+
+impl Handler for HocuspocusHandler {
+    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refusal> {
+        if opcode != Opcode::Binary {
+            return Err(Refusal::NotBinary);
+        }
+        let incoming = hocuspocus::decode(payload).map_err(Refusal::Hocuspocus)?;
+        let Incoming::Document { address, message } = incoming else {
+            // A v4 pong: its arrival is the sign of life.
+            return Ok(());
+        };
+        let mut socket = self.socket.borrow_mut();
+        socket.handling = Some(address.into());
+        let handled = socket.on_document(&self.socket, address, message, payload);
+        socket.handling = None;
+        handled
+    }
+
+    fn on_batch_end(&mut self) -> Result<(), Refusal> {
+        for document in self.socket.borrow_mut().documents.values_mut() {
+            if let Document::Open(open) = document {
+                open.membership.flush();
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut socket = self.socket.borrow_mut();
+        let mut ready = Poll::Ready(());
+        for document in socket.documents.values_mut() {
+            if let Document::Open(open) = document {
+                // Every lagging room is polled, so each wakes the session when it catches up.
+                if open.membership.poll_caught_up(cx).is_pending() {
+                    ready = Poll::Pending;
+                }
+            }
+        }
+        if ready.is_pending() && !std::mem::replace(&mut socket.waiting, true) {
+            stats::add(&socket.shard.my_stats().integration_waits_total, 1);
+        }
+        if ready.is_ready() {
+            socket.waiting = false;
+        }
+        ready
+    }
+
+    fn on_panic(&mut self) {
+        // `try_`: the panic may have unwound out of a borrow of the socket.
+        let Ok(mut socket) = self.socket.try_borrow_mut() else {
+            return;
+        };
+        let handling = socket.handling.take();
+        for (address, document) in socket.documents.iter_mut() {
+            if let Document::Open(open) = document {
+                // Unknown (a flush at the end of a read): every open document may be half-changed.
+                if handling.as_ref().is_none_or(|h| h == address) {
+                    open.membership.reset();
+                }
+            }
+        }
+    }
+
+    fn on_end(&mut self) {
+        if let Ok(mut socket) = self.socket.try_borrow_mut() {
+            socket.end();
+        }
+    }
+}
+
+/// A handler dropped without its end (a panic between the upgrade and the session) still
+/// leaves its rooms and gives back its counts.
+impl Drop for HocuspocusHandler {
+    fn drop(&mut self) {
+        self.on_end();
+    }
+}
+
+impl Socket {
+    fn ended(&self) -> bool {
+        self.gauge.is_none()
+    }
+
+    fn end(&mut self) {
+        // Memberships leave their rooms before the counts they share are given back.
+        self.documents.clear();
+        self.counts.clear();
+        self.gauge = None;
+    }
+
+    fn on_document(
+        &mut self,
+        this: &Rc<RefCell<Socket>>,
+        address: &str,
+        message: DocumentMessage<'_>,
+        payload: &[u8],
+    ) -> Result<(), Refusal> {
+        if let Some(Document::Open(_)) = self.documents.get(address) {
+            return self.on_open(this, address, message);
+        }
+        // Anything but an open document's sync and awareness costs one token; those are
+        // weighed by their document (see `Membership::on_message`).
+        if !self.rate.admit(1, crate::log::monotonic_ms()) {
+            let per_second = self.shard.config().websocket.messages_per_second;
+            return Err(Refusal::MessageRate(per_second));
+        }
+        let token = match message {
+            DocumentMessage::Token { token, .. } => Some(token),
+            _ => None,
+        };
+        match self.documents.get_mut(address) {
+            None => {
+                if matches!(message, DocumentMessage::Close) {
+                    return Ok(());
+                }
+                if self.documents.len() >= self.bounds.documents_max {
+                    return Err(Refusal::HocuspocusDocuments(self.bounds.documents_max));
+                }
+                self.documents.insert(
+                    address.into(),
+                    Document::Waiting {
+                        queue: Vec::new(),
+                        admitting: None,
+                    },
+                );
+            }
+            Some(Document::Refused) => match message {
+                DocumentMessage::Token { .. } => {
+                    self.documents.insert(
+                        address.into(),
+                        Document::Waiting {
+                            queue: Vec::new(),
+                            admitting: None,
+                        },
+                    );
+                }
+                DocumentMessage::Close => {
+                    self.documents.remove(address);
+                    return Ok(());
+                }
+                // A refused provider goes on sending until it is attached again.
+                _ => return Ok(()),
+            },
+            Some(_) => {}
+        }
+        let Some(Document::Waiting { queue, admitting }) = self.documents.get_mut(address) else {
+            unreachable!("made waiting above, and not open")
+        };
+        match (message, token) {
+            (DocumentMessage::Close, _) => {
+                self.forget_waiting(address);
+            }
+            (_, Some(token)) => {
+                if admitting.is_none() {
+                    self.attempts += 1;
+                    *admitting = Some(self.attempts);
+                    spawn_admission(this, &self.shard, address, token, self.attempts);
+                }
+                // A second token while the first is checked is not a new attempt.
+            }
+            (_, None) => {
+                let messages_max = self.bounds.pending_messages_max;
+                let bytes_max = self.bounds.pending_bytes_max;
+                if self.queued_messages + 1 > messages_max
+                    || self.queued_bytes + payload.len() > bytes_max
+                {
+                    return Err(Refusal::HocuspocusQueue {
+                        messages_max,
+                        bytes_max,
+                    });
+                }
+                self.queued_messages += 1;
+                self.queued_bytes += payload.len();
+                queue.push(payload.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A message for an open document.
+    fn on_open(
+        &mut self,
+        this: &Rc<RefCell<Socket>>,
+        address: &str,
+        message: DocumentMessage<'_>,
+    ) -> Result<(), Refusal> {
+        let Some(Document::Open(open)) = self.documents.get_mut(address) else {
+            unreachable!("called for open documents")
+        };
+        let handled = match message {
+            DocumentMessage::YMessage(m) => open.membership.on_message(m, &mut self.rate),
+            DocumentMessage::Token { token, .. } => {
+                if !std::mem::replace(&mut open.refreshing, true) {
+                    spawn_refresh(this, &self.shard, address, token);
+                }
+                Ok(())
+            }
+            DocumentMessage::Stateless(payload) => {
+                if !self.rate.admit(1, crate::log::monotonic_ms()) {
+                    let per_second = self.shard.config().websocket.messages_per_second;
+                    Err(Refusal::MessageRate(per_second))
+                } else {
+                    // Viewers' side messages are not relayed (PRODUCT.md 9.3).
+                    if open.membership.can_write() {
+                        open.membership.stateless(payload);
+                    }
+                    Ok(())
+                }
+            }
+            DocumentMessage::Close => {
+                let prefix = open.prefix.clone();
+                self.close_open(address);
+                self.outbox
+                    .push(&binary(&hocuspocus::encode_close(&prefix, PROVIDER_CLOSED)));
+                return Ok(());
+            }
+        };
+        match handled {
+            Ok(()) => Ok(()),
+            // The socket's own budgets: the whole connection is refused.
+            Err(refusal @ (Refusal::MessageRate(_) | Refusal::OutOfMemory)) => Err(refusal),
+            // Anything about this document closes only it.
+            Err(refusal) => {
+                let (code, reason) = refusal.close();
+                let stats = self.shard.my_stats();
+                stats::add(&stats.messages_refused_total, 1);
+                stats.count_rejection(code);
+                let Some(Document::Open(open)) = self.documents.get(address) else {
+                    unreachable!("still open")
+                };
+                let close = hocuspocus::encode_close(&open.prefix, &format!("{code} {reason}"));
+                self.close_open(address);
+                self.outbox.push(&binary(&close));
+                Ok(())
+            }
+        }
+    }
+
+    /// Leaves an open document's room and gives back its share of the app's count.
+    fn close_open(&mut self, address: &str) {
+        self.documents.remove(address);
+    }
+
+    /// Forgets a waiting document and what it queued.
+    fn forget_waiting(&mut self, address: &str) {
+        if let Some(Document::Waiting { queue, .. }) = self.documents.remove(address) {
+            self.unqueue(&queue);
+        }
+    }
+
+    fn unqueue(&mut self, queue: &[Box<[u8]>]) {
+        self.queued_messages -= queue.len();
+        self.queued_bytes -= queue.iter().map(|m| m.len()).sum::<usize>();
+    }
+
+    /// The admission `attempt` of the document at `address` is still wanted.
+    fn still_admitting(&self, address: &str, attempt: u64) -> bool {
+        !self.ended()
+            && matches!(self.documents.get(address),
+                Some(Document::Waiting { admitting: Some(a), .. }) if *a == attempt)
+    }
+
+    /// The document is refused: it is told why (the reason led by the close code), its
+    /// queue is dropped, and its later messages are too until it sends a token again.
+    fn refuse(&mut self, address: &str, refusal: &Refusal) {
+        let (code, reason) = refusal.close();
+        self.shard.my_stats().count_rejection(code);
+        crate::log::info("document_refused", &[("code", &code), ("reason", &reason)]);
+        if let Some(Document::Waiting { queue, .. }) =
+            self.documents.insert(address.into(), Document::Refused)
+        {
+            self.unqueue(&queue);
+        }
+        let prefix = hocuspocus::address_prefix(address);
+        let denied = hocuspocus::encode_permission_denied(&prefix, &format!("{code} {reason}"));
+        self.outbox.push(&binary(&denied));
+    }
+
+    /// The document is admitted: it is told so, joins its room, and what it queued is
+    /// handled as if it came now.
+    fn open(
+        &mut self,
+        this: &Rc<RefCell<Socket>>,
+        address: &str,
+        (claim, can_write, count): Admitted,
+    ) -> Result<(), Refusal> {
+        let prefix = hocuspocus::address_prefix(address);
+        let authenticated = binary(&hocuspocus::encode_authenticated(&prefix, can_write));
+        let membership = claim.join(
+            self.outbox.clone(),
+            Framing::Hocuspocus { address },
+            Some(&authenticated),
+        )?;
+        let Some(Document::Waiting { queue, .. }) = self.documents.insert(
+            address.into(),
+            Document::Open(Open {
+                membership,
+                _count: count,
+                prefix,
+                refreshing: false,
+            }),
+        ) else {
+            unreachable!("admitted while waiting")
+        };
+        self.unqueue(&queue);
+        for payload in queue.iter() {
+            let Ok(Incoming::Document { message, .. }) = hocuspocus::decode(payload) else {
+                unreachable!("queued messages were decoded")
+            };
+            self.handling = Some(address.into());
+            let handled = self.on_open(this, address, message);
+            self.handling = None;
+            handled?;
+            if !matches!(self.documents.get(address), Some(Document::Open(_))) {
+                break;
+            }
+        }
+        // As at the end of a read: what the queue staged is relayed now.
+        if let Some(Document::Open(open)) = self.documents.get_mut(address) {
+            open.membership.flush();
+        }
+        Ok(())
+    }
+}
+
+/// Checks a document's token and opens it, on the shard's admission queue.
+fn spawn_admission(
+    this: &Rc<RefCell<Socket>>,
+    shard: &Rc<Shard>,
+    address: &str,
+    token: &str,
+    attempt: u64,
+) {
+    let (socket, address, token) = (this.clone(), address.to_owned(), token.to_owned());
+    let shard = shard.clone();
+    let queue = shard.admission_queue;
+    let task = async move {
+        let admit = admit(&socket, &address, token);
+        let admitted = super::contain::future(shard.my_stats(), "hocuspocus_admission", admit)
+            .await
+            .unwrap_or(Err(Refusal::AdmissionPanicked));
+        let mut s = socket.borrow_mut();
+        if !s.still_admitting(&address, attempt) {
+            // Closed, or the socket ended, meanwhile: what was taken is given back as it drops.
+            return;
+        }
+        let opened = admitted.and_then(|admitted| s.open(&socket, &address, admitted));
+        match opened {
+            Ok(()) => {}
+            Err(refusal)
+                if s.documents
+                    .get(address.as_str())
+                    .is_some_and(|d| matches!(d, Document::Waiting { .. })) =>
+            {
+                s.refuse(&address, &refusal);
+            }
+            // A queued message refused the whole socket.
+            Err(refusal) => {
+                let (code, reason) = refusal.close();
+                s.outbox.close(code, &reason);
+            }
+        }
+    };
+    glommio::spawn_local_into(task, queue)
+        .expect("the admission task queue lives as long as the shard")
+        .detach();
+}
+
+/// What admitting a document took: its room (not joined yet), the role (may write), its
+/// share of the app's connection count.
+type Admitted = (RoomClaim, bool, Rc<ConnectionCount>);
+
+/// Verifies the token for the document at `address` exactly as an upgrade's, then takes the
+/// app's connection count (once per socket) and opens the room.
+async fn admit(
+    socket: &Rc<RefCell<Socket>>,
+    address: &str,
+    token: String,
+) -> Result<Admitted, Refusal> {
+    let shard = socket.borrow().shard.clone();
+    let identity = verify(&shard, socket, token).await?;
+    super::router::check_document(&identity, address)?;
+    let key = isolation_key(&identity.tenant_id, &identity.app.id, address);
+    if owner_shard(&key, shard.shards) != shard.id {
+        return Err(Refusal::HocuspocusOtherShard);
+    }
+    let app = format!("{}::{}", identity.tenant_id, identity.app.id);
+    let count = app_count(socket, &shard, &app, &identity.limits).await?;
+    let admission = Admission {
+        key,
+        document: address.to_owned(),
+        app,
+        limits: identity.limits,
+        can_write: identity.role == auth::claims::Role::Editor,
+    };
+    let can_write = admission.can_write;
+    Ok((RoomClaim::open(&shard, admission).await?, can_write, count))
+}
+
+/// The socket's share of `app`'s connection count: the one its open documents hold, or a
+/// new one (4004 past `maxConnections`).
+async fn app_count(
+    socket: &Rc<RefCell<Socket>>,
+    shard: &Rc<Shard>,
+    app: &str,
+    limits: &auth::claims::Limits,
+) -> Result<Rc<ConnectionCount>, Refusal> {
+    let held = socket.borrow().counts.get(app).and_then(Weak::upgrade);
+    if let Some(count) = held {
+        return Ok(count);
+    }
+    let count = ConnectionCount::acquire(shard, app.to_owned(), limits).await?;
+    let mut s = socket.borrow_mut();
+    // Another document of the app may have taken one meanwhile: this one then goes back.
+    if let Some(held) = s.counts.get(app).and_then(Weak::upgrade) {
+        return Ok(held);
+    }
+    let count = Rc::new(count);
+    // Bounded by the socket's documents: apps whose documents all closed are forgotten.
+    s.counts.retain(|_, c| c.strong_count() > 0);
+    s.counts.insert(app.to_owned(), Rc::downgrade(&count));
+    Ok(count)
+}
+
+/// A token checked as an upgrade's is: its signature and claims, then the socket's `Origin`.
+async fn verify(
+    shard: &Rc<Shard>,
+    socket: &Rc<RefCell<Socket>>,
+    token: String,
+) -> Result<auth::verify::Identity, Refusal> {
+    if token.is_empty() {
+        return Err(Refusal::MissingToken);
+    }
+    let identity = match shard.verify_token(token).await {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(refusal)) => return Err(Refusal::Token(refusal)),
+        Err(super::offload::Busy) => return Err(Refusal::VerifierBusy),
+    };
+    if !auth::verify::origin_allowed(&identity, socket.borrow().origin.as_deref()) {
+        return Err(Refusal::OriginForbidden);
+    }
+    Ok(identity)
+}
+
+/// Checks a refreshed token for an open document: valid for the same document, its role
+/// applies from now on; refused, the document is closed with the reason.
+fn spawn_refresh(this: &Rc<RefCell<Socket>>, shard: &Rc<Shard>, address: &str, token: &str) {
+    let (socket, address, token) = (this.clone(), address.to_owned(), token.to_owned());
+    let shard = shard.clone();
+    let queue = shard.admission_queue;
+    let task = async move {
+        let check = async {
+            let identity = verify(&shard, &socket, token).await?;
+            super::router::check_document(&identity, &address)?;
+            let key = isolation_key(&identity.tenant_id, &identity.app.id, &address);
+            Ok::<_, Refusal>((key, identity.role == auth::claims::Role::Editor))
+        };
+        let checked = super::contain::future(shard.my_stats(), "hocuspocus_refresh", check)
+            .await
+            .unwrap_or(Err(Refusal::AdmissionPanicked));
+        let mut s = socket.borrow_mut();
+        let Some(Document::Open(open)) = s.documents.get_mut(address.as_str()) else {
+            return;
+        };
+        open.refreshing = false;
+        let refusal = match checked {
+            Ok((key, can_write)) if key == open.membership.key() => {
+                open.membership.set_can_write(can_write);
+                return;
+            }
+            // Another tenant's or app's token cannot take over this document.
+            Ok(_) => Refusal::DocNotGranted,
+            Err(refusal) => refusal,
+        };
+        s.close_open(&address);
+        s.refuse(&address, &refusal);
+    };
+    glommio::spawn_local_into(task, queue)
+        .expect("the admission task queue lives as long as the shard")
+        .detach();
+}
+
+fn binary(payload: &[u8]) -> crate::outbox::Frame {
+    shared_frame(Opcode::Binary, &[payload])
+}

@@ -1,0 +1,478 @@
+//! The Hocuspocus framing against the real binary: a client written here from the wire facts
+//! (`shared/spec/HOCUSPOCUS.md`), over tungstenite, with a yrs document per address. The real
+//! `@hocuspocus/provider` packages are driven from `tests/js`.
+
+mod common;
+
+use common::{connect_raw, dev_token, editor_token, read_timed_out, var, Server, YClient};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{GetString, ReadTxn, Text, Transact};
+
+/// What the server said about one document.
+#[derive(Default)]
+struct DocState {
+    doc: yrs::Doc,
+    /// `Some("read-write" | "readonly")` once authenticated.
+    scope: Option<String>,
+    denied: Option<String>,
+    closed: Option<String>,
+    /// A sync step 2 arrived (the provider's "synced").
+    synced: bool,
+    applied: usize,
+    refused: usize,
+    awareness: usize,
+    stateless: Vec<String>,
+}
+
+struct HClient {
+    ws: common::Ws,
+    docs: HashMap<String, DocState>,
+}
+
+fn var_string(out: &mut Vec<u8>, s: &[u8]) {
+    var(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+fn read_var(b: &[u8], pos: &mut usize) -> u64 {
+    let (mut v, mut shift) = (0u64, 0);
+    loop {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= ((byte & 0x7F) as u64) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+    }
+}
+
+fn read_bytes<'a>(b: &'a [u8], pos: &mut usize) -> &'a [u8] {
+    let n = read_var(b, pos) as usize;
+    let out = &b[*pos..*pos + n];
+    *pos += n;
+    out
+}
+
+/// `varString(address) · type · body`.
+fn message(address: &str, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    var_string(&mut m, address.as_bytes());
+    m.push(kind);
+    m.extend_from_slice(body);
+    m
+}
+
+fn sync(address: &str, step: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![step];
+    var_string(&mut body, payload);
+    message(address, 0, &body)
+}
+
+fn auth_token(address: &str, token: &str, version: Option<&str>) -> Vec<u8> {
+    let mut body = vec![0];
+    var_string(&mut body, token.as_bytes());
+    if let Some(v) = version {
+        var_string(&mut body, v.as_bytes());
+    }
+    message(address, 2, &body)
+}
+
+impl HClient {
+    fn connect(addr: &str, path: &str) -> HClient {
+        let ws = connect_raw(addr, path);
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        HClient {
+            ws,
+            docs: HashMap::new(),
+        }
+    }
+
+    fn send(&mut self, m: Vec<u8>) {
+        self.ws.send(Message::Binary(m.into())).unwrap();
+    }
+
+    /// Attaches a document as the provider does: token, then step 1, without waiting.
+    fn attach(&mut self, address: &str, token: &str, client_id: u64) {
+        let state = DocState {
+            doc: yrs::Doc::with_client_id(client_id),
+            ..Default::default()
+        };
+        let sv = state.doc.transact().state_vector().encode_v1();
+        self.docs.insert(address.to_owned(), state);
+        self.send(auth_token(address, token, Some("4.8.0")));
+        self.send(sync(address, 0, &sv));
+    }
+
+    fn doc(&self, address: &str) -> &DocState {
+        &self.docs[address]
+    }
+
+    fn text(&self, address: &str) -> String {
+        let d = &self.docs[address].doc;
+        d.get_or_insert_text("t").get_string(&d.transact())
+    }
+
+    /// Inserts into the document and sends the update.
+    fn insert(&mut self, address: &str, at: u32, s: &str) {
+        let d = &self.docs[address].doc;
+        let update = {
+            let t = d.get_or_insert_text("t");
+            let mut txn = d.transact_mut();
+            t.insert(&mut txn, at, s);
+            txn.encode_update_v1()
+        };
+        self.send(sync(address, 2, &update));
+    }
+
+    fn handle(&mut self, m: &[u8]) {
+        let mut pos = 0;
+        let address = String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap();
+        let kind = read_var(m, &mut pos);
+        let mut reply = None;
+        let state = self
+            .docs
+            .get_mut(&address)
+            .unwrap_or_else(|| panic!("a message for {address:?}, which is not attached"));
+        match kind {
+            0 => {
+                let step = read_var(m, &mut pos);
+                let payload = read_bytes(m, &mut pos);
+                match step {
+                    0 => {
+                        let sv = yrs::StateVector::decode_v1(payload).unwrap();
+                        let diff = state.doc.transact().encode_state_as_update_v1(&sv);
+                        reply = Some(sync(&address, 1, &diff));
+                    }
+                    _ => {
+                        let u = yrs::Update::decode_v1(payload).unwrap();
+                        state.doc.transact_mut().apply_update(u).unwrap();
+                        state.synced |= step == 1;
+                    }
+                }
+            }
+            1 => state.awareness += 1,
+            2 => {
+                let sub = read_var(m, &mut pos);
+                let reason = String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap();
+                match sub {
+                    2 => state.scope = Some(reason),
+                    1 => state.denied = Some(reason),
+                    other => panic!("auth sub-type {other}"),
+                }
+            }
+            5 => state
+                .stateless
+                .push(String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap()),
+            7 => state.closed = Some(String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap()),
+            8 => match read_var(m, &mut pos) {
+                1 => state.applied += 1,
+                0 => state.refused += 1,
+                other => panic!("sync status {other}"),
+            },
+            other => panic!("message type {other}"),
+        }
+        if let Some(r) = reply {
+            self.send(r);
+        }
+    }
+
+    /// Handles messages until `f` holds; false at the timeout.
+    fn pump_until(&mut self, timeout: Duration, mut f: impl FnMut(&HClient) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            match self.ws.read() {
+                Ok(Message::Binary(b)) => self.handle(&b),
+                Ok(Message::Close(frame)) => panic!("socket closed: {frame:?}"),
+                Ok(_) => {}
+                Err(e) if read_timed_out(&e) => {}
+                Err(e) => panic!("connection failed: {e}"),
+            }
+        }
+        true
+    }
+
+    /// Reads until the server closes the socket: its close code and reason.
+    fn expect_socket_close(&mut self) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no close within 10 s");
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+                Ok(Message::Close(None)) => return (1005, String::new()),
+                Ok(Message::Binary(b)) => self.handle(&b),
+                Ok(_) => {}
+                Err(e) if read_timed_out(&e) => {}
+                Err(e) => panic!("ended without a close frame: {e}"),
+            }
+        }
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn one_shard() -> Server {
+    Server::start_with("", &["--shards", "1"])
+}
+
+#[test]
+fn two_documents_on_one_socket_sync_and_every_change_is_acknowledged() {
+    let server = one_shard();
+    let token = editor_token();
+    let mut a = HClient::connect(&server.addr, "/");
+    let mut b = HClient::connect(&server.addr, "/");
+    for (c, id) in [(&mut a, 1), (&mut b, 2)] {
+        c.attach("d1", token, id);
+        c.attach("d2", token, id + 10);
+    }
+    for c in [&mut a, &mut b] {
+        assert!(c.pump_until(WAIT, |c| ["d1", "d2"].iter().all(|d| {
+            let s = c.doc(d);
+            // The client's step 2 (answering the server's step 1) is acknowledged too.
+            s.synced && s.applied >= 1
+        })));
+        assert_eq!(c.doc("d1").scope.as_deref(), Some("read-write"));
+    }
+    for i in 0..50 {
+        a.insert("d1", 0, "a");
+        b.insert("d2", 0, "b");
+        if i % 10 == 0 {
+            a.insert("d2", 0, "x");
+        }
+    }
+    let done = |c: &HClient| c.text("d1").len() == 50 && c.text("d2").len() == 55;
+    assert!(
+        a.pump_until(WAIT, done),
+        "a: {} / {}",
+        a.text("d1"),
+        a.text("d2")
+    );
+    assert!(
+        b.pump_until(WAIT, done),
+        "b: {} / {}",
+        b.text("d1"),
+        b.text("d2")
+    );
+    assert_eq!(a.text("d2"), b.text("d2"));
+    // Every update acknowledged once integrated: 50 on d1 and 5 on d2, plus each step 2.
+    assert!(a.pump_until(WAIT, |c| c.doc("d1").applied == 51
+        && c.doc("d2").applied == 6));
+    assert!(b.pump_until(WAIT, |c| c.doc("d2").applied == 51));
+    assert_eq!(a.doc("d1").refused + b.doc("d2").refused, 0);
+}
+
+#[test]
+fn a_y_websocket_client_and_a_hocuspocus_client_share_one_room() {
+    let server = one_shard();
+    let mut h = HClient::connect(&server.addr, "/");
+    h.attach("shared", editor_token(), 5);
+    assert!(h.pump_until(WAIT, |c| c.doc("shared").synced));
+    let mut y = YClient::connect(&server.addr, "shared", 6);
+    h.insert("shared", 0, "from hocuspocus ");
+    y.insert(0, "from y-websocket ");
+    let both = |t: &str| t.contains("from hocuspocus") && t.contains("from y-websocket");
+    assert!(y.pump_until(WAIT, |y| both(&y.text())), "{}", y.text());
+    assert!(h.pump_until(WAIT, |h| both(&h.text("shared"))));
+    assert_eq!(y.text(), h.text("shared"));
+}
+
+#[test]
+fn a_refused_document_leaves_the_socket_and_its_other_documents_open() {
+    let server = one_shard();
+    let limited = dev_token(serde_json::json!({ "docs": ["mine-*"] }));
+    let mut c = HClient::connect(&server.addr, "/");
+    c.attach("mine-1", &limited, 1);
+    c.attach("theirs", &limited, 2);
+    c.attach("bad-token", "not.a.jwt", 3);
+    assert!(c.pump_until(WAIT, |c| c.doc("mine-1").synced
+        && c.doc("theirs").denied.is_some()
+        && c.doc("bad-token").denied.is_some()));
+    let denied = c.doc("theirs").denied.clone().unwrap();
+    assert!(denied.starts_with("4003 "), "{denied}");
+    let invalid = c.doc("bad-token").denied.clone().unwrap();
+    assert!(invalid.starts_with("4002 Invalid token"), "{invalid}");
+    assert!(c.doc("theirs").scope.is_none() && !c.doc("theirs").synced);
+    // Its later messages are dropped; the granted document goes on syncing.
+    c.insert("theirs", 0, "dropped");
+    c.insert("mine-1", 0, "kept");
+    assert!(c.pump_until(WAIT, |c| c.doc("mine-1").applied >= 2));
+    let mut other = HClient::connect(&server.addr, "/");
+    other.attach("mine-1", &limited, 9);
+    assert!(other.pump_until(WAIT, |c| c.text("mine-1") == "kept"));
+    // A token granting it later opens it on the same socket.
+    c.attach("theirs", editor_token(), 2);
+    assert!(c.pump_until(WAIT, |c| c.doc("theirs").synced));
+}
+
+#[test]
+fn a_viewer_is_told_readonly_receives_and_its_updates_are_refused() {
+    let server = one_shard();
+    let viewer = dev_token(serde_json::json!({ "role": "viewer" }));
+    let mut v = HClient::connect(&server.addr, "/");
+    v.attach("doc", &viewer, 1);
+    let mut e = HClient::connect(&server.addr, "/");
+    e.attach("doc", editor_token(), 2);
+    assert!(v.pump_until(WAIT, |c| c.doc("doc").synced));
+    assert_eq!(v.doc("doc").scope.as_deref(), Some("readonly"));
+    assert!(e.pump_until(WAIT, |c| c.doc("doc").synced));
+    v.insert("doc", 0, "no");
+    assert!(v.pump_until(WAIT, |c| c.doc("doc").refused == 1));
+    e.insert("doc", 0, "yes");
+    assert!(v.pump_until(WAIT, |c| c.text("doc").contains("yes")));
+    assert!(e.pump_until(WAIT, |c| c.doc("doc").applied >= 2));
+    assert_eq!(
+        e.text("doc"),
+        "yes",
+        "the viewer's edit never reached the editor"
+    );
+}
+
+#[test]
+fn stateless_messages_reach_the_others_and_close_detaches_one_document() {
+    let server = one_shard();
+    let mut a = HClient::connect(&server.addr, "/");
+    let mut b = HClient::connect(&server.addr, "/");
+    a.attach("room", editor_token(), 1);
+    b.attach("room", editor_token(), 2);
+    b.attach("other", editor_token(), 3);
+    assert!(a.pump_until(WAIT, |c| c.doc("room").synced));
+    assert!(b.pump_until(WAIT, |c| c.doc("room").synced && c.doc("other").synced));
+    let mut body = Vec::new();
+    var_string(&mut body, br#"{"type":"ping"}"#);
+    a.send(message("room", 5, &body));
+    assert!(b.pump_until(WAIT, |c| c.doc("room").stateless == [r#"{"type":"ping"}"#]));
+    // b detaches "room": told so, and a's edits no longer reach it; "other" stays.
+    b.send(message("room", 7, &[]));
+    assert!(b.pump_until(WAIT, |c| c.doc("room").closed.is_some()));
+    assert_eq!(b.doc("room").closed.as_deref(), Some("provider_initiated"));
+    a.insert("room", 0, "after");
+    b.insert("other", 0, "still here");
+    assert!(b.pump_until(WAIT, |c| c.doc("other").applied >= 2));
+    assert_eq!(b.text("room"), "");
+}
+
+#[test]
+fn messages_before_a_token_are_queued_then_applied_and_the_queue_is_bounded() {
+    let server = Server::start_with(
+        "[hocuspocus]\npending_messages_max = 20\n",
+        &["--shards", "1"],
+    );
+    // Sent before its token: applied once the token arrives.
+    let mut c = HClient::connect(&server.addr, "/");
+    c.docs.insert(
+        "early".into(),
+        DocState {
+            doc: yrs::Doc::with_client_id(1),
+            ..Default::default()
+        },
+    );
+    c.insert("early", 0, "queued");
+    c.send(auth_token("early", editor_token(), None));
+    assert!(c.pump_until(WAIT, |c| c.doc("early").applied == 1));
+    let mut reader = HClient::connect(&server.addr, "/");
+    reader.attach("early", editor_token(), 2);
+    assert!(reader.pump_until(WAIT, |c| c.text("early") == "queued"));
+    // Past the bound the socket is closed, and says why.
+    let mut flood = HClient::connect(&server.addr, "/");
+    for _ in 0..21 {
+        flood.send(message("never-authenticated", 3, &[]));
+    }
+    let (code, reason) = flood.expect_socket_close();
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("before a document's token"), "{reason}");
+}
+
+#[test]
+fn broadcast_stateless_and_undecodable_messages_close_the_socket() {
+    let server = one_shard();
+    let mut c = HClient::connect(&server.addr, "/");
+    let mut body = Vec::new();
+    var_string(&mut body, b"{}");
+    c.send(message("d", 6, &body));
+    let (code, reason) = c.expect_socket_close();
+    assert_eq!(
+        (code, reason.as_str()),
+        (
+            1008,
+            "broadcast-stateless messages are not accepted from clients"
+        )
+    );
+    let mut c = HClient::connect(&server.addr, "/");
+    c.send(vec![0x05, b'a']);
+    assert_eq!(c.expect_socket_close().0, 1007);
+    let mut c = HClient::connect(&server.addr, "/");
+    c.ws.send(Message::Text("hello".into())).unwrap();
+    assert_eq!(c.expect_socket_close().0, 1003);
+}
+
+#[test]
+fn the_documents_of_one_socket_are_bounded() {
+    let server = Server::start_with("[hocuspocus]\ndocuments_max = 3\n", &["--shards", "1"]);
+    let mut c = HClient::connect(&server.addr, "/");
+    for (i, d) in ["a", "b", "c"].iter().enumerate() {
+        c.attach(d, editor_token(), i as u64 + 1);
+    }
+    assert!(c.pump_until(WAIT, |c| ["a", "b", "c"].iter().all(|d| c.doc(d).synced)));
+    c.attach("d", editor_token(), 4);
+    let (code, reason) = c.expect_socket_close();
+    assert_eq!(code, 1008);
+    assert_eq!(reason, "too many documents on one socket: at most 3");
+}
+
+#[test]
+fn a_configured_path_speaks_the_framing_and_a_document_path_stays_y_websocket() {
+    let server = Server::start_with("[hocuspocus]\npath = \"/collab\"\n", &["--shards", "1"]);
+    let mut c = HClient::connect(&server.addr, "/collab");
+    c.attach("doc", editor_token(), 1);
+    assert!(c.pump_until(WAIT, |c| c.doc("doc").synced));
+    // A path naming a document is a y-websocket connection.
+    let mut y = YClient::connect(&server.addr, "doc2", 2);
+    y.insert(0, "y");
+    assert!(y.pump_until(WAIT, |y| y.text() == "y"));
+}
+
+#[test]
+fn a_document_owned_by_another_shard_is_refused_with_a_reason_not_split() {
+    let server = Server::start("");
+    let mut c = HClient::connect(&server.addr, "/");
+    let names: Vec<String> = (0..8).map(|i| format!("doc-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        c.attach(name, editor_token(), i as u64 + 1);
+    }
+    assert!(c.pump_until(WAIT, |c| names
+        .iter()
+        .all(|n| c.doc(n).synced || c.doc(n).denied.is_some())));
+    let owner = |n: &str| {
+        let key = wiresocket::sync::document::isolation_key("dev", "dev", n);
+        wiresocket::sync::document::owner_shard(&key, 2)
+    };
+    let opened: Vec<usize> = names
+        .iter()
+        .filter(|n| c.doc(n).synced)
+        .map(|n| owner(n))
+        .collect();
+    let refused: Vec<&String> = names.iter().filter(|n| c.doc(n).denied.is_some()).collect();
+    assert!(
+        !opened.is_empty() && !refused.is_empty(),
+        "the names spread over both shards"
+    );
+    // Every opened document lives on the socket's shard, every refused one on the other.
+    assert!(opened.iter().all(|&s| s == opened[0]));
+    for n in refused {
+        assert_ne!(owner(n), opened[0]);
+        let reason = c.doc(n).denied.clone().unwrap();
+        assert!(
+            reason.starts_with("1013 document on another core"),
+            "{reason}"
+        );
+    }
+}
