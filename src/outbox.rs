@@ -13,19 +13,21 @@ use crate::ws::close;
 use crate::ws::frame::{encode_header, Opcode, SERVER_HEADER_MAX};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-/// One complete server frame (header and payload), shared by every queue it is on.
-pub type Frame = Rc<[u8]>;
+/// One complete server frame (header and payload), shared by every queue it is on. An `Arc`:
+/// a document's frames reach the sockets of other shards (a Hocuspocus socket's documents
+/// live on their owner shards) without a copy.
+pub type Frame = Arc<[u8]>;
 
 /// Encodes an unfragmented server frame whose payload is `parts` joined, in one allocation.
 pub fn shared_frame(opcode: Opcode, parts: &[&[u8]]) -> Frame {
     let payload_len: usize = parts.iter().map(|p| p.len()).sum();
     let mut header = [0u8; SERVER_HEADER_MAX];
     let header_len = encode_header(&mut header, opcode, payload_len);
-    let mut frame = Rc::<[u8]>::new_uninit_slice(header_len + payload_len);
-    let dst = Rc::get_mut(&mut frame).expect("a new Rc is unique");
+    let mut frame = Arc::<[u8]>::new_uninit_slice(header_len + payload_len);
+    let dst = Arc::get_mut(&mut frame).expect("a new Arc is unique");
     let mut at = 0;
     for part in std::iter::once(&header[..header_len]).chain(parts.iter().copied()) {
         for (d, s) in dst[at..at + part.len()].iter_mut().zip(part) {
@@ -261,6 +263,33 @@ impl Outbox {
         inner.queue.front().map(|f| (f.clone(), inner.head_written))
     }
 
+    /// For a consumer that forwards whole frames (a document's subscriber on another shard):
+    /// takes every queued frame, and, once the outbox is closed, the close frame's code and
+    /// reason apart from them.
+    pub fn take_frames(&self) -> (Vec<Frame>, Option<(u16, String)>) {
+        let mut inner = self.inner.borrow_mut();
+        assert_eq!(
+            inner.head_written, 0,
+            "a forwarding consumer never writes part of a frame"
+        );
+        inner.written_bytes += inner.queued_bytes as u64;
+        inner.queued_bytes = 0;
+        let mut frames: Vec<Frame> = inner.queue.drain(..).collect();
+        // A closed outbox's close frame is the last it queued, and nothing follows it.
+        let close = match (inner.closed, inner.close_code) {
+            (Some(_), Some(code)) if !frames.is_empty() => {
+                let frame = frames.pop().expect("not empty");
+                let reason = match close::parse_close_payload(frame_payload(&frame)) {
+                    Ok(close::ClosePayload::Code { reason, .. }) => reason.to_owned(),
+                    _ => String::new(),
+                };
+                Some((code, reason))
+            }
+            _ => None,
+        };
+        (frames, close)
+    }
+
     /// Writer side: `n` more bytes went out.
     pub fn consume(&self, mut n: usize) {
         let mut inner = self.inner.borrow_mut();
@@ -343,7 +372,7 @@ mod tests {
         assert_eq!(o.close_code(), Some(1008));
         // The head (the writer may be writing it) and the close frame are left; the frames
         // behind the head are no longer held.
-        assert_eq!(Rc::strong_count(&f), 2, "ours and the head's");
+        assert_eq!(Arc::strong_count(&f), 2, "ours and the head's");
         let left = unwritten(&o);
         assert_eq!(left.len(), 2);
         assert_eq!(left[0], f.to_vec());

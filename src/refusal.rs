@@ -134,9 +134,6 @@ pub enum Refusal {
         messages_max: usize,
         bytes_max: usize,
     },
-    /// The document's owner is another shard of this node: not yet reachable from a
-    /// Hocuspocus socket (issue 11, point 4).
-    HocuspocusOtherShard,
 }
 
 /// What the client is told.
@@ -421,10 +418,6 @@ impl Refusal {
                 )
                 .into(),
             ),
-            HocuspocusOtherShard => close(
-                TRY_AGAIN_LATER,
-                "document on another core of this node: Hocuspocus sockets need --shards 1 for now".into(),
-            ),
         }
     }
 
@@ -563,7 +556,6 @@ mod tests {
                 messages_max: usize::MAX,
                 bytes_max: usize::MAX,
             },
-            HocuspocusOtherShard,
         ];
         all.extend(
             [

@@ -440,39 +440,88 @@ fn a_configured_path_speaks_the_framing_and_a_document_path_stays_y_websocket() 
     assert!(y.pump_until(WAIT, |y| y.text() == "y"));
 }
 
+fn owner(name: &str, shards: usize) -> usize {
+    let key = wiresocket::sync::document::isolation_key("dev", "dev", name);
+    wiresocket::sync::document::owner_shard(&key, shards)
+}
+
 #[test]
-fn a_document_owned_by_another_shard_is_refused_with_a_reason_not_split() {
+fn the_documents_of_one_socket_live_on_every_shard_and_stay_one_room_each() {
     let server = Server::start("");
-    let mut c = HClient::connect(&server.addr, "/");
     let names: Vec<String> = (0..8).map(|i| format!("doc-{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        c.attach(name, editor_token(), i as u64 + 1);
-    }
-    assert!(c.pump_until(WAIT, |c| names
-        .iter()
-        .all(|n| c.doc(n).synced || c.doc(n).denied.is_some())));
-    let owner = |n: &str| {
-        let key = wiresocket::sync::document::isolation_key("dev", "dev", n);
-        wiresocket::sync::document::owner_shard(&key, 2)
-    };
-    let opened: Vec<usize> = names
-        .iter()
-        .filter(|n| c.doc(n).synced)
-        .map(|n| owner(n))
-        .collect();
-    let refused: Vec<&String> = names.iter().filter(|n| c.doc(n).denied.is_some()).collect();
     assert!(
-        !opened.is_empty() && !refused.is_empty(),
+        (0..2).all(|s| names.iter().any(|n| owner(n, 2) == s)),
         "the names spread over both shards"
     );
-    // Every opened document lives on the socket's shard, every refused one on the other.
-    assert!(opened.iter().all(|&s| s == opened[0]));
-    for n in refused {
-        assert_ne!(owner(n), opened[0]);
-        let reason = c.doc(n).denied.clone().unwrap();
-        assert!(
-            reason.starts_with("1013 document on another core"),
-            "{reason}"
-        );
+    // Each socket stays on the shard that accepted it; half its documents are elsewhere.
+    let mut a = HClient::connect(&server.addr, "/");
+    let mut b = HClient::connect(&server.addr, "/");
+    for (i, name) in names.iter().enumerate() {
+        a.attach(name, editor_token(), 100 + i as u64);
+        b.attach(name, editor_token(), 200 + i as u64);
     }
+    for c in [&mut a, &mut b] {
+        assert!(c.pump_until(WAIT, |c| names.iter().all(|n| {
+            let d = c.doc(n);
+            d.synced && d.applied >= 1 && d.scope.as_deref() == Some("read-write")
+        })));
+    }
+    for (i, name) in names.iter().enumerate() {
+        for k in 0..10 {
+            a.insert(name, 0, &format!("a{i}{k} "));
+            b.insert(name, 0, &format!("b{i}{k} "));
+        }
+    }
+    let converged = |c: &HClient| {
+        names
+            .iter()
+            .all(|n| c.text(n).matches('a').count() == 10 && c.text(n).matches('b').count() == 10)
+    };
+    assert!(a.pump_until(WAIT, converged));
+    assert!(b.pump_until(WAIT, converged));
+    for name in &names {
+        assert_eq!(a.text(name), b.text(name));
+    }
+    // Every update acknowledged, wherever its document lives.
+    let acked = |c: &HClient| names.iter().all(|n| c.doc(n).applied == 11);
+    assert!(a.pump_until(WAIT, acked));
+    assert!(b.pump_until(WAIT, acked));
+    // A y-websocket client of each document (handed to its owner) is in the same room.
+    for name in &names {
+        let mut y = YClient::connect(&server.addr, name, 7);
+        assert!(y.pump_until(WAIT, |y| y.text() == a.text(name)));
+        y.insert(0, "y ");
+        assert!(a.pump_until(WAIT, |c| c.text(name).starts_with("y ")));
+    }
+}
+
+#[test]
+fn a_document_refused_or_closed_on_its_owner_shard_leaves_the_others_open() {
+    let server = Server::start("");
+    let names: Vec<String> = (0..8).map(|i| format!("full-{i}")).collect();
+    let one_user = dev_token(serde_json::json!({ "limits": { "maxUsersPerDoc": 1 } }));
+    let mut first = HClient::connect(&server.addr, "/");
+    let mut second = HClient::connect(&server.addr, "/");
+    for (i, name) in names.iter().enumerate() {
+        first.attach(name, &one_user, 1 + i as u64);
+    }
+    assert!(first.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).synced)));
+    for (i, name) in names.iter().enumerate() {
+        second.attach(name, &one_user, 50 + i as u64);
+    }
+    assert!(second.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).denied.is_some())));
+    for name in &names {
+        let denied = second.doc(name).denied.clone().unwrap();
+        assert_eq!(denied, "4008 Document user limit exceeded: 1", "{name}");
+    }
+    // A document closed by a refused message (a malformed update), wherever it lives: the
+    // others on the socket go on.
+    for name in &names {
+        first.send(sync(name, 2, &[0xff, 0xff]));
+    }
+    assert!(first.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).closed.is_some())));
+    let reason = first.doc(&names[0]).closed.clone().unwrap();
+    assert!(reason.starts_with("1007 "), "{reason}");
+    first.attach("after", editor_token(), 99);
+    assert!(first.pump_until(WAIT, |c| c.doc("after").synced));
 }

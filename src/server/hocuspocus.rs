@@ -6,6 +6,7 @@
 //! the bytes are `sync::hocuspocus`'s, the rooms `sync::room`'s.
 
 use super::handlers::new_message_rate;
+use super::link::{DocumentEvents, LinkId, RemoteDocument};
 use super::membership::{Admission, ConnectionCount, ConnectionGauge, Membership, RoomClaim};
 use super::session::Handler;
 use super::shard::Shard;
@@ -74,12 +75,49 @@ enum Document {
 
 struct Open {
     /// Leaves the room before the count below may go.
-    membership: Membership,
+    place: Place,
     _count: Rc<ConnectionCount>,
-    /// `varString(address)`.
-    prefix: Vec<u8>,
+    /// `{tenant}::{app}::{document}`: a refreshed token must name the same.
+    key: String,
     /// A refreshed token is being checked.
     refreshing: bool,
+}
+
+/// Where an open document's room is.
+enum Place {
+    /// On this shard.
+    Local(Membership),
+    /// On its owner shard, reached over a link.
+    Remote(RemoteDocument),
+}
+
+impl Place {
+    fn on_message(&mut self, payload: &[u8], rate: &mut MessageRate) -> Result<(), Refusal> {
+        match self {
+            Place::Local(membership) => membership.on_message(payload, rate),
+            // Limited where the document is (its owner keeps the link's rate).
+            Place::Remote(remote) => {
+                remote.on_message(payload);
+                Ok(())
+            }
+        }
+    }
+
+    fn stateless(&mut self, payload: &str) {
+        match self {
+            // Viewers' side messages are not relayed (PRODUCT.md 9.3).
+            Place::Local(membership) if membership.can_write() => membership.stateless(payload),
+            Place::Local(_) => {}
+            Place::Remote(remote) => remote.stateless(payload),
+        }
+    }
+
+    fn set_can_write(&mut self, can_write: bool) {
+        match self {
+            Place::Local(membership) => membership.set_can_write(can_write),
+            Place::Remote(remote) => remote.set_can_write(can_write),
+        }
+    }
 }
 
 impl HocuspocusHandler {
@@ -124,8 +162,12 @@ impl Handler for HocuspocusHandler {
 
     fn on_batch_end(&mut self) -> Result<(), Refusal> {
         for document in self.socket.borrow_mut().documents.values_mut() {
-            if let Document::Open(open) = document {
-                open.membership.flush();
+            if let Document::Open(Open {
+                place: Place::Local(membership),
+                ..
+            }) = document
+            {
+                membership.flush();
             }
         }
         Ok(())
@@ -134,13 +176,26 @@ impl Handler for HocuspocusHandler {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut socket = self.socket.borrow_mut();
         let mut ready = Poll::Ready(());
+        let mut linked = false;
         for document in socket.documents.values_mut() {
-            if let Document::Open(open) = document {
-                // Every lagging room is polled, so each wakes the session when it catches up.
-                if open.membership.poll_caught_up(cx).is_pending() {
-                    ready = Poll::Pending;
+            let Document::Open(open) = document else {
+                continue;
+            };
+            match &mut open.place {
+                Place::Local(membership) => {
+                    // Every lagging room is polled, so each wakes the session when it
+                    // catches up.
+                    let caught_up = membership.poll_caught_up(cx);
+                    if caught_up.is_pending() {
+                        ready = Poll::Pending;
+                    }
                 }
+                Place::Remote(_) => linked = true,
             }
+        }
+        // A remote document's messages wait in its peer's bounded queue.
+        if linked && socket.shard.links.poll_room(cx).is_pending() {
+            ready = Poll::Pending;
         }
         if ready.is_pending() && !std::mem::replace(&mut socket.waiting, true) {
             stats::add(&socket.shard.my_stats().integration_waits_total, 1);
@@ -158,10 +213,15 @@ impl Handler for HocuspocusHandler {
         };
         let handling = socket.handling.take();
         for (address, document) in socket.documents.iter_mut() {
-            if let Document::Open(open) = document {
-                // Unknown (a flush at the end of a read): every open document may be half-changed.
+            if let Document::Open(Open {
+                place: Place::Local(membership),
+                ..
+            }) = document
+            {
+                // Unknown (a flush at the end of a read): every open document may be
+                // half-changed.
                 if handling.as_ref().is_none_or(|h| h == address) {
-                    open.membership.reset();
+                    membership.reset();
                 }
             }
         }
@@ -294,7 +354,7 @@ impl Socket {
             unreachable!("called for open documents")
         };
         let handled = match message {
-            DocumentMessage::YMessage(m) => open.membership.on_message(m, &mut self.rate),
+            DocumentMessage::YMessage(m) => open.place.on_message(m, &mut self.rate),
             DocumentMessage::Token { token, .. } => {
                 if !std::mem::replace(&mut open.refreshing, true) {
                     spawn_refresh(this, &self.shard, address, token);
@@ -306,16 +366,13 @@ impl Socket {
                     let per_second = self.shard.config().websocket.messages_per_second;
                     Err(Refusal::MessageRate(per_second))
                 } else {
-                    // Viewers' side messages are not relayed (PRODUCT.md 9.3).
-                    if open.membership.can_write() {
-                        open.membership.stateless(payload);
-                    }
+                    open.place.stateless(payload);
                     Ok(())
                 }
             }
             DocumentMessage::Close => {
-                let prefix = open.prefix.clone();
                 self.close_open(address);
+                let prefix = hocuspocus::address_prefix(address);
                 self.outbox
                     .push(&binary(&hocuspocus::encode_close(&prefix, PROVIDER_CLOSED)));
                 return Ok(());
@@ -327,19 +384,23 @@ impl Socket {
             Err(refusal @ (Refusal::MessageRate(_) | Refusal::OutOfMemory)) => Err(refusal),
             // Anything about this document closes only it.
             Err(refusal) => {
-                let (code, reason) = refusal.close();
-                let stats = self.shard.my_stats();
-                stats::add(&stats.messages_refused_total, 1);
-                stats.count_rejection(code);
-                let Some(Document::Open(open)) = self.documents.get(address) else {
-                    unreachable!("still open")
-                };
-                let close = hocuspocus::encode_close(&open.prefix, &format!("{code} {reason}"));
-                self.close_open(address);
-                self.outbox.push(&binary(&close));
+                self.close_document(address, &refusal);
                 Ok(())
             }
         }
+    }
+
+    /// Closes an open document for `refusal`: it is told why (`07 "{code} {reason}"`) and
+    /// leaves its room; the socket stays open.
+    fn close_document(&mut self, address: &str, refusal: &Refusal) {
+        let (code, reason) = refusal.close();
+        let stats = self.shard.my_stats();
+        stats::add(&stats.messages_refused_total, 1);
+        stats.count_rejection(code);
+        let prefix = hocuspocus::address_prefix(address);
+        let close = hocuspocus::encode_close(&prefix, &format!("{code} {reason}"));
+        self.close_open(address);
+        self.outbox.push(&binary(&close));
     }
 
     /// Leaves an open document's room and gives back its share of the app's count.
@@ -388,21 +449,27 @@ impl Socket {
         &mut self,
         this: &Rc<RefCell<Socket>>,
         address: &str,
-        (claim, can_write, count): Admitted,
+        (joining, can_write, count, key): Admitted,
     ) -> Result<(), Refusal> {
         let prefix = hocuspocus::address_prefix(address);
-        let authenticated = binary(&hocuspocus::encode_authenticated(&prefix, can_write));
-        let membership = claim.join(
-            self.outbox.clone(),
-            Framing::Hocuspocus { address },
-            Some(&authenticated),
-        )?;
+        let place = match joining {
+            Joining::Local(claim) => {
+                let authenticated = binary(&hocuspocus::encode_authenticated(&prefix, can_write));
+                Place::Local(claim.join(
+                    self.outbox.clone(),
+                    Framing::Hocuspocus { address },
+                    Some(&authenticated),
+                )?)
+            }
+            // Its owner sent Authenticated and the room's first frames.
+            Joining::Remote(remote) => Place::Remote(remote),
+        };
         let Some(Document::Waiting { queue, .. }) = self.documents.insert(
             address.into(),
             Document::Open(Open {
-                membership,
+                place,
                 _count: count,
-                prefix,
+                key,
                 refreshing: false,
             }),
         ) else {
@@ -422,10 +489,29 @@ impl Socket {
             }
         }
         // As at the end of a read: what the queue staged is relayed now.
-        if let Some(Document::Open(open)) = self.documents.get_mut(address) {
-            open.membership.flush();
+        if let Some(Document::Open(Open {
+            place: Place::Local(membership),
+            ..
+        })) = self.documents.get_mut(address)
+        {
+            membership.flush();
         }
         Ok(())
+    }
+}
+
+impl DocumentEvents for Socket {
+    fn document_closed(&mut self, address: &str, link: LinkId, refusal: &Refusal) {
+        // Only if it is still the same link (not closed and opened again meanwhile).
+        if let Some(Document::Open(Open {
+            place: Place::Remote(remote),
+            ..
+        })) = self.documents.get(address)
+        {
+            if remote.id() == link {
+                self.close_document(address, refusal);
+            }
+        }
     }
 }
 
@@ -472,9 +558,15 @@ fn spawn_admission(
         .detach();
 }
 
-/// What admitting a document took: its room (not joined yet), the role (may write), its
-/// share of the app's connection count.
-type Admitted = (RoomClaim, bool, Rc<ConnectionCount>);
+/// What admitting a document took: its room (on this shard not joined yet), the role (may
+/// write), its share of the app's connection count.
+type Admitted = (Joining, bool, Rc<ConnectionCount>, String);
+
+enum Joining {
+    Local(RoomClaim),
+    /// Joined on the owner shard.
+    Remote(RemoteDocument),
+}
 
 /// Verifies the token for the document at `address` exactly as an upgrade's, then takes the
 /// app's connection count (once per socket) and opens the room.
@@ -487,20 +579,28 @@ async fn admit(
     let identity = verify(&shard, socket, token).await?;
     super::router::check_document(&identity, address)?;
     let key = isolation_key(&identity.tenant_id, &identity.app.id, address);
-    if owner_shard(&key, shard.shards) != shard.id {
-        return Err(Refusal::HocuspocusOtherShard);
-    }
+    let owner = owner_shard(&key, shard.shards);
     let app = format!("{}::{}", identity.tenant_id, identity.app.id);
     let count = app_count(socket, &shard, &app, &identity.limits).await?;
     let admission = Admission {
-        key,
+        key: key.clone(),
         document: address.to_owned(),
         app,
         limits: identity.limits,
         can_write: identity.role == auth::claims::Role::Editor,
     };
     let can_write = admission.can_write;
-    Ok((RoomClaim::open(&shard, admission).await?, can_write, count))
+    let joining = if owner == shard.id {
+        Joining::Local(RoomClaim::open(&shard, admission).await?)
+    } else {
+        let outbox = socket.borrow().outbox.clone();
+        let events: Rc<RefCell<dyn DocumentEvents>> = socket.clone();
+        let events = Rc::downgrade(&events);
+        Joining::Remote(
+            RemoteDocument::join(&shard, owner, address, admission, outbox, events).await?,
+        )
+    };
+    Ok((joining, can_write, count, key))
 }
 
 /// The socket's share of `app`'s connection count: the one its open documents hold, or a
@@ -570,8 +670,8 @@ fn spawn_refresh(this: &Rc<RefCell<Socket>>, shard: &Rc<Shard>, address: &str, t
         };
         open.refreshing = false;
         let refusal = match checked {
-            Ok((key, can_write)) if key == open.membership.key() => {
-                open.membership.set_can_write(can_write);
+            Ok((key, can_write)) if key == open.key => {
+                open.place.set_can_write(can_write);
                 return;
             }
             // Another tenant's or app's token cannot take over this document.

@@ -294,11 +294,6 @@ impl Membership {
         self.can_write = can_write;
     }
 
-    /// The isolation key of the document.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// A call into this document's handling panicked: it may have been inside the
     /// document's transaction, so the document starts over (`Room::reset`).
     pub fn reset(&mut self) {

@@ -8,6 +8,7 @@ mod deadline;
 mod handlers;
 mod hocuspocus;
 mod integrate;
+mod link;
 mod membership;
 mod memory;
 mod offload;

@@ -1,6 +1,7 @@
 //! One shard: its listener, the documents it owns, its connections' liveness, and the
 //! mesh it receives handed-off connections on.
 
+use super::link::Mesh;
 use super::shared::Shared;
 use super::socket::SharedStream;
 use super::stats::{self, ShardStats};
@@ -41,7 +42,7 @@ pub struct Setup {
     pub shared: Arc<Shared>,
     pub shards: usize,
     pub stats: Arc<[ShardStats]>,
-    pub mesh: MeshBuilder<Handoff, Full>,
+    pub mesh: MeshBuilder<Mesh, Full>,
     pub ready: mpsc::Sender<Result<(), String>>,
 }
 
@@ -223,8 +224,10 @@ pub struct Shard {
     /// Connection-count releases still talking to the registry.
     pub releases_in_flight: Cell<usize>,
     pub scratch: RefCell<Box<[u8]>>,
-    handoff: Senders<Handoff>,
+    mesh: Senders<Mesh>,
     ping: Frame,
+    /// A Hocuspocus socket's documents on other shards, and other shards' sockets' here.
+    pub links: super::link::Links,
     /// Token signatures and secret hashes, off this executor.
     pub offload: super::offload::Offload,
     /// Rooms with relayed updates still to integrate (a lower-priority task applies them).
@@ -305,7 +308,8 @@ pub async fn run(setup: Setup) {
         next_conn_id: Cell::new(0),
         releases_in_flight: Cell::new(0),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
-        handoff: senders,
+        mesh: senders,
+        links: super::link::Links::default(),
         ping: shared_frame(Opcode::Ping, &[]),
         offload: super::offload::Offload::default(),
         integrator: super::integrate::Integrator::default(),
@@ -318,7 +322,14 @@ pub async fn run(setup: Setup) {
     for (_, receiver) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(handoff) = receiver.recv().await {
+            while let Some(message) = receiver.recv().await {
+                let handoff = match message {
+                    Mesh::Handoff(handoff) => handoff,
+                    Mesh::Link(link) => {
+                        super::link::receive(&shard, link).await;
+                        continue;
+                    }
+                };
                 // SAFETY: the fd was dup'ed for us by the sending shard and is owned here.
                 let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
                 stats::add(&shard.my_stats().handoffs_total, 1);
@@ -336,6 +347,7 @@ pub async fn run(setup: Setup) {
         .detach();
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
+    super::link::start(&shard);
     spawn_integration(&shard);
     if shard.id == 0 {
         glommio::spawn_local(heartbeat(shard.clone())).detach();
@@ -536,9 +548,17 @@ impl Shard {
         };
         // A closed mesh means the process is stopping; the connection is dropped with it.
         let _ = self
-            .handoff
-            .send_to(owner, Handoff { fd, head, identity })
+            .mesh_send(
+                owner,
+                Mesh::Handoff(Box::new(Handoff { fd, head, identity })),
+            )
             .await;
+    }
+
+    /// Sends to another shard over the mesh (waiting while its channel is full); an error
+    /// when the mesh is closed (the process is stopping).
+    pub async fn mesh_send(&self, peer: usize, message: Mesh) -> Result<(), ()> {
+        self.mesh.send_to(peer, message).await.map_err(|_| ())
     }
 
     /// The room for `key`, created if it is not in memory: the document is then pinned to
