@@ -71,6 +71,9 @@ struct Inner {
     closed: Option<Closed>,
     /// The code of the close frame queued, if any.
     close_code: Option<u16>,
+    /// The client cannot see WebSocket pings and takes an application-level one (a v4
+    /// Hocuspocus provider's `09`) beside them.
+    in_band_keepalive: bool,
     waker: Option<Waker>,
 }
 
@@ -105,6 +108,7 @@ impl Outbox {
                 written_bytes: 0,
                 closed: None,
                 close_code: None,
+                in_band_keepalive: false,
                 waker: None,
             }),
             outbound_bytes_max,
@@ -206,6 +210,15 @@ impl Outbox {
         let (code, reason) = crate::refusal::Refusal::SlowConsumer.close();
         self.close(code, &reason);
         self.inner.borrow_mut().closed = Some(Closed::Overflowed);
+    }
+
+    /// From now on the keepalive sends an application-level ping beside the WebSocket one.
+    pub fn set_in_band_keepalive(&self) {
+        self.inner.borrow_mut().in_band_keepalive = true;
+    }
+
+    pub fn in_band_keepalive(&self) -> bool {
+        self.inner.borrow().in_band_keepalive
     }
 
     pub fn closed(&self) -> Option<Closed> {

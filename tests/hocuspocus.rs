@@ -31,6 +31,8 @@ struct DocState {
 struct HClient {
     ws: common::Ws,
     docs: HashMap<String, DocState>,
+    /// v4 in-band pings (`09`) received.
+    pings: usize,
 }
 
 fn var_string(out: &mut Vec<u8>, s: &[u8]) {
@@ -91,6 +93,7 @@ impl HClient {
         HClient {
             ws,
             docs: HashMap::new(),
+            pings: 0,
         }
     }
 
@@ -132,6 +135,12 @@ impl HClient {
     }
 
     fn handle(&mut self, m: &[u8]) {
+        if m == [9] {
+            // As a v4 provider does: answered with a pong.
+            self.pings += 1;
+            self.send(vec![10]);
+            return;
+        }
         let mut pos = 0;
         let address = String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap();
         let kind = read_var(m, &mut pos);
@@ -524,4 +533,30 @@ fn a_document_refused_or_closed_on_its_owner_shard_leaves_the_others_open() {
     assert!(reason.starts_with("1007 "), "{reason}");
     first.attach("after", editor_token(), 99);
     assert!(first.pump_until(WAIT, |c| c.doc("after").synced));
+}
+
+#[test]
+fn a_v4_provider_gets_in_band_pings_and_an_older_one_none() {
+    let server = Server::start_with(
+        "[websocket]\nping_interval_ms = 200\nidle_timeout_ms = 10000\n",
+        &["--shards", "1"],
+    );
+    let mut v4 = HClient::connect(&server.addr, "/");
+    v4.attach("d", editor_token(), 1);
+    let mut v3 = HClient::connect(&server.addr, "/");
+    v3.docs.insert(
+        "d".into(),
+        DocState {
+            doc: yrs::Doc::with_client_id(2),
+            ..Default::default()
+        },
+    );
+    v3.send(auth_token("d", editor_token(), None));
+    // Every half interval (100 ms), answered with pongs, and the socket stays usable.
+    assert!(v4.pump_until(WAIT, |c| c.pings >= 3));
+    v4.insert("d", 0, "after pings");
+    assert!(v4.pump_until(WAIT, |c| c.doc("d").applied >= 2));
+    // A provider that announced no version (v3 and older) would fail on `09`.
+    assert!(!v3.pump_until(Duration::from_millis(600), |c| c.pings > 0));
+    assert!(v3.doc("d").scope.is_some());
 }

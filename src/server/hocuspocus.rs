@@ -271,7 +271,16 @@ impl Socket {
             return Err(Refusal::MessageRate(per_second));
         }
         let token = match message {
-            DocumentMessage::Token { token, .. } => Some(token),
+            DocumentMessage::Token {
+                token,
+                provider_version,
+            } => {
+                // Only a v4 provider knows the in-band ping; older ones fail on it.
+                if provider_version.is_some_and(|v| major_version(v) >= 4) {
+                    self.outbox.set_in_band_keepalive();
+                }
+                Some(token)
+            }
             _ => None,
         };
         match self.documents.get_mut(address) {
@@ -686,6 +695,27 @@ fn spawn_refresh(this: &Rc<RefCell<Socket>>, shard: &Rc<Shard>, address: &str, t
         .detach();
 }
 
+/// The major version of a provider version string (`"4.8.0"` is 4); 0 if it has none.
+fn major_version(version: &str) -> u32 {
+    let major = version.split('.').next().unwrap_or("");
+    major.parse().unwrap_or(0)
+}
+
 fn binary(payload: &[u8]) -> crate::outbox::Frame {
     shared_frame(Opcode::Binary, &[payload])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_version;
+
+    #[test]
+    fn provider_versions_are_read_by_their_major_number() {
+        assert_eq!(major_version("4.8.0"), 4);
+        assert_eq!(major_version("10.0.0-beta.1"), 10);
+        assert_eq!(major_version("3"), 3);
+        for not_a_version in ["", "v4.8.0", "probe", "4x.1", "99999999999999999999"] {
+            assert_eq!(major_version(not_a_version), 0, "{not_a_version:?}");
+        }
+    }
 }

@@ -226,6 +226,8 @@ pub struct Shard {
     pub scratch: RefCell<Box<[u8]>>,
     mesh: Senders<Mesh>,
     ping: Frame,
+    /// The Hocuspocus v4 ping (`09`), for providers that cannot see `ping`.
+    in_band_ping: Frame,
     /// A Hocuspocus socket's documents on other shards, and other shards' sockets' here.
     pub links: super::link::Links,
     /// Token signatures and secret hashes, off this executor.
@@ -311,6 +313,7 @@ pub async fn run(setup: Setup) {
         mesh: senders,
         links: super::link::Links::default(),
         ping: shared_frame(Opcode::Ping, &[]),
+        in_band_ping: shared_frame(Opcode::Binary, &[&crate::sync::hocuspocus::PING]),
         offload: super::offload::Offload::default(),
         integrator: super::integrate::Integrator::default(),
         admission_queue: background_queue("admission"),
@@ -783,7 +786,14 @@ async fn keepalive(shard: Rc<Shard>) {
                 stats::add(&shard.my_stats().idle_closes_total, 1);
                 Refusal::Idle
             } else {
-                if quiet >= ping_every && now.since(live.last_ping.get()) >= ping_every {
+                let since_ping = now.since(live.last_ping.get());
+                // A Hocuspocus provider reconnects after 30 s without a message and cannot
+                // see WebSocket pings: it gets its own every half interval, quiet or not.
+                if live.outbox.in_band_keepalive() && since_ping >= ping_every / 2 {
+                    live.outbox
+                        .push_all(&[shard.ping.clone(), shard.in_band_ping.clone()]);
+                    live.last_ping.set(now);
+                } else if quiet >= ping_every && since_ping >= ping_every {
                     live.outbox.push(&shard.ping);
                     live.last_ping.set(now);
                 }
