@@ -9,7 +9,7 @@ mod server_stats;
 mod ws_client;
 
 use hdrhistogram::Histogram;
-use peer::{Editing, Insert};
+use peer::{Editing, Framing, Insert};
 use run::{Control, Phases, Plan, StormReport, ThreadReport, Window, WINDOWS};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -65,6 +65,10 @@ OPTIONS (defaults are fanout's and storm's; prepend's where they differ):
                              (default spread)
     --insert end|start|random  where each edit goes in the client's array (default end;
                              prepend start); random is seeded per client, so runs repeat
+    --framing y-websocket|hocuspocus  how clients speak: y-websocket (one document per
+                             socket, named by the URL); hocuspocus (@hocuspocus/provider's:
+                             each client a socket on /, its document and the URL's token=
+                             in its messages) (default y-websocket)
     --apply-live [on|off]    every client applies each update it receives as it arrives
                              (as an editor does; costs generator CPU) rather than after the
                              run; without it a start or random position is relative to the
@@ -327,6 +331,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         "floor-sends",
         "phases",
         "insert",
+        "framing",
         "apply-live",
     ];
     if mode == Mode::Storm {
@@ -373,6 +378,9 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
             .unwrap_or_else(|| format!("load-{}", std::process::id())),
         connect_concurrency: options.get("connect-concurrency", 128)?,
         phases: Phases::parse(options.text("phases").unwrap_or("spread"))?,
+        framing: options
+            .text("framing")
+            .map_or(Ok(Framing::YWebsocket), Framing::parse)?,
         editing: Editing {
             insert: options
                 .text("insert")
@@ -474,6 +482,8 @@ fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), S
         connect_concurrency: concurrency,
         phases: live.phases,
         editing: Editing::default(),
+        // Storm connections are y-websocket ones (their URL is `--storm-url`).
+        framing: Framing::YWebsocket,
         tokens,
         live_wait_ms: 1,
     };
@@ -923,6 +933,7 @@ impl Measured {
             "update_bytes": p.update_bytes,
             "phases": p.phases.name(),
             "insert": p.editing.insert.name(),
+            "framing": p.framing.name(),
             "apply_live": p.editing.apply_live,
             "connected": self.connected(),
             "connect_per_s": self.connect_per_s().round(),

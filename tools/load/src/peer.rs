@@ -1,4 +1,5 @@
-//! One simulated y-websocket client: its own Yjs document, the updates it sent (with send
+//! One simulated client (y-websocket, or a Hocuspocus provider with one document on its
+//! socket): its own Yjs document, the updates it sent (with send
 //! times), and every update it received. By default received updates are kept as bytes and
 //! applied only after the run, so the generator spends its CPU on the sockets while
 //! measuring; with `apply_live` each is applied as it arrives, as an editor does, so that an
@@ -6,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
+use wiresocket::sync::hocuspocus;
 use wiresocket::sync::lib0::{self, Reader};
 use wiresocket::sync::protocol::{encode_sync, MESSAGE_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use yrs::updates::decoder::Decode;
@@ -61,9 +63,47 @@ impl Default for Editing {
     }
 }
 
+/// How clients frame their messages (`--framing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    YWebsocket,
+    /// `@hocuspocus/provider`'s: each client a socket on `/` with its one document.
+    Hocuspocus,
+}
+
+impl Framing {
+    pub fn parse(name: &str) -> Result<Framing, String> {
+        match name {
+            "y-websocket" => Ok(Framing::YWebsocket),
+            "hocuspocus" => Ok(Framing::Hocuspocus),
+            _ => Err(format!(
+                "--framing: {name:?} is not y-websocket or hocuspocus"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::YWebsocket => "y-websocket",
+            Framing::Hocuspocus => "hocuspocus",
+        }
+    }
+}
+
+/// How a peer frames its messages.
+enum Wire {
+    YWebsocket,
+    /// Every message behind `varString(document)`; the token goes in an auth message.
+    Hocuspocus {
+        prefix: Vec<u8>,
+        token: String,
+    },
+}
+
 pub struct Peer {
     pub client_id: u64,
     editing: Editing,
+    wire: Wire,
     doc: Doc,
     array: ArrayRef,
     /// Send instant of each update, indexed by its clock.
@@ -96,6 +136,7 @@ impl Peer {
         Peer {
             client_id,
             editing,
+            wire: Wire::YWebsocket,
             doc,
             array,
             sent_at: RefCell::new(Vec::new()),
@@ -107,10 +148,37 @@ impl Peer {
         }
     }
 
-    /// Sync step 1 with this peer's state vector: what a y-websocket provider sends first.
-    pub fn sync_step1(&self) -> Vec<u8> {
+    /// Speaks the Hocuspocus framing for `document`, authenticated with `token`.
+    pub fn with_hocuspocus(mut self, document: &str, token: &str) -> Peer {
+        self.wire = Wire::Hocuspocus {
+            prefix: hocuspocus::address_prefix(document),
+            token: token.to_owned(),
+        };
+        self
+    }
+
+    /// What the peer sends once its socket is open: sync step 1 with its state vector (a
+    /// Hocuspocus provider sends its token first, without waiting for an answer).
+    pub fn hello(&self) -> Vec<Vec<u8>> {
         let sv = self.doc.transact().state_vector().encode_v1();
-        encode_sync(SYNC_STEP1, &sv)
+        let step1 = self.framed(encode_sync(SYNC_STEP1, &sv));
+        match &self.wire {
+            Wire::YWebsocket => vec![step1],
+            Wire::Hocuspocus { prefix, token } => {
+                let mut auth = prefix.clone();
+                auth.extend_from_slice(&[hocuspocus::TYPE_AUTH as u8, 0]);
+                lib0::write_var_bytes(&mut auth, token.as_bytes());
+                vec![auth, step1]
+            }
+        }
+    }
+
+    /// A y-websocket message as this peer sends it.
+    fn framed(&self, message: Vec<u8>) -> Vec<u8> {
+        match &self.wire {
+            Wire::YWebsocket => message,
+            Wire::Hocuspocus { prefix, .. } => [&prefix[..], &message].concat(),
+        }
     }
 
     /// A new edit of `payload_bytes` characters, as an update message; its send time is
@@ -134,7 +202,7 @@ impl Peer {
         let update = txn.encode_update_v1();
         drop(txn);
         sent_at.push(Instant::now());
-        encode_sync(SYNC_UPDATE, &update)
+        self.framed(encode_sync(SYNC_UPDATE, &update))
     }
 
     fn next_random(&self) -> u64 {
@@ -155,6 +223,26 @@ impl Peer {
     }
 
     pub fn on_message(&self, payload: &[u8]) -> Result<Incoming, String> {
+        let payload = match &self.wire {
+            Wire::YWebsocket => payload,
+            Wire::Hocuspocus { prefix, .. } => {
+                if payload == hocuspocus::PING {
+                    return Ok(Incoming::Reply(hocuspocus::PONG.to_vec()));
+                }
+                let message = payload
+                    .strip_prefix(&prefix[..])
+                    .ok_or("a Hocuspocus message for another document")?;
+                match message {
+                    // Refused: the run cannot measure this client.
+                    [2, 1, ..] => return Err("the server refused the document".into()),
+                    [8, 0] => return Err("the server refused an update (sync status 0)".into()),
+                    // Sync and awareness are y-websocket messages; the rest (authenticated,
+                    // sync status 1) says nothing about deliveries.
+                    [0 | 1, ..] => message,
+                    _ => return Ok(Incoming::Other),
+                }
+            }
+        };
         let mut r = Reader::new(payload);
         let bad = |e| format!("undecodable server message: {e:?}");
         if r.u8().map_err(bad)? != MESSAGE_SYNC {
@@ -166,7 +254,7 @@ impl Peer {
             SYNC_STEP1 => {
                 let sv = StateVector::decode_v1(body).map_err(|e| format!("state vector: {e}"))?;
                 let diff = self.doc.transact().encode_diff_v1(&sv);
-                Ok(Incoming::Reply(encode_sync(SYNC_STEP2, &diff)))
+                Ok(Incoming::Reply(self.framed(encode_sync(SYNC_STEP2, &diff))))
             }
             SYNC_STEP2 => {
                 self.keep(body)?;

@@ -9,7 +9,7 @@
 //! interrupt, dear in a VM) which a real network card would absorb; a polling generator
 //! keeps that cost out of the server's CPU seconds.
 
-use crate::peer::{Editing, Incoming, Peer};
+use crate::peer::{Editing, Framing, Incoming, Peer};
 use crate::ws_client::{self, parse_server_frame};
 use hdrhistogram::Histogram;
 use socket2::Socket;
@@ -106,6 +106,7 @@ pub struct Plan {
     pub connect_concurrency: usize,
     pub phases: Phases,
     pub editing: Editing,
+    pub framing: Framing,
     /// Replace `{token}` in the URL: document `i`'s connection uses `tokens[i % len]`
     /// (empty: the URL is used as it is).
     pub tokens: Vec<String>,
@@ -121,12 +122,41 @@ impl Plan {
         format!("{}-{doc}", self.doc_prefix)
     }
 
-    /// The request path of a connection to global document `doc`.
+    /// The URL's path for global document `doc`, its placeholders filled.
     fn path(&self, doc: usize) -> String {
         let token =
             (!self.tokens.is_empty()).then(|| self.tokens[doc % self.tokens.len()].as_str());
         self.target.path(&self.doc_name(doc), token)
     }
+
+    /// What a connection to global document `doc` requests: the URL's path, or `/` for the
+    /// Hocuspocus framing (the document and its token then travel in the messages).
+    fn request_path(&self, doc: usize) -> String {
+        match self.framing {
+            Framing::YWebsocket => self.path(doc),
+            Framing::Hocuspocus => "/".into(),
+        }
+    }
+
+    /// A client of global document `doc`.
+    fn peer(&self, client_id: u64, doc: usize) -> Peer {
+        let peer = Peer::new(client_id, self.editing);
+        match self.framing {
+            Framing::YWebsocket => peer,
+            Framing::Hocuspocus => {
+                let path = self.path(doc);
+                peer.with_hocuspocus(&self.doc_name(doc), query_token(&path).unwrap_or(""))
+            }
+        }
+    }
+}
+
+/// The `token` query parameter of a request path.
+fn query_token(path: &str) -> Option<&str> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
 }
 
 /// The coordinator's phases, seen by every thread.
@@ -339,8 +369,8 @@ impl Thread {
             busy: Duration::ZERO,
         };
         for idx in 0..count {
-            let id = t.client_id(idx);
-            t.peers.push(Peer::new(id, plan.editing));
+            let peer = plan.peer(t.client_id(idx), t.doc_of(idx / plan.clients_per_doc));
+            t.peers.push(peer);
         }
         t
     }
@@ -685,7 +715,8 @@ impl Thread {
             match error {
                 Some(Ok(None)) => {
                     self.conns[idx].phase = Phase::Upgrading;
-                    let path = self.plan.path(self.doc_of(idx / self.plan.clients_per_doc));
+                    let doc = self.doc_of(idx / self.plan.clients_per_doc);
+                    let path = self.plan.request_path(doc);
                     let request = ws_client::upgrade_request(&self.plan.target, &path);
                     self.conns[idx].out.extend_from_slice(&request);
                     self.flush(idx);
@@ -769,8 +800,9 @@ impl Thread {
             };
             inbuf.drain(..head_len);
             self.conns[idx].phase = Phase::Syncing;
-            let step1 = self.peers[idx].sync_step1();
-            ws_client::push_frame(&mut self.conns[idx].out, Opcode::Binary, &step1);
+            for message in self.peers[idx].hello() {
+                ws_client::push_frame(&mut self.conns[idx].out, Opcode::Binary, &message);
+            }
         }
         let mut at = 0;
         while let Some(frame) = parse_server_frame(&inbuf[at..])? {
@@ -905,11 +937,21 @@ mod tests {
             connect_concurrency: 1,
             phases: Phases::Spread,
             editing: Editing::default(),
+            framing: Framing::YWebsocket,
             tokens: vec!["a".into(), "b".into()],
             live_wait_ms: 0,
         };
         let paths: Vec<String> = (0..3).map(|doc| plan.path(doc)).collect();
         assert_eq!(paths, ["/s-0?token=a", "/s-1?token=b", "/s-2?token=a"]);
+        // The Hocuspocus framing requests `/`; the document and token go in the messages.
+        let hocuspocus = Plan {
+            framing: Framing::Hocuspocus,
+            ..plan
+        };
+        assert_eq!(hocuspocus.request_path(1), "/");
+        assert_eq!(query_token(&hocuspocus.path(1)), Some("b"));
+        assert_eq!(query_token("/d?x=1&token=jwt&y=2"), Some("jwt"));
+        assert_eq!(query_token("/d?tokens=no"), None);
     }
 
     #[test]

@@ -102,6 +102,37 @@ fn a_fanout_run_delivers_every_update_and_converges() {
 }
 
 #[test]
+fn hocuspocus_clients_deliver_every_update_and_converge() {
+    let (ok, report) = load(
+        &node(),
+        Auth::Token,
+        "fanout",
+        &[
+            "--framing",
+            "hocuspocus",
+            "--docs",
+            "4",
+            "--clients",
+            "3",
+            "--rate",
+            "20",
+            "--duration-s",
+            "1",
+            "--apply-live",
+            "--floor-sends",
+            "0",
+        ],
+    );
+    assert!(ok, "{report}");
+    assert_eq!(report["framing"], "hocuspocus");
+    assert_eq!(report["connected"], 12);
+    let sent = report["updates_sent"].as_u64().unwrap();
+    assert!(sent > 0, "{report}");
+    assert_eq!(report["deliveries"].as_u64().unwrap(), sent * 2, "{report}");
+    assert_eq!(report["failures"], serde_json::json!([]));
+}
+
+#[test]
 fn capacity_counts_idle_connections_and_their_memory() {
     let (ok, report) = load(
         &node(),
