@@ -10,6 +10,7 @@ use crate::sync::message_rate::MessageRate;
 use crate::sync::room::Framing;
 use crate::ws::frame::Opcode;
 use std::rc::Rc;
+use std::task::Poll;
 
 /// A y-websocket connection: one document, named by its URL.
 pub struct DocumentHandler {
@@ -46,6 +47,18 @@ impl DocumentHandler {
     }
 }
 
+/// Counts a connection's wait for a room that is behind once per wait: the session polls
+/// again whenever its task wakes (its outbox too). Returns `ready`.
+pub fn count_wait(shard: &Shard, waiting: &mut bool, ready: Poll<()>) -> Poll<()> {
+    if ready.is_pending() && !std::mem::replace(waiting, true) {
+        stats::add(&shard.my_stats().integration_waits_total, 1);
+    }
+    if ready.is_ready() {
+        *waiting = false;
+    }
+    ready
+}
+
 /// A connection's message rate, full.
 pub fn new_message_rate(shard: &Shard) -> MessageRate {
     let ws = &shard.config().websocket;
@@ -69,16 +82,9 @@ impl Handler for DocumentHandler {
         Ok(())
     }
 
-    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let ready = self.membership.poll_caught_up(cx);
-        // The session polls again whenever its task wakes (its outbox too): one wait, once.
-        if ready.is_pending() && !std::mem::replace(&mut self.waiting, true) {
-            stats::add(&self.shard.my_stats().integration_waits_total, 1);
-        }
-        if ready.is_ready() {
-            self.waiting = false;
-        }
-        ready
+        count_wait(&self.shard, &mut self.waiting, ready)
     }
 
     fn on_panic(&mut self) {

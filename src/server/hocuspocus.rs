@@ -5,7 +5,7 @@
 //! the socket stays open for the others. The wire facts are in `shared/spec/HOCUSPOCUS.md`;
 //! the bytes are `sync::hocuspocus`'s, the rooms `sync::room`'s.
 
-use super::handlers::new_message_rate;
+use super::handlers::{count_wait, new_message_rate};
 use super::link::{DocumentEvents, LinkId, RemoteDocument};
 use super::membership::{Admission, ConnectionCount, ConnectionGauge, Membership, RoomClaim};
 use super::session::Handler;
@@ -197,13 +197,8 @@ impl Handler for HocuspocusHandler {
         if linked && socket.shard.links.poll_room(cx).is_pending() {
             ready = Poll::Pending;
         }
-        if ready.is_pending() && !std::mem::replace(&mut socket.waiting, true) {
-            stats::add(&socket.shard.my_stats().integration_waits_total, 1);
-        }
-        if ready.is_ready() {
-            socket.waiting = false;
-        }
-        ready
+        let Socket { shard, waiting, .. } = &mut *socket;
+        count_wait(shard, waiting, ready)
     }
 
     fn on_panic(&mut self) {

@@ -163,6 +163,11 @@ impl Links {
         }
     }
 
+    /// The outbox of the socket at this end of a link, while the link lasts.
+    fn socket_outbox(&self, id: LinkId) -> Option<Rc<Outbox>> {
+        self.ends.borrow().get(&id.n).map(|e| e.outbox.clone())
+    }
+
     /// Ready while every peer queue has room (a socket with links reads only then).
     pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut queues = self.queues.borrow_mut();
@@ -374,13 +379,7 @@ pub async fn receive(shard: &Rc<Shard>, link: Link) {
             }
         }
         Link::Frames { frames, .. } => {
-            let outbox = shard
-                .links
-                .ends
-                .borrow()
-                .get(&id.n)
-                .map(|e| e.outbox.clone());
-            if let Some(outbox) = outbox {
+            if let Some(outbox) = shard.links.socket_outbox(id) {
                 outbox.push_all(&frames);
             }
         }
@@ -398,13 +397,7 @@ pub async fn receive(shard: &Rc<Shard>, link: Link) {
             }
         }
         Link::SocketClosed { code, reason, .. } => {
-            let outbox = shard
-                .links
-                .ends
-                .borrow()
-                .get(&id.n)
-                .map(|e| e.outbox.clone());
-            if let Some(outbox) = outbox {
+            if let Some(outbox) = shard.links.socket_outbox(id) {
                 outbox.close(code, &reason);
             }
         }

@@ -229,17 +229,10 @@ async fn route(
             return Routed::Done;
         };
         let outbox = new_outbox(shard);
-        let echo = Box::new(EchoHandler {
+        let echo = EchoHandler {
             outbox: outbox.clone(),
-        });
-        return Routed::Session(Session {
-            accept,
-            protocol: None,
-            leftover,
-            started,
-            outbox,
-            handler: Ok(echo),
-        });
+        };
+        return token_free_session(accept, leftover, started, outbox, Box::new(echo));
     }
     let found = auth::transport::extract(req);
     // The `?token=JWT/doc` quirk names the document after the token.
@@ -276,14 +269,7 @@ async fn route(
         let outbox = new_outbox(shard);
         let origin = req.header("origin").map(<[u8]>::to_vec);
         let handler = HocuspocusHandler::new(shard, outbox.clone(), origin);
-        return Routed::Session(Session {
-            accept,
-            protocol: None,
-            leftover,
-            started,
-            outbox,
-            handler: Ok(Box::new(handler)),
-        });
+        return token_free_session(accept, leftover, started, outbox, Box::new(handler));
     }
     let marker = found.as_ref().and_then(|f| f.marker);
     let refuse = |refusal: Refusal| refuse_after_upgrade(shard, stream, &accept, marker, refusal);
@@ -345,6 +331,24 @@ async fn route(
         started,
         outbox,
         handler,
+    })
+}
+
+/// A session admitted without a token at the upgrade (no subprotocol to answer).
+fn token_free_session(
+    accept: String,
+    leftover: Vec<u8>,
+    started: Instant,
+    outbox: Rc<Outbox>,
+    handler: Box<dyn Handler>,
+) -> Routed {
+    Routed::Session(Session {
+        accept,
+        protocol: None,
+        leftover,
+        started,
+        outbox,
+        handler: Ok(handler),
     })
 }
 
