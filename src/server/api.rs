@@ -46,7 +46,7 @@ pub async fn answer(
         },
         _ => return false,
     };
-    super::router::reply(shard, stream, bytes).await;
+    super::respond::reply(shard, stream, bytes).await;
     true
 }
 
@@ -219,14 +219,15 @@ async fn token(
     if length > BODY_BYTES_MAX as u64 {
         return Refusal::BodyTooLarge.http_response();
     }
-    let body =
-        match super::router::within(deadline, read_body(stream, leftover, length as usize)).await {
-            Some(Ok(body)) => body,
-            Some(Err(())) => {
-                return Refusal::InvalidRequest("the form ended early".into()).http_response()
-            }
-            None => return Refusal::RequestTimeout.http_response(),
-        };
+    let body = match super::respond::within(deadline, read_body(stream, leftover, length as usize))
+        .await
+    {
+        Some(Ok(body)) => body,
+        Some(Err(())) => {
+            return Refusal::InvalidRequest("the form ended early".into()).http_response()
+        }
+        None => return Refusal::RequestTimeout.http_response(),
+    };
     let Ok(form) = std::str::from_utf8(&body) else {
         return Refusal::InvalidRequest("the form is not UTF-8".into()).http_response();
     };

@@ -2,7 +2,7 @@
 //! `panics_total` and logged, and the shard goes on with every other connection. (A panic
 //! that escaped a task would end the shard's executor, and with it all of its sessions.)
 
-use super::session::Handler;
+use super::handler::Handler;
 use super::stats::{self, ShardStats};
 use futures_lite::FutureExt;
 use std::any::Any;

@@ -1,7 +1,8 @@
 //! What a session does with data messages: sync a document, or echo (conformance runs).
 
-use super::membership::{Admission, ConnectionCount, ConnectionGauge, Membership, RoomClaim};
-use super::session::Handler;
+use super::admission::Admission;
+use super::handler::Handler;
+use super::membership::{ConnectionCount, ConnectionGauge, Membership, RoomClaim};
 use super::shard::Shard;
 use super::stats;
 use crate::outbox::{shared_frame, Outbox};

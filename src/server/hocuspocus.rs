@@ -5,10 +5,12 @@
 //! the socket stays open for the others. The wire facts are in `shared/spec/HOCUSPOCUS.md`;
 //! the bytes are `sync::hocuspocus`'s, the rooms `sync::room`'s.
 
+use super::admission::{check_document, Admission};
+use super::handler::Handler;
 use super::handlers::{count_wait, new_message_rate};
-use super::link::{DocumentEvents, LinkId, RemoteDocument};
-use super::membership::{Admission, ConnectionCount, ConnectionGauge, Membership, RoomClaim};
-use super::session::Handler;
+use super::link::RemoteDocument;
+use super::membership::{ConnectionCount, ConnectionGauge, Membership, RoomClaim};
+use super::mesh::{DocumentEvents, LinkId};
 use super::shard::Shard;
 use super::stats;
 use crate::auth;
@@ -581,7 +583,7 @@ async fn admit(
 ) -> Result<Admitted, Refusal> {
     let shard = socket.borrow().shard.clone();
     let identity = verify(&shard, socket, token).await?;
-    super::router::check_document(&identity, address)?;
+    check_document(&identity, address)?;
     let key = isolation_key(&identity.tenant_id, &identity.app.id, address);
     let owner = owner_shard(&key, shard.shards);
     let app = format!("{}::{}", identity.tenant_id, identity.app.id);
@@ -661,7 +663,7 @@ fn spawn_refresh(this: &Rc<RefCell<Socket>>, shard: &Rc<Shard>, address: &str, t
     let task = async move {
         let check = async {
             let identity = verify(&shard, &socket, token).await?;
-            super::router::check_document(&identity, &address)?;
+            check_document(&identity, &address)?;
             let key = isolation_key(&identity.tenant_id, &identity.app.id, &address);
             Ok::<_, Refusal>((key, identity.role == auth::claims::Role::Editor))
         };

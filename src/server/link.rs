@@ -4,142 +4,25 @@
 //! joins the room, and the frames the room sends that subscriber (shared `Arc`s, no copy)
 //! travel back and are pushed on the socket's outbox.
 //!
-//! Everything between two shards goes through one queue per peer, in order, so a link's
-//! join, messages and leave arrive as they were sent, and its answers likewise. The queue is
-//! bounded: past [`PEER_QUEUE_MAX`] sockets are not read and stand-ins are not drained (their
-//! outboxes then cut off a subscriber that stays behind, as for any slow client).
+//! What travels and the per-peer queues are `mesh`'s. The queues are bounded: past
+//! `mesh::PEER_QUEUE_MAX` sockets are not read and stand-ins are not drained (their outboxes
+//! then cut off a subscriber that stays behind, as for any slow client).
 
+use super::admission::Admission;
 use super::handlers::new_message_rate;
-use super::membership::{Admission, Membership, RoomClaim};
-use super::shard::{Handoff, Shard};
+use super::membership::{Membership, RoomClaim};
+use super::mesh::{DocumentEvents, Link, LinkId, Mesh};
+use super::shard::Shard;
 use super::stats;
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::Outbox;
 use crate::refusal::Refusal;
 use crate::sync::hocuspocus;
 use crate::sync::message_rate::MessageRate;
 use crate::sync::room::Framing;
-use glommio::channels::local_channel::{self, LocalSender};
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::task::{Context, Poll, Waker};
-
-/// What shards send each other.
-pub enum Mesh {
-    /// A connection moving to its document's owner shard (boxed: it is the largest).
-    Handoff(Box<Handoff>),
-    Link(Link),
-}
-
-/// One document of one socket: the socket's shard and a number it gave the link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LinkId {
-    pub socket_shard: usize,
-    pub n: u64,
-}
-
-pub enum Link {
-    // Socket shard to owner.
-    /// Join the document's room (the token was checked on the socket's shard).
-    Join {
-        id: LinkId,
-        address: String,
-        admission: Admission,
-    },
-    /// A sync or awareness message (y-websocket bytes).
-    Message {
-        id: LinkId,
-        payload: Box<[u8]>,
-    },
-    Stateless {
-        id: LinkId,
-        payload: String,
-    },
-    /// A refreshed token changed the role.
-    SetWrite {
-        id: LinkId,
-        can_write: bool,
-    },
-    Leave {
-        id: LinkId,
-    },
-    // Owner to socket shard.
-    /// The join's outcome.
-    Joined {
-        id: LinkId,
-        refused: Option<Refusal>,
-    },
-    Frames {
-        id: LinkId,
-        frames: Vec<Frame>,
-    },
-    /// The document refused one of the link's messages: it is closed (the socket stays).
-    DocumentClosed {
-        id: LinkId,
-        refusal: Refusal,
-    },
-    /// The room closed the subscriber (slow, reset, an update yrs refused) or the socket's
-    /// own budget was passed: the socket closes, as a local subscriber's would.
-    SocketClosed {
-        id: LinkId,
-        code: u16,
-        reason: String,
-    },
-}
-
-impl Link {
-    fn id(&self) -> LinkId {
-        match self {
-            Link::Join { id, .. }
-            | Link::Message { id, .. }
-            | Link::Stateless { id, .. }
-            | Link::SetWrite { id, .. }
-            | Link::Leave { id }
-            | Link::Joined { id, .. }
-            | Link::Frames { id, .. }
-            | Link::DocumentClosed { id, .. }
-            | Link::SocketClosed { id, .. } => *id,
-        }
-    }
-}
-
-/// Messages waiting for one peer shard, at most (a message may carry many frames).
-pub const PEER_QUEUE_MAX: usize = 4096;
-
-/// What a socket hears of its links' documents besides their frames.
-pub trait DocumentEvents {
-    /// The document at `address` was closed by its owner for `refusal`.
-    fn document_closed(&mut self, address: &str, link: LinkId, refusal: &Refusal);
-}
-
-/// A shard's links: the ends of its sockets' links, the stand-ins of other shards' sockets in
-/// its rooms, and the queues to its peers.
-#[derive(Default)]
-pub struct Links {
-    next: Cell<u64>,
-    ends: RefCell<HashMap<u64, End>>,
-    members: RefCell<HashMap<LinkId, Rc<RefCell<Member>>>>,
-    /// Per peer shard: what waits to be sent, and who waits for room in it.
-    queues: RefCell<Vec<PeerQueue>>,
-}
-
-#[derive(Default)]
-struct PeerQueue {
-    messages: VecDeque<Link>,
-    /// The task that sends to this peer.
-    sender: Option<Waker>,
-    /// Sockets and stand-ins waiting for room.
-    waiting: Vec<Waker>,
-}
-
-/// The socket's side of a link.
-struct End {
-    address: String,
-    outbox: Rc<Outbox>,
-    events: Weak<RefCell<dyn DocumentEvents>>,
-    /// Until the owner answers the join.
-    joined: Option<LocalSender<Option<Refusal>>>,
-}
+use std::task::Poll;
 
 /// The owner's side: the stand-in subscriber.
 struct Member {
@@ -152,59 +35,18 @@ struct Member {
     left: bool,
 }
 
-impl Links {
-    /// Sends one message to `peer` (queued in order behind the others).
-    fn send(&self, peer: usize, link: Link) {
-        let mut queues = self.queues.borrow_mut();
-        let queue = &mut queues[peer];
-        queue.messages.push_back(link);
-        if let Some(waker) = queue.sender.take() {
-            waker.wake();
-        }
-    }
-
-    /// The outbox of the socket at this end of a link, while the link lasts.
-    fn socket_outbox(&self, id: LinkId) -> Option<Rc<Outbox>> {
-        self.ends.borrow().get(&id.n).map(|e| e.outbox.clone())
-    }
-
-    /// Ready while every peer queue has room (a socket with links reads only then).
-    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut queues = self.queues.borrow_mut();
-        for queue in queues.iter_mut() {
-            if queue.messages.len() >= PEER_QUEUE_MAX {
-                queue.waiting.push(cx.waker().clone());
-                return Poll::Pending;
-            }
-        }
-        Poll::Ready(())
-    }
-}
+/// The stand-ins of other shards' sockets in this shard's rooms.
+#[derive(Default)]
+pub struct Members(RefCell<HashMap<LinkId, Rc<RefCell<Member>>>>);
 
 /// Starts a shard's links: one task per peer shard that sends its queue over the mesh.
 pub fn start(shard: &Rc<Shard>) {
-    *shard.links.queues.borrow_mut() = (0..shard.shards).map(|_| PeerQueue::default()).collect();
+    shard.links.start(shard.shards);
     for peer in (0..shard.shards).filter(|&p| p != shard.id) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             loop {
-                let next = std::future::poll_fn(|cx| {
-                    let mut queues = shard.links.queues.borrow_mut();
-                    let queue = &mut queues[peer];
-                    match queue.messages.pop_front() {
-                        Some(link) => {
-                            if queue.messages.len() < PEER_QUEUE_MAX / 2 {
-                                queue.waiting.drain(..).for_each(Waker::wake);
-                            }
-                            Poll::Ready(link)
-                        }
-                        None => {
-                            queue.sender = Some(cx.waker().clone());
-                            Poll::Pending
-                        }
-                    }
-                })
-                .await;
+                let next = std::future::poll_fn(|cx| shard.links.poll_next(peer, cx)).await;
                 // A closed mesh means the process is stopping.
                 if shard.mesh_send(peer, Mesh::Link(next)).await.is_err() {
                     return;
@@ -236,22 +78,7 @@ impl RemoteDocument {
     ) -> Result<RemoteDocument, Refusal> {
         assert_ne!(owner, shard.id, "a remote document lives on another shard");
         let links = &shard.links;
-        let n = links.next.get();
-        links.next.set(n + 1);
-        let id = LinkId {
-            socket_shard: shard.id,
-            n,
-        };
-        let (joined, answer) = local_channel::new_bounded(1);
-        links.ends.borrow_mut().insert(
-            n,
-            End {
-                address: address.to_owned(),
-                outbox,
-                events,
-                joined: Some(joined),
-            },
-        );
+        let (id, answer) = links.open_end(shard.id, address, outbox, events);
         let can_write = admission.can_write;
         // From here, however this ends (a refusal, the socket gone), the owner hears of it.
         let document = RemoteDocument {
@@ -311,7 +138,7 @@ impl RemoteDocument {
 
 impl Drop for RemoteDocument {
     fn drop(&mut self) {
-        self.shard.links.ends.borrow_mut().remove(&self.id.n);
+        self.shard.links.close_end(self.id);
         self.shard
             .links
             .send(self.owner, Link::Leave { id: self.id });
@@ -321,9 +148,9 @@ impl Drop for RemoteDocument {
 /// Handles what a peer shard sent: as the owner of documents, or as a socket's shard. Runs
 /// on the peer's receiving task, so one peer's messages are handled in order; it waits only
 /// for a lagging room (backpressure on that peer, as a local writer is not read).
-pub async fn receive(shard: &Rc<Shard>, link: Link) {
+pub async fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
     let id = link.id();
-    let member = shard.links.members.borrow().get(&id).cloned();
+    let member = members.0.borrow().get(&id).cloned();
     match link {
         Link::Join {
             id,
@@ -336,9 +163,16 @@ pub async fn receive(shard: &Rc<Shard>, link: Link) {
                 rate: new_message_rate(shard),
                 left: false,
             }));
-            shard.links.members.borrow_mut().insert(id, member.clone());
+            members.0.borrow_mut().insert(id, member.clone());
             // Registry calls: on the admission queue, not holding up this peer's messages.
-            let join = join_member(shard.clone(), id, address, admission, member);
+            let join = join_member(
+                shard.clone(),
+                members.clone(),
+                id,
+                address,
+                admission,
+                member,
+            );
             glommio::spawn_local_into(join, shard.admission_queue)
                 .expect("the admission task queue lives as long as the shard")
                 .detach();
@@ -354,7 +188,7 @@ pub async fn receive(shard: &Rc<Shard>, link: Link) {
                 }
             })
             .await;
-            on_member_message(shard, id, &member, &payload);
+            on_member_message(shard, members, id, &member, &payload);
         }
         Link::Stateless { payload, .. } => {
             if let Some(m) = member {
@@ -370,27 +204,15 @@ pub async fn receive(shard: &Rc<Shard>, link: Link) {
                 }
             }
         }
-        Link::Leave { .. } => end_member(shard, id),
-        Link::Joined { refused, .. } => {
-            if let Some(end) = shard.links.ends.borrow_mut().get_mut(&id.n) {
-                if let Some(joined) = end.joined.take() {
-                    let _ = joined.try_send(refused);
-                }
-            }
-        }
+        Link::Leave { .. } => end_member(members, id),
+        Link::Joined { refused, .. } => shard.links.joined(id, refused),
         Link::Frames { frames, .. } => {
             if let Some(outbox) = shard.links.socket_outbox(id) {
                 outbox.push_all(&frames);
             }
         }
         Link::DocumentClosed { refusal, .. } => {
-            let end = shard
-                .links
-                .ends
-                .borrow()
-                .get(&id.n)
-                .map(|e| (e.address.clone(), e.events.clone()));
-            if let Some((address, events)) = end {
+            if let Some((address, events)) = shard.links.end_events(id) {
                 if let Some(events) = events.upgrade() {
                     events.borrow_mut().document_closed(&address, id, &refusal);
                 }
@@ -407,6 +229,7 @@ pub async fn receive(shard: &Rc<Shard>, link: Link) {
 /// Opens the room for a socket on another shard and joins its stand-in.
 async fn join_member(
     shard: Rc<Shard>,
+    members: Rc<Members>,
     id: LinkId,
     address: String,
     admission: Admission,
@@ -440,11 +263,11 @@ async fn join_member(
             shard
                 .links
                 .send(id.socket_shard, Link::Joined { id, refused: None });
-            let forward = forward(shard.clone(), id, outbox, member);
+            let forward = forward(shard.clone(), members, id, outbox, member);
             glommio::spawn_local(forward).detach();
         }
         Err(refusal) => {
-            shard.links.members.borrow_mut().remove(&id);
+            members.0.borrow_mut().remove(&id);
             let refused = Some(refusal);
             shard
                 .links
@@ -454,7 +277,13 @@ async fn join_member(
 }
 
 /// Sends what the room queued for a stand-in to its socket's shard, until the link ends.
-async fn forward(shard: Rc<Shard>, id: LinkId, outbox: Rc<Outbox>, member: Rc<RefCell<Member>>) {
+async fn forward(
+    shard: Rc<Shard>,
+    members: Rc<Members>,
+    id: LinkId,
+    outbox: Rc<Outbox>,
+    member: Rc<RefCell<Member>>,
+) {
     loop {
         let more = std::future::poll_fn(|cx| outbox.poll_pending(cx)).await;
         // Not past the peer's bound: meanwhile the outbox fills, and cuts off a stand-in
@@ -473,7 +302,7 @@ async fn forward(shard: Rc<Shard>, id: LinkId, outbox: Rc<Outbox>, member: Rc<Re
             shard
                 .links
                 .send(id.socket_shard, Link::SocketClosed { id, code, reason });
-            end_member(&shard, id);
+            end_member(&members, id);
             return;
         }
         if !more {
@@ -485,7 +314,13 @@ async fn forward(shard: Rc<Shard>, id: LinkId, outbox: Rc<Outbox>, member: Rc<Re
 /// Handles a socket's message for its stand-in, as a local session would: a document's
 /// refusal closes the document, the socket's budgets close the socket, a panic resets the
 /// document (which closes every subscriber, the stand-in's socket too).
-fn on_member_message(shard: &Rc<Shard>, id: LinkId, member: &Rc<RefCell<Member>>, payload: &[u8]) {
+fn on_member_message(
+    shard: &Rc<Shard>,
+    members: &Members,
+    id: LinkId,
+    member: &Rc<RefCell<Member>>,
+    payload: &[u8],
+) {
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut m = member.borrow_mut();
         let Member {
@@ -524,13 +359,13 @@ fn on_member_message(shard: &Rc<Shard>, id: LinkId, member: &Rc<RefCell<Member>>
         }
         refusal => Link::DocumentClosed { id, refusal },
     };
-    end_member(shard, id);
+    end_member(members, id);
     shard.links.send(id.socket_shard, link);
 }
 
 /// The stand-in leaves its room; its forwarder stops.
-fn end_member(shard: &Rc<Shard>, id: LinkId) {
-    let Some(member) = shard.links.members.borrow_mut().remove(&id) else {
+fn end_member(members: &Members, id: LinkId) {
+    let Some(member) = members.0.borrow_mut().remove(&id) else {
         return;
     };
     let mut m = member.borrow_mut();

@@ -3,7 +3,9 @@
 //! (`opsPerMinute`, the message rate, the memory budget). A y-websocket connection holds one
 //! of each; a Hocuspocus socket one count per app and one membership per document.
 
-use super::shard::{RoomRefusal, Shard};
+use super::admission::Admission;
+use super::rooms::RoomRefusal;
+use super::shard::Shard;
 use super::stats;
 use crate::auth::claims::Limits;
 use crate::outbox::{Frame, Outbox};
@@ -99,17 +101,6 @@ impl Drop for ConnectionGauge {
     fn drop(&mut self) {
         stats::sub(&self.0.my_stats().connections, 1);
     }
-}
-
-/// What a connection to one document is allowed, from its verified token.
-pub struct Admission {
-    pub key: String,
-    /// The document name as the client named it (for redirects).
-    pub document: String,
-    /// `{tenant}::{app}`.
-    pub app: String,
-    pub limits: Limits,
-    pub can_write: bool,
 }
 
 /// A room opened for a connection that has not joined it yet. Dropped without joining, it

@@ -2,22 +2,28 @@
 //! (SO_REUSEPORT), answering plain HTTP itself and handing each document's connections to the
 //! document's owner shard, where its `Room` lives.
 
+mod admission;
 mod api;
 mod contain;
 mod deadline;
+mod handler;
 mod handlers;
 mod hocuspocus;
 mod integrate;
 mod link;
 mod membership;
 mod memory;
+mod mesh;
 mod offload;
+mod respond;
+mod rooms;
 mod router;
 mod session;
 mod shard;
 mod shared;
 mod socket;
 pub mod stats;
+mod tasks;
 
 use crate::auth::directory::Directory;
 use crate::config::Config;
@@ -196,7 +202,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
                 first_listener.clone(),
             );
             async move {
-                shard::run(shard::Setup {
+                tasks::run(tasks::Setup {
                     addr,
                     first_listener,
                     shared,
@@ -254,7 +260,7 @@ fn listen_first(addr: SocketAddr) -> Result<socket2::Socket, StartError> {
             Err(e) => return Err(StartError(format!("cannot listen on {addr}: {e}"))),
         }
     }
-    shard::listen(addr).map_err(|e| match e.kind() {
+    tasks::listen(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => in_use(),
         _ => StartError(format!("cannot listen on {addr}: {e}")),
     })

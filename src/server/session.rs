@@ -3,6 +3,7 @@
 //! same task drains the connection's `Outbox` while it waits to read (what a push could not
 //! send at once, see `Outbox::write_through`).
 
+use super::handler::Handler;
 use super::shard::{Liveness, Shard, Stamp, SCRATCH_BYTES};
 use super::socket::{self, SharedStream};
 use super::stats;
@@ -20,25 +21,6 @@ use std::time::Duration;
 /// What counts as progress for an incomplete frame or message, besides a message ending:
 /// this many more bytes of it. A client trickling a byte at a time does not progress.
 const PROGRESS_BYTES: usize = SCRATCH_BYTES;
-
-pub trait Handler {
-    /// A whole data message (text is valid UTF-8).
-    fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refusal>;
-    /// The messages of one read are handled: finish what was batched across them.
-    fn on_batch_end(&mut self) -> Result<(), Refusal> {
-        Ok(())
-    }
-    /// Ready when the connection may be read again; pending while reading it would only
-    /// pile up work that is behind (a document whose integration lags).
-    fn poll_read_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        std::task::Poll::Ready(())
-    }
-    /// A call into this handler panicked (the session closes with 1011): drop whatever
-    /// state the panic may have left half-changed.
-    fn on_panic(&mut self) {}
-    /// The session is over; called exactly once.
-    fn on_end(&mut self);
-}
 
 /// Runs `handler` against the connection until either side closes. `pending` starts with
 /// the bytes the client sent after its request head.

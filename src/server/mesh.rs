@@ -1,0 +1,238 @@
+//! What shards send each other over the glommio channel mesh (handed-off connections, and
+//! the links of Hocuspocus sockets' documents, see `link`), and a shard's side of it: one
+//! bounded queue per peer, in order, and the ends of its sockets' links. Everything between
+//! two shards goes through that one queue, so a link's join, messages and leave arrive as
+//! they were sent, and its answers likewise.
+
+use super::admission::Admission;
+use crate::auth::verify::Identity;
+use crate::outbox::{Frame, Outbox};
+use crate::refusal::Refusal;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+
+/// A connection moving to its document's owner shard: the socket, the bytes already read and
+/// the identity its token was verified to.
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub head: Vec<u8>,
+    pub identity: Identity,
+}
+
+/// What shards send each other.
+pub enum Mesh {
+    /// A connection moving to its document's owner shard (boxed: it is the largest).
+    Handoff(Box<Handoff>),
+    Link(Link),
+}
+
+/// One document of one socket: the socket's shard and a number it gave the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkId {
+    pub socket_shard: usize,
+    pub n: u64,
+}
+
+pub enum Link {
+    // Socket shard to owner.
+    /// Join the document's room (the token was checked on the socket's shard).
+    Join {
+        id: LinkId,
+        address: String,
+        admission: Admission,
+    },
+    /// A sync or awareness message (y-websocket bytes).
+    Message {
+        id: LinkId,
+        payload: Box<[u8]>,
+    },
+    Stateless {
+        id: LinkId,
+        payload: String,
+    },
+    /// A refreshed token changed the role.
+    SetWrite {
+        id: LinkId,
+        can_write: bool,
+    },
+    Leave {
+        id: LinkId,
+    },
+    // Owner to socket shard.
+    /// The join's outcome.
+    Joined {
+        id: LinkId,
+        refused: Option<Refusal>,
+    },
+    Frames {
+        id: LinkId,
+        frames: Vec<Frame>,
+    },
+    /// The document refused one of the link's messages: it is closed (the socket stays).
+    DocumentClosed {
+        id: LinkId,
+        refusal: Refusal,
+    },
+    /// The room closed the subscriber (slow, reset, an update yrs refused) or the socket's
+    /// own budget was passed: the socket closes, as a local subscriber's would.
+    SocketClosed {
+        id: LinkId,
+        code: u16,
+        reason: String,
+    },
+}
+
+impl Link {
+    pub fn id(&self) -> LinkId {
+        match self {
+            Link::Join { id, .. }
+            | Link::Message { id, .. }
+            | Link::Stateless { id, .. }
+            | Link::SetWrite { id, .. }
+            | Link::Leave { id }
+            | Link::Joined { id, .. }
+            | Link::Frames { id, .. }
+            | Link::DocumentClosed { id, .. }
+            | Link::SocketClosed { id, .. } => *id,
+        }
+    }
+}
+
+/// Messages waiting for one peer shard, at most (a message may carry many frames).
+pub const PEER_QUEUE_MAX: usize = 4096;
+
+/// What a socket hears of its links' documents besides their frames.
+pub trait DocumentEvents {
+    /// The document at `address` was closed by its owner for `refusal`.
+    fn document_closed(&mut self, address: &str, link: LinkId, refusal: &Refusal);
+}
+
+/// A shard's side of the mesh: the ends of its sockets' links and the queues to its peers.
+/// (The stand-ins of other shards' sockets in its rooms are `link::Members`.)
+#[derive(Default)]
+pub struct Links {
+    next: Cell<u64>,
+    ends: RefCell<HashMap<u64, End>>,
+    /// Per peer shard: what waits to be sent, and who waits for room in it.
+    queues: RefCell<Vec<PeerQueue>>,
+}
+
+#[derive(Default)]
+struct PeerQueue {
+    messages: VecDeque<Link>,
+    /// The task that sends to this peer.
+    sender: Option<Waker>,
+    /// Sockets and stand-ins waiting for room.
+    waiting: Vec<Waker>,
+}
+
+/// The socket's side of a link.
+struct End {
+    address: String,
+    outbox: Rc<Outbox>,
+    events: Weak<RefCell<dyn DocumentEvents>>,
+    /// Until the owner answers the join.
+    joined: Option<LocalSender<Option<Refusal>>>,
+}
+
+impl Links {
+    /// Sends one message to `peer` (queued in order behind the others).
+    pub fn send(&self, peer: usize, link: Link) {
+        let mut queues = self.queues.borrow_mut();
+        let queue = &mut queues[peer];
+        queue.messages.push_back(link);
+        if let Some(waker) = queue.sender.take() {
+            waker.wake();
+        }
+    }
+
+    /// The outbox of the socket at this end of a link, while the link lasts.
+    pub fn socket_outbox(&self, id: LinkId) -> Option<Rc<Outbox>> {
+        self.ends.borrow().get(&id.n).map(|e| e.outbox.clone())
+    }
+
+    /// Ready while every peer queue has room (a socket with links reads only then).
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut queues = self.queues.borrow_mut();
+        for queue in queues.iter_mut() {
+            if queue.messages.len() >= PEER_QUEUE_MAX {
+                queue.waiting.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Makes the queues, one per shard of the node.
+    pub fn start(&self, shards: usize) {
+        *self.queues.borrow_mut() = (0..shards).map(|_| PeerQueue::default()).collect();
+    }
+
+    /// The next message for `peer`, once there is one (for the task that sends to it).
+    pub fn poll_next(&self, peer: usize, cx: &mut Context<'_>) -> Poll<Link> {
+        let mut queues = self.queues.borrow_mut();
+        let queue = &mut queues[peer];
+        match queue.messages.pop_front() {
+            Some(link) => {
+                if queue.messages.len() < PEER_QUEUE_MAX / 2 {
+                    queue.waiting.drain(..).for_each(Waker::wake);
+                }
+                Poll::Ready(link)
+            }
+            None => {
+                queue.sender = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Opens this shard's end of a new link for the socket whose outbox and events are
+    /// given; the owner's answer to its join comes through the returned receiver.
+    pub fn open_end(
+        &self,
+        shard_id: usize,
+        address: &str,
+        outbox: Rc<Outbox>,
+        events: Weak<RefCell<dyn DocumentEvents>>,
+    ) -> (LinkId, LocalReceiver<Option<Refusal>>) {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        let (joined, answer) = local_channel::new_bounded(1);
+        let end = End {
+            address: address.to_owned(),
+            outbox,
+            events,
+            joined: Some(joined),
+        };
+        self.ends.borrow_mut().insert(n, end);
+        let id = LinkId {
+            socket_shard: shard_id,
+            n,
+        };
+        (id, answer)
+    }
+
+    pub fn close_end(&self, id: LinkId) {
+        self.ends.borrow_mut().remove(&id.n);
+    }
+
+    /// Hands the owner's answer to the join waiting at this end.
+    pub fn joined(&self, id: LinkId, refused: Option<Refusal>) {
+        if let Some(end) = self.ends.borrow_mut().get_mut(&id.n) {
+            if let Some(joined) = end.joined.take() {
+                let _ = joined.try_send(refused);
+            }
+        }
+    }
+
+    /// The document at this end and whom to tell of its close.
+    pub fn end_events(&self, id: LinkId) -> Option<(String, Weak<RefCell<dyn DocumentEvents>>)> {
+        let ends = self.ends.borrow();
+        ends.get(&id.n)
+            .map(|e| (e.address.clone(), e.events.clone()))
+    }
+}

@@ -1,0 +1,79 @@
+//! How a connection is answered and let go before any session: a complete HTTP answer, a
+//! refusal told after the 101 with its close code, and the linger that keeps our close from
+//! destroying the answer in flight.
+
+use super::shard::Shard;
+use super::socket::{self, SharedStream};
+use super::stats;
+use crate::refusal::Refusal;
+use crate::ws::handshake;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// `f`'s output, or `None` if `deadline` passes first.
+pub async fn within<T>(deadline: Instant, f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        None
+    })
+    .await
+}
+
+/// Completes the handshake and closes at once with `code`: how WebSocket clients learn why
+/// (browsers hide HTTP error statuses from scripts).
+pub async fn refuse_after_upgrade(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    accept: &str,
+    protocol: Option<&str>,
+    refusal: Refusal,
+) {
+    let (code, reason) = refusal.close();
+    let mut bytes = handshake::switching_protocols(accept, protocol);
+    let payload = crate::ws::close::close_payload(code, &reason);
+    crate::ws::frame::encode_frame(&mut bytes, crate::ws::frame::Opcode::Close, &payload);
+    let _ = socket::write_all(stream, &bytes).await;
+    shard.my_stats().count_rejection(code);
+    linger_and_close(shard, stream).await;
+}
+
+/// Answers with the refusal's HTTP status and closes.
+pub async fn refuse_http(shard: &Rc<Shard>, stream: &SharedStream, refusal: &Refusal) {
+    reply(shard, stream, refusal.http_response()).await;
+}
+
+pub async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
+    stats::add(&shard.my_stats().http_requests_total, 1);
+    // "HTTP/1.1 NNN": the status is bytes 9 to 12.
+    if let Some(status) = bytes
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+    {
+        shard.my_stats().count_rejection(status);
+    }
+    let _ = socket::write_all(stream, &bytes).await;
+    linger_and_close(shard, stream).await;
+}
+
+/// Half-closes and waits briefly for the peer to finish, so that unread request bytes do not
+/// turn our close into a reset that destroys the response in flight.
+async fn linger_and_close(shard: &Rc<Shard>, stream: &SharedStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.borrow().as_raw_fd();
+    // SAFETY: shutting down the write side of our own open socket.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let mut sink = [0u8; 512];
+    let drain = async {
+        while let Ok(n) = socket::read(stream, &mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(linger(shard))).await;
+}
+
+/// How long a closing answer waits for the peer (see `linger_and_close`).
+pub fn linger(shard: &Shard) -> Duration {
+    Duration::from_millis(shard.config().websocket.close_timeout_ms.min(1000))
+}

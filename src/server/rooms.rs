@@ -1,0 +1,290 @@
+//! A shard's live documents: each document's `Room` by its isolation key. A room is made by
+//! pinning its document to this node in the registry, one claim at a time per key (clients
+//! arriving meanwhile wait for it), and freed a grace period after its last client left,
+//! when its pin is released.
+
+use super::shared::Shared;
+use super::stats::{self, ShardStats};
+use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
+use crate::sync::room::{Room, RoomConfig};
+use glommio::timer::sleep;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a document cannot be opened here.
+#[derive(Debug, Clone)]
+pub enum RoomRefusal {
+    /// It lives on another node (4009).
+    Elsewhere(NodeInfo),
+    /// The app's `maxDocuments` (4005).
+    DocumentLimit(Exceeded),
+    /// The registry did not answer (1013).
+    Unavailable(String),
+}
+
+enum RoomState {
+    /// A claim or release is in flight.
+    Pending(Rc<Pending>),
+    Live(RoomEntry),
+}
+
+/// A one-shot signal for clients waiting on a pending room.
+#[derive(Default)]
+struct Pending {
+    done: Cell<bool>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Pending {
+    fn finish(&self) {
+        self.done.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A pin claim's or release's pending entry in `rooms`, for as long as it is in flight.
+/// However it ends (a room, a refusal, a release, or a panic or drop of the task), the entry
+/// goes unless a room replaced it, and the waiters wake to look again: none waits forever.
+struct PinInFlight<'a> {
+    rooms: &'a RefCell<HashMap<String, RoomState>>,
+    key: &'a str,
+    pending: Rc<Pending>,
+}
+
+impl<'a> PinInFlight<'a> {
+    fn start(rooms: &'a RefCell<HashMap<String, RoomState>>, key: &'a str) -> Self {
+        let pending = Rc::new(Pending::default());
+        rooms
+            .borrow_mut()
+            .insert(key.to_owned(), RoomState::Pending(pending.clone()));
+        PinInFlight {
+            rooms,
+            key,
+            pending,
+        }
+    }
+}
+
+impl Drop for PinInFlight<'_> {
+    fn drop(&mut self) {
+        // `try_`: a panic may have left `rooms` borrowed by a frame that is still unwinding.
+        if let Ok(mut rooms) = self.rooms.try_borrow_mut() {
+            if matches!(rooms.get(self.key), Some(RoomState::Pending(p)) if Rc::ptr_eq(p, &self.pending))
+            {
+                rooms.remove(self.key);
+            }
+        }
+        self.pending.finish();
+    }
+}
+
+struct RoomEntry {
+    room: Rc<RefCell<Room>>,
+    /// `{tenant}::{app}`: whose document count this room holds.
+    app: String,
+    /// Bumped whenever the room empties; a grace timer only frees the room it was set for.
+    emptied: u64,
+}
+
+pub struct Rooms {
+    map: RefCell<HashMap<String, RoomState>>,
+    config: RoomConfig,
+    shared: Arc<Shared>,
+    stats: Arc<[ShardStats]>,
+    shard_id: usize,
+}
+
+impl Rooms {
+    pub fn new(
+        config: RoomConfig,
+        shared: Arc<Shared>,
+        stats: Arc<[ShardStats]>,
+        shard_id: usize,
+    ) -> Self {
+        Rooms {
+            map: RefCell::new(HashMap::new()),
+            config,
+            shared,
+            stats,
+            shard_id,
+        }
+    }
+
+    fn my_stats(&self) -> &ShardStats {
+        &self.stats[self.shard_id]
+    }
+
+    /// The room for `key`, created if it is not in memory: the document is then pinned to
+    /// this node in the registry, which counts it as one of `app`'s live documents (refused
+    /// past `documents_max`) or names the node it lives on.
+    ///
+    /// Creation is atomic per shard: while a claim (or a release) is in flight the key holds
+    /// a pending entry, and other clients of the document wait for it, then look again.
+    pub async fn open(
+        &self,
+        key: &str,
+        app: &str,
+        documents_max: Option<u64>,
+    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+        loop {
+            let pending = match self.map.borrow().get(key) {
+                Some(RoomState::Live(entry)) => return Ok(entry.room.clone()),
+                Some(RoomState::Pending(p)) => Some(p.clone()),
+                None => None,
+            };
+            match pending {
+                Some(p) => p.wait().await,
+                None => return self.claim(key, app, documents_max).await,
+            }
+        }
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        app: &str,
+        documents_max: Option<u64>,
+    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+        let _claim = PinInFlight::start(&self.map, key);
+        let now_ms = crate::log::unix_ms();
+        let claim = self
+            .shared
+            .registry
+            .claim(key, app, &self.shared.node, documents_max, now_ms)
+            .await;
+        match claim {
+            Ok(Claim::Pinned | Claim::AlreadyHere) => {
+                let room = Rc::new(RefCell::new(Room::new(self.config)));
+                let entry = RoomEntry {
+                    room: room.clone(),
+                    app: app.to_owned(),
+                    emptied: 0,
+                };
+                self.map
+                    .borrow_mut()
+                    .insert(key.to_owned(), RoomState::Live(entry));
+                stats::add(&self.my_stats().documents, 1);
+                Ok(room)
+            }
+            Ok(Claim::Elsewhere(node)) => Err(RoomRefusal::Elsewhere(node)),
+            Ok(Claim::DocumentLimit(e)) => Err(RoomRefusal::DocumentLimit(e)),
+            Err(Unavailable(why)) => Err(RoomRefusal::Unavailable(why)),
+        }
+    }
+
+    /// Called after a subscriber left `key`: an empty room is freed after the grace period
+    /// unless someone joins (and stays) in the meantime; then its pin is released.
+    pub fn left(self: &Rc<Self>, key: &str) {
+        let generation = {
+            let mut rooms = self.map.borrow_mut();
+            let Some(RoomState::Live(entry)) = rooms.get_mut(key) else {
+                return;
+            };
+            if entry.room.borrow().subscriber_count() > 0 {
+                return;
+            }
+            entry.emptied += 1;
+            entry.emptied
+        };
+        let this = self.clone();
+        let key = key.to_owned();
+        let grace = Duration::from_millis(self.shared.config.documents.grace_period_ms);
+        let expire = async move {
+            sleep(grace).await;
+            let app = {
+                let mut rooms = this.map.borrow_mut();
+                let expired = matches!(rooms.get(&key), Some(RoomState::Live(e))
+                    if e.emptied == generation && e.room.borrow().subscriber_count() == 0);
+                if !expired {
+                    return;
+                }
+                let Some(RoomState::Live(entry)) = rooms.remove(&key) else {
+                    unreachable!("checked above")
+                };
+                stats::sub(&this.my_stats().documents, 1);
+                entry.app
+            };
+            // Clients arriving meanwhile wait, then claim the document afresh.
+            let _release = PinInFlight::start(&this.map, &key);
+            let released = this
+                .shared
+                .registry
+                .release(&key, &app, &this.shared.node, crate::log::unix_ms())
+                .await;
+            if let Err(Unavailable(why)) = released {
+                // The registry drops the pin when this node's heartbeat goes stale.
+                crate::log::warn("pin_release_failed", &[("error", &why)]);
+            }
+        };
+        let stats_of = self.clone();
+        glommio::spawn_local(async move {
+            super::contain::future(stats_of.my_stats(), "grace_release", expire).await;
+        })
+        .detach();
+    }
+
+    /// For a drain: takes every live room out, as `(key, app)`, for their pins to be
+    /// released at once.
+    pub fn take_live(&self) -> Vec<(String, String)> {
+        self.map
+            .borrow_mut()
+            .drain()
+            .filter_map(|(key, state)| match state {
+                RoomState::Live(entry) => Some((key, entry.app)),
+                RoomState::Pending(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_that_never_completes_leaves_no_pending_entry() {
+        let rooms = RefCell::new(HashMap::new());
+        let abandoned = PinInFlight::start(&rooms, "t::a::d");
+        let pending = abandoned.pending.clone();
+        assert!(matches!(
+            rooms.borrow().get("t::a::d"),
+            Some(RoomState::Pending(_))
+        ));
+        // As when the admission holding the claim panics and is dropped.
+        drop(abandoned);
+        assert!(rooms.borrow().is_empty());
+        assert!(pending.done.get(), "waiters are woken to look again");
+        // A claim that made its room leaves the room.
+        let made = PinInFlight::start(&rooms, "t::a::d");
+        let entry = RoomEntry {
+            room: Rc::new(RefCell::new(Room::new(RoomConfig::default()))),
+            app: "t::a".into(),
+            emptied: 0,
+        };
+        rooms
+            .borrow_mut()
+            .insert("t::a::d".into(), RoomState::Live(entry));
+        drop(made);
+        assert!(matches!(
+            rooms.borrow().get("t::a::d"),
+            Some(RoomState::Live(_))
+        ));
+    }
+}

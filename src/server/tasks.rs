@@ -1,0 +1,379 @@
+//! A shard's long-lived tasks: its start (listener, mesh, the tasks below), the accept loop
+//! (the only code that starts admissions, `router::serve`), the mesh receivers (handoffs,
+//! links), the drain, the node heartbeat and the keepalive sweep.
+
+use super::mesh::Mesh;
+use super::shard::{Liveness, Shard, Stamp, Taken};
+use super::shared::Shared;
+use super::stats::{self, ShardStats};
+use crate::refusal::Refusal;
+use crate::registry::Unavailable;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::sleep;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+pub struct Setup {
+    pub addr: SocketAddr,
+    /// The node's first listening socket, already bound to `addr`: one shard takes it, the
+    /// others bind beside it. Holding it from the start leaves no moment in which the
+    /// resolved port is free for another process to take.
+    pub first_listener: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    pub shared: Arc<Shared>,
+    pub shards: usize,
+    pub stats: Arc<[ShardStats]>,
+    pub mesh: MeshBuilder<Mesh, Full>,
+    pub ready: mpsc::Sender<Result<(), String>>,
+}
+
+pub async fn run(setup: Setup) {
+    let Setup {
+        addr,
+        first_listener,
+        shared,
+        shards,
+        stats,
+        mesh,
+        ready,
+    } = setup;
+    let taken = first_listener.lock().expect("listener lock").take();
+    let bound = match taken {
+        // SAFETY: a listening socket the node created and handed to this shard alone.
+        Some(socket) => Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }),
+        None => {
+            listen(addr).map(|socket| unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+        }
+    };
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
+            return;
+        }
+    };
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot join the shard mesh: {e}")));
+            return;
+        }
+    };
+    let id = senders.peer_id();
+    let admission_queue = background_queue("admission");
+    let shard = Rc::new(Shard::new(
+        id,
+        shared,
+        shards,
+        stats,
+        senders,
+        admission_queue,
+    ));
+    let members = Rc::new(super::link::Members::default());
+    for (_, receiver) in receivers.streams() {
+        let (shard, members) = (shard.clone(), members.clone());
+        glommio::spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                let handoff = match message {
+                    Mesh::Handoff(handoff) => handoff,
+                    Mesh::Link(link) => {
+                        super::link::receive(&shard, &members, link).await;
+                        continue;
+                    }
+                };
+                // SAFETY: the fd was dup'ed for us by the sending shard and is owned here.
+                let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
+                stats::add(&shard.my_stats().handoffs_total, 1);
+                admit_later(
+                    &shard,
+                    super::router::serve(
+                        shard.clone(),
+                        stream,
+                        handoff.head,
+                        Some(handoff.identity),
+                    ),
+                );
+            }
+        })
+        .detach();
+    }
+    glommio::spawn_local(keepalive(shard.clone())).detach();
+    super::link::start(&shard);
+    spawn_integration(&shard);
+    if shard.id == 0 {
+        glommio::spawn_local(heartbeat(shard.clone())).detach();
+    }
+    let _ = ready.send(Ok(()));
+    // While draining the listener stays open, so that health checks see 503 and new
+    // upgrades are refused with 503, until the drain is done.
+    let drained = async {
+        while !shard.shared.draining() {
+            sleep(Duration::from_millis(50)).await;
+        }
+        drain(&shard).await;
+    };
+    futures_lite::future::or(accept_loop(&shard, &listener), drained).await;
+}
+
+/// Runs a connection's admission as a task on the admission queue (see `router::serve`).
+fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(serve, shard.admission_queue)
+        .expect("the admission task queue lives as long as the shard")
+        .detach();
+}
+
+/// A task queue for work that must not hold up live sessions (admissions, integration): a
+/// quarter of the sessions' shares, so when both have work, sessions (reads, relays, sends)
+/// get four fifths of the core; with the executor's short preemption period they wait at
+/// most about that long for it.
+fn background_queue(name: &str) -> glommio::TaskQueueHandle {
+    glommio::executor().create_task_queue(
+        glommio::Shares::Static(BACKGROUND_SHARES),
+        glommio::Latency::NotImportant,
+        name,
+    )
+}
+
+/// The default task queue's shares are 1,000.
+const BACKGROUND_SHARES: usize = 250;
+
+/// Integration on its own background queue (see `server::integrate`).
+fn spawn_integration(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local_into(
+        async move { shard.integrator.run(shard.my_stats()).await },
+        background_queue("integrate"),
+    )
+    .expect("the integration task queue was just created")
+    .detach();
+}
+
+/// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so
+/// that a restarted server can bind while old connections sit in TIME_WAIT.
+pub fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket)
+}
+
+async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                stats::add(&shard.my_stats().connections_accepted_total, 1);
+                admit_later(
+                    shard,
+                    super::router::serve(shard.clone(), stream, Vec::new(), None),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: say so, back off, keep serving.
+                crate::log::warn("accept_failed", &[("shard", &shard.id), ("error", &e)]);
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The shard's part of a drain: new upgrades are refused (see the router), sessions get
+/// `drain_timeout_ms` to end on their own, the rest are closed with 1012 (service restart)
+/// so clients reconnect elsewhere, and the pins of this shard's documents are released at
+/// once (no grace period) so another node can take them.
+async fn drain(shard: &Rc<Shard>) {
+    let deadline = Instant::now() + Duration::from_millis(shard.config().node.drain_timeout_ms);
+    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (code, reason) = Refusal::Restart.close();
+    for live in shard.conns.borrow().values() {
+        live.outbox.close(code, &reason);
+    }
+    let close_deadline =
+        Instant::now() + Duration::from_millis(shard.config().websocket.close_timeout_ms * 2);
+    while !shard.conns.borrow().is_empty() && Instant::now() < close_deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    // Each release is bounded by the registry deadline.
+    while shard.releases_in_flight.get() > 0 {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let rooms = shard.rooms.take_live();
+    for (key, app) in rooms {
+        let _ = shard
+            .shared
+            .registry
+            .release(&key, &app, &shard.shared.node, crate::log::unix_ms())
+            .await;
+        stats::sub(&shard.my_stats().documents, 1);
+    }
+    crate::log::info("shard_drained", &[("shard", &shard.id)]);
+}
+
+/// Tells the registry this node is alive, every `node.heartbeat_interval_ms`.
+async fn heartbeat(shard: Rc<Shard>) {
+    let every = Duration::from_millis(shard.config().node.heartbeat_interval_ms);
+    loop {
+        if let Err(Unavailable(why)) = shard
+            .shared
+            .registry
+            .heartbeat(&shard.shared.node, crate::log::unix_ms())
+            .await
+        {
+            crate::log::warn("heartbeat_failed", &[("error", &why)]);
+        }
+        sleep(every).await;
+    }
+}
+
+/// Pings connections that have been quiet for a ping interval, closes those quiet past the
+/// idle timeout, and shuts down sockets whose peer has not taken its close frame within the
+/// close timeout (a peer that stopped reading): one sweep over the shard's connections
+/// instead of timers per connection.
+async fn keepalive(shard: Rc<Shard>) {
+    let ws = &shard.config().websocket;
+    let ping_every = Duration::from_millis(ws.ping_interval_ms);
+    let idle_after = Duration::from_millis(ws.idle_timeout_ms);
+    let close_within = Duration::from_millis(ws.close_timeout_ms);
+    let message_within = Duration::from_millis(ws.message_timeout_ms);
+    let tick = (ping_every.min(message_within) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(5));
+    loop {
+        sleep(tick).await;
+        let now = Stamp::now();
+        let conns = shard.conns.borrow();
+        sweep_each(shard.my_stats(), conns.values(), |live| {
+            live.report_bytes_out(shard.my_stats());
+            if live.outbox.closed().is_some() {
+                match live.closing_since.get() {
+                    None => live.closing_since.set(Some(now)),
+                    Some(since) if now.since(since) >= close_within => {
+                        // SAFETY: the session owns this open socket until it unregisters,
+                        // which removes it from `conns`; shutdown does not close the fd.
+                        unsafe { libc::shutdown(live.fd, libc::SHUT_RDWR) };
+                    }
+                    Some(_) => {}
+                }
+                return;
+            }
+            let quiet = now.since(live.last_rx.get());
+            let stalled = live
+                .incomplete_since
+                .get()
+                .is_some_and(|since| now.since(since) >= message_within);
+            let waiting = live.outbox.queued_bytes() > 0;
+            let (marked, marked_at) = live.written_mark.get();
+            // The socket is asked only while something waits to be written.
+            let taken = if waiting { Taken::of(live) } else { marked };
+            if taken != marked || !waiting {
+                live.written_mark.set((taken, now));
+            }
+            let not_reading = waiting && taken == marked && now.since(marked_at) >= message_within;
+            let refusal = if stalled {
+                stats::add(&shard.my_stats().message_timeouts_total, 1);
+                Refusal::MessageTimeout
+            } else if not_reading {
+                stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
+                Refusal::NotReading
+            } else if quiet >= idle_after {
+                stats::add(&shard.my_stats().idle_closes_total, 1);
+                Refusal::Idle
+            } else {
+                let since_ping = now.since(live.last_ping.get());
+                // A Hocuspocus provider reconnects after 30 s without a message and cannot
+                // see WebSocket pings: it gets its own every half interval, quiet or not.
+                if live.outbox.in_band_keepalive() && since_ping >= ping_every / 2 {
+                    live.outbox
+                        .push_all(&[shard.ping.clone(), shard.in_band_ping.clone()]);
+                    live.last_ping.set(now);
+                } else if quiet >= ping_every && since_ping >= ping_every {
+                    live.outbox.push(&shard.ping);
+                    live.last_ping.set(now);
+                }
+                return;
+            };
+            let (code, reason) = refusal.close();
+            live.outbox.close(code, &reason);
+        });
+    }
+}
+
+/// Runs the sweep's `check` on each connection. A panic in one is contained to it: counted
+/// and logged, its socket shut down so that its session ends (a connection the sweep cannot
+/// look after must not stay open), and the sweep goes on with the others, this tick and the
+/// next.
+fn sweep_each<'a>(
+    stats: &ShardStats,
+    conns: impl IntoIterator<Item = &'a Rc<Liveness>>,
+    mut check: impl FnMut(&Liveness),
+) {
+    for live in conns {
+        if super::contain::call(stats, "keepalive", || check(live)).is_none() {
+            // SAFETY: as in the sweep: the session owns this open socket until it leaves
+            // `conns`; shutdown does not close the fd.
+            unsafe { libc::shutdown(live.fd, libc::SHUT_RDWR) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use std::cell::Cell;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// The sweep's guard against the real sweep code's failure mode: a panic on one
+    /// connection. (No input reaches a panic in the sweep, so the check here panics itself.)
+    #[test]
+    fn a_panic_on_one_connection_does_not_stop_the_sweep() {
+        let pairs: Vec<(UnixStream, UnixStream)> =
+            (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+        let now = Stamp::now();
+        let conns: Vec<Rc<Liveness>> = pairs
+            .iter()
+            .map(|(ours, _)| {
+                Rc::new(Liveness {
+                    outbox: Rc::new(Outbox::new(1 << 10)),
+                    fd: ours.as_raw_fd(),
+                    closing_since: Cell::new(None),
+                    last_rx: Cell::new(now),
+                    last_ping: Cell::new(now),
+                    incomplete_since: Cell::new(None),
+                    written_mark: Cell::new((Taken::default(), now)),
+                    bytes_reported: Cell::new(0),
+                })
+            })
+            .collect();
+        let stats = ShardStats::default();
+        let panicking = conns[1].fd;
+        let mut checked = Vec::new();
+        for _tick in 0..2 {
+            sweep_each(&stats, &conns, |live| {
+                if live.fd == panicking {
+                    panic!("in the sweep");
+                }
+                checked.push(live.fd);
+            });
+        }
+        let (first, last) = (conns[0].fd, conns[2].fd);
+        assert_eq!(checked, [first, last, first, last]);
+        assert_eq!(stats::get(&stats.panics_total), 2);
+        // The panicking connection's socket is shut down (its peer reads the end); the
+        // others are untouched.
+        let mut byte = [0u8; 1];
+        assert_eq!((&pairs[1].1).read(&mut byte).unwrap(), 0);
+        pairs[0].1.set_nonblocking(true).unwrap();
+        let err = (&pairs[0].1).read(&mut byte).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    }
+}
