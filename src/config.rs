@@ -303,12 +303,16 @@ pub struct HocuspocusConfig {
     pub pending_messages_max: usize,
     /// Their bytes, likewise.
     pub pending_bytes_max: usize,
+    /// A socket with no document open for this long is closed (1008): every document needs
+    /// a token, and a socket that sends none would otherwise be held open for free.
+    pub auth_timeout_ms: u64,
 }
 
 impl Default for HocuspocusConfig {
     fn default() -> Self {
         HocuspocusConfig {
             path: None,
+            auth_timeout_ms: 10_000,
             documents_max: 100,
             pending_messages_max: 1_000,
             pending_bytes_max: 5 << 20,
@@ -535,9 +539,13 @@ impl Config {
             }
         }
         let h = &self.hocuspocus;
-        if h.documents_max == 0 || h.pending_messages_max == 0 || h.pending_bytes_max == 0 {
+        if h.documents_max == 0
+            || h.pending_messages_max == 0
+            || h.pending_bytes_max == 0
+            || h.auth_timeout_ms == 0
+        {
             return Err(ConfigError(
-                "hocuspocus.documents_max, pending_messages_max and pending_bytes_max must be at least 1".into(),
+                "hocuspocus.documents_max, pending_messages_max, pending_bytes_max and auth_timeout_ms must be at least 1".into(),
             ));
         }
         Ok(addr)

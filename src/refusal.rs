@@ -129,6 +129,10 @@ pub enum Refusal {
     Hocuspocus(HocuspocusError),
     /// More documents on one socket than `hocuspocus.documents_max`.
     HocuspocusDocuments(usize),
+    /// A linked socket sent its document more than its owner could hold while behind.
+    LinkBacklog,
+    /// A Hocuspocus socket named no document it could open within `hocuspocus.auth_timeout_ms`.
+    AuthTimeout(u64),
     /// More queued before their documents' tokens than `hocuspocus.pending_*_max`.
     HocuspocusQueue {
         messages_max: usize,
@@ -404,6 +408,14 @@ impl Refusal {
                 };
                 close(code, e.reason().into())
             }
+            LinkBacklog => close(
+                TRY_AGAIN_LATER,
+                "document busy: sent faster than it can be applied, try again later".into(),
+            ),
+            AuthTimeout(ms) => close(
+                POLICY_VIOLATION,
+                format!("no document authenticated within {ms} ms: send a token with the first message").into(),
+            ),
             HocuspocusDocuments(max) => close(
                 POLICY_VIOLATION,
                 format!("too many documents on one socket: at most {max}").into(),
@@ -552,6 +564,8 @@ mod tests {
             Hocuspocus(HocuspocusError::NotFromClient(6)),
             Hocuspocus(HocuspocusError::TooLong),
             HocuspocusDocuments(100),
+            LinkBacklog,
+            AuthTimeout(u64::MAX),
             HocuspocusQueue {
                 messages_max: usize::MAX,
                 bytes_max: usize::MAX,

@@ -560,3 +560,46 @@ fn a_v4_provider_gets_in_band_pings_and_an_older_one_none() {
     assert!(!v3.pump_until(Duration::from_millis(600), |c| c.pings > 0));
     assert!(v3.doc("d").scope.is_some());
 }
+
+#[test]
+fn a_socket_that_opens_no_document_is_closed_after_the_auth_timeout() {
+    let server = Server::start_with("[hocuspocus]\nauth_timeout_ms = 300\n", &["--shards", "1"]);
+    // Nothing but pongs: closed.
+    let mut silent = HClient::connect(&server.addr, "/");
+    silent.send(vec![10]);
+    let started = Instant::now();
+    let (code, reason) = silent.expect_socket_close();
+    assert_eq!(code, 1008);
+    assert!(
+        reason.starts_with("no document authenticated within 300 ms"),
+        "{reason}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Only refused documents: closed too.
+    let mut refused = HClient::connect(&server.addr, "/");
+    refused.attach("d", "not.a.jwt", 1);
+    assert_eq!(refused.expect_socket_close().0, 1008);
+    assert!(refused.doc("d").denied.is_some());
+    // An open document keeps the socket; closing it starts the clock again.
+    let mut open = HClient::connect(&server.addr, "/");
+    open.attach("d", editor_token(), 2);
+    assert!(open.pump_until(WAIT, |c| c.doc("d").synced));
+    assert!(!open.pump_until(Duration::from_millis(800), |c| c.doc("d").closed.is_some()));
+    open.send(message("d", 7, &[]));
+    let (code, _) = open.expect_socket_close();
+    assert_eq!(code, 1008);
+    assert_eq!(open.doc("d").closed.as_deref(), Some("provider_initiated"));
+}
+
+#[test]
+fn many_documents_authenticating_at_once_all_open() {
+    let server = Server::start("");
+    let mut c = HClient::connect(&server.addr, "/");
+    // More than the socket's checks in flight: the rest wait for a place, none is dropped.
+    let names: Vec<String> = (0..30).map(|i| format!("many-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        c.attach(name, editor_token(), 1 + i as u64);
+    }
+    assert!(c.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).synced)));
+    assert!(names.iter().all(|n| c.doc(n).denied.is_none()));
+}

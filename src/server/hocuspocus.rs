@@ -19,13 +19,18 @@ use crate::outbox::{shared_frame, Outbox};
 use crate::refusal::Refusal;
 use crate::sync::document::{isolation_key, owner_shard};
 use crate::sync::hocuspocus::{self, DocumentMessage, Incoming};
-use crate::sync::message_rate::MessageRate;
+use crate::sync::message_rate::{MessageRate, HEAVY_MESSAGE_WEIGHT};
+use crate::sync::protocol;
 use crate::sync::room::Framing;
 use crate::ws::frame::Opcode;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
+
+/// Token checks one socket may have running at once (each is a signature check, registry
+/// calls and a room claim).
+const CHECKS_IN_FLIGHT_MAX: usize = 8;
 
 /// Why the provider detached a document, told back to it with the close message.
 const PROVIDER_CLOSED: &str = "provider_initiated";
@@ -38,6 +43,8 @@ pub struct HocuspocusHandler {
 }
 
 struct Socket {
+    /// Itself, for the tasks it starts.
+    me: Weak<RefCell<Socket>>,
     shard: Rc<Shard>,
     outbox: Rc<Outbox>,
     /// The upgrade's `Origin`, checked against each document's token.
@@ -55,6 +62,11 @@ struct Socket {
     /// Tells a document's admissions apart: one that finishes after its document was closed
     /// (or refused and tried again) finds another attempt and gives back what it took.
     attempts: u64,
+    /// Token checks (admissions and refreshes) running, abandoned ones included until they
+    /// end: at most [`CHECKS_IN_FLIGHT_MAX`]; further tokens wait in their document.
+    checks_in_flight: usize,
+    /// A task watches that a document opens within `auth_timeout_ms` while none is open.
+    watching: bool,
     /// The document whose message is being handled (for `on_panic`).
     handling: Option<Box<str>>,
     /// Not read since one of its rooms fell behind (counted once per wait).
@@ -69,10 +81,22 @@ enum Document {
         queue: Vec<Box<[u8]>>,
         /// Its token is being checked (by the admission `attempt`).
         admitting: Option<u64>,
+        /// Its token, waiting for a check to end (see `Socket::checks_in_flight`).
+        token: Option<Box<str>>,
     },
     Open(Open),
     /// Refused: its messages are dropped until it sends a token again.
     Refused,
+}
+
+impl Document {
+    fn waiting() -> Document {
+        Document::Waiting {
+            queue: Vec::new(),
+            admitting: None,
+            token: None,
+        }
+    }
 }
 
 struct Open {
@@ -83,6 +107,8 @@ struct Open {
     key: String,
     /// A refreshed token is being checked.
     refreshing: bool,
+    /// The admission that opened it: a refresh applies only to the same opening.
+    attempt: u64,
 }
 
 /// Where an open document's room is.
@@ -125,6 +151,7 @@ impl Place {
 impl HocuspocusHandler {
     pub fn new(shard: &Rc<Shard>, outbox: Rc<Outbox>, origin: Option<Vec<u8>>) -> Self {
         let socket = Socket {
+            me: Weak::new(),
             shard: shard.clone(),
             outbox,
             origin,
@@ -135,13 +162,20 @@ impl HocuspocusHandler {
             counts: HashMap::new(),
             rate: new_message_rate(shard),
             attempts: 0,
+            checks_in_flight: 0,
+            watching: false,
             handling: None,
             waiting: false,
             gauge: Some(ConnectionGauge::new(shard)),
         };
-        HocuspocusHandler {
-            socket: Rc::new(RefCell::new(socket)),
-        }
+        let socket = Rc::new_cyclic(|me| {
+            RefCell::new(Socket {
+                me: me.clone(),
+                ..socket
+            })
+        });
+        socket.borrow_mut().watch_authentication();
+        HocuspocusHandler { socket }
     }
 }
 
@@ -151,11 +185,11 @@ impl Handler for HocuspocusHandler {
             return Err(Refusal::NotBinary);
         }
         let incoming = hocuspocus::decode(payload).map_err(Refusal::Hocuspocus)?;
-        let Incoming::Document { address, message } = incoming else {
-            // A v4 pong: its arrival is the sign of life.
-            return Ok(());
-        };
         let mut socket = self.socket.borrow_mut();
+        let Incoming::Document { address, message } = incoming else {
+            // A v4 pong: its arrival is the sign of life (and costs a token, as any message).
+            return socket.charge(1);
+        };
         socket.handling = Some(address.into());
         let handled = socket.on_document(&self.socket, address, message, payload);
         socket.handling = None;
@@ -178,7 +212,6 @@ impl Handler for HocuspocusHandler {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut socket = self.socket.borrow_mut();
         let mut ready = Poll::Ready(());
-        let mut linked = false;
         for document in socket.documents.values_mut() {
             let Document::Open(open) = document else {
                 continue;
@@ -192,12 +225,13 @@ impl Handler for HocuspocusHandler {
                         ready = Poll::Pending;
                     }
                 }
-                Place::Remote(_) => linked = true,
+                // Its messages wait in its owner's bounded queue, and its room may be behind.
+                Place::Remote(remote) => {
+                    if remote.poll_reading(cx).is_pending() {
+                        ready = Poll::Pending;
+                    }
+                }
             }
-        }
-        // A remote document's messages wait in its peer's bounded queue.
-        if linked && socket.shard.links.poll_room(cx).is_pending() {
-            ready = Poll::Pending;
         }
         let Socket { shard, waiting, .. } = &mut *socket;
         count_wait(shard, waiting, ready)
@@ -258,14 +292,23 @@ impl Socket {
         message: DocumentMessage<'_>,
         payload: &[u8],
     ) -> Result<(), Refusal> {
+        // A local document's sync and awareness are weighed by their document (see
+        // `Membership::on_message`); everything else here.
+        let local_sync = matches!(
+            (self.documents.get(address), message),
+            (
+                Some(Document::Open(Open {
+                    place: Place::Local(_),
+                    ..
+                })),
+                DocumentMessage::YMessage(_)
+            )
+        );
+        if !local_sync {
+            self.charge(message_weight(&message))?;
+        }
         if let Some(Document::Open(_)) = self.documents.get(address) {
             return self.on_open(this, address, message);
-        }
-        // Anything but an open document's sync and awareness costs one token; those are
-        // weighed by their document (see `Membership::on_message`).
-        if !self.rate.admit(1, crate::log::monotonic_ms()) {
-            let per_second = self.shard.config().websocket.messages_per_second;
-            return Err(Refusal::MessageRate(per_second));
         }
         let token = match message {
             DocumentMessage::Token {
@@ -288,23 +331,11 @@ impl Socket {
                 if self.documents.len() >= self.bounds.documents_max {
                     return Err(Refusal::HocuspocusDocuments(self.bounds.documents_max));
                 }
-                self.documents.insert(
-                    address.into(),
-                    Document::Waiting {
-                        queue: Vec::new(),
-                        admitting: None,
-                    },
-                );
+                self.documents.insert(address.into(), Document::waiting());
             }
             Some(Document::Refused) => match message {
                 DocumentMessage::Token { .. } => {
-                    self.documents.insert(
-                        address.into(),
-                        Document::Waiting {
-                            queue: Vec::new(),
-                            admitting: None,
-                        },
-                    );
+                    self.documents.insert(address.into(), Document::waiting());
                 }
                 DocumentMessage::Close => {
                     self.documents.remove(address);
@@ -315,7 +346,12 @@ impl Socket {
             },
             Some(_) => {}
         }
-        let Some(Document::Waiting { queue, admitting }) = self.documents.get_mut(address) else {
+        let Some(Document::Waiting {
+            queue,
+            admitting,
+            token: waiting_token,
+        }) = self.documents.get_mut(address)
+        else {
             unreachable!("made waiting above, and not open")
         };
         match (message, token) {
@@ -323,12 +359,11 @@ impl Socket {
                 self.forget_waiting(address);
             }
             (_, Some(token)) => {
-                if admitting.is_none() {
-                    self.attempts += 1;
-                    *admitting = Some(self.attempts);
-                    spawn_admission(this, &self.shard, address, token, self.attempts);
-                }
                 // A second token while the first is checked is not a new attempt.
+                if admitting.is_none() {
+                    *waiting_token = Some(token.into());
+                    self.start_checks();
+                }
             }
             (_, None) => {
                 let messages_max = self.bounds.pending_messages_max;
@@ -362,19 +397,18 @@ impl Socket {
         let handled = match message {
             DocumentMessage::YMessage(m) => open.place.on_message(m, &mut self.rate),
             DocumentMessage::Token { token, .. } => {
-                if !std::mem::replace(&mut open.refreshing, true) {
-                    spawn_refresh(this, &self.shard, address, token);
+                // One refresh at a time, within the socket's checks; a token past that is
+                // dropped (the document stays open with the role it has).
+                if !open.refreshing && self.checks_in_flight < CHECKS_IN_FLIGHT_MAX {
+                    open.refreshing = true;
+                    self.checks_in_flight += 1;
+                    spawn_refresh(this, &self.shard, address, token, open.attempt);
                 }
                 Ok(())
             }
             DocumentMessage::Stateless(payload) => {
-                if !self.rate.admit(1, crate::log::monotonic_ms()) {
-                    let per_second = self.shard.config().websocket.messages_per_second;
-                    Err(Refusal::MessageRate(per_second))
-                } else {
-                    open.place.stateless(payload);
-                    Ok(())
-                }
+                open.place.stateless(payload);
+                Ok(())
             }
             DocumentMessage::Close => {
                 self.close_open(address);
@@ -412,6 +446,90 @@ impl Socket {
     /// Leaves an open document's room and gives back its share of the app's count.
     fn close_open(&mut self, address: &str) {
         self.documents.remove(address);
+        self.watch_authentication();
+    }
+
+    /// Takes `weight` from the socket's message rate (1008 past it).
+    fn charge(&mut self, weight: u32) -> Result<(), Refusal> {
+        if self.rate.admit(weight, crate::log::monotonic_ms()) {
+            return Ok(());
+        }
+        let per_second = self.shard.config().websocket.messages_per_second;
+        Err(Refusal::MessageRate(per_second))
+    }
+
+    /// Starts the checks of waiting tokens, as far as the socket's checks in flight allow.
+    fn start_checks(&mut self) {
+        let Some(this) = self.me.upgrade() else {
+            return;
+        };
+        for (address, document) in self.documents.iter_mut() {
+            if self.checks_in_flight >= CHECKS_IN_FLIGHT_MAX {
+                return;
+            }
+            if let Document::Waiting {
+                admitting: admitting @ None,
+                token: token @ Some(_),
+                ..
+            } = document
+            {
+                let token = token.take().expect("matched Some");
+                self.attempts += 1;
+                self.checks_in_flight += 1;
+                *admitting = Some(self.attempts);
+                spawn_admission(&this, &self.shard, address, &token, self.attempts);
+            }
+        }
+    }
+
+    /// A check ended (however: its task gives its place back last).
+    fn check_ended(&mut self) {
+        self.checks_in_flight -= 1;
+        if !self.ended() {
+            self.start_checks();
+        }
+    }
+
+    /// While no document is open, the socket must open one within `auth_timeout_ms` (a
+    /// socket with no token is otherwise held open for free): a task checks, and ends once
+    /// one opens (it is started again when the last one closes).
+    fn watch_authentication(&mut self) {
+        let open = self
+            .documents
+            .values()
+            .any(|d| matches!(d, Document::Open(_)));
+        if open || self.watching || self.ended() {
+            return;
+        }
+        self.watching = true;
+        let socket = self.me.clone();
+        let timeout = std::time::Duration::from_millis(self.bounds.auth_timeout_ms);
+        let stats_of = self.shard.clone();
+        let watch = async move {
+            glommio::timer::sleep(timeout).await;
+            let Some(socket) = socket.upgrade() else {
+                return;
+            };
+            let mut s = socket.borrow_mut();
+            s.watching = false;
+            if s.ended() {
+                return;
+            }
+            if s.documents.values().any(|d| matches!(d, Document::Open(_))) {
+                return;
+            }
+            let refusal = Refusal::AuthTimeout(timeout.as_millis() as u64);
+            let (code, reason) = refusal.close();
+            s.outbox.close(code, &reason);
+        };
+        glommio::spawn_local_into(
+            async move {
+                super::contain::future(stats_of.my_stats(), "hocuspocus_watch", watch).await;
+            },
+            self.shard.admission_queue,
+        )
+        .expect("the admission task queue lives as long as the shard")
+        .detach();
     }
 
     /// Forgets a waiting document and what it queued.
@@ -431,6 +549,42 @@ impl Socket {
         !self.ended()
             && matches!(self.documents.get(address),
                 Some(Document::Waiting { admitting: Some(a), .. }) if *a == attempt)
+    }
+
+    /// A refresh of the document opened by `attempt` was checked: its role applies, or the
+    /// document is closed (and refused) for the reason. A refresh of an earlier opening of
+    /// the same address changes nothing.
+    fn refreshed(&mut self, address: &str, attempt: u64, checked: Result<(String, bool), Refusal>) {
+        let Some(Document::Open(open)) = self.documents.get_mut(address) else {
+            return;
+        };
+        if open.attempt != attempt {
+            return;
+        }
+        open.refreshing = false;
+        let refusal = match checked {
+            Ok((key, can_write)) if key == open.key => {
+                open.place.set_can_write(can_write);
+                return;
+            }
+            // Another tenant's or app's token cannot take over this document.
+            Ok(_) => Refusal::DocNotGranted,
+            Err(refusal) => refusal,
+        };
+        self.close_open(address);
+        self.refuse(address, &refusal);
+    }
+
+    /// After a panic while the document was handled: its room may be half-changed, so it
+    /// starts over (which closes its subscribers, this socket too, with 1011).
+    fn reset_document(&mut self, address: &str) {
+        if let Some(Document::Open(Open {
+            place: Place::Local(membership),
+            ..
+        })) = self.documents.get_mut(address)
+        {
+            membership.reset();
+        }
     }
 
     /// The document is refused: it is told why (the reason led by the close code), its
@@ -456,6 +610,7 @@ impl Socket {
         this: &Rc<RefCell<Socket>>,
         address: &str,
         (joining, can_write, count, key): Admitted,
+        attempt: u64,
     ) -> Result<(), Refusal> {
         let prefix = hocuspocus::address_prefix(address);
         let place = match joining {
@@ -477,6 +632,7 @@ impl Socket {
                 _count: count,
                 key,
                 refreshing: false,
+                attempt,
             }),
         ) else {
             unreachable!("admitted while waiting")
@@ -538,26 +694,38 @@ fn spawn_admission(
             .await
             .unwrap_or(Err(Refusal::AdmissionPanicked));
         let mut s = socket.borrow_mut();
-        if !s.still_admitting(&address, attempt) {
-            // Closed, or the socket ended, meanwhile: what was taken is given back as it drops.
-            return;
-        }
-        let opened = admitted.and_then(|admitted| s.open(&socket, &address, admitted));
-        match opened {
-            Ok(()) => {}
-            Err(refusal)
-                if s.documents
-                    .get(address.as_str())
-                    .is_some_and(|d| matches!(d, Document::Waiting { .. })) =>
-            {
-                s.refuse(&address, &refusal);
+        if s.still_admitting(&address, attempt) {
+            let stats = shard.my_stats();
+            let opened = match admitted {
+                // Replays the queued messages into the room: contained like a session's.
+                Ok(admitted) => super::contain::call(stats, "hocuspocus_open", || {
+                    s.open(&socket, &address, admitted, attempt)
+                })
+                .unwrap_or_else(|| {
+                    s.reset_document(&address);
+                    Err(Refusal::Panicked)
+                }),
+                Err(refusal) => Err(refusal),
+            };
+            match opened {
+                Ok(()) => {}
+                Err(refusal)
+                    if s.documents
+                        .get(address.as_str())
+                        .is_some_and(|d| matches!(d, Document::Waiting { .. })) =>
+                {
+                    s.refuse(&address, &refusal);
+                }
+                // A queued message refused the whole socket.
+                Err(refusal) => {
+                    let (code, reason) = refusal.close();
+                    s.outbox.close(code, &reason);
+                }
             }
-            // A queued message refused the whole socket.
-            Err(refusal) => {
-                let (code, reason) = refusal.close();
-                s.outbox.close(code, &reason);
-            }
         }
+        // Otherwise closed, or the socket ended, meanwhile: what was taken is given back as
+        // it drops. Either way the check's place goes back last.
+        s.check_ended();
     };
     glommio::spawn_local_into(task, queue)
         .expect("the admission task queue lives as long as the shard")
@@ -654,9 +822,15 @@ async fn verify(
     Ok(identity)
 }
 
-/// Checks a refreshed token for an open document: valid for the same document, its role
-/// applies from now on; refused, the document is closed with the reason.
-fn spawn_refresh(this: &Rc<RefCell<Socket>>, shard: &Rc<Shard>, address: &str, token: &str) {
+/// Checks a refreshed token for the document opened by `attempt`: valid for the same
+/// document, its role applies from now on; refused, the document is closed with the reason.
+fn spawn_refresh(
+    this: &Rc<RefCell<Socket>>,
+    shard: &Rc<Shard>,
+    address: &str,
+    token: &str,
+    attempt: u64,
+) {
     let (socket, address, token) = (this.clone(), address.to_owned(), token.to_owned());
     let shard = shard.clone();
     let queue = shard.admission_queue;
@@ -671,25 +845,32 @@ fn spawn_refresh(this: &Rc<RefCell<Socket>>, shard: &Rc<Shard>, address: &str, t
             .await
             .unwrap_or(Err(Refusal::AdmissionPanicked));
         let mut s = socket.borrow_mut();
-        let Some(Document::Open(open)) = s.documents.get_mut(address.as_str()) else {
-            return;
-        };
-        open.refreshing = false;
-        let refusal = match checked {
-            Ok((key, can_write)) if key == open.key => {
-                open.place.set_can_write(can_write);
-                return;
-            }
-            // Another tenant's or app's token cannot take over this document.
-            Ok(_) => Refusal::DocNotGranted,
-            Err(refusal) => refusal,
-        };
-        s.close_open(&address);
-        s.refuse(&address, &refusal);
+        s.refreshed(&address, attempt, checked);
+        s.check_ended();
     };
     glommio::spawn_local_into(task, queue)
         .expect("the admission task queue lives as long as the shard")
         .detach();
+}
+
+/// What a message costs against the socket's rate, when its document does not weigh it: a
+/// token (a signature check, registry calls) or a sync step 1 or awareness query (the owner
+/// encodes a whole document or every presence) as much as `message_rate` weighs heavy
+/// messages, anything else one.
+fn message_weight(message: &DocumentMessage<'_>) -> u32 {
+    let heavy = match message {
+        DocumentMessage::Token { .. } => true,
+        DocumentMessage::YMessage(m) => {
+            m.starts_with(&[protocol::MESSAGE_SYNC, protocol::SYNC_STEP1])
+                || m.first() == Some(&protocol::MESSAGE_QUERY_AWARENESS)
+        }
+        DocumentMessage::Stateless(_) | DocumentMessage::Close => false,
+    };
+    if heavy {
+        HEAVY_MESSAGE_WEIGHT
+    } else {
+        1
+    }
 }
 
 /// The major version of a provider version string (`"4.8.0"` is 4); 0 if it has none.

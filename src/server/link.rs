@@ -20,9 +20,9 @@ use crate::sync::hocuspocus;
 use crate::sync::message_rate::MessageRate;
 use crate::sync::room::Framing;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 /// The owner's side: the stand-in subscriber.
 struct Member {
@@ -31,9 +31,17 @@ struct Member {
     /// What the room sends the stand-in; its forwarder waits on it.
     outbox: Option<Rc<Outbox>>,
     rate: MessageRate,
+    /// Messages that came while the room was behind (the socket's shard had sent them before
+    /// it heard so), in order; handled as the room catches up.
+    backlog: VecDeque<Box<[u8]>>,
+    backlog_bytes: usize,
     /// The link ended: its frames are no longer forwarded.
     left: bool,
 }
+
+/// A stand-in's backlog, at most: what a socket's shard may send between the owner telling
+/// it to stop reading and hearing so. Past it the socket is closed (1013).
+const BACKLOG_BYTES_MAX: usize = 8 << 20;
 
 /// The stand-ins of other shards' sockets in this shard's rooms.
 #[derive(Default)]
@@ -107,6 +115,16 @@ impl RemoteDocument {
         self.id
     }
 
+    /// Ready when the socket may be read for this document: its owner's queue has room and
+    /// its room is not behind.
+    pub fn poll_reading(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let links = &self.shard.links;
+        if links.poll_room(self.owner, cx).is_pending() {
+            return Poll::Pending;
+        }
+        links.poll_reading(self.id, cx)
+    }
+
     pub fn on_message(&mut self, payload: &[u8]) {
         let link = Link::Message {
             id: self.id,
@@ -146,9 +164,10 @@ impl Drop for RemoteDocument {
 }
 
 /// Handles what a peer shard sent: as the owner of documents, or as a socket's shard. Runs
-/// on the peer's receiving task, so one peer's messages are handled in order; it waits only
-/// for a lagging room (backpressure on that peer, as a local writer is not read).
-pub async fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
+/// on the peer's receiving task and never waits, so one peer's messages are handled in
+/// order and one document that is behind holds up no other (its link's messages wait in
+/// its stand-in's backlog, and its socket is asked not to be read meanwhile).
+pub fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
     let id = link.id();
     let member = members.0.borrow().get(&id).cloned();
     match link {
@@ -161,40 +180,43 @@ pub async fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
                 membership: None,
                 outbox: None,
                 rate: new_message_rate(shard),
+                backlog: VecDeque::new(),
+                backlog_bytes: 0,
                 left: false,
             }));
             members.0.borrow_mut().insert(id, member.clone());
             // Registry calls: on the admission queue, not holding up this peer's messages.
-            let join = join_member(
-                shard.clone(),
-                members.clone(),
-                id,
-                address,
-                admission,
-                member,
-            );
-            glommio::spawn_local_into(join, shard.admission_queue)
+            let queue = shard.admission_queue;
+            let (shard, members) = (shard.clone(), members.clone());
+            let join = async move {
+                let join = join_member(&shard, &members, id, address, admission, &member);
+                if super::contain::future(shard.my_stats(), "link_join", join)
+                    .await
+                    .is_none()
+                {
+                    end_member(&members, id);
+                    let refused = Some(Refusal::AdmissionPanicked);
+                    shard
+                        .links
+                        .send(id.socket_shard, Link::Joined { id, refused });
+                }
+            };
+            glommio::spawn_local_into(join, queue)
                 .expect("the admission task queue lives as long as the shard")
                 .detach();
         }
         Link::Message { payload, .. } => {
-            let Some(member) = member else { return };
-            // Not while the room is behind: this peer's messages wait (backpressure).
-            std::future::poll_fn(|cx| {
-                let mut m = member.borrow_mut();
-                match m.membership.as_mut() {
-                    Some(membership) => membership.poll_caught_up(cx),
-                    None => Poll::Ready(()),
-                }
-            })
-            .await;
-            on_member_message(shard, members, id, &member, &payload);
+            if let Some(member) = member {
+                on_link_message(shard, members, id, &member, payload);
+            }
         }
         Link::Stateless { payload, .. } => {
             if let Some(m) = member {
-                if let Some(membership) = m.borrow_mut().membership.as_mut() {
-                    membership.stateless(&payload);
-                }
+                super::contain::call(shard.my_stats(), "link_stateless", || {
+                    if let Some(membership) = m.borrow_mut().membership.as_mut() {
+                        membership.stateless(&payload);
+                    }
+                });
             }
         }
         Link::SetWrite { can_write, .. } => {
@@ -223,20 +245,103 @@ pub async fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
                 outbox.close(code, &reason);
             }
         }
+        Link::Reading { reading, .. } => shard.links.set_reading(id, reading),
+    }
+}
+
+/// A link's sync or awareness message: handled now, or, while its room is behind (or
+/// earlier ones wait), kept in order in the stand-in's backlog, with the socket asked not to
+/// be read until the backlog is handled.
+fn on_link_message(
+    shard: &Rc<Shard>,
+    members: &Rc<Members>,
+    id: LinkId,
+    member: &Rc<RefCell<Member>>,
+    payload: Box<[u8]>,
+) {
+    let mut m = member.borrow_mut();
+    let behind = !m.backlog.is_empty() || m.membership.as_ref().is_some_and(Membership::lagging);
+    if !behind {
+        drop(m);
+        on_member_message(shard, members, id, member, &payload);
+        return;
+    }
+    if m.backlog_bytes + payload.len() > BACKLOG_BYTES_MAX {
+        drop(m);
+        let (code, reason) = Refusal::LinkBacklog.close();
+        let reason = reason.into_owned();
+        end_member(members, id);
+        shard
+            .links
+            .send(id.socket_shard, Link::SocketClosed { id, code, reason });
+        return;
+    }
+    let first = m.backlog.is_empty();
+    m.backlog_bytes += payload.len();
+    m.backlog.push_back(payload);
+    drop(m);
+    if first {
+        let reading = false;
+        shard
+            .links
+            .send(id.socket_shard, Link::Reading { id, reading });
+        let (shard, members, member) = (shard.clone(), members.clone(), member.clone());
+        glommio::spawn_local(async move {
+            let drain = drain_backlog(&shard, &members, id, &member);
+            super::contain::future(shard.my_stats(), "link_backlog", drain).await;
+        })
+        .detach();
+    }
+}
+
+/// Handles a stand-in's backlog as its room catches up; then lets its socket be read again.
+async fn drain_backlog(
+    shard: &Rc<Shard>,
+    members: &Rc<Members>,
+    id: LinkId,
+    member: &Rc<RefCell<Member>>,
+) {
+    loop {
+        std::future::poll_fn(|cx| match member.borrow_mut().membership.as_mut() {
+            Some(membership) => membership.poll_caught_up(cx),
+            None => Poll::Ready(()),
+        })
+        .await;
+        let next = {
+            let mut m = member.borrow_mut();
+            if m.left {
+                return;
+            }
+            let next = m.backlog.pop_front();
+            if let Some(payload) = &next {
+                m.backlog_bytes -= payload.len();
+            }
+            next
+        };
+        match next {
+            Some(payload) => on_member_message(shard, members, id, member, &payload),
+            None => {
+                let reading = true;
+                shard
+                    .links
+                    .send(id.socket_shard, Link::Reading { id, reading });
+                return;
+            }
+        }
     }
 }
 
 /// Opens the room for a socket on another shard and joins its stand-in.
 async fn join_member(
-    shard: Rc<Shard>,
-    members: Rc<Members>,
+    shard: &Rc<Shard>,
+    members: &Rc<Members>,
     id: LinkId,
     address: String,
     admission: Admission,
-    member: Rc<RefCell<Member>>,
+    member: &Rc<RefCell<Member>>,
 ) {
     let can_write = admission.can_write;
-    let claim = RoomClaim::open(&shard, admission).await;
+    let claim = RoomClaim::open(shard, admission).await;
     if member.borrow().left {
         // Left meanwhile: the claim lets the room expire.
         return;
@@ -263,8 +368,23 @@ async fn join_member(
             shard
                 .links
                 .send(id.socket_shard, Link::Joined { id, refused: None });
-            let forward = forward(shard.clone(), members, id, outbox, member);
-            glommio::spawn_local(forward).detach();
+            let (shard, members, member) = (shard.clone(), members.clone(), member.clone());
+            glommio::spawn_local(async move {
+                let forwarding = forward(&shard, &members, id, outbox, &member);
+                if super::contain::future(shard.my_stats(), "link_forward", forwarding)
+                    .await
+                    .is_none()
+                {
+                    // Its frames can no longer be trusted to reach the socket: it closes.
+                    end_member(&members, id);
+                    let (code, reason) = Refusal::Panicked.close();
+                    let reason = reason.into_owned();
+                    shard
+                        .links
+                        .send(id.socket_shard, Link::SocketClosed { id, code, reason });
+                }
+            })
+            .detach();
         }
         Err(refusal) => {
             members.0.borrow_mut().remove(&id);
@@ -278,17 +398,17 @@ async fn join_member(
 
 /// Sends what the room queued for a stand-in to its socket's shard, until the link ends.
 async fn forward(
-    shard: Rc<Shard>,
-    members: Rc<Members>,
+    shard: &Shard,
+    members: &Members,
     id: LinkId,
     outbox: Rc<Outbox>,
-    member: Rc<RefCell<Member>>,
+    member: &RefCell<Member>,
 ) {
     loop {
         let more = std::future::poll_fn(|cx| outbox.poll_pending(cx)).await;
         // Not past the peer's bound: meanwhile the outbox fills, and cuts off a stand-in
         // that stays behind as it would a slow client.
-        std::future::poll_fn(|cx| shard.links.poll_room(cx)).await;
+        std::future::poll_fn(|cx| shard.links.poll_room(id.socket_shard, cx)).await;
         if member.borrow().left {
             return;
         }
@@ -302,7 +422,7 @@ async fn forward(
             shard
                 .links
                 .send(id.socket_shard, Link::SocketClosed { id, code, reason });
-            end_member(&members, id);
+            end_member(members, id);
             return;
         }
         if !more {
@@ -315,7 +435,7 @@ async fn forward(
 /// refusal closes the document, the socket's budgets close the socket, a panic resets the
 /// document (which closes every subscriber, the stand-in's socket too).
 fn on_member_message(
-    shard: &Rc<Shard>,
+    shard: &Shard,
     members: &Members,
     id: LinkId,
     member: &Rc<RefCell<Member>>,

@@ -258,6 +258,11 @@ impl Membership {
         self.shard.integrator.request(&self.room);
     }
 
+    /// Its room is behind (see `Room::lagging`) and this connection may add to it.
+    pub fn lagging(&self) -> bool {
+        self.can_write && self.room.borrow().lagging()
+    }
+
     /// Ready when the connection may send this document more (see `Room::poll_caught_up`);
     /// viewers add nothing to integrate.
     pub fn poll_caught_up(&mut self, cx: &mut Context<'_>) -> Poll<()> {

@@ -84,6 +84,11 @@ pub enum Link {
         code: u16,
         reason: String,
     },
+    /// The link's room is behind: stop reading the socket (`false`), or read it again.
+    Reading {
+        id: LinkId,
+        reading: bool,
+    },
 }
 
 impl Link {
@@ -97,13 +102,27 @@ impl Link {
             | Link::Joined { id, .. }
             | Link::Frames { id, .. }
             | Link::DocumentClosed { id, .. }
-            | Link::SocketClosed { id, .. } => *id,
+            | Link::SocketClosed { id, .. }
+            | Link::Reading { id, .. } => *id,
+        }
+    }
+
+    /// The bytes it carries (what the peer queues bound besides the message count).
+    fn bytes(&self) -> usize {
+        match self {
+            Link::Message { payload, .. } => payload.len(),
+            Link::Stateless { payload, .. } => payload.len(),
+            Link::Frames { frames, .. } => frames.iter().map(|f| f.len()).sum(),
+            _ => 0,
         }
     }
 }
 
 /// Messages waiting for one peer shard, at most (a message may carry many frames).
 pub const PEER_QUEUE_MAX: usize = 4096;
+/// Their bytes, at most (past either, what sends to the peer waits; one read or one
+/// forwarding may pass it once).
+pub const PEER_QUEUE_BYTES_MAX: usize = 32 << 20;
 
 /// What a socket hears of its links' documents besides their frames.
 pub trait DocumentEvents {
@@ -124,6 +143,7 @@ pub struct Links {
 #[derive(Default)]
 struct PeerQueue {
     messages: VecDeque<Link>,
+    bytes: usize,
     /// The task that sends to this peer.
     sender: Option<Waker>,
     /// Sockets and stand-ins waiting for room.
@@ -137,6 +157,10 @@ struct End {
     events: Weak<RefCell<dyn DocumentEvents>>,
     /// Until the owner answers the join.
     joined: Option<LocalSender<Option<Refusal>>>,
+    /// The owner asked to stop reading the socket (its room is behind).
+    paused: bool,
+    /// The socket's session, waiting for `paused` to clear.
+    resume: Option<Waker>,
 }
 
 impl Links {
@@ -144,6 +168,7 @@ impl Links {
     pub fn send(&self, peer: usize, link: Link) {
         let mut queues = self.queues.borrow_mut();
         let queue = &mut queues[peer];
+        queue.bytes += link.bytes();
         queue.messages.push_back(link);
         if let Some(waker) = queue.sender.take() {
             waker.wake();
@@ -155,16 +180,19 @@ impl Links {
         self.ends.borrow().get(&id.n).map(|e| e.outbox.clone())
     }
 
-    /// Ready while every peer queue has room (a socket with links reads only then).
-    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready while the queue to `peer` has room (a socket with a document there reads only
+    /// then; a stand-in forwards only then).
+    pub fn poll_room(&self, peer: usize, cx: &mut Context<'_>) -> Poll<()> {
         let mut queues = self.queues.borrow_mut();
-        for queue in queues.iter_mut() {
-            if queue.messages.len() >= PEER_QUEUE_MAX {
-                queue.waiting.push(cx.waker().clone());
-                return Poll::Pending;
-            }
+        let queue = &mut queues[peer];
+        if queue.messages.len() < PEER_QUEUE_MAX && queue.bytes < PEER_QUEUE_BYTES_MAX {
+            return Poll::Ready(());
         }
-        Poll::Ready(())
+        // Bounded by the tasks that send to this peer: each waits on one poll at a time.
+        if !queue.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            queue.waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Makes the queues, one per shard of the node.
@@ -178,7 +206,10 @@ impl Links {
         let queue = &mut queues[peer];
         match queue.messages.pop_front() {
             Some(link) => {
-                if queue.messages.len() < PEER_QUEUE_MAX / 2 {
+                queue.bytes -= link.bytes();
+                if queue.messages.len() < PEER_QUEUE_MAX / 2
+                    && queue.bytes < PEER_QUEUE_BYTES_MAX / 2
+                {
                     queue.waiting.drain(..).for_each(Waker::wake);
                 }
                 Poll::Ready(link)
@@ -207,6 +238,8 @@ impl Links {
             outbox,
             events,
             joined: Some(joined),
+            paused: false,
+            resume: None,
         };
         self.ends.borrow_mut().insert(n, end);
         let id = LinkId {
@@ -226,6 +259,29 @@ impl Links {
             if let Some(joined) = end.joined.take() {
                 let _ = joined.try_send(refused);
             }
+        }
+    }
+
+    /// The owner's word on reading the socket (see `Link::Reading`).
+    pub fn set_reading(&self, id: LinkId, reading: bool) {
+        if let Some(end) = self.ends.borrow_mut().get_mut(&id.n) {
+            end.paused = !reading;
+            if reading {
+                if let Some(waker) = end.resume.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Ready unless the owner asked this end's socket not to be read.
+    pub fn poll_reading(&self, id: LinkId, cx: &mut Context<'_>) -> Poll<()> {
+        match self.ends.borrow_mut().get_mut(&id.n) {
+            Some(end) if end.paused => {
+                end.resume = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
         }
     }
 

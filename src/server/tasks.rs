@@ -80,7 +80,7 @@ pub async fn run(setup: Setup) {
                 let handoff = match message {
                     Mesh::Handoff(handoff) => handoff,
                     Mesh::Link(link) => {
-                        super::link::receive(&shard, &members, link).await;
+                        super::link::receive(&shard, &members, link);
                         continue;
                     }
                 };
@@ -289,7 +289,9 @@ async fn keepalive(shard: Rc<Shard>) {
                 let since_ping = now.since(live.last_ping.get());
                 // A Hocuspocus provider reconnects after 30 s without a message and cannot
                 // see WebSocket pings: it gets its own every half interval, quiet or not.
-                if live.outbox.in_band_keepalive() && since_ping >= ping_every / 2 {
+                // At most every 10 s, however long the interval: the provider's limit is 30 s.
+                let in_band_every = (ping_every / 2).min(Duration::from_secs(10));
+                if live.outbox.in_band_keepalive() && since_ping >= in_band_every {
                     live.outbox
                         .push_all(&[shard.ping.clone(), shard.in_band_ping.clone()]);
                     live.last_ping.set(now);
