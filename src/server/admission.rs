@@ -36,3 +36,13 @@ pub fn check_document(identity: &Identity, name: &str) -> Result<(), Refusal> {
         Ok(())
     }
 }
+
+/// A y-websocket connection decided on by the shard that accepted it (token verified,
+/// document checked, the upgrade's answer computed), for its document's owner shard.
+pub struct Handed {
+    pub accept: String,
+    pub protocol: Option<&'static str>,
+    /// What the client sent after its request head.
+    pub leftover: Vec<u8>,
+    pub admission: Admission,
+}

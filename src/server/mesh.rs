@@ -4,8 +4,7 @@
 //! two shards goes through that one queue, so a link's join, messages and leave arrive as
 //! they were sent, and its answers likewise.
 
-use super::admission::Admission;
-use crate::auth::verify::Identity;
+use super::admission::{Admission, Handed};
 use crate::outbox::{Frame, Outbox};
 use crate::refusal::Refusal;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -15,12 +14,11 @@ use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
-/// A connection moving to its document's owner shard: the socket, the bytes already read and
-/// the identity its token was verified to.
+/// A connection moving to its document's owner shard: the socket, and what the shard that
+/// accepted it decided (its token verified, its document checked, the upgrade's answer).
 pub struct Handoff {
     pub fd: OwnedFd,
-    pub head: Vec<u8>,
-    pub identity: Identity,
+    pub handed: Handed,
 }
 
 /// What shards send each other.

@@ -1,7 +1,7 @@
 //! The front door of every connection: read one request head (bounded in bytes and time),
 //! answer plain HTTP here, and start or hand off WebSocket sessions.
 
-use super::admission::{check_document, Admission};
+use super::admission::{check_document, Admission, Handed};
 use super::api;
 use super::handler::Handler;
 use super::handlers::{DocumentHandler, EchoHandler};
@@ -11,7 +11,6 @@ use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::auth;
-use crate::auth::verify::Identity;
 use crate::http::request::{parse_request, percent_decode, HttpError, Request};
 use crate::outbox::Outbox;
 use crate::refusal::Refusal;
@@ -23,11 +22,10 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Serves one accepted (or handed-off) connection, on the shard's admission task queue:
-/// reads and answers its request, and if it was admitted to a session, starts the session
-/// as a task of its own on the sessions' queue and ends. `head` holds bytes already read; a
-/// handed-off connection comes with the identity its token was verified to on the shard
-/// that accepted it, so the token is verified once.
+/// Serves one accepted connection, on the shard's admission task queue: reads and answers
+/// its request, and if it was admitted to a session, starts the session as a task of its own
+/// on the sessions' queue and ends. A connection to a document owned by another shard is
+/// handed there with the decision made here (see [`serve_handed`]).
 ///
 /// So a storm of handshakes takes the admission queue's share of the core, not the live
 /// sessions'; and admission's several KiB of transient state (the request head, the token,
@@ -36,10 +34,50 @@ use std::time::{Duration, Instant};
 ///
 /// A panic anywhere in admission (token verification, routing, registry calls) ends only
 /// this connection: it is answered 500 and closed.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: Option<Identity>) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let admit = admit(shard.clone(), stream.clone(), head, handed);
-    match super::contain::future(shard.my_stats(), "admission", admit).await {
+    let admit = admit(shard.clone(), stream.clone());
+    let admitted = super::contain::future(shard.my_stats(), "admission", admit).await;
+    start_session(shard, stream, admitted).await;
+}
+
+/// Serves a connection another shard accepted and decided on (token verified, document
+/// checked, the upgrade's answer computed): this shard, the document's owner, only joins it
+/// to its room (the limits that count there) and writes the 101. So nothing of the request
+/// is read or checked twice.
+pub async fn serve_handed(shard: Rc<Shard>, stream: TcpStream, handed: Handed) {
+    let stream: SharedStream = Rc::new(RefCell::new(stream));
+    let join = async {
+        let _counted = InAdmission::new(shard.my_stats());
+        // The one check that can have changed since the decision.
+        if shard.shared.draining() {
+            refuse_http(&shard, &stream, &Refusal::Draining).await;
+            return None;
+        }
+        let Handed {
+            accept,
+            protocol,
+            leftover,
+            admission,
+        } = handed;
+        let session = join_document(
+            &shard,
+            accept,
+            protocol,
+            leftover,
+            Instant::now(),
+            admission,
+        );
+        upgrade(&shard, &stream, session.await).await
+    };
+    let admitted = super::contain::future(shard.my_stats(), "admission", join).await;
+    start_session(shard, stream, admitted).await;
+}
+
+/// Starts the session of an admitted connection (its 101 written) as a task of its own, or
+/// answers an admission's panic.
+async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<Option<Admitted>>) {
+    match admitted {
         Some(Some(Admitted {
             outbox,
             leftover,
@@ -68,22 +106,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, head: Vec<u8>, handed: O
 
 /// Reads and answers the request; returns the session to run, if one was admitted here
 /// (its 101 written).
-async fn admit(
-    shard: Rc<Shard>,
-    stream: SharedStream,
-    head: Vec<u8>,
-    handed: Option<Identity>,
-) -> Option<Admitted> {
+async fn admit(shard: Rc<Shard>, stream: SharedStream) -> Option<Admitted> {
     let _counted = InAdmission::new(shard.my_stats());
     // One deadline for the whole exchange, from the accept (no later than the first byte):
     // a client cannot stretch it by sending its head and body just in time each.
     let deadline = Instant::now() + Duration::from_millis(shard.config().http.request_timeout_ms);
-    if handed.is_none() && shard.out_of_sockets() {
+    if shard.out_of_sockets() {
         refuse_http(&shard, &stream, &Refusal::OutOfSockets).await;
         return None;
     }
     let limit = shard.config().http.head_bytes_max;
-    let head = match within(deadline, read_head(&stream, head, limit)).await {
+    let head = match within(deadline, read_head(&stream, limit)).await {
         None => {
             refuse_http(&shard, &stream, &Refusal::RequestTimeout).await;
             return None;
@@ -102,7 +135,7 @@ async fn admit(
     let leftover = head[req.head_len..].to_vec();
     let upgrading = handshake::is_upgrade(&req);
     let started = Instant::now();
-    let exchange = route(&shard, &stream, &req, leftover, handed, started, deadline);
+    let exchange = route(&shard, &stream, &req, leftover, started, deadline);
     let routed = if upgrading {
         // An upgrade's admission takes registry counts it must give back, so it is never
         // cut short; its steps are bounded (the registry by `registry_timeout_ms`).
@@ -120,9 +153,10 @@ async fn admit(
             drop(head);
             upgrade(&shard, &stream, session).await
         }
-        Routed::HandOff(owner, identity) => {
+        Routed::HandOff(owner, handed) => {
             drop(req);
-            shard.hand_off(owner, &stream, head, *identity).await;
+            drop(head);
+            shard.hand_off(owner, &stream, *handed).await;
             None
         }
     }
@@ -134,8 +168,8 @@ enum Routed {
     Done,
     /// Admitted: the session to run.
     Session(Session),
-    /// The document lives on another shard: hand the connection over.
-    HandOff(usize, Box<Identity>),
+    /// The document lives on another shard: hand the connection over, decided.
+    HandOff(usize, Box<Handed>),
 }
 
 /// Counts its socket in the shard's `admissions` for as long as it lives: it is dropped on
@@ -160,11 +194,8 @@ enum HeadError {
     Http(HttpError),
 }
 
-async fn read_head(
-    stream: &SharedStream,
-    mut buf: Vec<u8>,
-    limit: usize,
-) -> Result<Vec<u8>, HeadError> {
+async fn read_head(stream: &SharedStream, limit: usize) -> Result<Vec<u8>, HeadError> {
+    let mut buf = Vec::new();
     loop {
         match parse_request(&buf, limit) {
             Ok(Some(_)) => return Ok(buf),
@@ -203,11 +234,9 @@ async fn route(
     stream: &SharedStream,
     req: &Request<'_>,
     leftover: Vec<u8>,
-    handed: Option<Identity>,
     started: Instant,
     deadline: Instant,
 ) -> Routed {
-    let handed_off = handed.is_some();
     let upgrade = handshake::is_upgrade(req);
     let ip = client_ip(shard, stream, req);
     if !upgrade && api::answer(shard, stream, req, &leftover, ip, deadline).await {
@@ -233,13 +262,12 @@ async fn route(
         Some(Refusal::NotFound)
     } else if shard.shared.draining() {
         Some(Refusal::Draining)
-    } else if !handed_off && shard.overloaded() {
+    } else if shard.overloaded() {
         Some(Refusal::Overloaded)
-    } else if !handed_off
-        && !shard
-            .shared
-            .handshakes_per_ip
-            .allow(ip, crate::log::unix_ms() / 1000)
+    } else if !shard
+        .shared
+        .handshakes_per_ip
+        .allow(ip, crate::log::unix_ms() / 1000)
     {
         crate::log::warn("rate_limited", &[("ip", &ip), ("budget", &"handshakes")]);
         Some(Refusal::RateLimited)
@@ -266,15 +294,12 @@ async fn route(
         refuse(Refusal::MissingToken).await;
         return Routed::Done;
     };
-    let verified = match handed {
-        Some(identity) => Ok(identity),
-        None => match shard.verify_token(found.token.clone()).await {
-            Ok(verified) => verified,
-            Err(super::offload::Busy) => {
-                refuse_http(shard, stream, &Refusal::VerifierBusy).await;
-                return Routed::Done;
-            }
-        },
+    let verified = match shard.verify_token(found.token.clone()).await {
+        Ok(verified) => verified,
+        Err(super::offload::Busy) => {
+            refuse_http(shard, stream, &Refusal::VerifierBusy).await;
+            return Routed::Done;
+        }
     };
     let identity = match verified {
         Ok(identity) => identity,
@@ -298,10 +323,6 @@ async fn route(
     }
     let key = isolation_key(&identity.tenant_id, &identity.app.id, &raw_name);
     let owner = owner_shard(&key, shard.shards);
-    if owner != shard.id {
-        assert!(!handed_off, "a handed-off connection is on its owner shard");
-        return Routed::HandOff(owner, Box::new(identity));
-    }
     let admission = Admission {
         key,
         document: req.path[1..].to_owned(),
@@ -309,18 +330,41 @@ async fn route(
         limits: identity.limits,
         can_write: identity.role == auth::claims::Role::Editor,
     };
+    if owner != shard.id {
+        let handed = Handed {
+            accept,
+            protocol: marker,
+            leftover,
+            admission,
+        };
+        return Routed::HandOff(owner, Box::new(handed));
+    }
+    let session = join_document(shard, accept, marker, leftover, started, admission);
+    Routed::Session(session.await)
+}
+
+/// Joins a y-websocket connection to its document on this, its owner, shard: the session
+/// to run, or the close its admission was refused with.
+async fn join_document(
+    shard: &Rc<Shard>,
+    accept: String,
+    protocol: Option<&'static str>,
+    leftover: Vec<u8>,
+    started: Instant,
+    admission: Admission,
+) -> Session {
     let outbox = new_outbox(shard);
     let handler = DocumentHandler::join(shard.clone(), admission, outbox.clone())
         .await
         .map(|h| Box::new(h) as Box<dyn Handler>);
-    Routed::Session(Session {
+    Session {
         accept,
-        protocol: marker,
+        protocol,
         leftover,
         started,
         outbox,
         handler,
-    })
+    }
 }
 
 /// A session admitted without a token at the upgrade (no subprotocol to answer).

@@ -1,6 +1,7 @@
 //! One shard: its listener, the documents it owns, its connections' liveness, and the
 //! mesh it receives handed-off connections on.
 
+use super::admission::Handed;
 use super::mesh::{Handoff, Mesh};
 use super::rooms::{RoomRefusal, Rooms};
 use super::shared::Shared;
@@ -262,13 +263,7 @@ impl Shard {
 
     /// Sends a connection to the shard that owns its document: a duplicate of its socket
     /// travels; ours is closed when the admission's stream drops.
-    pub async fn hand_off(
-        &self,
-        owner: usize,
-        stream: &SharedStream,
-        head: Vec<u8>,
-        identity: Identity,
-    ) {
+    pub async fn hand_off(&self, owner: usize, stream: &SharedStream, handed: Handed) {
         use std::os::fd::{AsRawFd, BorrowedFd};
         let raw = stream.borrow().as_raw_fd();
         // SAFETY: `raw` is the stream's open socket, which outlives this borrow.
@@ -276,12 +271,8 @@ impl Shard {
             return;
         };
         // A closed mesh means the process is stopping; the connection is dropped with it.
-        let _ = self
-            .mesh_send(
-                owner,
-                Mesh::Handoff(Box::new(Handoff { fd, head, identity })),
-            )
-            .await;
+        let handoff = Box::new(Handoff { fd, handed });
+        let _ = self.mesh_send(owner, Mesh::Handoff(handoff)).await;
     }
 
     /// Sends to another shard over the mesh (waiting while its channel is full); an error

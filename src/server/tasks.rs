@@ -87,15 +87,8 @@ pub async fn run(setup: Setup) {
                 // SAFETY: the fd was dup'ed for us by the sending shard and is owned here.
                 let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
                 stats::add(&shard.my_stats().handoffs_total, 1);
-                admit_later(
-                    &shard,
-                    super::router::serve(
-                        shard.clone(),
-                        stream,
-                        handoff.head,
-                        Some(handoff.identity),
-                    ),
-                );
+                let handed = super::router::serve_handed(shard.clone(), stream, handoff.handed);
+                admit_later(&shard, handed);
             }
         })
         .detach();
@@ -169,10 +162,7 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 stats::add(&shard.my_stats().connections_accepted_total, 1);
-                admit_later(
-                    shard,
-                    super::router::serve(shard.clone(), stream, Vec::new(), None),
-                );
+                admit_later(shard, super::router::serve(shard.clone(), stream));
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, back off, keep serving.
