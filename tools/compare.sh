@@ -7,6 +7,9 @@
 #   DOCS=100 LIGHT_RATE=2 DURATION_S=5 LOADS="light prepend" bash tools/compare.sh
 #   BEFORE_BIN=/tmp/wiresocket-old SERVERS="wiresocket-before wiresocket" bash tools/compare.sh
 #                                         # an earlier build beside this one, same run
+#   SERVERS="wiresocket wiresocket-hocuspocus" bash tools/compare.sh
+#                                         # the same server, clients in the Hocuspocus framing
+#                                         # (@hocuspocus/provider's: a socket on / per client)
 #
 # The peers are installed outside the repository, in $PEERS_DIR (default
 # ~/.cache/wiresocket-peers); nothing of theirs is committed. yrs-warp is a library: the
@@ -49,18 +52,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Whether SERVERS names $1.
+wanted() {
+    [[ " $SERVERS " == *" $1 "* ]]
+}
+
+# Installs the peers SERVERS names (only those).
 install_peers() {
-    mkdir -p "$PEERS_DIR/node"
-    if [ ! -f "$PEERS_DIR/node/node_modules/@y/websocket-server/package.json" ]; then
+    if wanted node && [ ! -f "$PEERS_DIR/node/node_modules/@y/websocket-server/package.json" ]; then
+        mkdir -p "$PEERS_DIR/node"
         echo "installing @y/websocket-server 0.1.1 into $PEERS_DIR/node" >&2
         (cd "$PEERS_DIR/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
             npm install --no-audit --no-fund @y/websocket-server@0.1.1 >&2)
     fi
-    if [ ! -x "$PEERS_DIR/y-sweet/bin/y-sweet" ]; then
+    if wanted y-sweet && [ ! -x "$PEERS_DIR/y-sweet/bin/y-sweet" ]; then
         echo "installing y-sweet 0.9.1 into $PEERS_DIR/y-sweet (a few minutes)" >&2
         cargo install y-sweet --version 0.9.1 --locked --root "$PEERS_DIR/y-sweet" >&2
     fi
-    install_yrs_warp
+    if wanted yrs-warp; then
+        install_yrs_warp
+    fi
 }
 
 # A y-websocket server made of yrs-warp 0.9's BroadcastGroup: one group per document name,
@@ -174,13 +185,14 @@ wait_port() {
 start_server() {
     local pin="taskset -c 0"
     CREATE=()
+    FRAMING=()
     # Something else on the port would answer wait_port and take this server's load.
     if port_answers; then
         echo "port $PORT is already in use: choose another with PORT=" >&2
         return 1
     fi
     case "$1" in
-    wiresocket | wiresocket-before)
+    wiresocket | wiresocket-before | wiresocket-hocuspocus)
         local bin=target/release/wiresocket
         if [ "$1" = wiresocket-before ]; then
             bin=${BEFORE_BIN:?wiresocket-before needs BEFORE_BIN, an earlier wiresocket binary}
@@ -191,6 +203,9 @@ start_server() {
         SERVER_PID=$!
         wait_port
         URL="ws://127.0.0.1:$PORT/{doc}?token=$("$bin" token --ttl-s 3600 --config "$WORK/wiresocket.toml")"
+        if [ "$1" = wiresocket-hocuspocus ]; then
+            FRAMING=(--framing hocuspocus)
+        fi
         ;;
     y-sweet)
         $pin "$PEERS_DIR/y-sweet/bin/y-sweet" serve --host 127.0.0.1 --port "$PORT" \
@@ -250,7 +265,7 @@ for load_name in $LOADS; do
         echo "== $load_name, $server: ${generator[*]} --duration-s $DURATION_S" >&2
         start_server "$server"
         # A failed run (lost updates, an overloaded server) still prints its line.
-        "${generator[@]}" --url "$URL" "${CREATE[@]}" --duration-s "$DURATION_S" \
+        "${generator[@]}" --url "$URL" "${CREATE[@]}" "${FRAMING[@]}" --duration-s "$DURATION_S" \
             --server-pid "$SERVER_PID" --label "$load_name $server" --json | tee -a "$RESULTS" >&2 || true
         stop_server
     done
