@@ -1,7 +1,9 @@
 //! Runs the real-client interop suites (tests/js: npm `yjs`, `y-websocket`, `ws` in
-//! interop.test.mjs; `@hocuspocus/provider` 2.x, 3.x and 4.x in hocuspocus.test.mjs; all pinned
+//! interop.test.mjs; `@hocuspocus/provider` 2.x, 3.x and 4.x in hocuspocus.test.mjs; Tiptap
+//! editors in headless Chromium pages, driven by `puppeteer-core`, in tiptap.test.mjs; all pinned
 //! by the committed package-lock.json) against the binary cargo built, so that `cargo test` is
-//! the one command for every test. Needs Node 20 and npm; fails (never skips) without them.
+//! the one command for every test. Needs Node 20, npm and Debian's Chromium
+//! (`apt-get install chromium`); fails (never skips) without them.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,8 +11,16 @@ use std::process::Command;
 #[test]
 fn yjs_and_y_websocket_clients_interoperate() {
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    if !js.join("node_modules/y-websocket").exists()
-        || !js.join("node_modules/hocuspocus-provider-4").exists()
+    // Packages the test files need; any missing (an older checkout's node_modules) means npm ci.
+    let needed = [
+        "y-websocket",
+        "hocuspocus-provider-4",
+        "@tiptap/core",
+        "puppeteer-core",
+    ];
+    if needed
+        .iter()
+        .any(|package| !js.join("node_modules").join(package).exists())
     {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
@@ -26,6 +36,7 @@ fn yjs_and_y_websocket_clients_interoperate() {
             "--test-concurrency=1",
             "interop.test.mjs",
             "hocuspocus.test.mjs",
+            "tiptap.test.mjs",
         ])
         .current_dir(&js)
         .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
@@ -39,16 +50,17 @@ fn yjs_and_y_websocket_clients_interoperate() {
         output.status.success(),
         "the JavaScript interop tests failed"
     );
-    // node's runner prints "# pass N" (both files together); make sure every test ran:
-    // 8 in interop.test.mjs, 15 in hocuspocus.test.mjs (5 for each provider release).
+    // node's runner prints "# pass N" (all files together); make sure every test ran:
+    // 8 in interop.test.mjs, 15 in hocuspocus.test.mjs (5 for each provider release),
+    // 1 in tiptap.test.mjs.
     let passed: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(
-        passed >= 23,
-        "expected 23 passing interop tests, got {passed}"
+        passed >= 24,
+        "expected 24 passing interop tests, got {passed}"
     );
 }
 

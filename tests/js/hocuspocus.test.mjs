@@ -14,8 +14,7 @@
 // HocuspocusProviderWebsocket, and all take the JWT as the provider's `token`.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, execFileSync } from 'node:child_process'
-import { once } from 'node:events'
+import { startServer, token, TOKEN, TIMEOUT, waitFor, tick } from './server.mjs'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -23,43 +22,9 @@ import * as hocuspocus2 from 'hocuspocus-provider-2'
 import * as hocuspocus3 from 'hocuspocus-provider-3'
 import * as hocuspocus4 from 'hocuspocus-provider-4'
 
-const BIN = process.env.WIRESOCKET_BIN
-if (!BIN) throw new Error('set WIRESOCKET_BIN to the wiresocket binary (cargo test does this)')
-
 const VERSIONS = { 2: hocuspocus2, 3: hocuspocus3, 4: hocuspocus4 }
 
-// Two shards: a socket stays on the shard that accepted it, and its documents live on either
-// (reached over the shard mesh when they are on the other).
-async function startServer (listen = '127.0.0.1:0') {
-  const proc = spawn(BIN, ['serve', '--listen', listen, '--shards', '2'], { stdio: ['ignore', 'pipe', 'ignore'] })
-  let out = ''
-  for await (const chunk of proc.stdout) {
-    out += chunk
-    const m = out.match(/listening on (127\.0\.0\.1:\d+)/)
-    if (m) {
-      const exited = once(proc, 'exit')
-      return { addr: m[1], url: `ws://${m[1]}`, stop: async () => { proc.kill('SIGKILL'); await exited } }
-    }
-  }
-  throw new Error(`server did not start: ${out}`)
-}
-
-// A development token, as a newcomer gets it: `wiresocket token`.
-const token = (...args) => execFileSync(BIN, ['token', ...args], { encoding: 'utf8' }).trim()
-const TOKEN = token()
-
-const TIMEOUT = { timeout: 60000 }
-
-async function waitFor (what, predicate, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
-}
-
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
-const tick = () => new Promise(resolve => setImmediate(resolve))
 const text = p => p.document.getText('t').toString()
 
 // Reconnect quickly after the server goes away (defaults: 1 s, doubling, up to 30 s).

@@ -2,32 +2,12 @@
 // Run through `cargo test` (tests/interop_js.rs), which builds the binary and sets WIRESOCKET_BIN.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { startServer, token, TOKEN, TIMEOUT, waitFor, tick } from './server.mjs'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-
-const BIN = process.env.WIRESOCKET_BIN
-if (!BIN) throw new Error('set WIRESOCKET_BIN to the wiresocket binary (cargo test does this)')
-
-async function startServer (listen = '127.0.0.1:0') {
-  const proc = spawn(BIN, ['serve', '--listen', listen, '--shards', '2'], { stdio: ['ignore', 'pipe', 'ignore'] })
-  let out = ''
-  for await (const chunk of proc.stdout) {
-    out += chunk
-    const m = out.match(/listening on (127\.0\.0\.1:\d+)/)
-    if (m) {
-      const exited = once(proc, 'exit')
-      return { addr: m[1], url: `ws://${m[1]}`, stop: async () => { proc.kill('SIGKILL'); await exited } }
-    }
-  }
-  throw new Error(`server did not start: ${out}`)
-}
-
-// A development token, as a newcomer gets it: `wiresocket token`.
-const token = (...args) => execFileSync(BIN, ['token', ...args], { encoding: 'utf8' }).trim()
-const TOKEN = token()
 
 function provider (url, name, doc = new Y.Doc(), options = { params: { token: TOKEN } }) {
   // disableBc: providers in one process would otherwise sync around the server.
@@ -38,18 +18,7 @@ function provider (url, name, doc = new Y.Doc(), options = { params: { token: TO
   return p
 }
 
-const TIMEOUT = { timeout: 60000 }
-
-async function waitFor (what, predicate, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
-}
-
 const synced = p => waitFor('sync', () => p.synced)
-const tick = () => new Promise(resolve => setImmediate(resolve))
 
 test('8 providers x 500 concurrent edits on one document converge', TIMEOUT, async () => {
   const server = await startServer()
