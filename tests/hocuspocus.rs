@@ -603,3 +603,28 @@ fn many_documents_authenticating_at_once_all_open() {
     assert!(c.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).synced)));
     assert!(names.iter().all(|n| c.doc(n).denied.is_none()));
 }
+
+#[test]
+fn awareness_is_relayed_echoed_to_its_sender_and_answered_to_a_query() {
+    let server = one_shard();
+    let mut a = HClient::connect(&server.addr, "/");
+    let mut b = HClient::connect(&server.addr, "/");
+    a.attach("room", editor_token(), 1);
+    b.attach("room", editor_token(), 2);
+    assert!(a.pump_until(WAIT, |c| c.doc("room").synced));
+    assert!(b.pump_until(WAIT, |c| c.doc("room").synced));
+    let mut update = Vec::new();
+    var(&mut update, 1); // one entry: client 1, clock 1, its state
+    var(&mut update, 1);
+    var(&mut update, 1);
+    var_string(&mut update, br#"{"user":"a"}"#);
+    let mut body = Vec::new();
+    var_string(&mut body, &update);
+    a.send(message("room", 1, &body));
+    // Echoed to its sender (the provider's sign of life) and relayed to the others.
+    assert!(a.pump_until(WAIT, |c| c.doc("room").awareness >= 1));
+    assert!(b.pump_until(WAIT, |c| c.doc("room").awareness >= 1));
+    let before = b.doc("room").awareness;
+    b.send(message("room", 3, &[]));
+    assert!(b.pump_until(WAIT, |c| c.doc("room").awareness > before));
+}

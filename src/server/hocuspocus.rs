@@ -24,7 +24,6 @@ use crate::sync::protocol;
 use crate::sync::room::Framing;
 use crate::ws::frame::Opcode;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 
@@ -49,15 +48,14 @@ struct Socket {
     outbox: Rc<Outbox>,
     /// The upgrade's `Origin`, checked against each document's token.
     origin: Option<Vec<u8>>,
-    bounds: HocuspocusConfig,
-    /// By address; at most `bounds.documents_max` (open, waiting and refused alike).
-    documents: HashMap<Box<str>, Document>,
+    /// By address; at most `hocuspocus.documents_max` (open, waiting and refused alike).
+    documents: Documents,
     /// Messages (and their bytes) queued for documents whose token is not checked yet.
     queued_messages: usize,
     queued_bytes: usize,
     /// One connection count per app, shared by the app's open documents on this socket
     /// (and given back with the last of them).
-    counts: HashMap<String, Weak<ConnectionCount>>,
+    counts: Vec<(String, Weak<ConnectionCount>)>,
     rate: MessageRate,
     /// Tells a document's admissions apart: one that finishes after its document was closed
     /// (or refused and tried again) finds another attempt and gives back what it took.
@@ -65,10 +63,13 @@ struct Socket {
     /// Token checks (admissions and refreshes) running, abandoned ones included until they
     /// end: at most [`CHECKS_IN_FLIGHT_MAX`]; further tokens wait in their document.
     checks_in_flight: usize,
-    /// A task watches that a document opens within `auth_timeout_ms` while none is open.
-    watching: bool,
+    /// While none is open, the task that closes the socket if no document opens within
+    /// `auth_timeout_ms` (cancelled when one opens: an idle task per socket is not free).
+    watch: Option<glommio::task::JoinHandle<()>>,
     /// The document whose message is being handled (for `on_panic`).
-    handling: Option<Box<str>>,
+    /// Empty when none (an address never is): kept, not freed, so that marking it costs
+    /// no allocation per message.
+    handling: String,
     /// Not read since one of its rooms fell behind (counted once per wait).
     waiting: bool,
     /// `None` once the session has ended.
@@ -87,6 +88,60 @@ enum Document {
     Open(Open),
     /// Refused: its messages are dropped until it sends a token again.
     Refused,
+}
+
+/// A socket's documents by address: a few (at most `hocuspocus.documents_max`), so a vector
+/// searched in order, which for the usual one or two costs less memory than a map.
+#[derive(Default)]
+struct Documents(Vec<(Box<str>, Document)>);
+
+impl Documents {
+    fn get(&self, address: &str) -> Option<&Document> {
+        self.0.iter().find(|(a, _)| &**a == address).map(|(_, d)| d)
+    }
+
+    fn get_mut(&mut self, address: &str) -> Option<&mut Document> {
+        self.0
+            .iter_mut()
+            .find(|(a, _)| &**a == address)
+            .map(|(_, d)| d)
+    }
+
+    /// Sets the document at `address`; returns what was there.
+    fn insert(&mut self, address: Box<str>, document: Document) -> Option<Document> {
+        match self.get_mut(&address) {
+            Some(there) => Some(std::mem::replace(there, document)),
+            None => {
+                self.0.push((address, document));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, address: &str) -> Option<Document> {
+        let at = self.0.iter().position(|(a, _)| &**a == address)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Document> {
+        self.0.iter().map(|(_, d)| d)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Document> {
+        self.0.iter_mut().map(|(_, d)| d)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Document)> {
+        self.0.iter_mut().map(|(a, d)| (&**a, d))
+    }
 }
 
 impl Document {
@@ -155,16 +210,15 @@ impl HocuspocusHandler {
             shard: shard.clone(),
             outbox,
             origin,
-            bounds: shard.config().hocuspocus.clone(),
-            documents: HashMap::new(),
+            documents: Documents::default(),
             queued_messages: 0,
             queued_bytes: 0,
-            counts: HashMap::new(),
+            counts: Vec::new(),
             rate: new_message_rate(shard),
             attempts: 0,
             checks_in_flight: 0,
-            watching: false,
-            handling: None,
+            watch: None,
+            handling: String::new(),
             waiting: false,
             gauge: Some(ConnectionGauge::new(shard)),
         };
@@ -190,9 +244,9 @@ impl Handler for HocuspocusHandler {
             // A v4 pong: its arrival is the sign of life (and costs a token, as any message).
             return socket.charge(1);
         };
-        socket.handling = Some(address.into());
+        socket.handling.push_str(address);
         let handled = socket.on_document(&self.socket, address, message, payload);
-        socket.handling = None;
+        socket.handling.clear();
         handled
     }
 
@@ -242,7 +296,7 @@ impl Handler for HocuspocusHandler {
         let Ok(mut socket) = self.socket.try_borrow_mut() else {
             return;
         };
-        let handling = socket.handling.take();
+        let handling = std::mem::take(&mut socket.handling);
         for (address, document) in socket.documents.iter_mut() {
             if let Document::Open(Open {
                 place: Place::Local(membership),
@@ -251,7 +305,7 @@ impl Handler for HocuspocusHandler {
             {
                 // Unknown (a flush at the end of a read): every open document may be
                 // half-changed.
-                if handling.as_ref().is_none_or(|h| h == address) {
+                if handling.is_empty() || handling == address {
                     membership.reset();
                 }
             }
@@ -274,6 +328,10 @@ impl Drop for HocuspocusHandler {
 }
 
 impl Socket {
+    fn bounds(&self) -> &HocuspocusConfig {
+        &self.shard.config().hocuspocus
+    }
+
     fn ended(&self) -> bool {
         self.gauge.is_none()
     }
@@ -283,6 +341,7 @@ impl Socket {
         self.documents.clear();
         self.counts.clear();
         self.gauge = None;
+        self.stop_watching();
     }
 
     fn on_document(
@@ -328,8 +387,9 @@ impl Socket {
                 if matches!(message, DocumentMessage::Close) {
                     return Ok(());
                 }
-                if self.documents.len() >= self.bounds.documents_max {
-                    return Err(Refusal::HocuspocusDocuments(self.bounds.documents_max));
+                let documents_max = self.bounds().documents_max;
+                if self.documents.len() >= documents_max {
+                    return Err(Refusal::HocuspocusDocuments(documents_max));
                 }
                 self.documents.insert(address.into(), Document::waiting());
             }
@@ -366,8 +426,9 @@ impl Socket {
                 }
             }
             (_, None) => {
-                let messages_max = self.bounds.pending_messages_max;
-                let bytes_max = self.bounds.pending_bytes_max;
+                let bounds = &self.shard.config().hocuspocus;
+                let (messages_max, bytes_max) =
+                    (bounds.pending_messages_max, bounds.pending_bytes_max);
                 if self.queued_messages + 1 > messages_max
                     || self.queued_bytes + payload.len() > bytes_max
                 {
@@ -498,12 +559,11 @@ impl Socket {
             .documents
             .values()
             .any(|d| matches!(d, Document::Open(_)));
-        if open || self.watching || self.ended() {
+        if open || self.watch.is_some() || self.ended() {
             return;
         }
-        self.watching = true;
         let socket = self.me.clone();
-        let timeout = std::time::Duration::from_millis(self.bounds.auth_timeout_ms);
+        let timeout = std::time::Duration::from_millis(self.bounds().auth_timeout_ms);
         let stats_of = self.shard.clone();
         let watch = async move {
             glommio::timer::sleep(timeout).await;
@@ -511,7 +571,7 @@ impl Socket {
                 return;
             };
             let mut s = socket.borrow_mut();
-            s.watching = false;
+            s.watch = None;
             if s.ended() {
                 return;
             }
@@ -522,14 +582,21 @@ impl Socket {
             let (code, reason) = refusal.close();
             s.outbox.close(code, &reason);
         };
-        glommio::spawn_local_into(
+        let task = glommio::spawn_local_into(
             async move {
                 super::contain::future(stats_of.my_stats(), "hocuspocus_watch", watch).await;
             },
             self.shard.admission_queue,
         )
-        .expect("the admission task queue lives as long as the shard")
-        .detach();
+        .expect("the admission task queue lives as long as the shard");
+        self.watch = Some(task.detach());
+    }
+
+    /// A document opened: the watch for one is over.
+    fn stop_watching(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.cancel();
+        }
     }
 
     /// Forgets a waiting document and what it queued.
@@ -638,13 +705,14 @@ impl Socket {
             unreachable!("admitted while waiting")
         };
         self.unqueue(&queue);
+        self.stop_watching();
         for payload in queue.iter() {
             let Ok(Incoming::Document { message, .. }) = hocuspocus::decode(payload) else {
                 unreachable!("queued messages were decoded")
             };
-            self.handling = Some(address.into());
+            self.handling.push_str(address);
             let handled = self.on_open(this, address, message);
-            self.handling = None;
+            self.handling.clear();
             handled?;
             if !matches!(self.documents.get(address), Some(Document::Open(_))) {
                 break;
@@ -785,20 +853,23 @@ async fn app_count(
     app: &str,
     limits: &auth::claims::Limits,
 ) -> Result<Rc<ConnectionCount>, Refusal> {
-    let held = socket.borrow().counts.get(app).and_then(Weak::upgrade);
-    if let Some(count) = held {
+    let held = |s: &Socket| {
+        let (_, count) = s.counts.iter().find(|(a, _)| a == app)?;
+        count.upgrade()
+    };
+    if let Some(count) = held(&socket.borrow()) {
         return Ok(count);
     }
     let count = ConnectionCount::acquire(shard, app.to_owned(), limits).await?;
     let mut s = socket.borrow_mut();
     // Another document of the app may have taken one meanwhile: this one then goes back.
-    if let Some(held) = s.counts.get(app).and_then(Weak::upgrade) {
+    if let Some(held) = held(&s) {
         return Ok(held);
     }
     let count = Rc::new(count);
     // Bounded by the socket's documents: apps whose documents all closed are forgotten.
-    s.counts.retain(|_, c| c.strong_count() > 0);
-    s.counts.insert(app.to_owned(), Rc::downgrade(&count));
+    s.counts.retain(|(_, c)| c.strong_count() > 0);
+    s.counts.push((app.to_owned(), Rc::downgrade(&count)));
     Ok(count)
 }
 
