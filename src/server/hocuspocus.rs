@@ -5,7 +5,7 @@
 //! the socket stays open for the others. The wire facts are in `shared/spec/HOCUSPOCUS.md`;
 //! the bytes are `sync::hocuspocus`'s, the rooms `sync::room`'s.
 
-use super::admission::{check_document, Admission};
+use super::admission::{decide, Admission};
 use super::handler::Handler;
 use super::handlers::{count_wait, new_message_rate};
 use super::link::RemoteDocument;
@@ -17,7 +17,6 @@ use crate::auth;
 use crate::config::HocuspocusConfig;
 use crate::outbox::{shared_frame, Outbox};
 use crate::refusal::Refusal;
-use crate::sync::document::{isolation_key, owner_shard};
 use crate::sync::hocuspocus::{self, DocumentMessage, Incoming};
 use crate::sync::message_rate::{MessageRate, HEAVY_MESSAGE_WEIGHT};
 use crate::sync::protocol;
@@ -818,20 +817,9 @@ async fn admit(
     token: String,
 ) -> Result<Admitted, Refusal> {
     let shard = socket.borrow().shard.clone();
-    let identity = verify(&shard, socket, token).await?;
-    check_document(&identity, address)?;
-    let key = isolation_key(&identity.tenant_id, &identity.app.id, address);
-    let owner = owner_shard(&key, shard.shards);
-    let app = format!("{}::{}", identity.tenant_id, identity.app.id);
-    let count = app_count(socket, &shard, &app, &identity.limits).await?;
-    let admission = Admission {
-        key: key.clone(),
-        document: address.to_owned(),
-        app,
-        limits: identity.limits,
-        can_write: identity.role == auth::claims::Role::Editor,
-    };
-    let can_write = admission.can_write;
+    let (admission, owner) = decided(&shard, socket, address, token).await?;
+    let count = app_count(socket, &shard, &admission.app, &admission.limits).await?;
+    let (can_write, key) = (admission.can_write, admission.key.clone());
     let joining = if owner == shard.id {
         Joining::Local(RoomClaim::open(&shard, admission).await?)
     } else {
@@ -873,12 +861,14 @@ async fn app_count(
     Ok(count)
 }
 
-/// A token checked as an upgrade's is: its signature and claims, then the socket's `Origin`.
-async fn verify(
+/// A token checked as an upgrade's is (its signature and claims), then decided on for the
+/// document at `address` from the socket's `Origin` (see `admission::decide`).
+async fn decided(
     shard: &Rc<Shard>,
     socket: &Rc<RefCell<Socket>>,
+    address: &str,
     token: String,
-) -> Result<auth::verify::Identity, Refusal> {
+) -> Result<(Admission, usize), Refusal> {
     if token.is_empty() {
         return Err(Refusal::MissingToken);
     }
@@ -887,10 +877,14 @@ async fn verify(
         Ok(Err(refusal)) => return Err(Refusal::Token(refusal)),
         Err(super::offload::Busy) => return Err(Refusal::VerifierBusy),
     };
-    if !auth::verify::origin_allowed(&identity, socket.borrow().origin.as_deref()) {
-        return Err(Refusal::OriginForbidden);
-    }
-    Ok(identity)
+    let s = socket.borrow();
+    decide(
+        &identity,
+        address,
+        address,
+        s.origin.as_deref(),
+        shard.shards,
+    )
 }
 
 /// Checks a refreshed token for the document opened by `attempt`: valid for the same
@@ -907,10 +901,8 @@ fn spawn_refresh(
     let queue = shard.admission_queue;
     let task = async move {
         let check = async {
-            let identity = verify(&shard, &socket, token).await?;
-            check_document(&identity, &address)?;
-            let key = isolation_key(&identity.tenant_id, &identity.app.id, &address);
-            Ok::<_, Refusal>((key, identity.role == auth::claims::Role::Editor))
+            let (admission, _) = decided(&shard, &socket, &address, token).await?;
+            Ok::<_, Refusal>((admission.key, admission.can_write))
         };
         let checked = super::contain::future(shard.my_stats(), "hocuspocus_refresh", check)
             .await

@@ -5,7 +5,7 @@
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Wire};
 use crate::ws::handshake;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -19,9 +19,24 @@ pub async fn within<T>(deadline: Instant, f: impl std::future::Future<Output = T
     .await
 }
 
+/// Refuses an upgrade as the refusal says: with its HTTP status before any frame, or with
+/// its close code after the 101.
+pub async fn refuse_upgrade(
+    shard: &Rc<Shard>,
+    stream: &SharedStream,
+    accept: &str,
+    protocol: Option<&str>,
+    refusal: Refusal,
+) {
+    match refusal.wire() {
+        Wire::Http { .. } => refuse_http(shard, stream, &refusal).await,
+        Wire::Close { .. } => refuse_after_upgrade(shard, stream, accept, protocol, refusal).await,
+    }
+}
+
 /// Completes the handshake and closes at once with `code`: how WebSocket clients learn why
 /// (browsers hide HTTP error statuses from scripts).
-pub async fn refuse_after_upgrade(
+async fn refuse_after_upgrade(
     shard: &Rc<Shard>,
     stream: &SharedStream,
     accept: &str,

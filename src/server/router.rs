@@ -1,12 +1,12 @@
 //! The front door of every connection: read one request head (bounded in bytes and time),
 //! answer plain HTTP here, and start or hand off WebSocket sessions.
 
-use super::admission::{check_document, Admission, Handed};
+use super::admission::{decide, Admission, Handed};
 use super::api;
 use super::handler::Handler;
 use super::handlers::{DocumentHandler, EchoHandler};
 use super::hocuspocus::HocuspocusHandler;
-use super::respond::{linger, refuse_after_upgrade, refuse_http, within};
+use super::respond::{linger, refuse_http, refuse_upgrade, within};
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
 use super::stats;
@@ -14,7 +14,7 @@ use crate::auth;
 use crate::http::request::{parse_request, percent_decode, HttpError, Request};
 use crate::outbox::Outbox;
 use crate::refusal::Refusal;
-use crate::sync::document::{self, isolation_key, owner_shard};
+use crate::sync::document;
 use crate::ws::handshake::{self, check_upgrade};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
@@ -289,21 +289,15 @@ async fn route(
         return token_free_session(accept, leftover, started, outbox, Box::new(handler));
     }
     let marker = found.as_ref().and_then(|f| f.marker);
-    let refuse = |refusal: Refusal| refuse_after_upgrade(shard, stream, &accept, marker, refusal);
+    // Told as the refusal says: an HTTP status before any frame, or a close after the 101.
+    let refuse = |refusal: Refusal| refuse_upgrade(shard, stream, &accept, marker, refusal);
     let Some(found) = found else {
         refuse(Refusal::MissingToken).await;
         return Routed::Done;
     };
-    let verified = match shard.verify_token(found.token.clone()).await {
-        Ok(verified) => verified,
-        Err(super::offload::Busy) => {
-            refuse_http(shard, stream, &Refusal::VerifierBusy).await;
-            return Routed::Done;
-        }
-    };
-    let identity = match verified {
-        Ok(identity) => identity,
-        Err(refusal) => {
+    let identity = match shard.verify_token(found.token.clone()).await {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(refusal)) => {
             // A security event: never the token itself.
             crate::log::warn(
                 "token_refused",
@@ -312,23 +306,19 @@ async fn route(
             refuse(Refusal::Token(refusal)).await;
             return Routed::Done;
         }
+        Err(super::offload::Busy) => {
+            refuse(Refusal::VerifierBusy).await;
+            return Routed::Done;
+        }
     };
-    if !auth::verify::origin_allowed(&identity, req.header("origin")) {
-        refuse_http(shard, stream, &Refusal::OriginForbidden).await;
-        return Routed::Done;
-    }
-    if let Err(refusal) = check_document(&identity, &raw_name) {
-        refuse(refusal).await;
-        return Routed::Done;
-    }
-    let key = isolation_key(&identity.tenant_id, &identity.app.id, &raw_name);
-    let owner = owner_shard(&key, shard.shards);
-    let admission = Admission {
-        key,
-        document: req.path[1..].to_owned(),
-        app: format!("{}::{}", identity.tenant_id, identity.app.id),
-        limits: identity.limits,
-        can_write: identity.role == auth::claims::Role::Editor,
+    let origin = req.header("origin");
+    let named_as = &req.path[1..];
+    let (admission, owner) = match decide(&identity, &raw_name, named_as, origin, shard.shards) {
+        Ok(decided) => decided,
+        Err(refusal) => {
+            refuse(refusal).await;
+            return Routed::Done;
+        }
     };
     if owner != shard.id {
         let handed = Handed {
@@ -456,7 +446,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &SharedStream, session: Session) -> 
             })
         }
         Err(refusal) => {
-            refuse_after_upgrade(shard, stream, &accept, protocol, refusal).await;
+            refuse_upgrade(shard, stream, &accept, protocol, refusal).await;
             None
         }
     }
