@@ -628,3 +628,33 @@ fn awareness_is_relayed_echoed_to_its_sender_and_answered_to_a_query() {
     b.send(message("room", 3, &[]));
     assert!(b.pump_until(WAIT, |c| c.doc("room").awareness > before));
 }
+
+#[test]
+fn session_addresses_share_their_documents_room_each_answered_on_its_own_address() {
+    // A v4 provider with `sessionAwareness` names a document `name\0session`.
+    let server = Server::start("");
+    let addresses = ["doc\0s1", "doc\0s2", "doc"];
+    let mut clients: Vec<HClient> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, address)| {
+            let mut c = HClient::connect(&server.addr, "/");
+            c.attach(address, editor_token(), 1 + i as u64);
+            c
+        })
+        .collect();
+    for (c, address) in clients.iter_mut().zip(addresses) {
+        // Every answer comes on the client's own address (`handle` fails on any other).
+        assert!(c.pump_until(WAIT, |c| c.doc(address).synced
+            && c.doc(address).applied >= 1));
+    }
+    for (i, (c, address)) in clients.iter_mut().zip(addresses).enumerate() {
+        c.insert(address, 0, &format!("[{i}]"));
+    }
+    let mut y = YClient::connect(&server.addr, "doc", 9);
+    assert!(y.pump_until(WAIT, |y| y.text().len() == 9), "{}", y.text());
+    for (c, address) in clients.iter_mut().zip(addresses) {
+        assert!(c.pump_until(WAIT, |c| c.text(address) == y.text()));
+        assert!(c.pump_until(WAIT, |c| c.doc(address).applied == 2));
+    }
+}

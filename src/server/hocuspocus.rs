@@ -878,13 +878,8 @@ async fn decided(
         Err(super::offload::Busy) => return Err(Refusal::VerifierBusy),
     };
     let s = socket.borrow();
-    decide(
-        &identity,
-        address,
-        address,
-        s.origin.as_deref(),
-        shard.shards,
-    )
+    let name = document_name(address);
+    decide(&identity, name, name, s.origin.as_deref(), shard.shards)
 }
 
 /// Checks a refreshed token for the document opened by `attempt`: valid for the same
@@ -936,6 +931,12 @@ fn message_weight(message: &DocumentMessage<'_>) -> u32 {
     }
 }
 
+/// The document an address names: itself, or for a v4 provider with `sessionAwareness`
+/// (`name\0session`) the part before the NUL; the room then answers on the whole address.
+fn document_name(address: &str) -> &str {
+    address.split('\0').next().unwrap_or(address)
+}
+
 /// The major version of a provider version string (`"4.8.0"` is 4); 0 if it has none.
 fn major_version(version: &str) -> u32 {
     let major = version.split('.').next().unwrap_or("");
@@ -948,7 +949,14 @@ fn binary(payload: &[u8]) -> crate::outbox::Frame {
 
 #[cfg(test)]
 mod tests {
-    use super::major_version;
+    use super::{document_name, major_version};
+
+    #[test]
+    fn a_session_address_names_its_document() {
+        assert_eq!(document_name("doc"), "doc");
+        assert_eq!(document_name("doc\0session-1"), "doc");
+        assert_eq!(document_name("\0x"), "");
+    }
 
     #[test]
     fn provider_versions_are_read_by_their_major_number() {

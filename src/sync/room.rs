@@ -82,20 +82,24 @@ pub enum Framing<'a> {
     Hocuspocus { address: &'a str },
 }
 
-/// What a room sends its Hocuspocus subscribers besides its y-websocket frames, encoded
-/// once for the room (they all name the document the same way).
+/// What a room sends the Hocuspocus subscribers that name it by one address, encoded once
+/// for all of them: usually one address per room (the document's name); a v4 provider with
+/// `sessionAwareness` names it `name\0session`, an address of its own.
 #[derive(Debug)]
 struct HocuspocusFrames {
     prefix: Rc<[u8]>,
     applied: Frame,
     refused: Frame,
+    /// Subscribers joined with this address; the entry goes with the last.
+    subscribers: usize,
 }
 
 #[derive(Debug)]
 struct Subscriber {
     outbox: Rc<Outbox>,
-    /// Its connection speaks the Hocuspocus framing.
-    hocuspocus: bool,
+    /// Its connection speaks the Hocuspocus framing: the index of its address in the room's
+    /// `hocuspocus` frames.
+    hocuspocus: Option<usize>,
     /// Awareness client ids this connection introduced; removed when it leaves.
     awareness_ids: Vec<u64>,
     /// Which join of the room this is: a pending update's sender is told of its refusal
@@ -168,8 +172,9 @@ pub struct Room {
     subscribers: Vec<Option<Subscriber>>,
     free_slots: Vec<usize>,
     len: usize,
-    /// Set by the first Hocuspocus subscriber.
-    hocuspocus: Option<HocuspocusFrames>,
+    /// Per address Hocuspocus subscribers name the room by (a slab: an address no
+    /// subscriber uses any more frees its place).
+    hocuspocus: Vec<Option<HocuspocusFrames>>,
     joins: u64,
     config: RoomConfig,
 }
@@ -191,7 +196,7 @@ impl Room {
             subscribers: Vec::new(),
             free_slots: Vec::new(),
             len: 0,
-            hocuspocus: None,
+            hocuspocus: Vec::new(),
             joins: 0,
             config,
         }
@@ -229,18 +234,8 @@ impl Room {
             "a read is relayed before anyone joins"
         );
         let hocuspocus = match framing {
-            Framing::YWebsocket => false,
-            Framing::Hocuspocus { address } => {
-                let prefix = hocuspocus::address_prefix(address);
-                let frames = self.hocuspocus.get_or_insert_with(|| HocuspocusFrames {
-                    applied: binary(&hocuspocus::encode_sync_status(&prefix, true)),
-                    refused: binary(&hocuspocus::encode_sync_status(&prefix, false)),
-                    prefix: prefix.clone().into(),
-                });
-                // A room is keyed by its document name, which is the address.
-                assert_eq!(*frames.prefix, *prefix, "one address per room");
-                true
-            }
+            Framing::YWebsocket => None,
+            Framing::Hocuspocus { address } => Some(self.address_joined(address)),
         };
         let sv = self.doc.transact().state_vector().encode_v1();
         let step1 = sync_frame(SYNC_STEP1, &sv);
@@ -279,6 +274,9 @@ impl Room {
         let subscriber = self.subscribers[slot.0].take().expect("a slot leaves once");
         self.free_slots.push(slot.0);
         self.len -= 1;
+        if let Some(address) = subscriber.hocuspocus {
+            self.address_left(address);
+        }
         let removed = self.awareness.remove(&subscriber.awareness_ids);
         if !removed.is_empty() {
             self.awareness_all = None;
@@ -403,7 +401,7 @@ impl Room {
                     return Ok(Outcome::default());
                 }
                 if !can_write {
-                    if self.sender(from).hocuspocus {
+                    if self.sender(from).hocuspocus.is_some() {
                         self.acknowledge(from, false);
                     } else {
                         let denied = binary(&protocol::encode_permission_denied("read-only"));
@@ -523,7 +521,7 @@ impl Room {
                 match applied {
                     Ok(()) => {
                         done.applied += 1;
-                        if self.hocuspocus.is_some() {
+                        if !self.hocuspocus.is_empty() {
                             applied_senders.push((pending.from, pending.joined));
                         }
                     }
@@ -657,22 +655,30 @@ impl Room {
 
     /// Pushes `frames` on every subscriber but `except` (or, with `echo_hocuspocus`, but a
     /// y-websocket `except`); counts the subscribers that took them. The Hocuspocus
-    /// framing's copies are encoded once, for all its subscribers.
+    /// framing's copies are encoded once per address, for all its subscribers.
     fn broadcast(&self, except: Option<Slot>, frames: &[Frame], echo_hocuspocus: bool) -> Outcome {
         let mut deliveries = 0;
-        let mut hocuspocus_frames: Option<Vec<Frame>> = None;
+        let mut addressed: Vec<Option<Vec<Frame>>> = Vec::new();
         for (i, s) in self.subscribers.iter().enumerate() {
             let Some(s) = s else { continue };
             let sender = Some(Slot(i)) == except;
-            let took =
-                match s.hocuspocus {
-                    false if sender => continue,
-                    false => s.outbox.push_all(frames),
-                    true if sender && !echo_hocuspocus => continue,
-                    true => s.outbox.push_all(hocuspocus_frames.get_or_insert_with(|| {
-                        frames.iter().map(|f| self.to_hocuspocus(f)).collect()
-                    })),
-                };
+            let took = match s.hocuspocus {
+                None if sender => continue,
+                None => s.outbox.push_all(frames),
+                Some(_) if sender && !echo_hocuspocus => continue,
+                Some(address) => {
+                    if addressed.len() <= address {
+                        addressed.resize(address + 1, None);
+                    }
+                    let copies = addressed[address].get_or_insert_with(|| {
+                        frames
+                            .iter()
+                            .map(|f| self.to_hocuspocus(address, f))
+                            .collect()
+                    });
+                    s.outbox.push_all(copies)
+                }
+            };
             deliveries += took as usize;
         }
         Outcome {
@@ -685,15 +691,23 @@ impl Room {
     /// (PRODUCT.md 9.3; y-websocket connections get side messages with the webhooks).
     pub fn stateless(&mut self, from: Slot, payload: &str) -> Outcome {
         let flushed = self.flush();
-        let Some(frames) = &self.hocuspocus else {
-            return flushed;
-        };
-        let frame = binary(&hocuspocus::encode_stateless(&frames.prefix, payload));
         let mut deliveries = flushed.deliveries;
+        let mut addressed: Vec<Option<Frame>> = Vec::new();
         for (i, s) in self.subscribers.iter().enumerate() {
-            if let Some(s) = s.as_ref().filter(|s| s.hocuspocus && Slot(i) != from) {
-                deliveries += s.outbox.push(&frame) as usize;
+            let Some((s, address)) = s.as_ref().and_then(|s| Some((s, s.hocuspocus?))) else {
+                continue;
+            };
+            if Slot(i) == from {
+                continue;
             }
+            if addressed.len() <= address {
+                addressed.resize(address + 1, None);
+            }
+            let frame = addressed[address].get_or_insert_with(|| {
+                let prefix = &self.address(address).prefix;
+                binary(&hocuspocus::encode_stateless(prefix, payload))
+            });
+            deliveries += s.outbox.push(frame) as usize;
         }
         Outcome {
             deliveries,
@@ -701,23 +715,71 @@ impl Room {
         }
     }
 
+    /// The place of a Hocuspocus subscriber's address, made on its first subscriber.
+    fn address_joined(&mut self, address: &str) -> usize {
+        let prefix = hocuspocus::address_prefix(address);
+        let found = self
+            .hocuspocus
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| *a.prefix == *prefix));
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let frames = HocuspocusFrames {
+                    applied: binary(&hocuspocus::encode_sync_status(&prefix, true)),
+                    refused: binary(&hocuspocus::encode_sync_status(&prefix, false)),
+                    prefix: prefix.into(),
+                    subscribers: 0,
+                };
+                match self.hocuspocus.iter().position(Option::is_none) {
+                    Some(free) => {
+                        self.hocuspocus[free] = Some(frames);
+                        free
+                    }
+                    None => {
+                        self.hocuspocus.push(Some(frames));
+                        self.hocuspocus.len() - 1
+                    }
+                }
+            }
+        };
+        self.hocuspocus[at]
+            .as_mut()
+            .expect("found or made")
+            .subscribers += 1;
+        at
+    }
+
+    fn address_left(&mut self, at: usize) {
+        let frames = self.hocuspocus[at]
+            .as_mut()
+            .expect("a subscriber's address");
+        frames.subscribers -= 1;
+        if frames.subscribers == 0 {
+            self.hocuspocus[at] = None;
+            while self.hocuspocus.last().is_some_and(Option::is_none) {
+                self.hocuspocus.pop();
+            }
+        }
+    }
+
+    fn address(&self, at: usize) -> &HocuspocusFrames {
+        self.hocuspocus[at]
+            .as_ref()
+            .expect("a subscriber's address")
+    }
+
     /// `frame` as a subscriber of the given framing receives it.
-    fn framed(&self, hocuspocus: bool, frame: Frame) -> Frame {
-        if hocuspocus {
-            self.to_hocuspocus(&frame)
-        } else {
-            frame
+    fn framed(&self, hocuspocus: Option<usize>, frame: Frame) -> Frame {
+        match hocuspocus {
+            Some(address) => self.to_hocuspocus(address, &frame),
+            None => frame,
         }
     }
 
     /// The Hocuspocus copy of a y-websocket frame: the same message behind the address.
-    fn to_hocuspocus(&self, frame: &Frame) -> Frame {
-        let prefix = &self
-            .hocuspocus
-            .as_ref()
-            .expect("a Hocuspocus subscriber")
-            .prefix;
-        binary_parts(&[prefix, frame_payload(frame)])
+    fn to_hocuspocus(&self, address: usize, frame: &Frame) -> Frame {
+        binary_parts(&[&self.address(address).prefix, frame_payload(frame)])
     }
 
     /// Sends `frame` to one subscriber, in its framing.
@@ -730,7 +792,8 @@ impl Room {
     /// y-websocket one is told nothing of an applied update).
     fn acknowledge(&self, slot: Slot, applied: bool) {
         let s = self.sender(slot);
-        if let (true, Some(frames)) = (s.hocuspocus, &self.hocuspocus) {
+        if let Some(address) = s.hocuspocus {
+            let frames = self.address(address);
             s.outbox.push(if applied {
                 &frames.applied
             } else {
@@ -830,6 +893,53 @@ mod tests {
     /// `message` as a Hocuspocus client or subscriber sees it for document `d`.
     fn hp(message: &[u8]) -> Vec<u8> {
         [&hocuspocus::address_prefix("d")[..], message].concat()
+    }
+
+    #[test]
+    fn subscribers_naming_the_room_by_different_addresses_each_get_their_own() {
+        let mut room = Room::new(RoomConfig::default());
+        let outboxes: Vec<Rc<Outbox>> = (0..3).map(|_| Rc::new(Outbox::new(1 << 20))).collect();
+        let addresses = ["d\0s1", "d\0s2", "d\0s1"];
+        let slots: Vec<Slot> = outboxes
+            .iter()
+            .zip(addresses)
+            .map(|(o, address)| room.join_framed(o.clone(), Framing::Hocuspocus { address }))
+            .collect();
+        assert_eq!(
+            room.hocuspocus.iter().flatten().count(),
+            2,
+            "one entry per address"
+        );
+        let behind = |address: &str, message: &[u8]| {
+            [&hocuspocus::address_prefix(address)[..], message].concat()
+        };
+        for o in &outboxes {
+            drain(o);
+        }
+        let update = client_update("hi");
+        room.receive(slots[0], &update, true).unwrap();
+        assert_eq!(drain(&outboxes[1]), vec![behind("d\0s2", &update)]);
+        assert_eq!(drain(&outboxes[2]), vec![behind("d\0s1", &update)]);
+        assert_eq!(drain(&outboxes[0]), vec![behind("d\0s1", &[8, 1])]);
+        room.stateless(slots[1], "{}");
+        assert_eq!(
+            drain(&outboxes[0]),
+            vec![hocuspocus::encode_stateless(
+                &hocuspocus::address_prefix("d\0s1"),
+                "{}"
+            )]
+        );
+        // An address goes with its last subscriber; a later one takes its place.
+        room.leave(slots[0]);
+        assert_eq!(room.hocuspocus.iter().flatten().count(), 2);
+        room.leave(slots[2]);
+        assert_eq!(room.hocuspocus.iter().flatten().count(), 1);
+        let later = Rc::new(Outbox::new(1 << 20));
+        room.join_framed(later.clone(), Framing::Hocuspocus { address: "d\0s3" });
+        assert_eq!(room.hocuspocus.len(), 2, "the freed place is reused");
+        room.receive(slots[1], &client_update("x"), true).unwrap();
+        let got = drain(&later);
+        assert_eq!(got.last().unwrap(), &behind("d\0s3", &client_update("x")));
     }
 
     #[test]
