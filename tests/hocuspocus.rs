@@ -26,6 +26,8 @@ struct DocState {
     refused: usize,
     awareness: usize,
     stateless: Vec<String>,
+    /// The server asked for the token again (`02 00`).
+    token_requests: usize,
 }
 
 struct HClient {
@@ -167,15 +169,20 @@ impl HClient {
                 }
             }
             1 => state.awareness += 1,
-            2 => {
-                let sub = read_var(m, &mut pos);
-                let reason = String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap();
-                match sub {
-                    2 => state.scope = Some(reason),
-                    1 => state.denied = Some(reason),
-                    other => panic!("auth sub-type {other}"),
+            2 => match read_var(m, &mut pos) {
+                0 => {
+                    assert_eq!(pos, m.len(), "a token request has no body");
+                    state.token_requests += 1;
                 }
-            }
+                sub => {
+                    let reason = String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap();
+                    match sub {
+                        2 => state.scope = Some(reason),
+                        1 => state.denied = Some(reason),
+                        other => panic!("auth sub-type {other}"),
+                    }
+                }
+            },
             5 => state
                 .stateless
                 .push(String::from_utf8(read_bytes(m, &mut pos).to_vec()).unwrap()),
@@ -657,4 +664,43 @@ fn session_addresses_share_their_documents_room_each_answered_on_its_own_address
         assert!(c.pump_until(WAIT, |c| c.text(address) == y.text()));
         assert!(c.pump_until(WAIT, |c| c.doc(address).applied == 2));
     }
+}
+
+/// A development token living `ttl_s` seconds, with extra claims.
+fn token_for(ttl_s: u64, claims: serde_json::Value) -> String {
+    let directory =
+        wiresocket::auth::directory::Directory::from_config(&wiresocket::config::Config::default())
+            .unwrap();
+    directory.mint("dev", "test", ttl_s, claims).unwrap()
+}
+
+#[test]
+fn the_server_asks_for_a_new_token_when_one_expires_and_applies_its_role() {
+    // No leeway: a token is expired the second its `exp` passes.
+    let server = Server::start_with("[auth]\nleeway_s = 0\n", &["--shards", "1"]);
+    let short = token_for(2, serde_json::Value::Null);
+    let mut c = HClient::connect(&server.addr, "/");
+    c.attach("d", &short, 1);
+    assert!(c.pump_until(WAIT, |c| c.doc("d").synced));
+    assert_eq!(c.doc("d").token_requests, 0);
+    // At its expiry the provider is asked for its token, once.
+    assert!(c.pump_until(Duration::from_secs(8), |c| c.doc("d").token_requests == 1));
+    // A provider with a fixed token answers with the expired one: the session outlives it.
+    c.send(auth_token("d", &short, Some("4.8.0")));
+    assert!(!c.pump_until(Duration::from_millis(500), |c| c.doc("d").denied.is_some()));
+    c.insert("d", 0, "still");
+    assert!(c.pump_until(WAIT, |c| c.doc("d").applied == 2));
+    assert_eq!(c.doc("d").token_requests, 1, "asked once per token");
+    // A refreshed token's role applies: a viewer's update is refused from then on.
+    let viewer = token_for(600, serde_json::json!({ "role": "viewer" }));
+    c.send(auth_token("d", &viewer, Some("4.8.0")));
+    std::thread::sleep(Duration::from_millis(300));
+    c.insert("d", 0, "no");
+    assert!(c.pump_until(WAIT, |c| c.doc("d").refused == 1));
+    // One that does not grant the document closes it.
+    let other = token_for(600, serde_json::json!({ "docs": ["elsewhere"] }));
+    c.send(auth_token("d", &other, Some("4.8.0")));
+    assert!(c.pump_until(WAIT, |c| c.doc("d").denied.is_some()));
+    let denied = c.doc("d").denied.clone().unwrap();
+    assert!(denied.starts_with("4003 "), "{denied}");
 }

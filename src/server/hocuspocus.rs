@@ -14,6 +14,7 @@ use super::mesh::{DocumentEvents, LinkId};
 use super::shard::Shard;
 use super::stats;
 use crate::auth;
+use crate::auth::verify::Refusal as TokenRefusal;
 use crate::config::HocuspocusConfig;
 use crate::outbox::{shared_frame, Outbox};
 use crate::refusal::Refusal;
@@ -25,6 +26,7 @@ use crate::ws::frame::Opcode;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Token checks one socket may have running at once (each is a signature check, registry
 /// calls and a room claim).
@@ -62,9 +64,12 @@ struct Socket {
     /// Token checks (admissions and refreshes) running, abandoned ones included until they
     /// end: at most [`CHECKS_IN_FLIGHT_MAX`]; further tokens wait in their document.
     checks_in_flight: usize,
-    /// While none is open, the task that closes the socket if no document opens within
-    /// `auth_timeout_ms` (cancelled when one opens: an idle task per socket is not free).
-    watch: Option<glommio::task::JoinHandle<()>>,
+    /// Since when no document is open (none yet, or the last one closed).
+    unauthenticated_since: Option<Instant>,
+    /// The socket's one timer while something is due, and when it fires: the auth deadline
+    /// while no document is open, else the next token expiry not yet asked about (an idle
+    /// task per socket is not free, so there is none while nothing is due).
+    watch: Option<(glommio::task::JoinHandle<()>, Instant)>,
     /// The document whose message is being handled (for `on_panic`).
     /// Empty when none (an address never is): kept, not freed, so that marking it costs
     /// no allocation per message.
@@ -161,6 +166,10 @@ struct Open {
     key: String,
     /// A refreshed token is being checked.
     refreshing: bool,
+    /// Its token's `exp`; when it passes, the provider is asked for a new token (`02 00`),
+    /// once per token.
+    expires_at_s: u64,
+    refresh_asked: bool,
     /// The admission that opened it: a refresh applies only to the same opening.
     attempt: u64,
 }
@@ -216,6 +225,7 @@ impl HocuspocusHandler {
             rate: new_message_rate(shard),
             attempts: 0,
             checks_in_flight: 0,
+            unauthenticated_since: Some(Instant::now()),
             watch: None,
             handling: String::new(),
             waiting: false,
@@ -227,7 +237,7 @@ impl HocuspocusHandler {
                 ..socket
             })
         });
-        socket.borrow_mut().watch_authentication();
+        socket.borrow_mut().schedule();
         HocuspocusHandler { socket }
     }
 }
@@ -506,7 +516,16 @@ impl Socket {
     /// Leaves an open document's room and gives back its share of the app's count.
     fn close_open(&mut self, address: &str) {
         self.documents.remove(address);
-        self.watch_authentication();
+        if !self.any_open() {
+            self.unauthenticated_since.get_or_insert_with(Instant::now);
+        }
+        self.schedule();
+    }
+
+    fn any_open(&self) -> bool {
+        self.documents
+            .values()
+            .any(|d| matches!(d, Document::Open(_)))
     }
 
     /// Takes `weight` from the socket's message rate (1008 past it).
@@ -550,50 +569,94 @@ impl Socket {
         }
     }
 
-    /// While no document is open, the socket must open one within `auth_timeout_ms` (a
-    /// socket with no token is otherwise held open for free): a task checks, and ends once
-    /// one opens (it is started again when the last one closes).
-    fn watch_authentication(&mut self) {
-        let open = self
+    /// When the socket's timer must next fire: while no document is open, at the auth
+    /// deadline (a socket with no token is otherwise held open for free); else at the
+    /// earliest token expiry not yet asked about; `None` when nothing is due.
+    fn next_due(&self) -> Option<Instant> {
+        if let Some(since) = self.unauthenticated_since {
+            return Some(since + Duration::from_millis(self.bounds().auth_timeout_ms));
+        }
+        let now_s = crate::log::unix_ms() / 1000;
+        let earliest_s = self
             .documents
             .values()
-            .any(|d| matches!(d, Document::Open(_)));
-        if open || self.watch.is_some() || self.ended() {
-            return;
+            .filter_map(|d| match d {
+                Document::Open(open) if !open.refresh_asked => Some(open.expires_at_s),
+                _ => None,
+            })
+            .min()?;
+        Some(Instant::now() + Duration::from_secs(earliest_s.saturating_sub(now_s)))
+    }
+
+    /// Sets the socket's one timer for [`Socket::next_due`] (none when nothing is due; an
+    /// earlier one stays, and sets the next when it fires).
+    fn schedule(&mut self) {
+        let due = if self.ended() { None } else { self.next_due() };
+        match (due, &self.watch) {
+            (Some(at), Some((_, set))) if *set <= at => return,
+            (None, None) => return,
+            _ => {}
         }
+        self.stop_watching();
+        let Some(at) = due else {
+            return;
+        };
         let socket = self.me.clone();
-        let timeout = std::time::Duration::from_millis(self.bounds().auth_timeout_ms);
         let stats_of = self.shard.clone();
-        let watch = async move {
-            glommio::timer::sleep(timeout).await;
-            let Some(socket) = socket.upgrade() else {
-                return;
-            };
-            let mut s = socket.borrow_mut();
-            s.watch = None;
-            if s.ended() {
-                return;
+        let fire = async move {
+            glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+            if let Some(socket) = socket.upgrade() {
+                let mut s = socket.borrow_mut();
+                s.watch = None;
+                s.on_due();
             }
-            if s.documents.values().any(|d| matches!(d, Document::Open(_))) {
-                return;
-            }
-            let refusal = Refusal::AuthTimeout(timeout.as_millis() as u64);
-            let (code, reason) = refusal.close();
-            s.outbox.close(code, &reason);
         };
         let task = glommio::spawn_local_into(
             async move {
-                super::contain::future(stats_of.my_stats(), "hocuspocus_watch", watch).await;
+                super::contain::future(stats_of.my_stats(), "hocuspocus_timer", fire).await;
             },
             self.shard.admission_queue,
         )
         .expect("the admission task queue lives as long as the shard");
-        self.watch = Some(task.detach());
+        self.watch = Some((task.detach(), at));
     }
 
-    /// A document opened: the watch for one is over.
+    /// The timer fired: a socket with no document open past its deadline is closed; each
+    /// open document whose token expired is asked for a new one (`02 00`: a v3 or v4
+    /// provider answers with its token, which is checked as a refresh; a v2 one ignores it).
+    fn on_due(&mut self) {
+        if self.ended() {
+            return;
+        }
+        if let Some(since) = self.unauthenticated_since {
+            let timeout = Duration::from_millis(self.bounds().auth_timeout_ms);
+            if since.elapsed() >= timeout {
+                let refusal = Refusal::AuthTimeout(timeout.as_millis() as u64);
+                let (code, reason) = refusal.close();
+                self.outbox.close(code, &reason);
+                return;
+            }
+        }
+        let now_s = crate::log::unix_ms() / 1000;
+        let mut asks = Vec::new();
+        for (address, document) in self.documents.iter_mut() {
+            if let Document::Open(open) = document {
+                if !open.refresh_asked && open.expires_at_s <= now_s {
+                    open.refresh_asked = true;
+                    let prefix = hocuspocus::address_prefix(address);
+                    asks.push(binary(&hocuspocus::encode_token_request(&prefix)));
+                }
+            }
+        }
+        if !asks.is_empty() {
+            self.outbox.push_all(&asks);
+        }
+        self.schedule();
+    }
+
+    /// Cancels the socket's timer.
     fn stop_watching(&mut self) {
-        if let Some(watch) = self.watch.take() {
+        if let Some((watch, _)) = self.watch.take() {
             watch.cancel();
         }
     }
@@ -617,10 +680,12 @@ impl Socket {
                 Some(Document::Waiting { admitting: Some(a), .. }) if *a == attempt)
     }
 
-    /// A refresh of the document opened by `attempt` was checked: its role applies, or the
-    /// document is closed (and refused) for the reason. A refresh of an earlier opening of
-    /// the same address changes nothing.
-    fn refreshed(&mut self, address: &str, attempt: u64, checked: Result<(String, bool), Refusal>) {
+    /// A refresh of the document opened by `attempt` was checked: its role applies (and its
+    /// `exp` is watched), or the document is closed (and refused) for the reason, unless the
+    /// reason is only that the token expired: a session outlives its token (PRODUCT.md 3),
+    /// so a provider with a fixed token keeps its documents. A refresh of an earlier
+    /// opening of the same address changes nothing.
+    fn refreshed(&mut self, address: &str, attempt: u64, checked: Checked) {
         let Some(Document::Open(open)) = self.documents.get_mut(address) else {
             return;
         };
@@ -629,10 +694,18 @@ impl Socket {
         }
         open.refreshing = false;
         let refusal = match checked {
-            Ok((key, can_write)) if key == open.key => {
+            Ok((key, can_write, expires_at_s)) if key == open.key => {
                 open.place.set_can_write(can_write);
+                // Asked again only about a later `exp` (a token still within the leeway
+                // would otherwise be asked for at once, again and again).
+                if expires_at_s > open.expires_at_s {
+                    open.expires_at_s = expires_at_s;
+                    open.refresh_asked = false;
+                    self.schedule();
+                }
                 return;
             }
+            Err(Refusal::Token(TokenRefusal::Invalid("expired"))) => return,
             // Another tenant's or app's token cannot take over this document.
             Ok(_) => Refusal::DocNotGranted,
             Err(refusal) => refusal,
@@ -675,7 +748,7 @@ impl Socket {
         &mut self,
         this: &Rc<RefCell<Socket>>,
         address: &str,
-        (joining, can_write, count, key): Admitted,
+        (joining, can_write, count, key, expires_at_s): Admitted,
         attempt: u64,
     ) -> Result<(), Refusal> {
         let prefix = hocuspocus::address_prefix(address);
@@ -698,13 +771,16 @@ impl Socket {
                 _count: count,
                 key,
                 refreshing: false,
+                expires_at_s,
+                refresh_asked: false,
                 attempt,
             }),
         ) else {
             unreachable!("admitted while waiting")
         };
         self.unqueue(&queue);
-        self.stop_watching();
+        self.unauthenticated_since = None;
+        self.schedule();
         for payload in queue.iter() {
             let Ok(Incoming::Document { message, .. }) = hocuspocus::decode(payload) else {
                 unreachable!("queued messages were decoded")
@@ -801,7 +877,7 @@ fn spawn_admission(
 
 /// What admitting a document took: its room (on this shard not joined yet), the role (may
 /// write), its share of the app's connection count.
-type Admitted = (Joining, bool, Rc<ConnectionCount>, String);
+type Admitted = (Joining, bool, Rc<ConnectionCount>, String, u64);
 
 enum Joining {
     Local(RoomClaim),
@@ -817,7 +893,7 @@ async fn admit(
     token: String,
 ) -> Result<Admitted, Refusal> {
     let shard = socket.borrow().shard.clone();
-    let (admission, owner) = decided(&shard, socket, address, token).await?;
+    let (admission, owner, expires_at_s) = decided(&shard, socket, address, token).await?;
     let count = app_count(socket, &shard, &admission.app, &admission.limits).await?;
     let (can_write, key) = (admission.can_write, admission.key.clone());
     let joining = if owner == shard.id {
@@ -830,7 +906,7 @@ async fn admit(
             RemoteDocument::join(&shard, owner, address, admission, outbox, events).await?,
         )
     };
-    Ok((joining, can_write, count, key))
+    Ok((joining, can_write, count, key, expires_at_s))
 }
 
 /// The socket's share of `app`'s connection count: the one its open documents hold, or a
@@ -868,7 +944,7 @@ async fn decided(
     socket: &Rc<RefCell<Socket>>,
     address: &str,
     token: String,
-) -> Result<(Admission, usize), Refusal> {
+) -> Result<(Admission, usize, u64), Refusal> {
     if token.is_empty() {
         return Err(Refusal::MissingToken);
     }
@@ -879,8 +955,12 @@ async fn decided(
     };
     let s = socket.borrow();
     let name = document_name(address);
-    decide(&identity, name, name, s.origin.as_deref(), shard.shards)
+    let (admission, owner) = decide(&identity, name, name, s.origin.as_deref(), shard.shards)?;
+    Ok((admission, owner, identity.expires_at_s))
 }
+
+/// A refreshed token's key, role (may write) and `exp`, or why it is refused.
+type Checked = Result<(String, bool, u64), Refusal>;
 
 /// Checks a refreshed token for the document opened by `attempt`: valid for the same
 /// document, its role applies from now on; refused, the document is closed with the reason.
@@ -896,8 +976,8 @@ fn spawn_refresh(
     let queue = shard.admission_queue;
     let task = async move {
         let check = async {
-            let (admission, _) = decided(&shard, &socket, &address, token).await?;
-            Ok::<_, Refusal>((admission.key, admission.can_write))
+            let (admission, _, expires_at_s) = decided(&shard, &socket, &address, token).await?;
+            Ok::<_, Refusal>((admission.key, admission.can_write, expires_at_s))
         };
         let checked = super::contain::future(shard.my_stats(), "hocuspocus_refresh", check)
             .await

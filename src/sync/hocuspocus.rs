@@ -166,6 +166,14 @@ pub fn encode_authenticated(prefix: &[u8], can_write: bool) -> Vec<u8> {
     with_string(prefix, &[TYPE_AUTH as u8, AUTH_AUTHENTICATED as u8], scope)
 }
 
+/// `address · 02 · 00`: the server asks for the document's token again (v3 and v4
+/// providers answer with an auth message; v2 ones ignore it).
+pub fn encode_token_request(prefix: &[u8]) -> Vec<u8> {
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(&[TYPE_AUTH as u8, AUTH_TOKEN as u8]);
+    out
+}
+
 /// `address · 02 · 01 · reason`: the document is refused; the socket stays open.
 pub fn encode_permission_denied(prefix: &[u8], reason: &str) -> Vec<u8> {
     with_string(
@@ -275,6 +283,17 @@ mod tests {
         assert_eq!(decode(&PONG).unwrap(), Incoming::Pong);
         // The server's close carries a reason; a client's is empty.
         assert!(decode(&encode_close(&prefix, "bye")).is_err());
+    }
+
+    #[test]
+    fn the_token_request_is_an_auth_message_without_a_token() {
+        // HOCUSPOCUS.md: server token-refresh request `addr · 02 · 00` (no body).
+        assert_eq!(
+            encode_token_request(&address_prefix("c1")),
+            [0x02, 0x63, 0x31, 0x02, 0x00]
+        );
+        // A client cannot send it: a token message needs its token.
+        assert!(decode(&encode_token_request(&address_prefix("c1"))).is_err());
     }
 
     #[test]
