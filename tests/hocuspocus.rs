@@ -704,3 +704,33 @@ fn the_server_asks_for_a_new_token_when_one_expires_and_applies_its_role() {
     let denied = c.doc("d").denied.clone().unwrap();
     assert!(denied.starts_with("4003 "), "{denied}");
 }
+
+#[test]
+fn a_linked_document_behind_its_integration_pauses_its_socket_and_loses_nothing() {
+    // One pending update makes a room lag: every burst of a writer on another shard finds
+    // its document behind, so its messages wait in the owner's backlog while its socket is
+    // not read.
+    let server = Server::start("[documents]\npending_updates_max = 1\n");
+    let names: Vec<String> = (0..6).map(|i| format!("lag-{i}")).collect();
+    let mut writer = HClient::connect(&server.addr, "/");
+    let mut reader = HClient::connect(&server.addr, "/");
+    for (i, name) in names.iter().enumerate() {
+        writer.attach(name, editor_token(), 1 + i as u64);
+        reader.attach(name, editor_token(), 50 + i as u64);
+    }
+    assert!(writer.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).synced)));
+    assert!(reader.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).synced)));
+    for k in 0..100 {
+        for name in &names {
+            writer.insert(name, 0, &format!("{k} "));
+        }
+    }
+    let whole = |c: &HClient| names.iter().all(|n| c.text(n).matches(' ').count() == 100);
+    assert!(reader.pump_until(Duration::from_secs(30), whole));
+    assert!(writer.pump_until(WAIT, |c| names.iter().all(|n| c.doc(n).applied == 101)));
+    for name in &names {
+        assert_eq!(writer.text(name), reader.text(name));
+    }
+    let (pauses, _) = server.metric("link_pauses_total");
+    assert!(pauses > 0, "the backlog was never used");
+}

@@ -281,6 +281,7 @@ fn on_link_message(
     m.backlog.push_back(payload);
     drop(m);
     if first {
+        stats::add(&shard.my_stats().link_pauses_total, 1);
         let reading = false;
         shard
             .links

@@ -50,6 +50,7 @@ shard_stats! {
     counter updates_integrated_total: "Updates integrated into their document (after their relay)",
     counter updates_refused_late_total: "Updates relayed that yrs then refused to integrate (their senders were closed with 1007)",
     counter integration_waits_total: "Times a writer was not read because its document's integration was behind",
+    counter link_pauses_total: "Times a linked socket (a Hocuspocus document owned by another shard) was asked not to be read while its document's integration was behind",
     counter messages_refused_total: "Client messages refused (the connection was closed)",
     counter slow_consumer_closes_total: "Connections closed because their outbound buffer filled",
     counter idle_closes_total: "Connections closed for silence past the idle timeout",
