@@ -680,6 +680,41 @@ impl Socket {
                 Some(Document::Waiting { admitting: Some(a), .. }) if *a == attempt)
     }
 
+    /// The admission `attempt` of the document at `address` ended: it opens (its queued
+    /// messages replayed into the room, contained like a session's), or is refused, or, when
+    /// a queued message refused the whole socket, the socket closes.
+    fn admitted(
+        &mut self,
+        this: &Rc<RefCell<Socket>>,
+        address: &str,
+        attempt: u64,
+        admitted: Result<Admitted, Refusal>,
+    ) {
+        let stats = self.shard.clone();
+        let opened = match admitted {
+            Ok(admitted) => super::contain::call(stats.my_stats(), "hocuspocus_open", || {
+                self.open(this, address, admitted, attempt)
+            })
+            .unwrap_or_else(|| {
+                self.reset_document(address);
+                Err(Refusal::Panicked)
+            }),
+            Err(refusal) => Err(refusal),
+        };
+        match opened {
+            Ok(()) => {}
+            Err(refusal)
+                if matches!(self.documents.get(address), Some(Document::Waiting { .. })) =>
+            {
+                self.refuse(address, &refusal);
+            }
+            Err(refusal) => {
+                let (code, reason) = refusal.close();
+                self.outbox.close(code, &reason);
+            }
+        }
+    }
+
     /// A refresh of the document opened by `attempt` was checked: its role applies (and its
     /// `exp` is watched), or the document is closed (and refused) for the reason, unless the
     /// reason is only that the token expired: a session outlives its token (PRODUCT.md 3),
@@ -820,7 +855,31 @@ impl DocumentEvents for Socket {
     }
 }
 
-/// Checks a document's token and opens it, on the shard's admission queue.
+/// Runs a token check for the document at `address` on the shard's admission queue (a
+/// signature, registry calls), its panics contained; `then` gets the socket and the outcome,
+/// and the check's place goes back last.
+fn spawn_check<T: 'static>(
+    this: &Rc<RefCell<Socket>>,
+    shard: &Rc<Shard>,
+    what: &'static str,
+    check: impl std::future::Future<Output = Result<T, Refusal>> + 'static,
+    then: impl FnOnce(&mut Socket, &Rc<RefCell<Socket>>, Result<T, Refusal>) + 'static,
+) {
+    let (socket, stats_of) = (this.clone(), shard.clone());
+    let task = async move {
+        let checked = super::contain::future(stats_of.my_stats(), what, check)
+            .await
+            .unwrap_or(Err(Refusal::AdmissionPanicked));
+        let mut s = socket.borrow_mut();
+        then(&mut s, &socket, checked);
+        s.check_ended();
+    };
+    glommio::spawn_local_into(task, shard.admission_queue)
+        .expect("the admission task queue lives as long as the shard")
+        .detach();
+}
+
+/// Checks a document's token and opens it.
 fn spawn_admission(
     this: &Rc<RefCell<Socket>>,
     shard: &Rc<Shard>,
@@ -828,51 +887,22 @@ fn spawn_admission(
     token: &str,
     attempt: u64,
 ) {
-    let (socket, address, token) = (this.clone(), address.to_owned(), token.to_owned());
-    let shard = shard.clone();
-    let queue = shard.admission_queue;
-    let task = async move {
-        let admit = admit(&socket, &address, token);
-        let admitted = super::contain::future(shard.my_stats(), "hocuspocus_admission", admit)
-            .await
-            .unwrap_or(Err(Refusal::AdmissionPanicked));
-        let mut s = socket.borrow_mut();
-        if s.still_admitting(&address, attempt) {
-            let stats = shard.my_stats();
-            let opened = match admitted {
-                // Replays the queued messages into the room: contained like a session's.
-                Ok(admitted) => super::contain::call(stats, "hocuspocus_open", || {
-                    s.open(&socket, &address, admitted, attempt)
-                })
-                .unwrap_or_else(|| {
-                    s.reset_document(&address);
-                    Err(Refusal::Panicked)
-                }),
-                Err(refusal) => Err(refusal),
-            };
-            match opened {
-                Ok(()) => {}
-                Err(refusal)
-                    if s.documents
-                        .get(address.as_str())
-                        .is_some_and(|d| matches!(d, Document::Waiting { .. })) =>
-                {
-                    s.refuse(&address, &refusal);
-                }
-                // A queued message refused the whole socket.
-                Err(refusal) => {
-                    let (code, reason) = refusal.close();
-                    s.outbox.close(code, &reason);
-                }
+    let (socket, owned, token) = (this.clone(), address.to_owned(), token.to_owned());
+    let check = async move { admit(&socket, &owned, token).await };
+    let address = address.to_owned();
+    spawn_check(
+        this,
+        shard,
+        "hocuspocus_admission",
+        check,
+        move |s, socket, admitted| {
+            // Otherwise closed, or the socket ended, meanwhile: what was taken is given back as
+            // it drops.
+            if s.still_admitting(&address, attempt) {
+                s.admitted(socket, &address, attempt, admitted);
             }
-        }
-        // Otherwise closed, or the socket ended, meanwhile: what was taken is given back as
-        // it drops. Either way the check's place goes back last.
-        s.check_ended();
-    };
-    glommio::spawn_local_into(task, queue)
-        .expect("the admission task queue lives as long as the shard")
-        .detach();
+        },
+    );
 }
 
 /// What admitting a document took: its room (on this shard not joined yet), the role (may
@@ -971,24 +1001,20 @@ fn spawn_refresh(
     token: &str,
     attempt: u64,
 ) {
-    let (socket, address, token) = (this.clone(), address.to_owned(), token.to_owned());
-    let shard = shard.clone();
-    let queue = shard.admission_queue;
-    let task = async move {
-        let check = async {
-            let (admission, _, expires_at_s) = decided(&shard, &socket, &address, token).await?;
-            Ok::<_, Refusal>((admission.key, admission.can_write, expires_at_s))
-        };
-        let checked = super::contain::future(shard.my_stats(), "hocuspocus_refresh", check)
-            .await
-            .unwrap_or(Err(Refusal::AdmissionPanicked));
-        let mut s = socket.borrow_mut();
-        s.refreshed(&address, attempt, checked);
-        s.check_ended();
+    let (socket, owned, token) = (this.clone(), address.to_owned(), token.to_owned());
+    let shard_of = shard.clone();
+    let check = async move {
+        let (admission, _, expires_at_s) = decided(&shard_of, &socket, &owned, token).await?;
+        Ok((admission.key, admission.can_write, expires_at_s))
     };
-    glommio::spawn_local_into(task, queue)
-        .expect("the admission task queue lives as long as the shard")
-        .detach();
+    let address = address.to_owned();
+    spawn_check(
+        this,
+        shard,
+        "hocuspocus_refresh",
+        check,
+        move |s, _, checked: Checked| s.refreshed(&address, attempt, checked),
+    );
 }
 
 /// What a message costs against the socket's rate, when its document does not weigh it: a

@@ -64,6 +64,21 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// A session's liveness from now: just heard from, just pinged.
+    pub fn new(outbox: Rc<Outbox>, fd: RawFd) -> Liveness {
+        let now = Stamp::now();
+        Liveness {
+            outbox,
+            fd,
+            closing_since: Cell::new(None),
+            last_rx: Cell::new(now),
+            last_ping: Cell::new(now),
+            incomplete_since: Cell::new(None),
+            written_mark: Cell::new((Taken::default(), now)),
+            bytes_reported: Cell::new(0),
+        }
+    }
+
     pub(super) fn report_bytes_out(&self, stats: &ShardStats) {
         let written = self.outbox.written_bytes();
         stats::add(&stats.bytes_out_total, written - self.bytes_reported.get());
@@ -286,17 +301,7 @@ impl Shard {
     pub fn register(&self, outbox: Rc<Outbox>, fd: RawFd) -> Registration<'_> {
         let id = self.next_conn_id.get();
         self.next_conn_id.set(id + 1);
-        let now = Stamp::now();
-        let live = Rc::new(Liveness {
-            outbox,
-            fd,
-            closing_since: Cell::new(None),
-            last_rx: Cell::new(now),
-            last_ping: Cell::new(now),
-            incomplete_since: Cell::new(None),
-            written_mark: Cell::new((Taken::default(), now)),
-            bytes_reported: Cell::new(0),
-        });
+        let live = Rc::new(Liveness::new(outbox, fd));
         self.conns.borrow_mut().insert(id, live.clone());
         stats::add(&self.my_stats().sessions, 1);
         Registration {

@@ -319,7 +319,6 @@ fn sweep_each<'a>(
 mod tests {
     use super::*;
     use crate::outbox::Outbox;
-    use std::cell::Cell;
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
@@ -330,20 +329,13 @@ mod tests {
     fn a_panic_on_one_connection_does_not_stop_the_sweep() {
         let pairs: Vec<(UnixStream, UnixStream)> =
             (0..3).map(|_| UnixStream::pair().unwrap()).collect();
-        let now = Stamp::now();
         let conns: Vec<Rc<Liveness>> = pairs
             .iter()
             .map(|(ours, _)| {
-                Rc::new(Liveness {
-                    outbox: Rc::new(Outbox::new(1 << 10)),
-                    fd: ours.as_raw_fd(),
-                    closing_since: Cell::new(None),
-                    last_rx: Cell::new(now),
-                    last_ping: Cell::new(now),
-                    incomplete_since: Cell::new(None),
-                    written_mark: Cell::new((Taken::default(), now)),
-                    bytes_reported: Cell::new(0),
-                })
+                Rc::new(Liveness::new(
+                    Rc::new(Outbox::new(1 << 10)),
+                    ours.as_raw_fd(),
+                ))
             })
             .collect();
         let stats = ShardStats::default();
