@@ -103,6 +103,23 @@ impl HClient {
         self.ws.send(Message::Binary(m.into())).unwrap();
     }
 
+    /// Sends messages in one write, so that the server reads them together.
+    fn send_together(&mut self, messages: Vec<Vec<u8>>) {
+        for m in messages {
+            self.ws.write(Message::Binary(m.into())).unwrap();
+        }
+        self.ws.flush().unwrap();
+    }
+
+    /// An update of `address` made now, not sent.
+    fn edit(&mut self, address: &str, at: u32, s: &str) -> Vec<u8> {
+        let d = &self.docs[address].doc;
+        let t = d.get_or_insert_text("t");
+        let mut txn = d.transact_mut();
+        t.insert(&mut txn, at, s);
+        sync(address, 2, &txn.encode_update_v1())
+    }
+
     /// Attaches a document as the provider does: token, then step 1, without waiting.
     fn attach(&mut self, address: &str, token: &str, client_id: u64) {
         let state = DocState {
@@ -733,4 +750,32 @@ fn a_linked_document_behind_its_integration_pauses_its_socket_and_loses_nothing(
     }
     let (pauses, _) = server.metric("link_pauses_total");
     assert!(pauses > 0, "the backlog was never used");
+}
+
+#[test]
+fn one_socket_naming_a_document_by_two_addresses_in_one_read_keeps_it_whole() {
+    // Two session addresses of one document on one socket are two subscribers of its room;
+    // their messages of one read must not upset the room (they once reset it).
+    let server = one_shard();
+    let mut c = HClient::connect(&server.addr, "/");
+    c.attach("doc\0a", editor_token(), 1);
+    c.attach("doc\0b", editor_token(), 2);
+    assert!(c.pump_until(WAIT, |c| c.doc("doc\0a").synced && c.doc("doc\0b").synced));
+    let mut y = YClient::connect(&server.addr, "doc", 9);
+    for k in 0..20 {
+        let first = c.edit("doc\0a", 0, &format!("a{k} "));
+        let second = c.edit("doc\0b", 0, &format!("b{k} "));
+        let sv = c.docs["doc\0b"].doc.transact().state_vector().encode_v1();
+        c.send_together(vec![first, second, sync("doc\0b", 0, &sv)]);
+    }
+    assert!(
+        y.pump_until(WAIT, |y| y.text().matches(' ').count() == 40),
+        "{}",
+        y.text()
+    );
+    assert!(c.pump_until(WAIT, |c| c.text("doc\0a") == y.text()
+        && c.text("doc\0b") == y.text()));
+    assert!(c.pump_until(WAIT, |c| c.doc("doc\0a").applied == 21
+        && c.doc("doc\0b").applied == 21));
+    assert!(c.doc("doc\0a").closed.is_none());
 }

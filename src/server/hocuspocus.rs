@@ -740,7 +740,13 @@ impl Socket {
                 }
                 return;
             }
-            Err(Refusal::Token(TokenRefusal::Invalid("expired"))) => return,
+            // Not the token's fault: the server was busy or failed checking it. The session
+            // goes on with the role it has (it would outlive the token anyway).
+            Err(
+                Refusal::Token(TokenRefusal::Invalid("expired"))
+                | Refusal::VerifierBusy
+                | Refusal::AdmissionPanicked,
+            ) => return,
             // Another tenant's or app's token cannot take over this document.
             Ok(_) => Refusal::DocNotGranted,
             Err(refusal) => refusal,
