@@ -129,6 +129,8 @@ pub enum Refusal {
     Hocuspocus(HocuspocusError),
     /// More documents on one socket than `hocuspocus.documents_max`.
     HocuspocusDocuments(usize),
+    /// More session addresses (`name\0session`) of one document on one Hocuspocus socket.
+    SessionsPerDocument(usize),
     /// A linked socket sent its document more than its owner could hold while behind.
     LinkBacklog,
     /// A Hocuspocus socket named no document it could open within `hocuspocus.auth_timeout_ms`.
@@ -408,6 +410,10 @@ impl Refusal {
                 };
                 close(code, e.reason().into())
             }
+            SessionsPerDocument(max) => close(
+                POLICY_VIOLATION,
+                format!("too many sessions of one document on one socket: at most {max}").into(),
+            ),
             LinkBacklog => close(
                 TRY_AGAIN_LATER,
                 "document busy: sent faster than it can be applied, try again later".into(),
@@ -565,6 +571,7 @@ mod tests {
             Hocuspocus(HocuspocusError::TooLong),
             HocuspocusDocuments(100),
             LinkBacklog,
+            SessionsPerDocument(usize::MAX),
             AuthTimeout(u64::MAX),
             HocuspocusQueue {
                 messages_max: usize::MAX,

@@ -779,3 +779,26 @@ fn one_socket_naming_a_document_by_two_addresses_in_one_read_keeps_it_whole() {
         && c.doc("doc\0b").applied == 21));
     assert!(c.doc("doc\0a").closed.is_none());
 }
+
+#[test]
+fn one_socket_names_one_document_by_a_bounded_number_of_sessions() {
+    let server = one_shard();
+    let mut c = HClient::connect(&server.addr, "/");
+    let addresses: Vec<String> = (0..5).map(|i| format!("doc\0s{i}")).collect();
+    for (i, address) in addresses.iter().enumerate() {
+        c.attach(address, editor_token(), 1 + i as u64);
+    }
+    assert!(c.pump_until(WAIT, |c| addresses[..4].iter().all(|a| c.doc(a).synced)));
+    assert!(c.pump_until(WAIT, |c| c.doc(&addresses[4]).denied.is_some()));
+    let denied = c.doc(&addresses[4]).denied.clone().unwrap();
+    assert_eq!(
+        denied,
+        "1008 too many sessions of one document on one socket: at most 4"
+    );
+    // Another document, and the same one on another socket, are not affected.
+    c.attach("other\0s0", editor_token(), 10);
+    assert!(c.pump_until(WAIT, |c| c.doc("other\0s0").synced));
+    let mut d = HClient::connect(&server.addr, "/");
+    d.attach("doc\0s9", editor_token(), 11);
+    assert!(d.pump_until(WAIT, |c| c.doc("doc\0s9").synced));
+}

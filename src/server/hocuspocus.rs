@@ -28,6 +28,11 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Addresses of one document one socket may have open or waiting (v4 `sessionAwareness`
+/// gives each provider its own): each is a subscriber of the room, so without a bound one
+/// socket could take every `maxUsersPerDoc` place.
+const SESSIONS_PER_DOCUMENT_MAX: usize = 4;
+
 /// Token checks one socket may have running at once (each is a signature check, registry
 /// calls and a room claim).
 const CHECKS_IN_FLIGHT_MAX: usize = 8;
@@ -391,6 +396,17 @@ impl Socket {
             }
             _ => None,
         };
+        if token.is_some() && self.sessions_of(address) >= SESSIONS_PER_DOCUMENT_MAX {
+            let documents_max = self.bounds().documents_max;
+            if self.documents.get(address).is_none() && self.documents.len() >= documents_max {
+                return Err(Refusal::HocuspocusDocuments(documents_max));
+            }
+            self.refuse(
+                address,
+                &Refusal::SessionsPerDocument(SESSIONS_PER_DOCUMENT_MAX),
+            );
+            return Ok(());
+        }
         match self.documents.get_mut(address) {
             None => {
                 if matches!(message, DocumentMessage::Close) {
@@ -520,6 +536,24 @@ impl Socket {
             self.unauthenticated_since.get_or_insert_with(Instant::now);
         }
         self.schedule();
+    }
+
+    /// For a session address (`name\0session`), the socket's other addresses of the same
+    /// document that are open or waiting for their token; 0 for a plain address.
+    fn sessions_of(&self, address: &str) -> usize {
+        if !address.contains('\0') {
+            return 0;
+        }
+        let name = document_name(address);
+        self.documents
+            .0
+            .iter()
+            .filter(|(other, d)| {
+                &**other != address
+                    && document_name(other) == name
+                    && !matches!(d, Document::Refused)
+            })
+            .count()
     }
 
     fn any_open(&self) -> bool {
