@@ -40,6 +40,11 @@ pub fn shared_frame(opcode: Opcode, parts: &[&[u8]]) -> Frame {
     unsafe { frame.assume_init() }
 }
 
+/// A binary frame of `payload` (what every document message is).
+pub fn binary_frame(payload: &[u8]) -> Frame {
+    shared_frame(Opcode::Binary, &[payload])
+}
+
 /// The payload of a frame made by [`shared_frame`] (its header's length is read back from
 /// the second byte, which a server frame never masks).
 pub fn frame_payload(frame: &[u8]) -> &[u8] {

@@ -37,7 +37,7 @@ impl DocumentHandler {
         let count =
             ConnectionCount::acquire(&shard, admission.app.clone(), &admission.limits).await?;
         let claim = RoomClaim::open(&shard, admission).await?;
-        let membership = claim.join(outbox, Framing::YWebsocket, None)?;
+        let membership = claim.join(outbox, Framing::YWebsocket)?;
         Ok(DocumentHandler {
             rate: new_message_rate(&shard),
             waiting: false,

@@ -16,7 +16,7 @@ use super::stats;
 use crate::auth;
 use crate::auth::verify::Refusal as TokenRefusal;
 use crate::config::HocuspocusConfig;
-use crate::outbox::{shared_frame, Outbox};
+use crate::outbox::{binary_frame, Outbox};
 use crate::refusal::Refusal;
 use crate::sync::hocuspocus::{self, DocumentMessage, Incoming};
 use crate::sync::message_rate::{MessageRate, HEAVY_MESSAGE_WEIGHT};
@@ -499,8 +499,10 @@ impl Socket {
             DocumentMessage::Close => {
                 self.close_open(address);
                 let prefix = hocuspocus::address_prefix(address);
-                self.outbox
-                    .push(&binary(&hocuspocus::encode_close(&prefix, PROVIDER_CLOSED)));
+                self.outbox.push(&binary_frame(&hocuspocus::encode_close(
+                    &prefix,
+                    PROVIDER_CLOSED,
+                )));
                 return Ok(());
             }
         };
@@ -526,7 +528,7 @@ impl Socket {
         let prefix = hocuspocus::address_prefix(address);
         let close = hocuspocus::encode_close(&prefix, &format!("{code} {reason}"));
         self.close_open(address);
-        self.outbox.push(&binary(&close));
+        self.outbox.push(&binary_frame(&close));
     }
 
     /// Leaves an open document's room and gives back its share of the app's count.
@@ -678,7 +680,7 @@ impl Socket {
                 if !open.refresh_asked && open.expires_at_s <= now_s {
                     open.refresh_asked = true;
                     let prefix = hocuspocus::address_prefix(address);
-                    asks.push(binary(&hocuspocus::encode_token_request(&prefix)));
+                    asks.push(binary_frame(&hocuspocus::encode_token_request(&prefix)));
                 }
             }
         }
@@ -814,7 +816,7 @@ impl Socket {
         }
         let prefix = hocuspocus::address_prefix(address);
         let denied = hocuspocus::encode_permission_denied(&prefix, &format!("{code} {reason}"));
-        self.outbox.push(&binary(&denied));
+        self.outbox.push(&binary_frame(&denied));
     }
 
     /// The document is admitted: it is told so, joins its room, and what it queued is
@@ -823,18 +825,12 @@ impl Socket {
         &mut self,
         this: &Rc<RefCell<Socket>>,
         address: &str,
-        (joining, can_write, count, key, expires_at_s): Admitted,
+        (joining, count, key, expires_at_s): Admitted,
         attempt: u64,
     ) -> Result<(), Refusal> {
-        let prefix = hocuspocus::address_prefix(address);
         let place = match joining {
             Joining::Local(claim) => {
-                let authenticated = binary(&hocuspocus::encode_authenticated(&prefix, can_write));
-                Place::Local(claim.join(
-                    self.outbox.clone(),
-                    Framing::Hocuspocus { address },
-                    Some(&authenticated),
-                )?)
+                Place::Local(claim.join(self.outbox.clone(), Framing::Hocuspocus { address })?)
             }
             // Its owner sent Authenticated and the room's first frames.
             Joining::Remote(remote) => Place::Remote(remote),
@@ -945,9 +941,9 @@ fn spawn_admission(
     );
 }
 
-/// What admitting a document took: its room (on this shard not joined yet), the role (may
-/// write), its share of the app's connection count.
-type Admitted = (Joining, bool, Rc<ConnectionCount>, String, u64);
+/// What admitting a document took: its room (on this shard not joined yet), its share of the
+/// app's connection count, its key and its token's `exp`.
+type Admitted = (Joining, Rc<ConnectionCount>, String, u64);
 
 enum Joining {
     Local(RoomClaim),
@@ -965,7 +961,7 @@ async fn admit(
     let shard = socket.borrow().shard.clone();
     let (admission, owner, expires_at_s) = decided(&shard, socket, address, token).await?;
     let count = app_count(socket, &shard, &admission.app, &admission.limits).await?;
-    let (can_write, key) = (admission.can_write, admission.key.clone());
+    let key = admission.key.clone();
     let joining = if owner == shard.id {
         Joining::Local(RoomClaim::open(&shard, admission).await?)
     } else {
@@ -976,7 +972,7 @@ async fn admit(
             RemoteDocument::join(&shard, owner, address, admission, outbox, events).await?,
         )
     };
-    Ok((joining, can_write, count, key, expires_at_s))
+    Ok((joining, count, key, expires_at_s))
 }
 
 /// The socket's share of `app`'s connection count: the one its open documents hold, or a
@@ -1087,10 +1083,6 @@ fn document_name(address: &str) -> &str {
 fn major_version(version: &str) -> u32 {
     let major = version.split('.').next().unwrap_or("");
     major.parse().unwrap_or(0)
-}
-
-fn binary(payload: &[u8]) -> crate::outbox::Frame {
-    shared_frame(Opcode::Binary, &[payload])
 }
 
 #[cfg(test)]

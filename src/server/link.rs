@@ -16,7 +16,6 @@ use super::shard::Shard;
 use super::stats;
 use crate::outbox::Outbox;
 use crate::refusal::Refusal;
-use crate::sync::hocuspocus;
 use crate::sync::message_rate::MessageRate;
 use crate::sync::room::Framing;
 use std::cell::RefCell;
@@ -341,25 +340,14 @@ async fn join_member(
     admission: Admission,
     member: &Rc<RefCell<Member>>,
 ) {
-    let can_write = admission.can_write;
     let claim = RoomClaim::open(shard, admission).await;
     if member.borrow().left {
         // Left meanwhile: the claim lets the room expire.
         return;
     }
     let outbox = Rc::new(Outbox::new(shard.config().websocket.outbound_bytes_max));
-    let prefix = hocuspocus::address_prefix(&address);
-    let authenticated = crate::outbox::shared_frame(
-        crate::ws::frame::Opcode::Binary,
-        &[&hocuspocus::encode_authenticated(&prefix, can_write)],
-    );
-    let joined = claim.and_then(|claim| {
-        claim.join(
-            outbox.clone(),
-            Framing::Hocuspocus { address: &address },
-            Some(&authenticated),
-        )
-    });
+    let framing = Framing::Hocuspocus { address: &address };
+    let joined = claim.and_then(|claim| claim.join(outbox.clone(), framing));
     match joined {
         Ok(membership) => {
             let mut m = member.borrow_mut();

@@ -8,10 +8,11 @@ use super::rooms::RoomRefusal;
 use super::shard::Shard;
 use super::stats;
 use crate::auth::claims::Limits;
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::{binary_frame, Outbox};
 use crate::refusal::Refusal;
 use crate::registry::rate::MinuteWindow;
 use crate::registry::NodeInfo;
+use crate::sync::hocuspocus;
 use crate::sync::message_rate::{self, MessageRate};
 use crate::sync::room::{Framing, Room, Slot};
 use crate::ws::close;
@@ -142,15 +143,11 @@ impl RoomClaim {
         })
     }
 
-    /// Joins the room unless it holds `maxUsersPerDoc` subscribers already (4008), sending
-    /// `greeting` first if given (what the room sends a joiner comes after it). Nothing
-    /// awaits between the caller's last look at the connection and the join.
-    pub fn join(
-        mut self,
-        outbox: Rc<Outbox>,
-        framing: Framing<'_>,
-        greeting: Option<&Frame>,
-    ) -> Result<Membership, Refusal> {
+    /// Joins the room unless it holds `maxUsersPerDoc` subscribers already (4008). A
+    /// Hocuspocus subscriber is told `Authenticated` with its scope first (what the room
+    /// sends a joiner comes after it). Nothing awaits between the caller's last look at the
+    /// connection and the join.
+    pub fn join(mut self, outbox: Rc<Outbox>, framing: Framing<'_>) -> Result<Membership, Refusal> {
         let room = self.room.take().expect("a claim joins once");
         if let Some(max) = self.admission.limits.max_users_per_doc {
             if room.borrow().subscriber_count() as u64 >= max {
@@ -159,8 +156,10 @@ impl RoomClaim {
                 return Err(Refusal::UsersPerDocument(max));
             }
         }
-        if let Some(frame) = greeting {
-            outbox.push(frame);
+        if let Framing::Hocuspocus { address } = framing {
+            let prefix = hocuspocus::address_prefix(address);
+            let scope = hocuspocus::encode_authenticated(&prefix, self.admission.can_write);
+            outbox.push(&binary_frame(&scope));
         }
         let slot = room.borrow_mut().join_framed(outbox, framing);
         let shard = self.shard.clone();

@@ -191,7 +191,7 @@ impl Shard {
             mesh,
             links: super::mesh::Links::default(),
             ping: shared_frame(Opcode::Ping, &[]),
-            in_band_ping: shared_frame(Opcode::Binary, &[&crate::sync::hocuspocus::PING]),
+            in_band_ping: crate::outbox::binary_frame(&crate::sync::hocuspocus::PING),
             offload: super::offload::Offload::default(),
             integrator: super::integrate::Integrator::default(),
             admission_queue,

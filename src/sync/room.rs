@@ -14,7 +14,7 @@ use super::awareness::AwarenessStates;
 use super::hocuspocus;
 use super::protocol::{self, Message, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use super::update_check::UpdateLimits;
-use crate::outbox::{frame_payload, shared_frame, Frame, Outbox};
+use crate::outbox::{binary_frame, frame_payload, shared_frame, Frame, Outbox};
 use crate::refusal::Refusal;
 use crate::ws::frame::Opcode;
 use std::collections::VecDeque;
@@ -287,7 +287,7 @@ impl Room {
                     clock,
                     state: "null",
                 });
-            let frame = binary(&protocol::encode_awareness(
+            let frame = binary_frame(&protocol::encode_awareness(
                 entries.collect::<Vec<_>>().into_iter(),
             ));
             self.broadcast(None, std::slice::from_ref(&frame), false);
@@ -405,7 +405,7 @@ impl Room {
                     if self.sender(from).hocuspocus.is_some() {
                         self.acknowledge(from, false);
                     } else {
-                        let denied = binary(&protocol::encode_permission_denied("read-only"));
+                        let denied = binary_frame(&protocol::encode_permission_denied("read-only"));
                         self.sender(from).outbox.push(&denied);
                     }
                     return Ok(Outcome::default());
@@ -649,7 +649,9 @@ impl Room {
     /// per change.
     fn awareness_all(&mut self) -> Option<Frame> {
         if self.awareness_all.is_none() && self.awareness.live_count() > 0 {
-            self.awareness_all = Some(binary(&protocol::encode_awareness(self.awareness.live())));
+            self.awareness_all = Some(binary_frame(&protocol::encode_awareness(
+                self.awareness.live(),
+            )));
         }
         self.awareness_all.clone()
     }
@@ -706,7 +708,7 @@ impl Room {
             }
             let frame = addressed[address].get_or_insert_with(|| {
                 let prefix = &self.address(address).prefix;
-                binary(&hocuspocus::encode_stateless(prefix, payload))
+                binary_frame(&hocuspocus::encode_stateless(prefix, payload))
             });
             deliveries += s.outbox.push(frame) as usize;
         }
@@ -727,8 +729,8 @@ impl Room {
             Some(at) => at,
             None => {
                 let frames = HocuspocusFrames {
-                    applied: binary(&hocuspocus::encode_sync_status(&prefix, true)),
-                    refused: binary(&hocuspocus::encode_sync_status(&prefix, false)),
+                    applied: binary_frame(&hocuspocus::encode_sync_status(&prefix, true)),
+                    refused: binary_frame(&hocuspocus::encode_sync_status(&prefix, false)),
                     prefix: prefix.into(),
                     subscribers: 0,
                 };
@@ -825,16 +827,12 @@ fn new_awareness(config: &RoomConfig) -> AwarenessStates {
     )
 }
 
-fn binary(payload: &[u8]) -> Frame {
-    shared_frame(Opcode::Binary, &[payload])
-}
-
 fn binary_parts(parts: &[&[u8]]) -> Frame {
     shared_frame(Opcode::Binary, parts)
 }
 
 fn sync_frame(step: u8, body: &[u8]) -> Frame {
-    binary(&protocol::encode_sync(step, body))
+    binary_frame(&protocol::encode_sync(step, body))
 }
 
 #[cfg(test)]
