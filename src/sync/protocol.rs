@@ -64,6 +64,9 @@ impl ProtocolError {
             ProtocolError::Update(UpdateError::LegacyJson) => {
                 "update has legacy JSON content, which this server cannot apply"
             }
+            ProtocolError::Update(UpdateError::Subdocument) => {
+                "update has a subdocument, which this server does not support"
+            }
             ProtocolError::Update(_) => "malformed update",
             ProtocolError::UnknownType => "unknown message type",
             ProtocolError::AwarenessNotJson => "awareness state is not JSON",

@@ -41,6 +41,11 @@ pub enum UpdateError {
     /// of the update differently (found by the `hocuspocus_message` fuzz target: the
     /// misread count made yrs reserve ~100 GB).
     LegacyJson,
+    /// A subdocument (content ref 9). yrs 0.28 gives the item a strong reference to its
+    /// parent document, so a document that ever held one is never freed: a client could
+    /// leak every document it touches (found by the `hocuspocus_message` fuzz target's leak
+    /// check).
+    Subdocument,
 }
 
 impl From<DecodeError> for UpdateError {
@@ -186,10 +191,7 @@ fn walk_content(
                 walk_any(r, 0, limits)?;
             }
         }
-        9 => {
-            r.var_str()?; // subdocument guid
-            walk_any(r, 0, limits)?; // its options
-        }
+        9 => return Err(UpdateError::Subdocument),
         _ => return Err(DecodeError::UnknownTag.into()),
     }
     Ok(())
@@ -323,6 +325,29 @@ mod tests {
         );
         // Why it must be refused: yrs does not read it as the walk (and Yjs) would.
         assert!(Update::decode_v1(&found).is_err());
+    }
+
+    #[test]
+    fn subdocuments_are_refused_because_yrs_never_frees_their_parent() {
+        let doc = Doc::with_client_id(7);
+        let map = doc.get_or_insert_map("m");
+        map.insert(&mut doc.transact_mut(), "sub", Doc::new());
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        assert_eq!(
+            check_update_v1(&update, &limits()),
+            Err(UpdateError::Subdocument)
+        );
+        // The update in the fuzz input the leak check caught (client 37's first item is a
+        // subdocument).
+        let found = [
+            2, 1, 37, 0, 9, 1, 0, 0, 125, 255, 255, 0, 1, 22, 2, 1, 255, 1, 0, 0, 4, 0,
+        ];
+        assert_eq!(
+            check_update_v1(&found, &limits()),
+            Err(UpdateError::Subdocument)
+        );
     }
 
     #[test]
