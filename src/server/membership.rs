@@ -4,7 +4,7 @@
 //! of each; a Hocuspocus socket one count per app and one membership per document.
 
 use super::admission::Admission;
-use super::rooms::RoomRefusal;
+use super::rooms::{OpenRoom, RoomRefusal};
 use super::shard::Shard;
 use super::stats;
 use crate::auth::claims::Limits;
@@ -109,7 +109,7 @@ impl Drop for ConnectionGauge {
 pub struct RoomClaim {
     shard: Rc<Shard>,
     admission: Admission,
-    room: Option<Rc<RefCell<Room>>>,
+    room: Option<OpenRoom>,
 }
 
 impl RoomClaim {
@@ -148,7 +148,7 @@ impl RoomClaim {
     /// sends a joiner comes after it). Nothing awaits between the caller's last look at the
     /// connection and the join.
     pub fn join(mut self, outbox: Rc<Outbox>, framing: Framing<'_>) -> Result<Membership, Refusal> {
-        let room = self.room.take().expect("a claim joins once");
+        let OpenRoom { key, room } = self.room.take().expect("a claim joins once");
         if let Some(max) = self.admission.limits.max_users_per_doc {
             if room.borrow().subscriber_count() as u64 >= max {
                 // A room created just now is still empty: it goes after its grace period.
@@ -165,7 +165,7 @@ impl RoomClaim {
         let shard = self.shard.clone();
         let ops = shard.shared.registry.ops_window(&self.admission.app);
         Ok(Membership {
-            key: std::mem::take(&mut self.admission.key),
+            key,
             can_write: self.admission.can_write,
             ops_per_minute: self.admission.limits.ops_per_minute,
             shard,
@@ -199,7 +199,7 @@ pub fn redirect_reason(home: &NodeInfo, document: &str) -> String {
 /// A connection subscribed to one document's room. Leaves it when dropped.
 pub struct Membership {
     shard: Rc<Shard>,
-    key: String,
+    key: Rc<str>,
     room: Rc<RefCell<Room>>,
     slot: Slot,
     /// False for `viewer` tokens: updates are refused.

@@ -63,17 +63,17 @@ impl Pending {
 /// However it ends (a room, a refusal, a release, or a panic or drop of the task), the entry
 /// goes unless a room replaced it, and the waiters wake to look again: none waits forever.
 struct PinInFlight<'a> {
-    rooms: &'a RefCell<HashMap<String, RoomState>>,
+    rooms: &'a RefCell<HashMap<Rc<str>, RoomState>>,
     key: &'a str,
     pending: Rc<Pending>,
 }
 
 impl<'a> PinInFlight<'a> {
-    fn start(rooms: &'a RefCell<HashMap<String, RoomState>>, key: &'a str) -> Self {
+    fn start(rooms: &'a RefCell<HashMap<Rc<str>, RoomState>>, key: &'a str) -> Self {
         let pending = Rc::new(Pending::default());
         rooms
             .borrow_mut()
-            .insert(key.to_owned(), RoomState::Pending(pending.clone()));
+            .insert(Rc::from(key), RoomState::Pending(pending.clone()));
         PinInFlight {
             rooms,
             key,
@@ -95,6 +95,13 @@ impl Drop for PinInFlight<'_> {
     }
 }
 
+/// A live room and its key, shared with the map (a connection keeps it to leave the room
+/// by, without a copy of its own).
+pub struct OpenRoom {
+    pub key: Rc<str>,
+    pub room: Rc<RefCell<Room>>,
+}
+
 struct RoomEntry {
     room: Rc<RefCell<Room>>,
     /// `{tenant}::{app}`: whose document count this room holds.
@@ -104,7 +111,7 @@ struct RoomEntry {
 }
 
 pub struct Rooms {
-    map: RefCell<HashMap<String, RoomState>>,
+    map: RefCell<HashMap<Rc<str>, RoomState>>,
     config: RoomConfig,
     shared: Arc<Shared>,
     stats: Arc<[ShardStats]>,
@@ -142,11 +149,16 @@ impl Rooms {
         key: &str,
         app: &str,
         documents_max: Option<u64>,
-    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+    ) -> Result<OpenRoom, RoomRefusal> {
         loop {
-            let pending = match self.map.borrow().get(key) {
-                Some(RoomState::Live(entry)) => return Ok(entry.room.clone()),
-                Some(RoomState::Pending(p)) => Some(p.clone()),
+            let pending = match self.map.borrow().get_key_value(key) {
+                Some((key, RoomState::Live(entry))) => {
+                    return Ok(OpenRoom {
+                        key: key.clone(),
+                        room: entry.room.clone(),
+                    })
+                }
+                Some((_, RoomState::Pending(p))) => Some(p.clone()),
                 None => None,
             };
             match pending {
@@ -161,7 +173,7 @@ impl Rooms {
         key: &str,
         app: &str,
         documents_max: Option<u64>,
-    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+    ) -> Result<OpenRoom, RoomRefusal> {
         let _claim = PinInFlight::start(&self.map, key);
         let now_ms = crate::log::unix_ms();
         let claim = self
@@ -177,11 +189,12 @@ impl Rooms {
                     app: app.to_owned(),
                     emptied: 0,
                 };
+                let key: Rc<str> = Rc::from(key);
                 self.map
                     .borrow_mut()
-                    .insert(key.to_owned(), RoomState::Live(entry));
+                    .insert(key.clone(), RoomState::Live(entry));
                 stats::add(&self.my_stats().documents, 1);
-                Ok(room)
+                Ok(OpenRoom { key, room })
             }
             Ok(Claim::Elsewhere(node)) => Err(RoomRefusal::Elsewhere(node)),
             Ok(Claim::DocumentLimit(e)) => Err(RoomRefusal::DocumentLimit(e)),
@@ -210,12 +223,12 @@ impl Rooms {
             sleep(grace).await;
             let app = {
                 let mut rooms = this.map.borrow_mut();
-                let expired = matches!(rooms.get(&key), Some(RoomState::Live(e))
+                let expired = matches!(rooms.get(&*key), Some(RoomState::Live(e))
                     if e.emptied == generation && e.room.borrow().subscriber_count() == 0);
                 if !expired {
                     return;
                 }
-                let Some(RoomState::Live(entry)) = rooms.remove(&key) else {
+                let Some(RoomState::Live(entry)) = rooms.remove(&*key) else {
                     unreachable!("checked above")
                 };
                 stats::sub(&this.my_stats().documents, 1);
@@ -242,7 +255,7 @@ impl Rooms {
 
     /// For a drain: takes every live room out, as `(key, app)`, for their pins to be
     /// released at once.
-    pub fn take_live(&self) -> Vec<(String, String)> {
+    pub fn take_live(&self) -> Vec<(Rc<str>, String)> {
         self.map
             .borrow_mut()
             .drain()

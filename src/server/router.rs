@@ -84,12 +84,20 @@ async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<
             handler,
         })) => {
             let queue = shard.session_queue;
+            let stream = Rc::try_unwrap(stream)
+                .expect("admission, which shared the stream, is over before its session starts");
+            // Boxed, and made before the task's future so that only the box is inside it:
+            // `contain::future`, an async fn, would hold the session inline twice (its
+            // argument and the value it moves into the unwind guard), and a task made
+            // around the arguments would keep them beside the box.
+            let run = Box::pin(super::session::run(
+                shard.clone(),
+                stream,
+                outbox,
+                leftover,
+                handler,
+            ));
             let session = async move {
-                // Boxed: `contain::future`, an async fn, would hold it inline twice (its
-                // argument and the value it moves into the unwind guard).
-                let run = Box::pin(super::session::run(
-                    &shard, stream, outbox, leftover, handler,
-                ));
                 // Its counts and places are given back by values dropped as it unwinds.
                 super::contain::future(shard.my_stats(), "session", run).await;
             };

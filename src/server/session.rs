@@ -5,7 +5,7 @@
 
 use super::handler::Handler;
 use super::shard::{Liveness, Shard, Stamp, SCRATCH_BYTES};
-use super::socket::{self, SharedStream};
+use super::socket::{self, Stream};
 use super::stats;
 use crate::outbox::{shared_frame, Closed, Outbox};
 use crate::refusal::Refusal;
@@ -23,18 +23,20 @@ use std::time::Duration;
 const PROGRESS_BYTES: usize = SCRATCH_BYTES;
 
 /// Runs `handler` against the connection until either side closes. `pending` starts with
-/// the bytes the client sent after its request head.
+/// the bytes the client sent after its request head. The stream lives in the session's
+/// future (not behind an `Rc` of its own: one allocation less per idle connection).
 /// (Not an `async fn`: its arguments would sit in the future twice, as arguments and as the
 /// locals they are moved into, in every idle connection.)
 #[allow(clippy::manual_async_fn)]
-pub fn run<'s>(
-    shard: &'s Rc<Shard>,
-    stream: SharedStream,
+pub fn run(
+    shard: Rc<Shard>,
+    stream: Stream,
     outbox: Rc<Outbox>,
     mut pending: Vec<u8>,
     mut handler: Box<dyn Handler>,
-) -> impl std::future::Future<Output = ()> + 's {
+) -> impl std::future::Future<Output = ()> {
     async move {
+        let shard = &shard;
         let handler = handler.as_mut();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
         let registration = shard.register(outbox.clone(), fd);

@@ -3,14 +3,14 @@
 
 use super::admission::Handed;
 use super::mesh::{Handoff, Mesh};
-use super::rooms::{RoomRefusal, Rooms};
+use super::rooms::{OpenRoom, RoomRefusal, Rooms};
 use super::shared::Shared;
 use super::socket::SharedStream;
 use super::stats::{self, ShardStats};
 use crate::auth::verify::Identity;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
-use crate::sync::room::{Room, RoomConfig};
+use crate::sync::room::RoomConfig;
 use crate::sync::update_check::UpdateLimits;
 use crate::ws::frame::Opcode;
 use crate::ws::message::MessageLimits;
@@ -263,7 +263,7 @@ impl Shard {
         key: &str,
         app: &str,
         documents_max: Option<u64>,
-    ) -> Result<Rc<RefCell<Room>>, RoomRefusal> {
+    ) -> Result<OpenRoom, RoomRefusal> {
         self.rooms.open(key, app, documents_max).await
     }
 

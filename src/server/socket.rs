@@ -14,14 +14,17 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 
-pub type SharedStream = Rc<RefCell<TcpStream>>;
+/// A connection's socket, borrowed by whichever of its reader and writer is polled.
+pub type Stream = RefCell<TcpStream>;
+/// Shared while a connection is admitted; its session then owns it (see `session::run`).
+pub type SharedStream = Rc<Stream>;
 
 /// Frames gathered into one `sendmsg`.
 const BATCH_FRAMES_MAX: usize = 64;
 
 /// Reads into `buf`, which is only borrowed while the read is polled: callers pass a shared
 /// scratch buffer through `with_buf`.
-pub async fn read_with<B>(stream: &SharedStream, buf: &RefCell<B>) -> io::Result<usize>
+pub async fn read_with<B>(stream: &Stream, buf: &RefCell<B>) -> io::Result<usize>
 where
     B: AsMut<[u8]>,
 {
@@ -33,11 +36,11 @@ where
 }
 
 /// Reads into a buffer the caller owns.
-pub async fn read(stream: &SharedStream, buf: &mut [u8]) -> io::Result<usize> {
+pub async fn read(stream: &Stream, buf: &mut [u8]) -> io::Result<usize> {
     poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await
 }
 
-pub async fn write_all(stream: &SharedStream, mut buf: &[u8]) -> io::Result<()> {
+pub async fn write_all(stream: &Stream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
         if n == 0 {
@@ -49,7 +52,7 @@ pub async fn write_all(stream: &SharedStream, mut buf: &[u8]) -> io::Result<()> 
 }
 
 /// Shuts the socket down both ways: the peer sees the end, and our own pending read returns.
-pub fn shutdown(stream: &SharedStream) {
+pub fn shutdown(stream: &Stream) {
     let fd = stream.borrow().as_raw_fd();
     // SAFETY: `fd` is the stream's open socket; shutdown does not close it.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -63,7 +66,7 @@ pub fn shutdown(stream: &SharedStream) {
 /// nothing. (Pushes that find the outbox empty are sent by the pusher: see
 /// `Outbox::write_through`.)
 pub fn poll_drain(
-    stream: &SharedStream,
+    stream: &Stream,
     outbox: &Outbox,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<io::Result<()>> {
