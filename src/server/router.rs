@@ -74,8 +74,12 @@ pub async fn serve_handed(shard: Rc<Shard>, stream: TcpStream, handed: Handed) {
     start_session(shard, stream, admitted).await;
 }
 
-/// Starts the session of an admitted connection (its 101 written) as a task of its own, or
-/// answers an admission's panic.
+/// How long a session runs on the admission queue before it moves to the sessions' queue
+/// (see `start_session`): long enough for a client's first exchange on a busy shard.
+const JOINING_PHASE: Duration = Duration::from_millis(100);
+
+/// Runs the first moments of an admitted connection's session (its 101 written), then moves
+/// it to a task of its own on the sessions' queue; or answers an admission's panic.
 async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<Option<Admitted>>) {
     match admitted {
         Some(Some(Admitted {
@@ -83,26 +87,50 @@ async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<
             leftover,
             handler,
         })) => {
-            let queue = shard.session_queue;
+            let queue = shard.admission_queue;
             let stream = Rc::try_unwrap(stream)
                 .expect("admission, which shared the stream, is over before its session starts");
-            // Boxed, and made before the task's future so that only the box is inside it:
-            // `contain::future`, an async fn, would hold the session inline twice (its
-            // argument and the value it moves into the unwind guard), and a task made
-            // around the arguments would keep them beside the box.
-            let run = Box::pin(super::session::run(
+            // Boxed, and made before any task's future so that only the box is inside it: a
+            // task made around the arguments would keep them beside the box.
+            let mut run = Box::pin(super::session::run(
                 shard.clone(),
                 stream,
                 outbox,
                 leftover,
                 handler,
             ));
-            let session = async move {
-                // Its counts and places are given back by values dropped as it unwinds.
-                super::contain::future(shard.my_stats(), "session", run).await;
+            // Its first exchange (the initial sync) is joining work like its handshake: it
+            // runs on the admission queue, so a storm of joins takes that queue's share and
+            // the live documents keep theirs; then the same future moves to a task on the
+            // sessions' queue. Each phase is a small task of its own: the admission's (its
+            // request and token, several KiB) ends here. Counts and places are given back by
+            // values dropped as a panic unwinds (`contain::future` is an async fn: the
+            // session is passed by reference, or it would be held inline twice).
+            let joining = async move {
+                let stats = shard.my_stats();
+                let phase = futures_lite::future::or(
+                    async {
+                        (&mut run).await;
+                        false
+                    },
+                    async {
+                        glommio::timer::sleep(JOINING_PHASE).await;
+                        true
+                    },
+                );
+                if super::contain::future(stats, "session", phase).await != Some(true) {
+                    return;
+                }
+                let session_queue = shard.session_queue;
+                let live = async move {
+                    super::contain::future(shard.my_stats(), "session", run).await;
+                };
+                glommio::spawn_local_into(live, session_queue)
+                    .expect("the sessions' task queue lives as long as the shard")
+                    .detach();
             };
-            glommio::spawn_local_into(session, queue)
-                .expect("the sessions' task queue lives as long as the shard")
+            glommio::spawn_local_into(joining, queue)
+                .expect("the admission task queue lives as long as the shard")
                 .detach();
         }
         Some(None) => {}

@@ -125,13 +125,19 @@ fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'st
 fn background_queue(name: &str) -> glommio::TaskQueueHandle {
     glommio::executor().create_task_queue(
         glommio::Shares::Static(BACKGROUND_SHARES),
-        glommio::Latency::NotImportant,
+        glommio::Latency::Matters(BACKGROUND_SLICE),
         name,
     )
 }
 
 /// The default task queue's shares are 1,000.
 const BACKGROUND_SHARES: usize = 250;
+
+/// How long background work runs before the executor looks at I/O again. glommio polls its
+/// rings only between runs of task queues, and a queue runs until it has no task left or
+/// the preemption timer fires (100 ms by default): without this, a storm of admissions
+/// kept live reads unseen for as long as it had runnable tasks.
+const BACKGROUND_SLICE: Duration = Duration::from_millis(1);
 
 /// Integration on its own background queue (see `server::integrate`).
 fn spawn_integration(shard: &Rc<Shard>) {
