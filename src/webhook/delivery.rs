@@ -1,0 +1,525 @@
+//! Delivery (PRODUCT.md 9.1): at least once, in order per document, from worker threads of
+//! their own (never a data-plane executor), with jittered exponential backoff for as long as
+//! `retry_for_s`.
+//!
+//! The data plane only pushes: one lock, one queue push, no I/O. Each document's events wait
+//! in their own queue; a worker takes a document whose first event is due, sends it, and
+//! only then may the document's next event go, so a receiver sees each document's events in
+//! order even while it fails. An app's queues are bounded (events and bytes); at the bound
+//! new events are refused and counted, except `session.ended`, which holds a document's
+//! final state and is never refused (there is at most one per document in memory).
+
+use super::event::{Event, EventKind};
+use super::signature::WebhookSecret;
+use super::target;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bounds and timings of delivery (the `[webhooks]` section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// One attempt: connecting, sending and reading the status.
+    pub timeout_ms: u64,
+    /// The first retry's delay; each later one doubles, up to `retry_max_ms`, each drawn
+    /// between half and all of that.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long an event is retried before it is given up (logged as an error).
+    pub retry_for_s: u64,
+    /// Events and body bytes one app may have waiting.
+    pub queue_events_max: usize,
+    pub queue_bytes_max: usize,
+    /// Worker threads (calls in flight at once, over all apps).
+    pub workers: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout_ms: 10_000,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 600_000,
+            retry_for_s: 86_400,
+            queue_events_max: 10_000,
+            queue_bytes_max: 64 << 20,
+            workers: 4,
+        }
+    }
+}
+
+/// One app's receiver: where its events go and how they are signed.
+pub struct Sink {
+    /// `{tenant}::{app}`, for logs and metrics.
+    pub app: String,
+    pub url: String,
+    pub secret: WebhookSecret,
+    /// The events the app asked for.
+    pub events: Vec<EventKind>,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("app", &self.app)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink {
+    /// A receiver at `url` (already checked by `target::Target::parse`), whose every
+    /// connection goes only to addresses `target::check` allows (`own`: this node's
+    /// listeners). No redirects, no proxy.
+    pub fn new(
+        app: String,
+        url: String,
+        secret: WebhookSecret,
+        events: Vec<EventKind>,
+        allow_private: bool,
+        own: Vec<SocketAddr>,
+        timeout_ms: u64,
+    ) -> Sink {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(timeout_ms)))
+            .max_redirects(0)
+            .proxy(None)
+            .http_status_as_error(false)
+            .user_agent("wiresocket-webhooks")
+            .build();
+        let resolver = CheckedResolver { allow_private, own };
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            resolver,
+        );
+        Sink {
+            app,
+            url,
+            secret,
+            events,
+            agent,
+        }
+    }
+
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+    }
+
+    /// One attempt: the event's body, signed now (a receiver refuses stale timestamps, so
+    /// each retry is signed again). 2xx is delivered; anything else says why not.
+    fn send(&self, event: &Event) -> Result<(), String> {
+        let timestamp_s = crate::log::unix_ms() / 1000;
+        let signature = self.secret.sign(&event.id, timestamp_s, &event.body);
+        let response = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", &timestamp_s.to_string())
+            .header("webhook-signature", &signature)
+            .send(&event.body[..])
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    }
+}
+
+/// Resolves a receiver's host and refuses the call if any of its addresses breaks the
+/// rules: the connection then goes only to addresses checked here, so a name re-pointed
+/// after start (DNS rebinding) cannot reach what the rules forbid.
+#[derive(Debug)]
+struct CheckedResolver {
+    allow_private: bool,
+    own: Vec<SocketAddr>,
+}
+
+impl ureq::unversioned::resolver::Resolver for CheckedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        use ureq::unversioned::resolver::DefaultResolver;
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        let https = uri.scheme_str() == Some("https");
+        for addr in addrs.iter() {
+            target::check(https, *addr, self.allow_private, &self.own)
+                .map_err(|why| ureq::Error::BadUri(format!("refused address: {why}")))?;
+        }
+        Ok(addrs)
+    }
+}
+
+/// What became of a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Waiting,
+    Delivered,
+    /// Retried for `retry_for_s` without a 2xx (or dropped by a stop): logged as an error.
+    GivenUp,
+}
+
+/// A pushed event's fate, readable from any thread.
+#[derive(Debug, Clone)]
+pub struct Receipt(Arc<AtomicU8>);
+
+impl Receipt {
+    fn new() -> Self {
+        Receipt(Arc::new(AtomicU8::new(0)))
+    }
+
+    pub fn fate(&self) -> Fate {
+        match self.0.load(Ordering::Acquire) {
+            0 => Fate::Waiting,
+            1 => Fate::Delivered,
+            _ => Fate::GivenUp,
+        }
+    }
+
+    fn set(&self, fate: Fate) {
+        self.0.store(
+            match fate {
+                Fate::Waiting => 0,
+                Fate::Delivered => 1,
+                Fate::GivenUp => 2,
+            },
+            Ordering::Release,
+        );
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The app did not ask for this event.
+    NotWanted,
+    /// The app's queue is at its bound (counted in `dropped`).
+    QueueFull,
+}
+
+/// One app's counts, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppStats {
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    pub dropped: u64,
+    pub given_up: u64,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    /// Age of the oldest event still waiting, in milliseconds (0: none).
+    pub oldest_ms: u64,
+}
+
+struct Queued {
+    event: Arc<Event>,
+    receipt: Receipt,
+    queued_at: Instant,
+}
+
+struct DocQueue {
+    sink: Arc<Sink>,
+    events: VecDeque<Queued>,
+    /// A worker is sending its first event.
+    busy: bool,
+    /// When its first event may be tried (again).
+    due: Instant,
+    /// Failed attempts of its first event.
+    attempts: u32,
+}
+
+/// `({tenant}::{app}, document)`.
+type DocKey = (String, String);
+
+#[derive(Default)]
+struct State {
+    docs: HashMap<DocKey, DocQueue>,
+    apps: HashMap<String, AppStats>,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    config: DeliveryConfig,
+}
+
+/// The node's webhook delivery: the queues and the workers that empty them.
+pub struct Deliveries {
+    shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Deliveries {
+    pub fn start(config: DeliveryConfig) -> Deliveries {
+        assert!(config.workers >= 1 && config.queue_events_max >= 1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            config,
+        });
+        let workers = (0..config.workers)
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("wiresocket-webhook-{i}"))
+                    .spawn(move || work(&shared))
+                    .expect("a webhook worker thread starts")
+            })
+            .collect();
+        Deliveries { shared, workers }
+    }
+
+    /// Queues `event` about `document` for `sink`'s app. Never blocks on the network.
+    pub fn push(&self, sink: &Arc<Sink>, document: &str, event: Event) -> Result<Receipt, Refused> {
+        if !sink.wants(event.kind) {
+            return Err(Refused::NotWanted);
+        }
+        let config = &self.shared.config;
+        let mut state = self.shared.state.lock().expect("webhook state");
+        let stats = state.apps.entry(sink.app.clone()).or_default();
+        let full = stats.queued >= config.queue_events_max
+            || stats.queued_bytes + event.body.len() > config.queue_bytes_max;
+        if full && event.kind != EventKind::SessionEnded {
+            stats.dropped += 1;
+            drop(state);
+            crate::log::warn(
+                "webhook_dropped",
+                &[
+                    ("app", &sink.app),
+                    ("document", &document),
+                    ("event", &event.kind.name()),
+                    ("why", &"the app's webhook queue is full"),
+                ],
+            );
+            return Err(Refused::QueueFull);
+        }
+        stats.queued += 1;
+        stats.queued_bytes += event.body.len();
+        let receipt = Receipt::new();
+        let now = Instant::now();
+        let queue = state
+            .docs
+            .entry((sink.app.clone(), document.to_owned()))
+            .or_insert_with(|| DocQueue {
+                sink: sink.clone(),
+                events: VecDeque::new(),
+                busy: false,
+                due: now,
+                attempts: 0,
+            });
+        queue.events.push_back(Queued {
+            event: Arc::new(event),
+            receipt: receipt.clone(),
+            queued_at: now,
+        });
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(receipt)
+    }
+
+    /// Every app's counts.
+    pub fn stats(&self) -> Vec<(String, AppStats)> {
+        let state = self.shared.state.lock().expect("webhook state");
+        let now = Instant::now();
+        let mut out: Vec<(String, AppStats)> = state
+            .apps
+            .iter()
+            .map(|(app, stats)| {
+                let oldest = state
+                    .docs
+                    .iter()
+                    .filter(|((a, _), _)| a == app)
+                    .filter_map(|(_, q)| q.events.front())
+                    .map(|q| now.duration_since(q.queued_at).as_millis() as u64)
+                    .max()
+                    .unwrap_or(0);
+                (
+                    app.clone(),
+                    AppStats {
+                        oldest_ms: oldest,
+                        ..stats.clone()
+                    },
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl Drop for Deliveries {
+    /// Stops the workers after the calls in flight; what still waits is given up (a drain
+    /// delivers it first, see `server`).
+    fn drop(&mut self) {
+        self.shared.state.lock().expect("webhook state").stopping = true;
+        self.shared.wake.notify_all();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        let state = self.shared.state.lock().expect("webhook state");
+        for q in state.docs.values().flat_map(|d| d.events.iter()) {
+            q.receipt.set(Fate::GivenUp);
+        }
+    }
+}
+
+/// A worker: takes a document whose first event is due, sends it, records what happened.
+fn work(shared: &Shared) {
+    loop {
+        let Some((key, sink, event)) = next_due(shared) else {
+            return;
+        };
+        let result = sink.send(&event);
+        let mut state = shared.state.lock().expect("webhook state");
+        finish(&mut state, &shared.config, &key, &event, result);
+        drop(state);
+        // Its next event may be due now.
+        shared.wake.notify_one();
+    }
+}
+
+/// Waits for a document whose first event is due and no worker is sending; marks it busy.
+fn next_due(shared: &Shared) -> Option<(DocKey, Arc<Sink>, Arc<Event>)> {
+    let mut state = shared.state.lock().expect("webhook state");
+    loop {
+        if state.stopping {
+            return None;
+        }
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        let mut found = None;
+        for (key, q) in &state.docs {
+            if q.busy || q.events.is_empty() {
+                continue;
+            }
+            if q.due <= now {
+                found = Some(key.clone());
+                break;
+            }
+            earliest = Some(earliest.map_or(q.due, |e| e.min(q.due)));
+        }
+        if let Some(key) = found {
+            let q = state.docs.get_mut(&key).expect("found just now");
+            q.busy = true;
+            let first = q.events.front().expect("not empty").event.clone();
+            return Some((key, q.sink.clone(), first));
+        }
+        let wait = earliest.map_or(Duration::from_secs(1), |e| e.duration_since(now));
+        state = shared
+            .wake
+            .wait_timeout(state, wait)
+            .expect("webhook state")
+            .0;
+    }
+}
+
+fn finish(
+    state: &mut State,
+    config: &DeliveryConfig,
+    key: &DocKey,
+    sent: &Arc<Event>,
+    result: Result<(), String>,
+) {
+    let q = state.docs.get_mut(key).expect("a busy queue stays");
+    q.busy = false;
+    let first = q.events.front().expect("a busy queue has its event");
+    debug_assert!(Arc::ptr_eq(&first.event, sent));
+    let age = first.queued_at.elapsed();
+    let stats = state.apps.get_mut(&key.0).expect("pushed through its app");
+    let done = match &result {
+        Ok(()) => {
+            stats.delivered += 1;
+            first.receipt.set(Fate::Delivered);
+            true
+        }
+        Err(why) => {
+            stats.failed_attempts += 1;
+            q.attempts += 1;
+            if age >= Duration::from_secs(config.retry_for_s) {
+                stats.given_up += 1;
+                first.receipt.set(Fate::GivenUp);
+                crate::log::event(
+                    "error",
+                    "webhook_given_up",
+                    &[
+                        ("app", &key.0),
+                        ("document", &key.1),
+                        ("event", &first.event.kind.name()),
+                        ("id", &first.event.id),
+                        ("attempts", &q.attempts),
+                        ("error", why),
+                    ],
+                );
+                true
+            } else {
+                q.due = Instant::now() + backoff(config, q.attempts);
+                crate::log::warn(
+                    "webhook_failed",
+                    &[
+                        ("app", &key.0),
+                        ("document", &key.1),
+                        ("event", &first.event.kind.name()),
+                        ("attempt", &q.attempts),
+                        ("error", why),
+                    ],
+                );
+                false
+            }
+        }
+    };
+    if done {
+        let first = q.events.pop_front().expect("checked above");
+        stats.queued -= 1;
+        stats.queued_bytes -= first.event.body.len();
+        q.attempts = 0;
+        q.due = Instant::now();
+        if q.events.is_empty() {
+            state.docs.remove(key);
+        }
+    }
+}
+
+/// The delay before retry `attempt` (1 for the first retry): doubling from
+/// `retry_initial_ms` up to `retry_max_ms`, drawn between half and all of it so that
+/// receivers recovering from an outage are not hit by every sender at once.
+fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
+    let doubled = config
+        .retry_initial_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
+    let ceiling = doubled.min(config.retry_max_ms).max(1);
+    Duration::from_millis(rand::Rng::gen_range(
+        &mut rand::thread_rng(),
+        ceiling / 2..=ceiling,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling_with_jitter() {
+        let config = DeliveryConfig {
+            retry_initial_ms: 100,
+            retry_max_ms: 1_000,
+            ..DeliveryConfig::default()
+        };
+        for _ in 0..100 {
+            let first = backoff(&config, 1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let third = backoff(&config, 3).as_millis();
+            assert!((200..=400).contains(&third), "{third}");
+            let late = backoff(&config, 40).as_millis();
+            assert!((500..=1_000).contains(&late), "{late}");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+"""An application's webhook receiver, for the tests: an independent Standard Webhooks
+verifier (Python's hmac), written from the specification, not from the server's code.
+
+    webhook_receiver.py serve SECRET FAIL_FIRST
+        listens on 127.0.0.1 (a free port, printed first), answers 500 to the first
+        FAIL_FIRST requests and 204 after, and prints one JSON line per request:
+        {"id", "verdict", "status", "body"}
+    webhook_receiver.py verify SECRET ID TIMESTAMP SIGNATURE < BODY
+        prints the verdict: ok, stale or bad signature
+"""
+import base64
+import hashlib
+import hmac
+import json
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+TOLERANCE_S = 300
+
+
+def verify(secret, msg_id, timestamp, signature, body):
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    if abs(time.time() - int(timestamp)) > TOLERANCE_S:
+        return "stale"
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    for candidate in signature.split(" "):
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return "ok"
+    return "bad signature"
+
+
+def serve(secret, fail_first):
+    seen = {"count": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            seen["count"] += 1
+            status = 500 if seen["count"] <= fail_first else 204
+            verdict = verify(
+                secret,
+                self.headers["webhook-id"],
+                self.headers["webhook-timestamp"],
+                self.headers["webhook-signature"],
+                body,
+            )
+            line = {
+                "id": self.headers["webhook-id"],
+                "verdict": verdict,
+                "status": status,
+                "body": json.loads(body),
+            }
+            print(json.dumps(line), flush=True)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+    else:
+        print(verify(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.stdin.buffer.read()))

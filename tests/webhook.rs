@@ -1,0 +1,282 @@
+//! Webhook signatures and delivery against a real HTTP receiver on loopback, which checks
+//! signatures with its own implementation (`tests/py/webhook_receiver.py`, Python's hmac).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wiresocket::webhook::delivery::{Deliveries, DeliveryConfig, Fate, Receipt, Refused, Sink};
+use wiresocket::webhook::event::{Event, EventKind, Subject};
+use wiresocket::webhook::signature::WebhookSecret;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/webhook_receiver.py");
+
+fn verdict(id: &str, timestamp_s: u64, signature: &str, body: &[u8]) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            RECEIVER,
+            "verify",
+            SECRET,
+            id,
+            &timestamp_s.to_string(),
+            signature,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn signatures_verify_independently_and_replayed_or_altered_ones_fail() {
+    let secret = WebhookSecret::parse(SECRET).unwrap();
+    let now_s = wiresocket::log::unix_ms() / 1000;
+    let body = br#"{"type":"session.ended","data":{"state":"AQ=="}}"#;
+    let signature = secret.sign("msg_1", now_s, body);
+    assert_eq!(verdict("msg_1", now_s, &signature, body), "ok");
+    // The same body and signature replayed ten minutes later: stale.
+    let old_s = now_s - 600;
+    let old_signature = secret.sign("msg_1", old_s, body);
+    assert_eq!(verdict("msg_1", old_s, &old_signature, body), "stale");
+    // A fresh timestamp on the old signature, an altered body, another id: refused.
+    assert_eq!(
+        verdict("msg_1", now_s, &old_signature, body),
+        "bad signature"
+    );
+    let altered = br#"{"type":"session.ended","data":{"state":"AA=="}}"#;
+    assert_eq!(
+        verdict("msg_1", now_s, &signature, altered),
+        "bad signature"
+    );
+    assert_eq!(verdict("msg_2", now_s, &signature, body), "bad signature");
+}
+
+/// The receiver process and the JSON lines it prints, one per request.
+struct Receiver {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Receiver {
+    fn start(fail_first: usize) -> Receiver {
+        let mut child = Command::new("python3")
+            .args([RECEIVER, "serve", SECRET, &fail_first.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        let port = first.trim().parse().expect("the receiver prints its port");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        Receiver { child, port, lines }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sink(url: String, allow_private: bool, events: Vec<EventKind>) -> Arc<Sink> {
+    Arc::new(Sink::new(
+        "acme::docs".into(),
+        url,
+        WebhookSecret::parse(SECRET).unwrap(),
+        events,
+        allow_private,
+        Vec::new(),
+        2_000,
+    ))
+}
+
+fn event(kind: EventKind, document: &str, n: u64) -> Event {
+    let subject = Subject {
+        tenant_id: "acme",
+        app_id: "docs",
+        document,
+    };
+    Event::new(kind, subject, json!({ "n": n }), wiresocket::log::unix_ms())
+}
+
+fn fast() -> DeliveryConfig {
+    DeliveryConfig {
+        retry_initial_ms: 20,
+        retry_max_ms: 100,
+        ..DeliveryConfig::default()
+    }
+}
+
+fn wait_for(receipts: &[Receipt], fate: Fate) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receipts.iter().any(|r| r.fate() != fate) {
+        assert!(Instant::now() < deadline, "events not {fate:?} in 20 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_receiver_that_fails_for_a_while_gets_every_event_once_in_order_with_stable_ids() {
+    let receiver = Receiver::start(5);
+    let deliveries = Deliveries::start(fast());
+    let sink = sink(receiver.url(), true, EventKind::ALL.to_vec());
+    let mut pushed: Vec<(String, String)> = Vec::new();
+    let mut receipts = Vec::new();
+    for n in 0..6 {
+        for document in ["plan", "notes"] {
+            let e = event(EventKind::DocumentChanged, document, n);
+            pushed.push((document.to_owned(), e.id.clone()));
+            receipts.push(deliveries.push(&sink, document, e).unwrap());
+        }
+    }
+    wait_for(&receipts, Fate::Delivered);
+    let requests: Vec<Value> = receiver.lines.try_iter().collect();
+    assert!(
+        requests.iter().all(|r| r["verdict"] == "ok"),
+        "{requests:?}"
+    );
+    let failed: Vec<&Value> = requests.iter().filter(|r| r["status"] == 500).collect();
+    assert_eq!(failed.len(), 5);
+    for document in ["plan", "notes"] {
+        let sent: Vec<&str> = pushed
+            .iter()
+            .filter(|(d, _)| d == document)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        let accepted: Vec<&str> = requests
+            .iter()
+            .filter(|r| r["status"] == 204 && r["body"]["document"] == document)
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        // Each event accepted once, in the order it was pushed.
+        assert_eq!(accepted, sent, "{document}");
+        // Every failed attempt was an event that later went through, under the same id,
+        // before anything after it of its document.
+        let all_ids: Vec<&str> = requests
+            .iter()
+            .filter(|r| r["body"]["document"] == document)
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        let mut deduplicated = all_ids.clone();
+        deduplicated.dedup();
+        assert_eq!(deduplicated, sent, "{document}: retries out of order");
+    }
+    let stats = deliveries.stats();
+    assert_eq!(stats.len(), 1);
+    let (app, s) = &stats[0];
+    assert_eq!(app, "acme::docs");
+    assert_eq!((s.delivered, s.failed_attempts, s.queued), (12, 5, 0));
+}
+
+#[test]
+fn only_the_events_an_app_asked_for_are_queued() {
+    let deliveries = Deliveries::start(fast());
+    let sink = sink(
+        "http://127.0.0.1:9/".into(),
+        true,
+        vec![EventKind::SessionEnded],
+    );
+    let refused = deliveries.push(&sink, "d", event(EventKind::SessionStarted, "d", 0));
+    assert_eq!(refused.unwrap_err(), Refused::NotWanted);
+    assert!(deliveries.stats().is_empty());
+}
+
+#[test]
+fn a_private_receiver_is_not_called_unless_the_app_allows_it() {
+    let receiver = Receiver::start(0);
+    let deliveries = Deliveries::start(fast());
+    let refused = sink(receiver.url(), false, EventKind::ALL.to_vec());
+    let r = deliveries
+        .push(&refused, "d", event(EventKind::SessionEnded, "d", 0))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries.stats()[0].1.failed_attempts < 3 {
+        assert!(Instant::now() < deadline, "no attempt failed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(r.fate(), Fate::Waiting);
+    // Nothing reached the receiver; the same receiver, allowed, gets the next one.
+    let allowed = sink(receiver.url(), true, EventKind::ALL.to_vec());
+    let ok = deliveries
+        .push(&allowed, "e", event(EventKind::SessionEnded, "e", 1))
+        .unwrap();
+    wait_for(&[ok], Fate::Delivered);
+    let requests: Vec<Value> = receiver.lines.try_iter().collect();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["body"]["document"], "e");
+}
+
+#[test]
+fn a_full_queue_refuses_events_but_never_a_session_end() {
+    // Nothing listens on port 9 of loopback: every attempt fails and the queue fills.
+    let deliveries = Deliveries::start(DeliveryConfig {
+        queue_events_max: 3,
+        retry_initial_ms: 60_000,
+        ..DeliveryConfig::default()
+    });
+    let sink = sink("http://127.0.0.1:9/".into(), true, EventKind::ALL.to_vec());
+    for n in 0..3 {
+        let e = event(EventKind::DocumentChanged, "d", n);
+        deliveries.push(&sink, "d", e).unwrap();
+    }
+    let over = deliveries.push(&sink, "d", event(EventKind::DocumentChanged, "d", 3));
+    assert_eq!(over.unwrap_err(), Refused::QueueFull);
+    let ended = deliveries.push(&sink, "d", event(EventKind::SessionEnded, "d", 4));
+    assert_eq!(ended.unwrap().fate(), Fate::Waiting);
+    let s = &deliveries.stats()[0].1;
+    assert_eq!((s.queued, s.dropped), (4, 1));
+    assert!(s.oldest_ms < 60_000);
+    // Stopping gives up what still waits.
+    let receipt = deliveries
+        .push(&sink, "e", event(EventKind::SessionEnded, "e", 5))
+        .unwrap();
+    drop(deliveries);
+    assert_eq!(receipt.fate(), Fate::GivenUp);
+}
+
+#[test]
+fn a_forbidden_address_is_refused_whatever_the_app_allows() {
+    let deliveries = Deliveries::start(fast());
+    let own: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let sink = Arc::new(Sink::new(
+        "acme::docs".into(),
+        "http://127.0.0.1:8080/".into(),
+        WebhookSecret::parse(SECRET).unwrap(),
+        EventKind::ALL.to_vec(),
+        true,
+        vec![own],
+        2_000,
+    ));
+    let r = deliveries
+        .push(&sink, "d", event(EventKind::SessionEnded, "d", 0))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries.stats()[0].1.failed_attempts < 2 {
+        assert!(Instant::now() < deadline, "no attempt failed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(r.fate(), Fate::Waiting);
+}
