@@ -30,6 +30,8 @@ pub struct Config {
     /// config file on a loopback address, or with `allow_development_tenant`.
     pub tenants: Vec<TenantConfig>,
     pub apps: Vec<AppConfig>,
+    /// Webhook delivery: bounds, retries and how long an unacknowledged document is kept.
+    pub webhooks: crate::webhook::delivery::DeliveryConfig,
     /// Run the development tenant even from a config file or on a non-loopback address:
     /// anyone can sign its tokens, so this is for development only.
     pub allow_development_tenant: bool,
@@ -197,10 +199,33 @@ pub struct AppConfig {
     pub client_id: Option<String>,
     /// `wiresocket hash-secret` makes this from the secret; the secret itself is never stored.
     pub client_secret_hash: Option<String>,
+    /// Where this app's webhooks go (PRODUCT.md 9.1): `https://` to a public address, or,
+    /// with `webhook_allow_private`, also `http://` and loopback or private hosts.
+    pub webhook_url: Option<String>,
+    /// `whsec_` and the base64 key that signs them (or `webhook_secret_file` holding it).
+    pub webhook_secret: Option<Redacted>,
+    pub webhook_secret_file: Option<String>,
+    /// The events the app wants (`session.started`, `session.ended`, ...); unset: all.
+    pub webhook_events: Option<Vec<String>>,
+    /// Webhooks may go to loopback and private addresses, and over plain `http://` there
+    /// (internal receivers, tests). Link-local and metadata addresses never.
+    #[serde(default)]
+    pub webhook_allow_private: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A secret read from the configuration: its `Debug` does not show it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"(redacted)\"")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +307,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             tenants: Vec::new(),
             apps: Vec::new(),
+            webhooks: crate::webhook::delivery::DeliveryConfig::default(),
             allow_development_tenant: false,
             config_file: None,
         }
@@ -506,6 +532,20 @@ impl Config {
                 self.documents.awareness_clients_per_connection_max >= 1,
                 "documents.awareness_clients_per_connection_max must be at least 1",
             ),
+            (
+                (1..=64).contains(&self.webhooks.workers),
+                "webhooks.workers must be 1 to 64",
+            ),
+            (
+                self.webhooks.timeout_ms > 0
+                    && self.webhooks.retry_initial_ms > 0
+                    && self.webhooks.retry_max_ms >= self.webhooks.retry_initial_ms,
+                "webhooks.timeout_ms and retry_initial_ms must be positive, retry_max_ms at least retry_initial_ms",
+            ),
+            (
+                self.webhooks.queue_events_max >= 1 && self.webhooks.queue_bytes_max >= 1 << 20,
+                "webhooks.queue_events_max must be at least 1 and queue_bytes_max at least 1 MiB",
+            ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError((*msg).to_owned()));
@@ -558,9 +598,11 @@ fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
     if id.is_empty() {
         return Err(ConfigError(format!("{field}: must not be empty")));
     }
-    if id.contains("::") || id.contains('\0') {
+    // An id ending or starting with `:` would meet the separator: tenant `a:` with app `b`
+    // and tenant `a` with app `:b` would both be `a:::b`.
+    if id.contains("::") || id.contains('\0') || id.starts_with(':') || id.ends_with(':') {
         return Err(ConfigError(format!(
-            "{field}: {id:?} must not contain \"::\" or NUL"
+            "{field}: {id:?} must not contain \"::\" or NUL, nor start or end with \":\""
         )));
     }
     Ok(())

@@ -37,6 +37,7 @@ fn yjs_and_y_websocket_clients_interoperate() {
             "interop.test.mjs",
             "hocuspocus.test.mjs",
             "tiptap.test.mjs",
+            "webhook.test.mjs",
         ])
         .current_dir(&js)
         .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
@@ -52,15 +53,15 @@ fn yjs_and_y_websocket_clients_interoperate() {
     );
     // node's runner prints "# pass N" (all files together); make sure every test ran:
     // 8 in interop.test.mjs, 15 in hocuspocus.test.mjs (5 for each provider release),
-    // 1 in tiptap.test.mjs.
+    // 1 in tiptap.test.mjs, 2 in webhook.test.mjs.
     let passed: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(
-        passed >= 24,
-        "expected 24 passing interop tests, got {passed}"
+        passed >= 26,
+        "expected 26 passing interop tests, got {passed}"
     );
 }
 

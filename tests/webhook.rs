@@ -1,6 +1,8 @@
 //! Webhook signatures and delivery against a real HTTP receiver on loopback, which checks
 //! signatures with its own implementation (`tests/py/webhook_receiver.py`, Python's hmac).
 
+mod common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -279,4 +281,157 @@ fn a_forbidden_address_is_refused_whatever_the_app_allows() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(r.fate(), Fate::Waiting);
+}
+
+#[test]
+fn a_newer_session_end_replaces_one_not_yet_sent() {
+    let deliveries = Deliveries::start(DeliveryConfig {
+        retry_initial_ms: 60_000,
+        ..DeliveryConfig::default()
+    });
+    let sink = sink("http://127.0.0.1:9/".into(), true, EventKind::ALL.to_vec());
+    let first = deliveries
+        .push(&sink, "d", event(EventKind::SessionEnded, "d", 0))
+        .unwrap();
+    // Its first attempt fails at once (nothing listens); then it waits a minute.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries.stats()[0].1.failed_attempts < 1 {
+        assert!(Instant::now() < deadline, "no attempt failed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = deliveries
+        .push(&sink, "d", event(EventKind::SessionEnded, "d", 1))
+        .unwrap();
+    assert_eq!(first.fate(), Fate::Replaced);
+    assert_eq!(second.fate(), Fate::Waiting);
+    assert_eq!(deliveries.stats()[0].1.queued, 1);
+    // Another document's is its own.
+    deliveries
+        .push(&sink, "e", event(EventKind::SessionEnded, "e", 2))
+        .unwrap();
+    assert_eq!(second.fate(), Fate::Waiting);
+    assert_eq!(deliveries.stats()[0].1.queued, 2);
+}
+
+fn app_with(webhook: &str) -> String {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+[[tenants]]
+id = "acme"
+[[tenants.keys]]
+alg = "EdDSA"
+public_key_file = "{keys}/ed25519_public.pem"
+private_key_file = "{keys}/ed25519_private.pem"
+[[apps]]
+id = "web"
+tenant = "acme"
+{webhook}
+"#
+    )
+}
+
+#[test]
+fn a_webhook_the_rules_refuse_stops_the_start_with_the_field_named() {
+    let cases = [
+        (
+            format!("webhook_url = \"http://169.254.169.254/latest\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true"),
+            "apps.web.webhook_url: 169.254.169.254 is never allowed",
+        ),
+        (
+            format!("webhook_url = \"https://127.0.0.1:9443/\"\nwebhook_secret = \"{SECRET}\""),
+            "apps.web.webhook_url: 127.0.0.1 is a loopback or private address",
+        ),
+        (
+            format!("webhook_url = \"https://[::ffff:169.254.169.254]/\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true"),
+            "apps.web.webhook_url: ::ffff:169.254.169.254 is never allowed",
+        ),
+        (
+            "webhook_url = \"https://127.0.0.1/\"\nwebhook_secret = \"secret\"\nwebhook_allow_private = true".to_owned(),
+            "apps.web.webhook_secret: must start with \"whsec_\"",
+        ),
+        (
+            format!("webhook_url = \"https://127.0.0.1/\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true\nwebhook_events = [\"session.paused\"]"),
+            "apps.web.webhook_events: unknown event \"session.paused\"",
+        ),
+        (
+            format!("webhook_url = \"ftp://127.0.0.1/\"\nwebhook_secret = \"{SECRET}\""),
+            "apps.web.webhook_url: must start with https://",
+        ),
+        (
+            "webhook_url = \"https://127.0.0.1/\"\nwebhook_allow_private = true".to_owned(),
+            "apps.web.webhook_secret: set exactly one",
+        ),
+    ];
+    for (webhook, expected) in cases {
+        let stderr = common::refused_start(&app_with(&webhook), &[]);
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+        assert!(
+            !stderr.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "the secret was printed"
+        );
+    }
+}
+
+#[test]
+fn a_session_on_the_server_reaches_the_receiver_and_metrics_count_it() {
+    let receiver = Receiver::start(1);
+    let toml = app_with(&format!(
+        "webhook_url = \"{}\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true\n[documents]\ngrace_period_ms = 200\n[webhooks]\nretry_initial_ms = 20",
+        receiver.url()
+    ));
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    let token = directory.mint("web", "test", 600, Value::Null).unwrap();
+    let server = common::Server::start(&toml);
+    let mut client = common::YClient::from_ws(
+        common::connect_raw(&server.addr, &format!("/notes?token={token}")),
+        1,
+    );
+    client.insert(0, "hello");
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut requests = Vec::new();
+    while !requests
+        .iter()
+        .any(|r: &Value| r["status"] == 204 && r["body"]["type"] == "session.ended")
+    {
+        assert!(Instant::now() < deadline, "no session.ended: {requests:?}");
+        requests.extend(receiver.lines.recv_timeout(Duration::from_secs(1)).ok());
+    }
+    assert!(requests.iter().all(|r| r["verdict"] == "ok"));
+    // The receiver refused the first request (session.started), which was sent again first.
+    let kinds: Vec<(&str, u64)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r["body"]["type"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("session.started", 500),
+            ("session.started", 204),
+            ("session.ended", 204)
+        ]
+    );
+    // The receiver prints before it answers: the server counts once it has the answer.
+    let delivered = "wiresocket_webhook_delivered_total{app=\"acme::web\"} 2";
+    server.wait_for("the delivery counted", Duration::from_secs(10), |s| {
+        s.get("/metrics").contains(delivered)
+    });
+    let metrics = server.get("/metrics");
+    for line in [
+        "wiresocket_webhook_delivered_total{app=\"acme::web\"} 2",
+        "wiresocket_webhook_failed_attempts_total{app=\"acme::web\"} 1",
+        "wiresocket_webhook_queued{app=\"acme::web\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 }

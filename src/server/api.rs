@@ -25,12 +25,13 @@ pub async fn answer(
 ) -> bool {
     let bytes = match (req.method, req.path) {
         ("GET" | "HEAD", "/health" | "/") => health(shard),
-        ("GET" | "HEAD", "/metrics") => response(
-            200,
-            "text/plain; version=0.0.4",
-            &[],
-            &ShardStats::render(&shard.stats),
-        ),
+        ("GET" | "HEAD", "/metrics") => {
+            let mut text = ShardStats::render(&shard.stats);
+            if let Some(webhooks) = &shard.shared.webhooks {
+                super::stats::render_webhooks(&mut text, &webhooks.stats());
+            }
+            response(200, "text/plain; version=0.0.4", &[], &text)
+        }
         ("GET", "/usage") => usage(shard, req, ip).await,
         ("GET", "/discovery") => discovery(shard, req, ip).await,
         ("POST", "/connect/token") => token(shard, stream, req, leftover, ip, deadline).await,

@@ -157,6 +157,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or_else(|| StartError("cannot read the bound address".into()))?;
+    let webhooks = crate::webhook::Webhooks::from_config(&config, &[addr]).map_err(StartError)?;
     let first_listener = Arc::new(std::sync::Mutex::new(Some(first_listener)));
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
@@ -186,6 +187,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         info.clone(),
         directory,
         registry,
+        webhooks,
     ));
     let node_shared = shared.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();

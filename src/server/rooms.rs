@@ -1,18 +1,23 @@
 //! A shard's live documents: each document's `Room` by its isolation key. A room is made by
 //! pinning its document to this node in the registry, one claim at a time per key (clients
 //! arriving meanwhile wait for it), and freed a grace period after its last client left,
-//! when its pin is released.
+//! when its pin is released. Its app is told (webhooks): `session.started` when it is made,
+//! `session.ended` with its final state when it is freed; a room whose `session.ended` the
+//! app has not yet taken stays, pinned, until it has (or `webhooks.retention_s`).
 
 use super::shared::Shared;
 use super::stats::{self, ShardStats};
 use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
 use crate::sync::room::{Room, RoomConfig};
+use crate::webhook::delivery::{Fate, Receipt};
+use crate::webhook::event::EventKind;
+use base64::Engine;
 use glommio::timer::sleep;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a document cannot be opened here.
 #[derive(Debug, Clone)]
@@ -194,6 +199,10 @@ impl Rooms {
                     .borrow_mut()
                     .insert(key.clone(), RoomState::Live(entry));
                 stats::add(&self.my_stats().documents, 1);
+                if let Some(webhooks) = &self.shared.webhooks {
+                    let data = serde_json::json!({});
+                    webhooks.push(app, document_of(&key), EventKind::SessionStarted, data);
+                }
                 Ok(OpenRoom { key, room })
             }
             Ok(Claim::Elsewhere(node)) => Err(RoomRefusal::Elsewhere(node)),
@@ -221,6 +230,9 @@ impl Rooms {
         let grace = Duration::from_millis(self.shared.config.documents.grace_period_ms);
         let expire = async move {
             sleep(grace).await;
+            if let Some(receipt) = this.end_session(&key, generation) {
+                this.await_delivery(&key, receipt).await;
+            }
             let app = {
                 let mut rooms = this.map.borrow_mut();
                 let expired = matches!(rooms.get(&*key), Some(RoomState::Live(e))
@@ -253,18 +265,83 @@ impl Rooms {
         .detach();
     }
 
+    /// Sends `session.ended` with the room's final state, if the room at `key` is still the
+    /// one that emptied at `generation` (nobody joined since) and its app wants the event.
+    fn end_session(&self, key: &str, generation: u64) -> Option<Receipt> {
+        let webhooks = self.shared.webhooks.as_ref()?;
+        let rooms = self.map.borrow();
+        let Some(RoomState::Live(entry)) = rooms.get(key) else {
+            return None;
+        };
+        if entry.emptied != generation || entry.room.borrow().subscriber_count() > 0 {
+            return None;
+        }
+        push_session_ended(webhooks, key, &entry.app, &entry.room)
+    }
+
+    /// Waits until `receipt`'s event is delivered or given up, at most
+    /// `webhooks.retention_s`; past that the document is logged as an error and dropped.
+    async fn await_delivery(&self, key: &str, receipt: Receipt) {
+        let retention = Duration::from_secs(self.shared.config.webhooks.retention_s);
+        let until = Instant::now() + retention;
+        while receipt.fate() == Fate::Waiting {
+            if Instant::now() >= until {
+                crate::log::event(
+                    "error",
+                    "session_end_not_delivered",
+                    &[
+                        ("document", &key),
+                        ("note", &"webhooks.retention_s passed before the app took session.ended: its final state is dropped"),
+                    ],
+                );
+                return;
+            }
+            sleep(DELIVERY_POLL).await;
+        }
+    }
+
     /// For a drain: takes every live room out, as `(key, app)`, for their pins to be
-    /// released at once.
-    pub fn take_live(&self) -> Vec<(Rc<str>, String)> {
+    /// released at once, after sending each one's `session.ended`; their receipts are
+    /// returned with them.
+    pub fn take_live(&self) -> Vec<(Rc<str>, String, Option<Receipt>)> {
+        let webhooks = self.shared.webhooks.as_ref();
         self.map
             .borrow_mut()
             .drain()
             .filter_map(|(key, state)| match state {
-                RoomState::Live(entry) => Some((key, entry.app)),
+                RoomState::Live(entry) => {
+                    let receipt =
+                        webhooks.and_then(|w| push_session_ended(w, &key, &entry.app, &entry.room));
+                    Some((key, entry.app, receipt))
+                }
                 RoomState::Pending(_) => None,
             })
             .collect()
     }
+}
+
+/// How often a room kept for its `session.ended` looks whether the app has it.
+const DELIVERY_POLL: Duration = Duration::from_millis(100);
+
+/// The document name in an isolation key (`{tenant}::{app}::{document}`; ids and names
+/// contain no `::`).
+fn document_of(key: &str) -> &str {
+    key.splitn(3, "::")
+        .nth(2)
+        .expect("keys are tenant::app::document")
+}
+
+fn push_session_ended(
+    webhooks: &crate::webhook::Webhooks,
+    key: &str,
+    app: &str,
+    room: &RefCell<Room>,
+) -> Option<Receipt> {
+    let state = room.borrow_mut().final_state();
+    let data = serde_json::json!({
+        "state": base64::engine::general_purpose::STANDARD.encode(state),
+    });
+    webhooks.push(app, document_of(key), EventKind::SessionEnded, data)
 }
 
 #[cfg(test)]

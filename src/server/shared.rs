@@ -27,6 +27,8 @@ pub struct Shared {
     /// Bytes held in incomplete frames and messages over every connection of the node,
     /// bounded by `websocket.incomplete_bytes_max`.
     pub incomplete_bytes: AtomicUsize,
+    /// The apps' webhooks (none configured: `None`).
+    pub webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
@@ -55,6 +57,7 @@ impl Shared {
         node: NodeInfo,
         directory: Directory,
         registry: Arc<dyn Registry>,
+        webhooks: Option<crate::webhook::Webhooks>,
     ) -> Self {
         let limits = &config.rate_limits;
         Shared {
@@ -71,6 +74,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             connections_fd_max: connections_fd_max(),
             incomplete_bytes: AtomicUsize::new(0),
+            webhooks,
             memory: super::memory::MemoryWatch::new(
                 config.node.memory_budget_bytes,
                 config.node.high_water_percent,

@@ -123,6 +123,66 @@ fn render_handshakes(out: &mut String, shards: &[ShardStats]) {
     let _ = writeln!(out, "wiresocket_handshake_seconds_count {count}");
 }
 
+/// The webhook counts of every app with a webhook (PRODUCT.md 9.1).
+pub fn render_webhooks(out: &mut String, apps: &[(String, crate::webhook::delivery::AppStats)]) {
+    type Field = fn(&crate::webhook::delivery::AppStats) -> f64;
+    let metrics: [(&str, &str, &str, Field); 7] = [
+        (
+            "webhook_delivered_total",
+            "counter",
+            "Events an app's receiver accepted (2xx)",
+            |s| s.delivered as f64,
+        ),
+        (
+            "webhook_failed_attempts_total",
+            "counter",
+            "Attempts that got no 2xx (each is retried)",
+            |s| s.failed_attempts as f64,
+        ),
+        (
+            "webhook_dropped_total",
+            "counter",
+            "Events refused because the app's queue was full",
+            |s| s.dropped as f64,
+        ),
+        (
+            "webhook_given_up_total",
+            "counter",
+            "Events retried for webhooks.retry_for_s without a 2xx",
+            |s| s.given_up as f64,
+        ),
+        (
+            "webhook_queued",
+            "gauge",
+            "Events waiting to be delivered",
+            |s| s.queued as f64,
+        ),
+        (
+            "webhook_queued_bytes",
+            "gauge",
+            "Bytes of event bodies waiting to be delivered",
+            |s| s.queued_bytes as f64,
+        ),
+        (
+            "webhook_oldest_seconds",
+            "gauge",
+            "Age of the oldest event waiting to be delivered",
+            |s| s.oldest_ms as f64 / 1e3,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP wiresocket_{name} {help}");
+        let _ = writeln!(out, "# TYPE wiresocket_{name} {kind}");
+        for (app, stats) in apps {
+            let app = app
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(out, "wiresocket_{name}{{app=\"{app}\"}} {}", value(stats));
+        }
+    }
+}
+
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Relaxed);
 }

@@ -8,6 +8,7 @@ use super::shared::Shared;
 use super::stats::{self, ShardStats};
 use crate::refusal::Refusal;
 use crate::registry::Unavailable;
+use crate::webhook::delivery::Fate;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
@@ -202,7 +203,30 @@ async fn drain(shard: &Rc<Shard>) {
         sleep(Duration::from_millis(10)).await;
     }
     let rooms = shard.rooms.take_live();
-    for (key, app) in rooms {
+    // The apps get every final state they asked for before the pins go, within the drain
+    // timeout; what they could not take is logged with its document.
+    let until = Instant::now() + Duration::from_millis(shard.config().node.drain_timeout_ms);
+    while Instant::now() < until
+        && rooms
+            .iter()
+            .any(|(_, _, r)| r.as_ref().is_some_and(|r| r.fate() == Fate::Waiting))
+    {
+        sleep(Duration::from_millis(20)).await;
+    }
+    for (key, app, receipt) in rooms {
+        if receipt.is_some_and(|r| r.fate() != Fate::Delivered) {
+            crate::log::event(
+                "error",
+                "session_end_not_delivered",
+                &[
+                    ("document", &key),
+                    (
+                        "note",
+                        &"the node drained before the app took session.ended",
+                    ),
+                ],
+            );
+        }
         let _ = shard
             .shared
             .registry

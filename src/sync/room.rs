@@ -628,6 +628,15 @@ impl Room {
         })
     }
 
+    /// The whole document as one Yjs v1 update, what is pending integrated first: what an
+    /// application keeps of a session (`session.ended`).
+    pub fn final_state(&mut self) -> Vec<u8> {
+        self.integrate_all();
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+    }
+
     /// Sync step 2 with the whole integrated document, encoded once per change; encoding it
     /// measures the document.
     fn full_state(&mut self) -> Frame {

@@ -19,7 +19,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bounds and timings of delivery (the `[webhooks]` section).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// One attempt: connecting, sending and reading the status.
     pub timeout_ms: u64,
@@ -34,6 +35,9 @@ pub struct DeliveryConfig {
     pub queue_bytes_max: usize,
     /// Worker threads (calls in flight at once, over all apps).
     pub workers: usize,
+    /// How long a document whose `session.ended` is not yet delivered stays in memory (its
+    /// pin kept) after its grace period; then it is logged as an error and dropped.
+    pub retention_s: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -46,6 +50,7 @@ impl Default for DeliveryConfig {
             queue_events_max: 10_000,
             queue_bytes_max: 64 << 20,
             workers: 4,
+            retention_s: 86_400,
         }
     }
 }
@@ -166,6 +171,8 @@ pub enum Fate {
     Delivered,
     /// Retried for `retry_for_s` without a 2xx (or dropped by a stop): logged as an error.
     GivenUp,
+    /// A newer `session.ended` of the same document took its place before it was sent.
+    Replaced,
 }
 
 /// A pushed event's fate, readable from any thread.
@@ -181,7 +188,8 @@ impl Receipt {
         match self.0.load(Ordering::Acquire) {
             0 => Fate::Waiting,
             1 => Fate::Delivered,
-            _ => Fate::GivenUp,
+            2 => Fate::GivenUp,
+            _ => Fate::Replaced,
         }
     }
 
@@ -191,6 +199,7 @@ impl Receipt {
                 Fate::Waiting => 0,
                 Fate::Delivered => 1,
                 Fate::GivenUp => 2,
+                Fate::Replaced => 3,
             },
             Ordering::Release,
         );
@@ -232,8 +241,11 @@ struct DocQueue {
     busy: bool,
     /// When its first event may be tried (again).
     due: Instant,
-    /// Failed attempts of its first event.
+    /// Failed attempts of its first event, and when the first of them began: it is retried
+    /// for `retry_for_s` from then (not from when it was queued, so events that waited
+    /// behind a failing one get their own time).
     attempts: u32,
+    first_attempt: Option<Instant>,
 }
 
 /// `({tenant}::{app}, document)`.
@@ -255,7 +267,6 @@ struct Shared {
 /// The node's webhook delivery: the queues and the workers that empty them.
 pub struct Deliveries {
     shared: Arc<Shared>,
-    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Deliveries {
@@ -266,16 +277,14 @@ impl Deliveries {
             wake: Condvar::new(),
             config,
         });
-        let workers = (0..config.workers)
-            .map(|i| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("wiresocket-webhook-{i}"))
-                    .spawn(move || work(&shared))
-                    .expect("a webhook worker thread starts")
-            })
-            .collect();
-        Deliveries { shared, workers }
+        for i in 0..config.workers {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("wiresocket-webhook-{i}"))
+                .spawn(move || work(&shared))
+                .expect("a webhook worker thread starts");
+        }
+        Deliveries { shared }
     }
 
     /// Queues `event` about `document` for `sink`'s app. Never blocks on the network.
@@ -284,7 +293,7 @@ impl Deliveries {
             return Err(Refused::NotWanted);
         }
         let config = &self.shared.config;
-        let mut state = self.shared.state.lock().expect("webhook state");
+        let mut state = lock(&self.shared);
         let stats = state.apps.entry(sink.app.clone()).or_default();
         let full = stats.queued >= config.queue_events_max
             || stats.queued_bytes + event.body.len() > config.queue_bytes_max;
@@ -315,12 +324,31 @@ impl Deliveries {
                 busy: false,
                 due: now,
                 attempts: 0,
+                first_attempt: None,
             });
+        // A document's final state supersedes an older one not yet being sent: at most one
+        // waits per document, so these unbounded events are bounded by the documents.
+        let mut replaced_bytes = 0;
+        if event.kind == EventKind::SessionEnded {
+            let sending = usize::from(queue.busy);
+            if let Some(i) = (sending..queue.events.len())
+                .find(|&i| queue.events[i].event.kind == EventKind::SessionEnded)
+            {
+                let old = queue.events.remove(i).expect("found just now");
+                old.receipt.set(Fate::Replaced);
+                replaced_bytes = old.event.body.len();
+            }
+        }
         queue.events.push_back(Queued {
             event: Arc::new(event),
             receipt: receipt.clone(),
             queued_at: now,
         });
+        if replaced_bytes > 0 {
+            let stats = state.apps.get_mut(&sink.app).expect("counted above");
+            stats.queued -= 1;
+            stats.queued_bytes -= replaced_bytes;
+        }
         drop(state);
         self.shared.wake.notify_one();
         Ok(receipt)
@@ -328,7 +356,7 @@ impl Deliveries {
 
     /// Every app's counts.
     pub fn stats(&self) -> Vec<(String, AppStats)> {
-        let state = self.shared.state.lock().expect("webhook state");
+        let state = lock(&self.shared);
         let now = Instant::now();
         let mut out: Vec<(String, AppStats)> = state
             .apps
@@ -357,19 +385,44 @@ impl Deliveries {
 }
 
 impl Drop for Deliveries {
-    /// Stops the workers after the calls in flight; what still waits is given up (a drain
-    /// delivers it first, see `server`).
+    /// Stops the workers (each after its call in flight, without waiting for them: this may
+    /// run on any thread) and gives up what still waits, logging each with its document. A
+    /// drain delivers `session.ended` events before this (see `server::tasks`).
     fn drop(&mut self) {
-        self.shared.state.lock().expect("webhook state").stopping = true;
-        self.shared.wake.notify_all();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        let state = self.shared.state.lock().expect("webhook state");
+        let mut state = lock(&self.shared);
+        state.stopping = true;
+        let left: Vec<(DocKey, EventKind)> = state
+            .docs
+            .iter()
+            .flat_map(|(key, q)| q.events.iter().map(move |e| (key.clone(), e.event.kind)))
+            .collect();
         for q in state.docs.values().flat_map(|d| d.events.iter()) {
             q.receipt.set(Fate::GivenUp);
         }
+        drop(state);
+        self.shared.wake.notify_all();
+        for ((app, document), kind) in left {
+            crate::log::event(
+                "error",
+                "webhook_not_delivered",
+                &[
+                    ("app", &app),
+                    ("document", &document),
+                    ("event", &kind.name()),
+                    ("why", &"the node stopped"),
+                ],
+            );
+        }
     }
+}
+
+/// The state, even after a panic elsewhere poisoned its lock: every change to it is made
+/// under the lock in one step, and the data plane must not panic for a worker's fault.
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A worker: takes a document whose first event is due, sends it, records what happened.
@@ -378,18 +431,19 @@ fn work(shared: &Shared) {
         let Some((key, sink, event)) = next_due(shared) else {
             return;
         };
-        let result = sink.send(&event);
-        let mut state = shared.state.lock().expect("webhook state");
-        finish(&mut state, &shared.config, &key, &event, result);
-        drop(state);
+        // A panic in the client must not leave the document marked busy for ever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.send(&event)))
+            .unwrap_or_else(|_| Err("the HTTP client panicked".into()));
+        let outcome = finish(&mut lock(shared), &shared.config, &key, &event, result);
         // Its next event may be due now.
         shared.wake.notify_one();
+        outcome.log(&key, &event);
     }
 }
 
 /// Waits for a document whose first event is due and no worker is sending; marks it busy.
 fn next_due(shared: &Shared) -> Option<(DocKey, Arc<Sink>, Arc<Event>)> {
-    let mut state = shared.state.lock().expect("webhook state");
+    let mut state = lock(shared);
     loop {
         if state.stopping {
             return None;
@@ -410,6 +464,7 @@ fn next_due(shared: &Shared) -> Option<(DocKey, Arc<Sink>, Arc<Event>)> {
         if let Some(key) = found {
             let q = state.docs.get_mut(&key).expect("found just now");
             q.busy = true;
+            q.first_attempt.get_or_insert(now);
             let first = q.events.front().expect("not empty").event.clone();
             return Some((key, q.sink.clone(), first));
         }
@@ -417,8 +472,45 @@ fn next_due(shared: &Shared) -> Option<(DocKey, Arc<Sink>, Arc<Event>)> {
         state = shared
             .wake
             .wait_timeout(state, wait)
-            .expect("webhook state")
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .0;
+    }
+}
+
+/// What became of one attempt, logged once the lock is released.
+enum Attempt {
+    Delivered,
+    Failed { attempt: u32, error: String },
+    GivenUp { attempts: u32, error: String },
+}
+
+impl Attempt {
+    fn log(&self, (app, document): &DocKey, event: &Event) {
+        match self {
+            Attempt::Delivered => {}
+            Attempt::Failed { attempt, error } => crate::log::warn(
+                "webhook_failed",
+                &[
+                    ("app", app),
+                    ("document", document),
+                    ("event", &event.kind.name()),
+                    ("attempt", attempt),
+                    ("error", error),
+                ],
+            ),
+            Attempt::GivenUp { attempts, error } => crate::log::event(
+                "error",
+                "webhook_given_up",
+                &[
+                    ("app", app),
+                    ("document", document),
+                    ("event", &event.kind.name()),
+                    ("id", &event.id),
+                    ("attempts", attempts),
+                    ("error", error),
+                ],
+            ),
+        }
     }
 }
 
@@ -428,64 +520,48 @@ fn finish(
     key: &DocKey,
     sent: &Arc<Event>,
     result: Result<(), String>,
-) {
+) -> Attempt {
     let q = state.docs.get_mut(key).expect("a busy queue stays");
     q.busy = false;
     let first = q.events.front().expect("a busy queue has its event");
     debug_assert!(Arc::ptr_eq(&first.event, sent));
-    let age = first.queued_at.elapsed();
     let stats = state.apps.get_mut(&key.0).expect("pushed through its app");
-    let done = match &result {
+    let outcome = match result {
         Ok(()) => {
             stats.delivered += 1;
             first.receipt.set(Fate::Delivered);
-            true
+            Attempt::Delivered
         }
-        Err(why) => {
+        Err(error) => {
             stats.failed_attempts += 1;
             q.attempts += 1;
-            if age >= Duration::from_secs(config.retry_for_s) {
+            let trying_for = q.first_attempt.map_or(Duration::ZERO, |t| t.elapsed());
+            if trying_for >= Duration::from_secs(config.retry_for_s) {
                 stats.given_up += 1;
                 first.receipt.set(Fate::GivenUp);
-                crate::log::event(
-                    "error",
-                    "webhook_given_up",
-                    &[
-                        ("app", &key.0),
-                        ("document", &key.1),
-                        ("event", &first.event.kind.name()),
-                        ("id", &first.event.id),
-                        ("attempts", &q.attempts),
-                        ("error", why),
-                    ],
-                );
-                true
+                Attempt::GivenUp {
+                    attempts: q.attempts,
+                    error,
+                }
             } else {
                 q.due = Instant::now() + backoff(config, q.attempts);
-                crate::log::warn(
-                    "webhook_failed",
-                    &[
-                        ("app", &key.0),
-                        ("document", &key.1),
-                        ("event", &first.event.kind.name()),
-                        ("attempt", &q.attempts),
-                        ("error", why),
-                    ],
-                );
-                false
+                return Attempt::Failed {
+                    attempt: q.attempts,
+                    error,
+                };
             }
         }
     };
-    if done {
-        let first = q.events.pop_front().expect("checked above");
-        stats.queued -= 1;
-        stats.queued_bytes -= first.event.body.len();
-        q.attempts = 0;
-        q.due = Instant::now();
-        if q.events.is_empty() {
-            state.docs.remove(key);
-        }
+    let first = q.events.pop_front().expect("checked above");
+    stats.queued -= 1;
+    stats.queued_bytes -= first.event.body.len();
+    q.attempts = 0;
+    q.first_attempt = None;
+    q.due = Instant::now();
+    if q.events.is_empty() {
+        state.docs.remove(key);
     }
+    outcome
 }
 
 /// The delay before retry `attempt` (1 for the first retry): doubling from

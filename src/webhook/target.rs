@@ -141,31 +141,55 @@ pub enum Scope {
     Forbidden,
 }
 
-/// Cloud metadata services outside the link-local ranges (Alibaba's in shared address
-/// space, AWS's IPv6 one in unique-local space).
-const METADATA: [IpAddr; 2] = [
+/// Cloud metadata services outside the link-local ranges: Alibaba's in shared address space;
+/// AWS's, GCP's and OCI's IPv6 ones in unique-local space.
+const METADATA: [IpAddr; 4] = [
     IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x0254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x00c1, 0, 0, 0, 0, 0xa9fe, 0xa9fe)),
 ];
 
 pub fn scope(ip: IpAddr) -> Scope {
-    if METADATA.contains(&ip) {
+    let real = effective(ip);
+    if METADATA.contains(&ip) || METADATA.contains(&real) {
         return Scope::Forbidden;
     }
-    match ip {
+    match real {
         IpAddr::V4(v4) => scope_v4(v4),
         IpAddr::V6(v6) => scope_v6(v6),
     }
 }
 
+/// The address a packet to `ip` reaches: the IPv4 address inside an IPv6 address that
+/// carries one (mapped `::ffff:a.b.c.d`, translated `::ffff:0:a.b.c.d`, compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`), else `ip` itself.
+fn effective(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    let v4 = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0, 0, 0, 0, 0xffff, 0, hi, lo] => v4(hi, lo),
+        // Not `::` or `::1`, which are IPv6's own.
+        [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) > (0, 1) => v4(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => ip,
+    }
+}
+
 fn scope_v4(ip: Ipv4Addr) -> Scope {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
+    let documentation = matches!((a, b, c), (192, 0, 2) | (198, 51, 100) | (203, 0, 113));
     if ip.is_unspecified()
         || ip.is_link_local()
         || ip.is_multicast()
         || ip.is_broadcast()
         || a == 0
         || a >= 240
+        || (a, b, c) == (192, 0, 0)
+        || documentation
     {
         Scope::Forbidden
     } else if ip.is_loopback()
@@ -179,26 +203,26 @@ fn scope_v4(ip: Ipv4Addr) -> Scope {
     }
 }
 
+/// An IPv6 address that carries no IPv4 address (see [`effective`]).
 fn scope_v6(ip: Ipv6Addr) -> Scope {
-    let segments = ip.segments();
-    // Addresses that carry an IPv4 address are what that address is: mapped and
-    // compatible (::ffff:a.b.c.d, ::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return scope_v4(v4);
-    }
-    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-    if segments[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
-        return scope_v4(embedded(segments[6], segments[7]));
-    }
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return scope_v4(embedded(segments[6], segments[7]));
-    }
-    if segments[0] == 0x2002 {
-        return scope_v4(embedded(segments[1], segments[2]));
-    }
-    if ip.is_unspecified() || ip.is_multicast() || (segments[0] & 0xffc0) == 0xfe80 {
+    let s = ip.segments();
+    let link_local = (s[0] & 0xffc0) == 0xfe80;
+    let site_local = (s[0] & 0xffc0) == 0xfec0;
+    // Teredo reaches an IPv4 host through a relay; documentation addresses are no host.
+    let teredo = (s[0], s[1]) == (0x2001, 0);
+    let documentation = (s[0], s[1]) == (0x2001, 0x0db8);
+    let unique_local = (s[0] & 0xfe00) == 0xfc00;
+    // Local-use NAT64 may translate to a private IPv4 address.
+    let local_nat64 = (s[0], s[1], s[2]) == (0x64, 0xff9b, 1);
+    if ip.is_unspecified()
+        || ip.is_multicast()
+        || link_local
+        || site_local
+        || teredo
+        || documentation
+    {
         Scope::Forbidden
-    } else if ip.is_loopback() || (segments[0] & 0xfe00) == 0xfc00 {
+    } else if ip.is_loopback() || unique_local || local_nat64 {
         Scope::Private
     } else {
         Scope::Public
@@ -216,8 +240,9 @@ pub fn check(
 ) -> Result<(), String> {
     let ip = addr.ip();
     let here = own.iter().any(|o| {
+        let mine = effective(o.ip());
         o.port() == addr.port()
-            && (o.ip() == ip || (o.ip().is_unspecified() && scope(ip) != Scope::Public))
+            && (mine == effective(ip) || (mine.is_unspecified() && scope(ip) != Scope::Public))
     });
     if here {
         return Err(format!("{addr} is this node's own listener"));
@@ -318,6 +343,8 @@ mod tests {
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
             "2002:c0a8:101::1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:a00:1",
         ] {
             assert_eq!(scope(ip(private)), Scope::Private, "{private}");
         }
@@ -337,6 +364,16 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "2002:a9fe:a9fe::1",
+            "::ffff:100.100.100.200",
+            "64:ff9b::6464:64c8",
+            "fd20:ce::254",
+            "fd00:c1::a9fe:a9fe",
+            "::ffff:0:a9fe:a9fe",
+            "192.0.0.1",
+            "192.0.2.1",
+            "2001:db8::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
         ] {
             assert_eq!(scope(ip(forbidden)), Scope::Forbidden, "{forbidden}");
         }
@@ -366,6 +403,9 @@ mod tests {
         assert!(check(http, at("127.0.0.1", 8080), true, &own).is_err());
         assert!(check(http, at("10.0.0.2", 8080), true, &own).is_err());
         assert!(check(http, at("127.0.0.1", 9090), true, &own).is_err());
+        // The same listeners named as IPv4-mapped IPv6 addresses.
+        assert!(check(http, at("::ffff:127.0.0.1", 9090), true, &own).is_err());
+        assert!(check(http, at("::ffff:10.0.0.2", 8080), true, &own).is_err());
         assert!(check(http, at("127.0.0.1", 9091), true, &own).is_ok());
     }
 }

@@ -8,15 +8,21 @@ import { once } from 'node:events'
 export const BIN = process.env.WIRESOCKET_BIN
 if (!BIN) throw new Error('set WIRESOCKET_BIN to the wiresocket binary (cargo test does this)')
 
-export async function startServer (listen = '127.0.0.1:0') {
-  const proc = spawn(BIN, ['serve', '--listen', listen, '--shards', '2'], { stdio: ['ignore', 'pipe', 'ignore'] })
+export async function startServer (listen = '127.0.0.1:0', extraArgs = []) {
+  const proc = spawn(BIN, ['serve', '--listen', listen, '--shards', '2', ...extraArgs], { stdio: ['ignore', 'pipe', 'ignore'] })
   let out = ''
   for await (const chunk of proc.stdout) {
     out += chunk
     const m = out.match(/listening on (127\.0\.0\.1:\d+)/)
     if (m) {
       const exited = once(proc, 'exit')
-      return { addr: m[1], url: `ws://${m[1]}`, stop: async () => { proc.kill('SIGKILL'); await exited } }
+      return {
+        addr: m[1],
+        url: `ws://${m[1]}`,
+        stop: async () => { proc.kill('SIGKILL'); await exited },
+        // A drain (SIGTERM): resolves when the process has exited.
+        drain: async () => { proc.kill('SIGTERM'); await exited }
+      }
     }
   }
   throw new Error(`server did not start: ${out}`)
