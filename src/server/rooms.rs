@@ -284,6 +284,9 @@ impl Rooms {
     async fn await_delivery(&self, key: &str, receipt: Receipt) {
         let retention = Duration::from_secs(self.shared.config.webhooks.retention_s);
         let until = Instant::now() + retention;
+        // Looked at often at first (a receiver usually answers at once), then less: during a
+        // receiver's outage every kept room waits here.
+        let mut poll = DELIVERY_POLL_MIN;
         while receipt.fate() == Fate::Waiting {
             if Instant::now() >= until {
                 crate::log::event(
@@ -296,7 +299,8 @@ impl Rooms {
                 );
                 return;
             }
-            sleep(DELIVERY_POLL).await;
+            sleep(poll).await;
+            poll = (poll * 2).min(DELIVERY_POLL_MAX);
         }
     }
 
@@ -320,8 +324,10 @@ impl Rooms {
     }
 }
 
-/// How often a room kept for its `session.ended` looks whether the app has it.
-const DELIVERY_POLL: Duration = Duration::from_millis(100);
+/// How often a room kept for its `session.ended` looks whether the app has it: first after
+/// the minimum, doubling up to the maximum.
+const DELIVERY_POLL_MIN: Duration = Duration::from_millis(50);
+const DELIVERY_POLL_MAX: Duration = Duration::from_secs(5);
 
 /// The document name in an isolation key (`{tenant}::{app}::{document}`; ids and names
 /// contain no `::`).
