@@ -435,3 +435,78 @@ fn a_session_on_the_server_reaches_the_receiver_and_metrics_count_it() {
         assert!(metrics.contains(line), "{line} not in {metrics}");
     }
 }
+
+#[test]
+fn changes_waiting_for_a_failing_receiver_are_merged_in_order() {
+    use base64::Engine;
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{GetString, ReadTxn, Text, Transact};
+    let receiver = Receiver::start(1);
+    let deliveries = Deliveries::start(DeliveryConfig {
+        retry_initial_ms: 400,
+        retry_max_ms: 400,
+        ..DeliveryConfig::default()
+    });
+    let sink = sink(receiver.url(), true, EventKind::ALL.to_vec());
+    let subject = Subject {
+        tenant_id: "acme",
+        app_id: "docs",
+        document: "d",
+    };
+    let doc = yrs::Doc::with_client_id(1);
+    let text = doc.get_or_insert_text("t");
+    let mut before = yrs::StateVector::default();
+    let mut change = |s: &str| {
+        text.push(&mut doc.transact_mut(), s);
+        let txn = doc.transact();
+        let update = txn.encode_state_as_update_v1(&before);
+        before = txn.state_vector();
+        wiresocket::webhook::event::Change {
+            update,
+            state_vector: before.encode_v1(),
+        }
+    };
+    let at = wiresocket::log::unix_ms();
+    let first = deliveries
+        .push(&sink, "d", Event::changed(subject, change("one "), at))
+        .unwrap();
+    // Its first attempt is refused (500); it then waits 200-400 ms, and two more changes
+    // are merged into it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries.stats()[0].1.failed_attempts < 1 {
+        assert!(Instant::now() < deadline, "no attempt failed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = deliveries
+        .push(&sink, "d", Event::changed(subject, change("two "), at))
+        .unwrap();
+    let third = deliveries
+        .push(&sink, "d", Event::changed(subject, change("three"), at))
+        .unwrap();
+    assert_eq!(
+        (first.fate(), second.fate()),
+        (Fate::Replaced, Fate::Replaced)
+    );
+    assert_eq!(deliveries.stats()[0].1.queued, 1);
+    wait_for(&[third], Fate::Delivered);
+    let requests: Vec<Value> = receiver.lines.try_iter().collect();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let body = &requests[1]["body"];
+    assert_eq!(body["type"], "document.changed");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let update = b64
+        .decode(body["data"]["update"].as_str().unwrap())
+        .unwrap();
+    let fresh = yrs::Doc::new();
+    let t = fresh.get_or_insert_text("t");
+    fresh
+        .transact_mut()
+        .apply_update(yrs::Update::decode_v1(&update).unwrap())
+        .unwrap();
+    assert_eq!(t.get_string(&fresh.transact()), "one two three");
+    let sv = b64
+        .decode(body["data"]["stateVector"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(sv, doc.transact().state_vector().encode_v1());
+}

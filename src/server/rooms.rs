@@ -113,6 +113,31 @@ struct RoomEntry {
     app: String,
     /// Bumped whenever the room empties; a grace timer only frees the room it was set for.
     emptied: u64,
+    changed: ChangeWindow,
+}
+
+impl RoomEntry {
+    fn new(room: Rc<RefCell<Room>>, app: &str) -> Self {
+        RoomEntry {
+            room,
+            app: app.to_owned(),
+            emptied: 0,
+            changed: ChangeWindow {
+                seen: 0,
+                sent_state: yrs::StateVector::default(),
+                waiting: None,
+            },
+        }
+    }
+}
+
+/// What `document.changed` (webhooks) knows of a room: its change count when last looked
+/// at, the document's state at the last event, and since when changes wait (the first and
+/// the latest seen).
+struct ChangeWindow {
+    seen: u64,
+    sent_state: yrs::StateVector,
+    waiting: Option<(Instant, Instant)>,
 }
 
 pub struct Rooms {
@@ -189,11 +214,7 @@ impl Rooms {
         match claim {
             Ok(Claim::Pinned | Claim::AlreadyHere) => {
                 let room = Rc::new(RefCell::new(Room::new(self.config)));
-                let entry = RoomEntry {
-                    room: room.clone(),
-                    app: app.to_owned(),
-                    emptied: 0,
-                };
+                let entry = RoomEntry::new(room.clone(), app);
                 let key: Rc<str> = Rc::from(key);
                 self.map
                     .borrow_mut()
@@ -265,6 +286,46 @@ impl Rooms {
         .detach();
     }
 
+    /// Sends `document.changed` for every room whose changes have been quiet for
+    /// `CHANGE_QUIET`, or waited `CHANGE_WAIT_MAX` (PRODUCT.md 9.1: 2 s after the last
+    /// update, at most every 10 s), with what changed since its previous one. Called every
+    /// `CHANGE_TICK` by the shard when an app has webhooks.
+    pub fn send_changes(&self) {
+        let Some(webhooks) = &self.shared.webhooks else {
+            return;
+        };
+        let now = Instant::now();
+        for (key, state) in self.map.borrow_mut().iter_mut() {
+            let RoomState::Live(entry) = state else {
+                continue;
+            };
+            if !webhooks.wants(&entry.app, EventKind::DocumentChanged) {
+                continue;
+            }
+            let window = &mut entry.changed;
+            let changes = entry.room.borrow().changes();
+            if changes != window.seen {
+                window.seen = changes;
+                let first = window.waiting.map_or(now, |(first, _)| first);
+                window.waiting = Some((first, now));
+            }
+            let Some((first, last)) = window.waiting else {
+                continue;
+            };
+            if now - last < CHANGE_QUIET && now - first < CHANGE_WAIT_MAX {
+                continue;
+            }
+            let (update, state_vector) = entry.room.borrow_mut().changes_since(&window.sent_state);
+            let change = crate::webhook::event::Change {
+                update,
+                state_vector: yrs::updates::encoder::Encode::encode_v1(&state_vector),
+            };
+            window.sent_state = state_vector;
+            window.waiting = None;
+            webhooks.push_changed(&entry.app, document_of(key), change);
+        }
+    }
+
     /// Sends `session.ended` with the room's final state, if the room at `key` is still the
     /// one that emptied at `generation` (nobody joined since) and its app wants the event.
     fn end_session(&self, key: &str, generation: u64) -> Option<Receipt> {
@@ -324,6 +385,11 @@ impl Rooms {
     }
 }
 
+/// `document.changed`'s debounce (see `Rooms::send_changes`).
+pub const CHANGE_TICK: Duration = Duration::from_millis(250);
+const CHANGE_QUIET: Duration = Duration::from_secs(2);
+const CHANGE_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// How often a room kept for its `session.ended` looks whether the app has it: first after
 /// the minimum, doubling up to the maximum.
 const DELIVERY_POLL_MIN: Duration = Duration::from_millis(50);
@@ -369,11 +435,8 @@ mod tests {
         assert!(pending.done.get(), "waiters are woken to look again");
         // A claim that made its room leaves the room.
         let made = PinInFlight::start(&rooms, "t::a::d");
-        let entry = RoomEntry {
-            room: Rc::new(RefCell::new(Room::new(RoomConfig::default()))),
-            app: "t::a".into(),
-            emptied: 0,
-        };
+        let room = Rc::new(RefCell::new(Room::new(RoomConfig::default())));
+        let entry = RoomEntry::new(room, "t::a");
         rooms
             .borrow_mut()
             .insert("t::a::d".into(), RoomState::Live(entry));

@@ -95,6 +95,9 @@ pub async fn run(setup: Setup) {
         .detach();
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
+    if shard.shared.webhooks.is_some() {
+        glommio::spawn_local(send_changes(shard.clone())).detach();
+    }
     super::link::start(&shard);
     spawn_integration(&shard);
     if shard.id == 0 {
@@ -235,6 +238,17 @@ async fn drain(shard: &Rc<Shard>) {
         stats::sub(&shard.my_stats().documents, 1);
     }
     crate::log::info("shard_drained", &[("shard", &shard.id)]);
+}
+
+/// Sends the rooms' `document.changed` webhooks as their debounce ends.
+async fn send_changes(shard: Rc<Shard>) {
+    loop {
+        sleep(super::rooms::CHANGE_TICK).await;
+        let rooms = &shard.rooms;
+        super::contain::call(shard.my_stats(), "document_changed", || {
+            rooms.send_changes()
+        });
+    }
 }
 
 /// Tells the registry this node is alive, every `node.heartbeat_interval_ms`.

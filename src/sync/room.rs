@@ -176,6 +176,9 @@ pub struct Room {
     /// subscriber uses any more frees its place).
     hocuspocus: Vec<Option<HocuspocusFrames>>,
     joins: u64,
+    /// Updates taken (staged to be relayed and integrated) since the room was made: how
+    /// `document.changed` webhooks see that something changed.
+    changes: u64,
     config: RoomConfig,
 }
 
@@ -198,6 +201,7 @@ impl Room {
             len: 0,
             hocuspocus: Vec::new(),
             joins: 0,
+            changes: 0,
             config,
         }
     }
@@ -425,6 +429,7 @@ impl Room {
                     joined,
                 });
                 self.pending_bytes += update.len();
+                self.changes += 1;
                 let relay = self.relay.get_or_insert_with(|| Relay {
                     from,
                     frames: Vec::new(),
@@ -631,10 +636,21 @@ impl Room {
     /// The whole document as one Yjs v1 update, what is pending integrated first: what an
     /// application keeps of a session (`session.ended`).
     pub fn final_state(&mut self) -> Vec<u8> {
+        self.changes_since(&yrs::StateVector::default()).0
+    }
+
+    /// Updates taken since the room was made (see `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// What changed since the document was at `before` (what is pending integrated first),
+    /// as a Yjs v1 update, and the state vector it is at now.
+    pub fn changes_since(&mut self, before: &yrs::StateVector) -> (Vec<u8>, yrs::StateVector) {
+        use yrs::ReadTxn;
         self.integrate_all();
-        self.doc
-            .transact()
-            .encode_state_as_update_v1(&yrs::StateVector::default())
+        let txn = self.doc.transact();
+        (txn.encode_state_as_update_v1(before), txn.state_vector())
     }
 
     /// Sync step 2 with the whole integrated document, encoded once per change; encoding it

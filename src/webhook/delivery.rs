@@ -9,7 +9,7 @@
 //! new events are refused and counted, except `session.ended`, which holds a document's
 //! final state and is never refused (there is at most one per document in memory).
 
-use super::event::{Event, EventKind};
+use super::event::{Change, Event, EventKind, Subject};
 use super::signature::WebhookSecret;
 use super::target;
 use std::collections::{HashMap, VecDeque};
@@ -312,7 +312,8 @@ impl Deliveries {
             return Err(Refused::QueueFull);
         }
         stats.queued += 1;
-        stats.queued_bytes += event.body.len();
+        let pushed_bytes = event.body.len();
+        stats.queued_bytes += pushed_bytes;
         let receipt = Receipt::new();
         let now = Instant::now();
         let queue = state
@@ -326,9 +327,19 @@ impl Deliveries {
                 attempts: 0,
                 first_attempt: None,
             });
+        // A change while the document's previous change still waits (not being sent, and
+        // last in its queue, so order is kept) is merged into it: a slow receiver gets fewer,
+        // larger changes, and nothing is dropped for them.
+        let mut event = event;
+        let mut replaced_bytes = 0;
+        if let Some(merged) = merge_with_last(queue, sink, document, &event) {
+            let old = queue.events.pop_back().expect("merged with it");
+            old.receipt.set(Fate::Replaced);
+            replaced_bytes += old.event.body.len();
+            event = merged;
+        }
         // A document's final state supersedes an older one not yet being sent: at most one
         // waits per document, so these unbounded events are bounded by the documents.
-        let mut replaced_bytes = 0;
         if event.kind == EventKind::SessionEnded {
             let sending = usize::from(queue.busy);
             if let Some(i) = (sending..queue.events.len())
@@ -336,16 +347,18 @@ impl Deliveries {
             {
                 let old = queue.events.remove(i).expect("found just now");
                 old.receipt.set(Fate::Replaced);
-                replaced_bytes = old.event.body.len();
+                replaced_bytes += old.event.body.len();
             }
         }
+        let bytes = event.body.len();
         queue.events.push_back(Queued {
             event: Arc::new(event),
             receipt: receipt.clone(),
             queued_at: now,
         });
+        let stats = state.apps.get_mut(&sink.app).expect("counted above");
+        stats.queued_bytes = stats.queued_bytes + bytes - pushed_bytes;
         if replaced_bytes > 0 {
-            let stats = state.apps.get_mut(&sink.app).expect("counted above");
             stats.queued -= 1;
             stats.queued_bytes -= replaced_bytes;
         }
@@ -382,6 +395,27 @@ impl Deliveries {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+}
+
+/// `event` (a `document.changed`) merged into the last event of `queue`, if that is a
+/// `document.changed` not being sent.
+fn merge_with_last(queue: &DocQueue, sink: &Sink, document: &str, event: &Event) -> Option<Event> {
+    let new = event.change.as_ref()?;
+    let last = queue.events.back()?;
+    let sending = queue.busy && queue.events.len() == 1;
+    let old = last.event.change.as_ref().filter(|_| !sending)?;
+    let update = yrs::merge_updates_v1([&old.update, &new.update]).ok()?;
+    let (tenant_id, app_id) = sink.app.split_once("::")?;
+    let subject = Subject {
+        tenant_id,
+        app_id,
+        document,
+    };
+    let change = Change {
+        update,
+        state_vector: new.state_vector.clone(),
+    };
+    Some(Event::changed(subject, change, event.at_ms))
 }
 
 impl Drop for Deliveries {

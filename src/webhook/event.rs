@@ -57,6 +57,19 @@ pub struct Event {
     pub at_ms: u64,
     /// The JSON body, made once.
     pub body: Vec<u8>,
+    /// A `document.changed` event's update and state vector, kept so that a later change
+    /// can be merged into it while it waits (see `delivery`).
+    pub change: Option<Change>,
+}
+
+/// What a `document.changed` event carries, as Yjs v1 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Everything that changed since the previous `document.changed` (or the session's
+    /// start).
+    pub update: Vec<u8>,
+    /// The document's state vector after it.
+    pub state_vector: Vec<u8>,
 }
 
 /// Whose document an event is about.
@@ -82,6 +95,21 @@ impl Event {
             kind,
             at_ms,
             body: serde_json::to_vec(&body).expect("a JSON value serializes"),
+            change: None,
+        }
+    }
+
+    /// A `document.changed` event: `data` is `{"update", "stateVector"}`, both base64.
+    pub fn changed(subject: Subject<'_>, change: Change, at_ms: u64) -> Event {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        let data = json!({
+            "update": STANDARD.encode(&change.update),
+            "stateVector": STANDARD.encode(&change.state_vector),
+        });
+        Event {
+            change: Some(change),
+            ..Event::new(EventKind::DocumentChanged, subject, data, at_ms)
         }
     }
 }

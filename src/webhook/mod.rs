@@ -68,6 +68,32 @@ impl Webhooks {
         self.deliveries.push(sink, document, event).ok()
     }
 
+    /// Whether `app` wants `kind` (so its data need not be made otherwise).
+    pub fn wants(&self, app: &str, kind: EventKind) -> bool {
+        self.sinks.get(app).is_some_and(|s| s.wants(kind))
+    }
+
+    /// Queues `document.changed` with `change` (see [`event::Event::changed`]).
+    pub fn push_changed(
+        &self,
+        app: &str,
+        document: &str,
+        change: event::Change,
+    ) -> Option<Receipt> {
+        let sink = self
+            .sinks
+            .get(app)
+            .filter(|s| s.wants(EventKind::DocumentChanged))?;
+        let (tenant_id, app_id) = app.split_once("::").expect("app keys are tenant::app");
+        let subject = Subject {
+            tenant_id,
+            app_id,
+            document,
+        };
+        let event = Event::changed(subject, change, crate::log::unix_ms());
+        self.deliveries.push(sink, document, event).ok()
+    }
+
     pub fn stats(&self) -> Vec<(String, AppStats)> {
         self.deliveries.stats()
     }

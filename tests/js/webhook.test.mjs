@@ -101,10 +101,29 @@ test('8 clients edit and leave: session.ended holds their final text, signed, af
     }))
     await waitFor('convergence', () => providers.every(p => p.doc.getText('t').length === 400))
     const final = providers[0].doc.getText('t').toString()
+    // document.changed, 2 s after the edits stop: its updates, applied in order to an empty
+    // document, give the clients' text.
+    const changed = () => hooks.requests.filter(r => r.body.type === 'document.changed' && r.body.document === 'minutes')
+    const replayed = new Y.Doc()
+    let applied = 0
+    await waitFor('document.changed with every edit', () => {
+      for (const r of changed().slice(applied)) {
+        Y.applyUpdate(replayed, Buffer.from(r.body.data.update, 'base64'))
+        applied++
+      }
+      return replayed.getText('t').toString() === final
+    })
+    const lastChange = changed().at(-1).body.data
+    // The same clocks (the order of a state vector's entries is free).
+    const clocks = sv => [...Y.decodeStateVector(sv).entries()].sort((a, b) => a[0] - b[0])
+    assert.deepEqual(clocks(Buffer.from(lastChange.stateVector, 'base64')), clocks(Y.encodeStateVector(replayed)))
     providers.forEach(p => p.destroy())
     await waitFor('session.ended', () => ended(hooks.requests, 'minutes').length === 1)
     const mine = hooks.requests.filter(r => r.body.document === 'minutes')
-    assert.deepEqual(mine.map(r => r.body.type), ['session.started', 'session.ended'])
+    const kinds = mine.map(r => r.body.type)
+    assert.equal(kinds[0], 'session.started')
+    assert.equal(kinds.at(-1), 'session.ended')
+    assert.ok(kinds.slice(1, -1).every(k => k === 'document.changed') && kinds.length >= 3, kinds.join())
     for (const r of mine) {
       assert.ok(r.ok, 'signature verifies')
       assert.deepEqual(Object.keys(r.body).sort(), ['appId', 'data', 'document', 'tenantId', 'timestamp', 'type'])
@@ -112,7 +131,7 @@ test('8 clients edit and leave: session.ended holds their final text, signed, af
       assert.equal(r.body.appId, 'web')
     }
     const doc = new Y.Doc()
-    Y.applyUpdate(doc, Buffer.from(mine[1].body.data.state, 'base64'))
+    Y.applyUpdate(doc, Buffer.from(mine.at(-1).body.data.state, 'base64'))
     assert.equal(doc.getText('t').toString(), final)
   } finally {
     await server.stop()
