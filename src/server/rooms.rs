@@ -113,7 +113,12 @@ struct RoomEntry {
     app: String,
     /// Bumped whenever the room empties; a grace timer only frees the room it was set for.
     emptied: u64,
-    changed: ChangeWindow,
+    /// `document.changed`: the room's updates, and the document's state at the last event.
+    changed: Debounce,
+    sent_state: yrs::StateVector,
+    /// `presence.changed`: its awareness changes, and who was present at the last event.
+    presence: Debounce,
+    sent_presence: Option<serde_json::Value>,
 }
 
 impl RoomEntry {
@@ -122,22 +127,39 @@ impl RoomEntry {
             room,
             app: app.to_owned(),
             emptied: 0,
-            changed: ChangeWindow {
-                seen: 0,
-                sent_state: yrs::StateVector::default(),
-                waiting: None,
-            },
+            changed: Debounce::default(),
+            sent_state: yrs::StateVector::default(),
+            presence: Debounce::default(),
+            sent_presence: None,
         }
     }
 }
 
-/// What `document.changed` (webhooks) knows of a room: its change count when last looked
-/// at, the document's state at the last event, and since when changes wait (the first and
-/// the latest seen).
-struct ChangeWindow {
+/// A debounced webhook of a room: a count of what it follows (updates, awareness changes)
+/// when last looked at, and since when changes wait to be sent (the first and the latest).
+#[derive(Default)]
+struct Debounce {
     seen: u64,
-    sent_state: yrs::StateVector,
     waiting: Option<(Instant, Instant)>,
+}
+
+impl Debounce {
+    /// Looks at the count now: whether the wait is over (`quiet` since the latest change,
+    /// or `wait_max` since the first unsent one); if so, the wait starts over.
+    fn due(&mut self, count: u64, now: Instant, quiet: Duration, wait_max: Duration) -> bool {
+        if count != self.seen {
+            self.seen = count;
+            let first = self.waiting.map_or(now, |(first, _)| first);
+            self.waiting = Some((first, now));
+        }
+        match self.waiting {
+            Some((first, last)) if now - last >= quiet || now - first >= wait_max => {
+                self.waiting = None;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 pub struct Rooms {
@@ -286,11 +308,12 @@ impl Rooms {
         .detach();
     }
 
-    /// Sends `document.changed` for every room whose changes have been quiet for
-    /// `CHANGE_QUIET`, or waited `CHANGE_WAIT_MAX` (PRODUCT.md 9.1: 2 s after the last
-    /// update, at most every 10 s), with what changed since its previous one. Called every
-    /// `CHANGE_TICK` by the shard when an app has webhooks.
-    pub fn send_changes(&self) {
+    /// Sends the debounced webhooks (PRODUCT.md 9.1) of rooms whose wait is over:
+    /// `document.changed` 2 s after the last update or 10 s after the first unsent one, with
+    /// what changed since the previous one; `presence.changed` 1 s after the last awareness
+    /// change (10 s at most), when who is present differs from what was last sent. Called
+    /// every `CHANGE_TICK` by the shard when an app has webhooks.
+    pub fn send_debounced(&self) {
         let Some(webhooks) = &self.shared.webhooks else {
             return;
         };
@@ -299,30 +322,35 @@ impl Rooms {
             let RoomState::Live(entry) = state else {
                 continue;
             };
-            if !webhooks.wants(&entry.app, EventKind::DocumentChanged) {
-                continue;
-            }
-            let window = &mut entry.changed;
+            let document = document_of(key);
             let changes = entry.room.borrow().changes();
-            if changes != window.seen {
-                window.seen = changes;
-                let first = window.waiting.map_or(now, |(first, _)| first);
-                window.waiting = Some((first, now));
+            if webhooks.wants(&entry.app, EventKind::DocumentChanged)
+                && entry
+                    .changed
+                    .due(changes, now, CHANGE_QUIET, DEBOUNCE_WAIT_MAX)
+            {
+                let (update, state_vector) =
+                    entry.room.borrow_mut().changes_since(&entry.sent_state);
+                let change = crate::webhook::event::Change {
+                    update,
+                    state_vector: yrs::updates::encoder::Encode::encode_v1(&state_vector),
+                };
+                entry.sent_state = state_vector;
+                webhooks.push_changed(&entry.app, document, change);
             }
-            let Some((first, last)) = window.waiting else {
-                continue;
-            };
-            if now - last < CHANGE_QUIET && now - first < CHANGE_WAIT_MAX {
-                continue;
+            let awareness = entry.room.borrow().awareness_changes();
+            if webhooks.wants(&entry.app, EventKind::PresenceChanged)
+                && entry
+                    .presence
+                    .due(awareness, now, PRESENCE_QUIET, DEBOUNCE_WAIT_MAX)
+            {
+                let (users, count) = entry.room.borrow().presence();
+                let data = serde_json::json!({ "users": users, "count": count });
+                if entry.sent_presence.as_ref() != Some(&data) {
+                    entry.sent_presence = Some(data.clone());
+                    webhooks.push(&entry.app, document, EventKind::PresenceChanged, data);
+                }
             }
-            let (update, state_vector) = entry.room.borrow_mut().changes_since(&window.sent_state);
-            let change = crate::webhook::event::Change {
-                update,
-                state_vector: yrs::updates::encoder::Encode::encode_v1(&state_vector),
-            };
-            window.sent_state = state_vector;
-            window.waiting = None;
-            webhooks.push_changed(&entry.app, document_of(key), change);
         }
     }
 
@@ -385,10 +413,11 @@ impl Rooms {
     }
 }
 
-/// `document.changed`'s debounce (see `Rooms::send_changes`).
+/// The debounced webhooks' timings (see `Rooms::send_debounced`).
 pub const CHANGE_TICK: Duration = Duration::from_millis(250);
 const CHANGE_QUIET: Duration = Duration::from_secs(2);
-const CHANGE_WAIT_MAX: Duration = Duration::from_secs(10);
+const PRESENCE_QUIET: Duration = Duration::from_secs(1);
+const DEBOUNCE_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// How often a room kept for its `session.ended` looks whether the app has it: first after
 /// the minimum, doubling up to the maximum.
@@ -419,6 +448,24 @@ fn push_session_ended(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_debounce_waits_for_quiet_or_its_longest_wait() {
+        let (quiet, most) = (Duration::from_secs(2), Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_millis(s);
+        let mut d = Debounce::default();
+        assert!(!d.due(0, at(0), quiet, most), "nothing changed");
+        assert!(!d.due(1, at(0), quiet, most));
+        assert!(!d.due(1, at(1_999), quiet, most));
+        assert!(d.due(1, at(2_000), quiet, most), "quiet for 2 s");
+        assert!(!d.due(1, at(9_000), quiet, most), "sent: nothing waits");
+        // Changes every second never leave 2 s of quiet: sent 10 s after the first.
+        for s in 10..20 {
+            assert!(!d.due(s, at(s * 1_000), quiet, most), "{s}");
+        }
+        assert!(d.due(20, at(20_000), quiet, most));
+    }
 
     #[test]
     fn a_claim_that_never_completes_leaves_no_pending_entry() {

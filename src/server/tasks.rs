@@ -96,7 +96,7 @@ pub async fn run(setup: Setup) {
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
     if shard.shared.webhooks.is_some() {
-        glommio::spawn_local(send_changes(shard.clone())).detach();
+        glommio::spawn_local(send_debounced(shard.clone())).detach();
     }
     super::link::start(&shard);
     spawn_integration(&shard);
@@ -240,13 +240,14 @@ async fn drain(shard: &Rc<Shard>) {
     crate::log::info("shard_drained", &[("shard", &shard.id)]);
 }
 
-/// Sends the rooms' `document.changed` webhooks as their debounce ends.
-async fn send_changes(shard: Rc<Shard>) {
+/// Sends the rooms' debounced webhooks (`document.changed`, `presence.changed`) as their
+/// waits end.
+async fn send_debounced(shard: Rc<Shard>) {
     loop {
         sleep(super::rooms::CHANGE_TICK).await;
         let rooms = &shard.rooms;
-        super::contain::call(shard.my_stats(), "document_changed", || {
-            rooms.send_changes()
+        super::contain::call(shard.my_stats(), "debounced_webhooks", || {
+            rooms.send_debounced()
         });
     }
 }

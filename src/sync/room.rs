@@ -179,6 +179,7 @@ pub struct Room {
     /// Updates taken (staged to be relayed and integrated) since the room was made: how
     /// `document.changed` webhooks see that something changed.
     changes: u64,
+    awareness_changes: u64,
     config: RoomConfig,
 }
 
@@ -202,6 +203,7 @@ impl Room {
             hocuspocus: Vec::new(),
             joins: 0,
             changes: 0,
+            awareness_changes: 0,
             config,
         }
     }
@@ -283,7 +285,7 @@ impl Room {
         }
         let removed = self.awareness.remove(&subscriber.awareness_ids);
         if !removed.is_empty() {
-            self.awareness_all = None;
+            self.awareness_changed();
             let entries = removed
                 .iter()
                 .map(|&(client_id, clock)| protocol::AwarenessEntry {
@@ -316,7 +318,7 @@ impl Room {
         self.unmeasured_bytes = 0;
         self.full_state = None;
         self.awareness = new_awareness(&self.config);
-        self.awareness_all = None;
+        self.awareness_changed();
         let (code, reason) = Refusal::DocumentReset.close();
         for subscriber in self.subscribers.iter_mut().flatten() {
             subscriber.awareness_ids.clear();
@@ -454,7 +456,7 @@ impl Room {
                     self.awareness
                         .apply(&entries, &mut subscriber.awareness_ids, owned_max);
                 // A refused update may have applied its first entries.
-                self.awareness_all = None;
+                self.awareness_changed();
                 if applied.map_err(Refusal::Awareness)? {
                     let (head, head_len) = protocol::awareness_head(entries.bytes.len());
                     let frame = binary_parts(&[&head[..head_len], entries.bytes]);
@@ -642,6 +644,34 @@ impl Room {
     /// Updates taken since the room was made (see `changes`).
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// Awareness changes since the room was made: how `presence.changed` webhooks see that
+    /// presence may have changed.
+    pub fn awareness_changes(&self) -> u64 {
+        self.awareness_changes
+    }
+
+    /// Who is present: the `user` object of every live awareness state that has one (in
+    /// client id order), and how many live states there are (`presence.changed`'s data).
+    pub fn presence(&self) -> (Vec<serde_json::Value>, usize) {
+        let mut live: Vec<_> = self.awareness.live().collect();
+        live.sort_by_key(|entry| entry.client_id);
+        let users = live
+            .iter()
+            .filter_map(|entry| {
+                let state: serde_json::Value = serde_json::from_str(entry.state).ok()?;
+                state.get("user").filter(|u| !u.is_null()).cloned()
+            })
+            .collect();
+        (users, live.len())
+    }
+
+    /// Every live awareness state in one message must be encoded again, and presence may
+    /// have changed.
+    fn awareness_changed(&mut self) {
+        self.awareness_all = None;
+        self.awareness_changes += 1;
     }
 
     /// What changed since the document was at `before` (what is pending integrated first),

@@ -92,6 +92,7 @@ test('8 clients edit and leave: session.ended holds their final text, signed, af
   try {
     const providers = Array.from({ length: 8 }, () => provider(server.url, 'minutes', token))
     await Promise.all(providers.map(p => waitFor('sync', () => p.synced)))
+    providers.forEach((p, i) => p.awareness.setLocalStateField('user', { name: `user ${i}` }))
     await Promise.all(providers.map(async (p, i) => {
       for (let n = 0; n < 50; n++) {
         const text = p.doc.getText('t')
@@ -113,6 +114,11 @@ test('8 clients edit and leave: session.ended holds their final text, signed, af
       }
       return replayed.getText('t').toString() === final
     })
+    // presence.changed, 1 s after awareness settles: the eight users' objects.
+    const present = () => hooks.requests.filter(r => r.body.type === 'presence.changed' && r.body.document === 'minutes')
+    await waitFor('presence.changed with 8 users', () => present().some(r => r.body.data.count === 8 && r.body.data.users.length === 8))
+    const names = present().find(r => r.body.data.count === 8).body.data.users.map(u => u.name).sort()
+    assert.deepEqual(names, Array.from({ length: 8 }, (_, i) => `user ${i}`))
     const lastChange = changed().at(-1).body.data
     // The same clocks (the order of a state vector's entries is free).
     const clocks = sv => [...Y.decodeStateVector(sv).entries()].sort((a, b) => a[0] - b[0])
@@ -123,7 +129,7 @@ test('8 clients edit and leave: session.ended holds their final text, signed, af
     const kinds = mine.map(r => r.body.type)
     assert.equal(kinds[0], 'session.started')
     assert.equal(kinds.at(-1), 'session.ended')
-    assert.ok(kinds.slice(1, -1).every(k => k === 'document.changed') && kinds.length >= 3, kinds.join())
+    assert.ok(kinds.slice(1, -1).every(k => k === 'document.changed' || k === 'presence.changed') && kinds.length >= 4, kinds.join())
     for (const r of mine) {
       assert.ok(r.ok, 'signature verifies')
       assert.deepEqual(Object.keys(r.body).sort(), ['appId', 'data', 'document', 'tenantId', 'timestamp', 'type'])
