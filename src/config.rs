@@ -533,8 +533,8 @@ impl Config {
                 "documents.awareness_clients_per_connection_max must be at least 1",
             ),
             (
-                (1..=64).contains(&self.webhooks.workers),
-                "webhooks.workers must be 1 to 64",
+                (1..=64).contains(&self.webhooks.workers) && self.webhooks.app_workers_max >= 1,
+                "webhooks.workers must be 1 to 64, and app_workers_max at least 1",
             ),
             (
                 self.webhooks.timeout_ms > 0

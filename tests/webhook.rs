@@ -510,3 +510,50 @@ fn changes_waiting_for_a_failing_receiver_are_merged_in_order() {
         .unwrap();
     assert_eq!(sv, doc.transact().state_vector().encode_v1());
 }
+
+#[test]
+fn a_hanging_receiver_holds_at_most_its_share_of_the_workers() {
+    // A receiver that takes connections and never answers: each call waits its 2 s timeout.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_url = format!("http://{}/", hanging.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let kept: Vec<_> = hanging.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(kept);
+    });
+    let receiver = Receiver::start(0);
+    let deliveries = Deliveries::start(fast());
+    let slow = Arc::new(Sink::new(
+        "acme::slow".into(),
+        hanging_url,
+        WebhookSecret::parse(SECRET).unwrap(),
+        EventKind::ALL.to_vec(),
+        true,
+        Vec::new(),
+        2_000,
+    ));
+    for n in 0..6 {
+        let document = format!("d{n}");
+        deliveries
+            .push(
+                &slow,
+                &document,
+                event(EventKind::SessionEnded, &document, n),
+            )
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Four workers, at most two on the slow app: another app's event goes at once.
+    let other = sink(receiver.url(), true, EventKind::ALL.to_vec());
+    let started = Instant::now();
+    let r = deliveries
+        .push(&other, "e", event(EventKind::SessionEnded, "e", 9))
+        .unwrap();
+    wait_for(&[r], Fate::Delivered);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "waited {:?} behind a hanging receiver",
+        started.elapsed()
+    );
+    held.join().unwrap();
+}

@@ -35,6 +35,9 @@ pub struct DeliveryConfig {
     pub queue_bytes_max: usize,
     /// Worker threads (calls in flight at once, over all apps).
     pub workers: usize,
+    /// Calls in flight at once for one app, so that one app's hanging receiver cannot hold
+    /// every worker.
+    pub app_workers_max: usize,
     /// How long a document whose `session.ended` is not yet delivered stays in memory (its
     /// pin kept) after its grace period; then it is logged as an error and dropped.
     pub retention_s: u64,
@@ -50,6 +53,7 @@ impl Default for DeliveryConfig {
             queue_events_max: 10_000,
             queue_bytes_max: 64 << 20,
             workers: 4,
+            app_workers_max: 2,
             retention_s: 86_400,
         }
     }
@@ -255,6 +259,9 @@ type DocKey = (String, String);
 struct State {
     docs: HashMap<DocKey, DocQueue>,
     apps: HashMap<String, AppStats>,
+    /// Calls in flight per app, at most `app_workers_max`: a receiver that hangs holds
+    /// that many workers, never all of them.
+    sending: HashMap<String, usize>,
     stopping: bool,
 }
 
@@ -271,7 +278,7 @@ pub struct Deliveries {
 
 impl Deliveries {
     pub fn start(config: DeliveryConfig) -> Deliveries {
-        assert!(config.workers >= 1 && config.queue_events_max >= 1);
+        assert!(config.workers >= 1 && config.app_workers_max >= 1 && config.queue_events_max >= 1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -485,8 +492,12 @@ fn next_due(shared: &Shared) -> Option<(DocKey, Arc<Sink>, Arc<Event>)> {
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         let mut found = None;
+        let app_max = shared.config.app_workers_max;
         for (key, q) in &state.docs {
             if q.busy || q.events.is_empty() {
+                continue;
+            }
+            if state.sending.get(&key.0).is_some_and(|&n| n >= app_max) {
                 continue;
             }
             if q.due <= now {
@@ -496,6 +507,7 @@ fn next_due(shared: &Shared) -> Option<(DocKey, Arc<Sink>, Arc<Event>)> {
             earliest = Some(earliest.map_or(q.due, |e| e.min(q.due)));
         }
         if let Some(key) = found {
+            *state.sending.entry(key.0.clone()).or_default() += 1;
             let q = state.docs.get_mut(&key).expect("found just now");
             q.busy = true;
             q.first_attempt.get_or_insert(now);
@@ -555,6 +567,12 @@ fn finish(
     sent: &Arc<Event>,
     result: Result<(), String>,
 ) -> Attempt {
+    if let Some(n) = state.sending.get_mut(&key.0) {
+        *n -= 1;
+        if *n == 0 {
+            state.sending.remove(&key.0);
+        }
+    }
     let q = state.docs.get_mut(key).expect("a busy queue stays");
     q.busy = false;
     let first = q.events.front().expect("a busy queue has its event");
