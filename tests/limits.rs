@@ -10,24 +10,17 @@ use wiresocket::auth::directory::Directory;
 use wiresocket::config::Config;
 
 fn config_toml(plan: &str, grace_ms: u64) -> String {
-    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     format!(
         r#"
 [documents]
 grace_period_ms = {grace_ms}
-
-[[tenants]]
-id = "acme"
-[[tenants.keys]]
-alg = "EdDSA"
-public_key_file = "{keys}/ed25519_public.pem"
-private_key_file = "{keys}/ed25519_private.pem"
-
+{tenant}
 [[apps]]
 id = "web"
 tenant = "acme"
 plan = {{ {plan} }}
-"#
+"#,
+        tenant = acme_eddsa_tenant()
     )
 }
 

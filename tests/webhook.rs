@@ -314,21 +314,16 @@ fn a_newer_session_end_replaces_one_not_yet_sent() {
 }
 
 fn app_with(webhook: &str) -> String {
-    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     format!(
         r#"
 listen = "127.0.0.1:0"
-[[tenants]]
-id = "acme"
-[[tenants.keys]]
-alg = "EdDSA"
-public_key_file = "{keys}/ed25519_public.pem"
-private_key_file = "{keys}/ed25519_private.pem"
+{tenant}
 [[apps]]
 id = "web"
 tenant = "acme"
 {webhook}
-"#
+"#,
+        tenant = common::acme_eddsa_tenant()
     )
 }
 

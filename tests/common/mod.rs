@@ -436,3 +436,19 @@ impl YClient {
         true
     }
 }
+
+/// The tenant `acme` with the EdDSA key pair in `tests/keys`, as configuration (its apps
+/// follow it).
+pub fn acme_eddsa_tenant() -> String {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    format!(
+        r#"
+[[tenants]]
+id = "acme"
+[[tenants.keys]]
+alg = "EdDSA"
+public_key_file = "{keys}/ed25519_public.pem"
+private_key_file = "{keys}/ed25519_private.pem"
+"#
+    )
+}
