@@ -358,6 +358,11 @@ fn a_webhook_the_rules_refuse_stops_the_start_with_the_field_named() {
             "webhook_url = \"https://127.0.0.1/\"\nwebhook_allow_private = true".to_owned(),
             "apps.web.webhook_secret: set exactly one",
         ),
+        (
+            // `.invalid` never resolves (RFC 6761); without DNS the lookup times out (5 s).
+            format!("webhook_url = \"https://no-such-host.invalid/\"\nwebhook_secret = \"{SECRET}\""),
+            "apps.web.webhook_url: cannot resolve no-such-host.invalid",
+        ),
     ];
     for (webhook, expected) in cases {
         let stderr = common::refused_start(&app_with(&webhook), &[]);

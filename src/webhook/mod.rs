@@ -132,10 +132,8 @@ fn sink(app: &AppConfig, own: &[SocketAddr], timeout_ms: u64) -> Result<Option<S
             })
             .collect::<Result<_, _>>()?,
     };
-    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("webhook_url: cannot resolve {}: {e}", target.host))?
-        .collect();
+    let addrs = resolve(&target.host, target.port)
+        .map_err(|e| format!("webhook_url: cannot resolve {}: {e}", target.host))?;
     if addrs.is_empty() {
         return Err(format!("webhook_url: {} has no address", target.host));
     }
@@ -152,4 +150,27 @@ fn sink(app: &AppConfig, own: &[SocketAddr], timeout_ms: u64) -> Result<Option<S
         own.to_vec(),
         timeout_ms,
     )))
+}
+
+/// How long start-up waits for a receiver's host to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `host:port`'s addresses, or why not within [`RESOLVE_TIMEOUT`] (the system resolver has
+/// no deadline of its own: a lookup that hangs is left to its thread).
+fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("wiresocket-resolve".into())
+        .spawn(move || {
+            let found = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|addrs| addrs.collect::<Vec<_>>());
+            let _ = tx.send(found);
+        })
+        .map_err(|e| e.to_string())?;
+    match rx.recv_timeout(RESOLVE_TIMEOUT) {
+        Ok(found) => found.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs())),
+    }
 }
