@@ -412,12 +412,7 @@ fn merge_with_last(queue: &DocQueue, sink: &Sink, document: &str, event: &Event)
     let sending = queue.busy && queue.events.len() == 1;
     let old = last.event.change.as_ref().filter(|_| !sending)?;
     let update = yrs::merge_updates_v1([&old.update, &new.update]).ok()?;
-    let (tenant_id, app_id) = sink.app.split_once("::")?;
-    let subject = Subject {
-        tenant_id,
-        app_id,
-        document,
-    };
+    let subject = Subject::of(&sink.app, document);
     let change = Change {
         update,
         state_vector: new.state_vector.clone(),

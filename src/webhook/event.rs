@@ -80,6 +80,19 @@ pub struct Subject<'a> {
     pub document: &'a str,
 }
 
+impl<'a> Subject<'a> {
+    /// The subject for `document` of `app`, an app key (`{tenant}::{app}`: ids contain no
+    /// `::` and neither start nor end with `:`, so the split is the one that made it).
+    pub fn of(app: &'a str, document: &'a str) -> Subject<'a> {
+        let (tenant_id, app_id) = app.split_once("::").expect("app keys are tenant::app");
+        Subject {
+            tenant_id,
+            app_id,
+            document,
+        }
+    }
+}
+
 impl Event {
     pub fn new(kind: EventKind, subject: Subject<'_>, data: Value, at_ms: u64) -> Event {
         let body = json!({

@@ -36,7 +36,7 @@ impl Webhooks {
             if let Some(sink) = sink(app, own, config.webhooks.timeout_ms)
                 .map_err(|why| format!("apps.{}.{why}", app.id))?
             {
-                sinks.insert(format!("{}::{}", app.tenant, app.id), Arc::new(sink));
+                sinks.insert(sink.app.clone(), Arc::new(sink));
             }
         }
         if sinks.is_empty() {
@@ -58,13 +58,12 @@ impl Webhooks {
         data: serde_json::Value,
     ) -> Option<Receipt> {
         let sink = self.sinks.get(app).filter(|s| s.wants(kind))?;
-        let (tenant_id, app_id) = app.split_once("::").expect("app keys are tenant::app");
-        let subject = Subject {
-            tenant_id,
-            app_id,
-            document,
-        };
-        let event = Event::new(kind, subject, data, crate::log::unix_ms());
+        let event = Event::new(
+            kind,
+            Subject::of(app, document),
+            data,
+            crate::log::unix_ms(),
+        );
         self.deliveries.push(sink, document, event).ok()
     }
 
@@ -84,13 +83,7 @@ impl Webhooks {
             .sinks
             .get(app)
             .filter(|s| s.wants(EventKind::DocumentChanged))?;
-        let (tenant_id, app_id) = app.split_once("::").expect("app keys are tenant::app");
-        let subject = Subject {
-            tenant_id,
-            app_id,
-            document,
-        };
-        let event = Event::changed(subject, change, crate::log::unix_ms());
+        let event = Event::changed(Subject::of(app, document), change, crate::log::unix_ms());
         self.deliveries.push(sink, document, event).ok()
     }
 
