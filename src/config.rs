@@ -211,6 +211,16 @@ pub struct AppConfig {
     /// (internal receivers, tests). Link-local and metadata addresses never.
     #[serde(default)]
     pub webhook_allow_private: bool,
+    /// The load hook (PRODUCT.md 9.2): asked for a document's state when its session starts,
+    /// signed with `webhook_secret`, under the same address rules as `webhook_url`.
+    pub load_url: Option<String>,
+    /// How long a starting session waits for the load hook; then its clients get 1013.
+    #[serde(default = "load_timeout_ms")]
+    pub load_timeout_ms: u64,
+}
+
+fn load_timeout_ms() -> u64 {
+    3_000
 }
 
 fn yes() -> bool {
@@ -546,6 +556,12 @@ impl Config {
                 self.webhooks.queue_events_max >= 1 && self.webhooks.queue_bytes_max >= 1 << 20,
                 "webhooks.queue_events_max must be at least 1 and queue_bytes_max at least 1 MiB",
             ),
+            (
+                (1..=256).contains(&self.webhooks.call_threads)
+                    && self.webhooks.calls_queued_max >= 1
+                    && self.webhooks.app_calls_max >= 1,
+                "webhooks.call_threads must be 1 to 256, calls_queued_max and app_calls_max at least 1",
+            ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError((*msg).to_owned()));
@@ -556,6 +572,12 @@ impl Config {
             if app.allowed_domains.len() > 3 {
                 return Err(ConfigError(format!(
                     "apps.{}.allowed_domains: at most 3 domains",
+                    app.id
+                )));
+            }
+            if app.load_timeout_ms == 0 || app.load_timeout_ms > 60_000 {
+                return Err(ConfigError(format!(
+                    "apps.{}.load_timeout_ms must be 1 to 60000",
                     app.id
                 )));
             }

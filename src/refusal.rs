@@ -93,6 +93,8 @@ pub enum Refusal {
     /// The document is pinned to another node: `REDIRECT:{url}/{doc}` or the region.
     Redirect(String),
     RegistryUnavailable,
+    /// The app's load hook gave no state for the starting session (PRODUCT.md 9.2).
+    DocumentNotLoaded,
 
     // In a session.
     Frame(FrameError),
@@ -311,6 +313,11 @@ impl Refusal {
             RegistryUnavailable => close(
                 TRY_AGAIN_LATER,
                 "Service unavailable: the registry did not answer, try again later".into(),
+            ),
+            DocumentNotLoaded => close(
+                TRY_AGAIN_LATER,
+                "Service unavailable: the application did not load the document, try again later"
+                    .into(),
             ),
             Frame(e) => {
                 let code = match e {
@@ -544,6 +551,7 @@ mod tests {
             UsersPerDocument(1),
             Redirect("REDIRECT:ws://a/b".into()),
             RegistryUnavailable,
+            DocumentNotLoaded,
             BadClose(CloseError::Truncated),
             BadClose(CloseError::ReasonNotUtf8),
             Protocol(ProtocolError::UnknownType),

@@ -70,8 +70,17 @@ struct Receiver {
 
 impl Receiver {
     fn start(fail_first: usize) -> Receiver {
+        Self::start_with(&[RECEIVER, "serve", SECRET, &fail_first.to_string()])
+    }
+
+    /// A receiver whose `/load` answers as the files in `load_dir` say (see the script).
+    fn with_load_hook(load_dir: &std::path::Path) -> Receiver {
+        Self::start_with(&[RECEIVER, "serve", SECRET, "0", load_dir.to_str().unwrap()])
+    }
+
+    fn start_with(args: &[&str]) -> Receiver {
         let mut child = Command::new("python3")
-            .args([RECEIVER, "serve", SECRET, &fail_first.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs");
@@ -359,6 +368,14 @@ fn a_webhook_the_rules_refuse_stops_the_start_with_the_field_named() {
             "apps.web.webhook_secret: set exactly one",
         ),
         (
+            format!("load_url = \"http://169.254.169.254/load\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true"),
+            "apps.web.load_url: 169.254.169.254 is never allowed",
+        ),
+        (
+            "load_url = \"http://127.0.0.1/load\"\nwebhook_allow_private = true".to_owned(),
+            "apps.web.webhook_secret: set exactly one",
+        ),
+        (
             // `.invalid` never resolves (RFC 6761); without DNS the lookup times out (5 s).
             format!("webhook_url = \"https://no-such-host.invalid/\"\nwebhook_secret = \"{SECRET}\""),
             "apps.web.webhook_url: cannot resolve no-such-host.invalid",
@@ -556,4 +573,215 @@ fn a_hanging_receiver_holds_at_most_its_share_of_the_workers() {
         started.elapsed()
     );
     held.join().unwrap();
+}
+
+/// What the receiver's load hook answers next.
+struct LoadAnswer<'a> {
+    status: u16,
+    state: Option<&'a [u8]>,
+    delay_ms: u64,
+}
+
+impl<'a> LoadAnswer<'a> {
+    /// 200 with `state`, at once.
+    fn state(state: &'a [u8]) -> Self {
+        LoadAnswer {
+            status: 200,
+            state: Some(state),
+            delay_ms: 0,
+        }
+    }
+}
+
+fn set_load_answer(dir: &std::path::Path, answer: LoadAnswer<'_>) {
+    std::fs::write(dir.join("status"), answer.status.to_string()).unwrap();
+    std::fs::write(dir.join("delay_ms"), answer.delay_ms.to_string()).unwrap();
+    match answer.state {
+        Some(state) => std::fs::write(dir.join("state"), state).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(dir.join("state"));
+        }
+    }
+}
+
+/// A document whose text `t` (the test clients' type) holds `text`, as a Yjs v1 update.
+fn stored_state(text: &str) -> Vec<u8> {
+    use yrs::{ReadTxn, Text, Transact};
+    let doc = yrs::Doc::with_client_id(77);
+    doc.get_or_insert_text("t")
+        .push(&mut doc.transact_mut(), text);
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    state
+}
+
+fn load_hook_server(receiver: &Receiver, load_timeout_ms: u64) -> (common::Server, String) {
+    let toml = app_with(&format!(
+        "webhook_url = \"{hooks}\"\nload_url = \"http://127.0.0.1:{port}/load\"\n\
+         load_timeout_ms = {load_timeout_ms}\nwebhook_secret = \"{SECRET}\"\n\
+         webhook_allow_private = true\nwebhook_events = [\"session.started\"]\n\
+         [documents]\ngrace_period_ms = 200",
+        hooks = receiver.url(),
+        port = receiver.port,
+    ));
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    let token = directory.mint("web", "test", 600, Value::Null).unwrap();
+    (common::Server::start(&toml), token)
+}
+
+/// The receiver's requests until `until` holds for the last one (or 10 s pass).
+fn requests_until(receiver: &Receiver, mut until: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut requests = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "not seen: {requests:?}");
+        if let Ok(r) = receiver.lines.recv_timeout(Duration::from_millis(100)) {
+            let done = until(&r);
+            requests.push(r);
+            if done {
+                return requests;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_load_hook_seeds_a_document_that_two_clients_then_see() {
+    let dir = common::TempDir::new("load-hook");
+    let receiver = Receiver::with_load_hook(dir.path());
+    let state = stored_state("kept by the application");
+    set_load_answer(dir.path(), LoadAnswer::state(&state));
+    let (server, token) = load_hook_server(&receiver, 3_000);
+    let path = format!("/plan?token={token}");
+    let mut a = common::YClient::from_ws(common::connect_raw(&server.addr, &path), 1);
+    let mut b = common::YClient::from_ws(common::connect_raw(&server.addr, &path), 2);
+    for c in [&mut a, &mut b] {
+        assert!(
+            c.pump_until(Duration::from_secs(10), |c| c.text()
+                == "kept by the application"),
+            "the client has {:?}",
+            c.text()
+        );
+    }
+    // The load hook got the signed session.started body, once; the same event (same id)
+    // then went to the webhook receiver.
+    let requests = requests_until(&receiver, |r| r["path"] == "/hooks");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let (load, hook) = (&requests[0], &requests[1]);
+    assert_eq!(load["path"], "/load");
+    assert_eq!(load["verdict"], "ok");
+    assert_eq!(load["body"]["type"], "session.started");
+    assert_eq!(load["body"]["document"], "plan");
+    assert_eq!(hook["id"], load["id"]);
+    assert_eq!(hook["body"], load["body"]);
+    // Edits go on from the loaded state.
+    a.insert(0, "+");
+    assert!(b.pump_until(Duration::from_secs(10), |c| c.text()
+        == "+kept by the application"));
+    // 404 starts a document empty, and it is editable.
+    set_load_answer(
+        dir.path(),
+        LoadAnswer {
+            status: 404,
+            state: None,
+            delay_ms: 0,
+        },
+    );
+    let fresh_path = format!("/fresh?token={token}");
+    let mut c = common::YClient::from_ws(common::connect_raw(&server.addr, &fresh_path), 3);
+    let mut d = common::YClient::from_ws(common::connect_raw(&server.addr, &fresh_path), 4);
+    c.insert(0, "new");
+    assert!(d.pump_until(Duration::from_secs(10), |d| d.text() == "new"));
+}
+
+#[test]
+fn a_load_hook_that_fails_hangs_or_answers_garbage_starts_no_session() {
+    let dir = common::TempDir::new("load-hook-fails");
+    let receiver = Receiver::with_load_hook(dir.path());
+    let (server, token) = load_hook_server(&receiver, 500);
+    let path = format!("/plan?token={token}");
+    let refused = |why: &str| {
+        let mut ws = common::connect_raw(&server.addr, &path);
+        let (code, reason) = common::expect_close(&mut ws);
+        assert_eq!(code, 1013, "{why}: {reason}");
+        assert!(
+            reason.contains("did not load the document"),
+            "{why}: {reason}"
+        );
+    };
+    let cases: [(&str, LoadAnswer<'_>); 3] = [
+        (
+            "500",
+            LoadAnswer {
+                status: 500,
+                state: None,
+                delay_ms: 0,
+            },
+        ),
+        (
+            "not a Yjs update",
+            LoadAnswer {
+                status: 200,
+                state: Some(b"\xff\xff\xff\xff"),
+                delay_ms: 0,
+            },
+        ),
+        (
+            "no answer in time",
+            LoadAnswer {
+                status: 200,
+                state: None,
+                delay_ms: 1_500,
+            },
+        ),
+    ];
+    for (why, answer) in cases {
+        set_load_answer(dir.path(), answer);
+        refused(why);
+        let load = requests_until(&receiver, |r| r["path"] == "/load");
+        assert_eq!(load.len(), 1, "{why}: nothing else was sent: {load:?}");
+    }
+    // Two clients arriving while the hook hangs wait for the one call, and share its end.
+    set_load_answer(
+        dir.path(),
+        LoadAnswer {
+            status: 200,
+            state: None,
+            delay_ms: 1_500,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1_200)); // the previous call's answer goes
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, path) = (server.addr.clone(), path.clone());
+            std::thread::spawn(move || {
+                common::expect_close(&mut common::connect_raw(&addr, &path)).0
+            })
+        })
+        .collect();
+    for t in both {
+        assert_eq!(t.join().unwrap(), 1013);
+    }
+    // Once the application answers, a retrying client gets its state: never an empty start
+    // in between, and session.started is sent only for the session that started.
+    let state = stored_state("the real text");
+    set_load_answer(dir.path(), LoadAnswer::state(&state));
+    std::thread::sleep(Duration::from_millis(1_200));
+    let mut c = common::YClient::from_ws(common::connect_raw(&server.addr, &path), 5);
+    assert!(c.pump_until(Duration::from_secs(10), |c| c.text() == "the real text"));
+    let requests = requests_until(&receiver, |r| r["path"] == "/hooks");
+    let loads = requests.iter().filter(|r| r["path"] == "/load").count();
+    assert_eq!(
+        loads, 2,
+        "one call for the two waiting clients, one for the retry: {requests:?}"
+    );
+    let log = server.log();
+    assert!(
+        log.contains("document_not_loaded") && log.contains("answered HTTP 500"),
+        "{log}"
+    );
 }

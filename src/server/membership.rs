@@ -135,6 +135,8 @@ impl RoomClaim {
                     crate::log::warn("registry_unavailable", &[("error", &why)]);
                     Refusal::RegistryUnavailable
                 }
+                // Logged with why where the load failed.
+                RoomRefusal::NotLoaded => Refusal::DocumentNotLoaded,
             })?;
         Ok(RoomClaim {
             shard: shard.clone(),

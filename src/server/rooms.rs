@@ -11,6 +11,7 @@ use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
 use crate::sync::room::{Room, RoomConfig};
 use crate::webhook::delivery::{Fate, Receipt};
 use crate::webhook::event::EventKind;
+use crate::webhook::load::Loaded;
 use base64::Engine;
 use glommio::timer::sleep;
 use std::cell::{Cell, RefCell};
@@ -28,6 +29,8 @@ pub enum RoomRefusal {
     DocumentLimit(Exceeded),
     /// The registry did not answer (1013).
     Unavailable(String),
+    /// The app's load hook gave no state (1013); the document was not opened.
+    NotLoaded,
 }
 
 enum RoomState {
@@ -41,6 +44,9 @@ enum RoomState {
 struct Pending {
     done: Cell<bool>,
     waiters: RefCell<Vec<std::task::Waker>>,
+    /// Set when the claim failed in a way its waiters share (the load hook): they are
+    /// refused with it rather than each calling the application again.
+    refused: RefCell<Option<RoomRefusal>>,
 }
 
 impl Pending {
@@ -214,7 +220,12 @@ impl Rooms {
                 None => None,
             };
             match pending {
-                Some(p) => p.wait().await,
+                Some(p) => {
+                    p.wait().await;
+                    if let Some(refusal) = p.refused.borrow().clone() {
+                        return Err(refusal);
+                    }
+                }
                 None => return self.claim(key, app, documents_max).await,
             }
         }
@@ -226,31 +237,92 @@ impl Rooms {
         app: &str,
         documents_max: Option<u64>,
     ) -> Result<OpenRoom, RoomRefusal> {
-        let _claim = PinInFlight::start(&self.map, key);
+        let claim = PinInFlight::start(&self.map, key);
         let now_ms = crate::log::unix_ms();
-        let claim = self
+        let pinned = self
             .shared
             .registry
             .claim(key, app, &self.shared.node, documents_max, now_ms)
             .await;
-        match claim {
-            Ok(Claim::Pinned | Claim::AlreadyHere) => {
-                let room = Rc::new(RefCell::new(Room::new(self.config)));
-                let entry = RoomEntry::new(room.clone(), app);
-                let key: Rc<str> = Rc::from(key);
-                self.map
-                    .borrow_mut()
-                    .insert(key.clone(), RoomState::Live(entry));
-                stats::add(&self.my_stats().documents, 1);
-                if let Some(webhooks) = &self.shared.webhooks {
-                    let data = serde_json::json!({});
-                    webhooks.push(app, document_of(&key), EventKind::SessionStarted, data);
-                }
-                Ok(OpenRoom { key, room })
-            }
-            Ok(Claim::Elsewhere(node)) => Err(RoomRefusal::Elsewhere(node)),
-            Ok(Claim::DocumentLimit(e)) => Err(RoomRefusal::DocumentLimit(e)),
-            Err(Unavailable(why)) => Err(RoomRefusal::Unavailable(why)),
+        match pinned {
+            Ok(Claim::Pinned | Claim::AlreadyHere) => {}
+            Ok(Claim::Elsewhere(node)) => return Err(RoomRefusal::Elsewhere(node)),
+            Ok(Claim::DocumentLimit(e)) => return Err(RoomRefusal::DocumentLimit(e)),
+            Err(Unavailable(why)) => return Err(RoomRefusal::Unavailable(why)),
+        }
+        let mut room = Room::new(self.config);
+        let started = self
+            .shared
+            .webhooks
+            .as_ref()
+            .map(|w| w.session_started(app, document_of(key)));
+        if let Err(why) = self.load(app, started.as_ref(), &mut room).await {
+            crate::log::event(
+                "error",
+                "document_not_loaded",
+                &[
+                    ("app", &app),
+                    ("document", &document_of(key)),
+                    ("error", &why),
+                    (
+                        "note",
+                        &"the session did not start; its clients were told to try again (1013)",
+                    ),
+                ],
+            );
+            *claim.pending.refused.borrow_mut() = Some(RoomRefusal::NotLoaded);
+            self.release_pin(key, app).await;
+            return Err(RoomRefusal::NotLoaded);
+        }
+        let room = Rc::new(RefCell::new(room));
+        let entry = RoomEntry::new(room.clone(), app);
+        let key: Rc<str> = Rc::from(key);
+        self.map
+            .borrow_mut()
+            .insert(key.clone(), RoomState::Live(entry));
+        stats::add(&self.my_stats().documents, 1);
+        if let (Some(webhooks), Some(started)) = (&self.shared.webhooks, started) {
+            webhooks.push_event(app, document_of(&key), started);
+        }
+        Ok(OpenRoom { key, room })
+    }
+
+    /// Seeds `room` from its app's load hook, if the app has one (PRODUCT.md 9.2); an error
+    /// says why the session must not start.
+    async fn load(
+        &self,
+        app: &str,
+        started: Option<&crate::webhook::event::Event>,
+        room: &mut Room,
+    ) -> Result<(), String> {
+        let (Some(webhooks), Some(started)) = (&self.shared.webhooks, started) else {
+            return Ok(());
+        };
+        let state_bytes_max = self.config.document_bytes_max as u64;
+        let Some(call) = webhooks.load(app, started, state_bytes_max) else {
+            return Ok(());
+        };
+        let answer = glommio::timer::timeout(call.timeout, async { Ok(call.answer.await) })
+            .await
+            .map_err(|_| format!("no answer within {} ms", call.timeout.as_millis()))?;
+        match answer.unwrap_or_else(|| Err("the call was dropped".into()))? {
+            Loaded::Empty => Ok(()),
+            Loaded::State(state) => room
+                .seed(&state)
+                .map_err(|refusal| format!("its state was refused: {}", refusal.close().1)),
+        }
+    }
+
+    /// Gives `key`'s pin back to the registry (the registry drops it anyway when this
+    /// node's heartbeat goes stale).
+    async fn release_pin(&self, key: &str, app: &str) {
+        let released = self
+            .shared
+            .registry
+            .release(key, app, &self.shared.node, crate::log::unix_ms())
+            .await;
+        if let Err(Unavailable(why)) = released {
+            crate::log::warn("pin_release_failed", &[("error", &why)]);
         }
     }
 
@@ -291,15 +363,7 @@ impl Rooms {
             };
             // Clients arriving meanwhile wait, then claim the document afresh.
             let _release = PinInFlight::start(&this.map, &key);
-            let released = this
-                .shared
-                .registry
-                .release(&key, &app, &this.shared.node, crate::log::unix_ms())
-                .await;
-            if let Err(Unavailable(why)) = released {
-                // The registry drops the pin when this node's heartbeat goes stale.
-                crate::log::warn("pin_release_failed", &[("error", &why)]);
-            }
+            this.release_pin(&key, &app).await;
         };
         let stats_of = self.clone();
         glommio::spawn_local(async move {

@@ -635,6 +635,30 @@ impl Room {
         })
     }
 
+    /// Gives a new room the application's state (the load hook) before anyone joins. The
+    /// state is outside input like any client's update: checked with the same bounds, and
+    /// refused whole (the room stays empty) if any check fails.
+    pub fn seed(&mut self, state: &[u8]) -> Result<(), Refusal> {
+        assert!(
+            self.len == 0 && self.pending.is_empty() && self.changes == 0,
+            "a room is seeded before anyone joins"
+        );
+        if state.len() > self.config.document_bytes_max {
+            return Err(Refusal::DocumentTooLarge);
+        }
+        super::update_check::check_update_v1(state, &self.config.update_limits)
+            .map_err(|e| Refusal::Protocol(protocol::ProtocolError::Update(e)))?;
+        let update = yrs::Update::decode_v1(state).map_err(|_| Refusal::Integrate)?;
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .map_err(|_| Refusal::Integrate)?;
+        // Measured (and cached for joiners) now.
+        self.full_state = None;
+        self.full_state();
+        Ok(())
+    }
+
     /// The whole document as one Yjs v1 update, what is pending integrated first: what an
     /// application keeps of a session (`session.ended`).
     pub fn final_state(&mut self) -> Vec<u8> {

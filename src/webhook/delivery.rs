@@ -9,9 +9,9 @@
 //! new events are refused and counted, except `session.ended`, which holds a document's
 //! final state and is never refused (there is at most one per document in memory).
 
+use super::endpoint::Endpoint;
 use super::event::{Change, Event, EventKind, Subject};
 use super::signature::WebhookSecret;
-use super::target;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -41,6 +41,12 @@ pub struct DeliveryConfig {
     /// How long a document whose `session.ended` is not yet delivered stays in memory (its
     /// pin kept) after its grace period; then it is logged as an error and dropped.
     pub retention_s: u64,
+    /// Threads for calls a session waits for (the load hook), apart from the workers.
+    pub call_threads: usize,
+    /// Such calls waiting or running at once; past it a starting session is refused (1013).
+    pub calls_queued_max: usize,
+    /// Such calls running at once for one app.
+    pub app_calls_max: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -55,34 +61,26 @@ impl Default for DeliveryConfig {
             workers: 4,
             app_workers_max: 2,
             retention_s: 86_400,
+            call_threads: 8,
+            calls_queued_max: 1_024,
+            app_calls_max: 4,
         }
     }
 }
 
 /// One app's receiver: where its events go and how they are signed.
+#[derive(Debug)]
 pub struct Sink {
     /// `{tenant}::{app}`, for logs and metrics.
     pub app: String,
-    pub url: String,
+    pub endpoint: Endpoint,
     pub secret: WebhookSecret,
     /// The events the app asked for.
     pub events: Vec<EventKind>,
-    agent: ureq::Agent,
-}
-
-impl std::fmt::Debug for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sink")
-            .field("app", &self.app)
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Sink {
-    /// A receiver at `url` (already checked by `target::Target::parse`), whose every
-    /// connection goes only to addresses `target::check` allows (`own`: this node's
-    /// listeners). No redirects, no proxy.
+    /// A receiver at `url` (see [`Endpoint::new`]).
     pub fn new(
         app: String,
         url: String,
@@ -92,25 +90,11 @@ impl Sink {
         own: Vec<SocketAddr>,
         timeout_ms: u64,
     ) -> Sink {
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_millis(timeout_ms)))
-            .max_redirects(0)
-            .proxy(None)
-            .http_status_as_error(false)
-            .user_agent("wiresocket-webhooks")
-            .build();
-        let resolver = CheckedResolver { allow_private, own };
-        let agent = ureq::Agent::with_parts(
-            config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            resolver,
-        );
         Sink {
             app,
-            url,
+            endpoint: Endpoint::new(url, allow_private, own, timeout_ms),
             secret,
             events,
-            agent,
         }
     }
 
@@ -118,53 +102,16 @@ impl Sink {
         self.events.contains(&kind)
     }
 
-    /// One attempt: the event's body, signed now (a receiver refuses stale timestamps, so
-    /// each retry is signed again). 2xx is delivered; anything else says why not.
+    /// One attempt: 2xx is delivered; anything else says why not.
     fn send(&self, event: &Event) -> Result<(), String> {
-        let timestamp_s = crate::log::unix_ms() / 1000;
-        let signature = self.secret.sign(&event.id, timestamp_s, &event.body);
-        let response = self
-            .agent
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &event.id)
-            .header("webhook-timestamp", &timestamp_s.to_string())
-            .header("webhook-signature", &signature)
-            .send(&event.body[..])
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
+        let answer = self
+            .endpoint
+            .post(&self.secret, &event.id, &event.body, 0, None)?;
+        if (200..300).contains(&answer.status) {
             Ok(())
         } else {
-            Err(format!("HTTP {status}"))
+            Err(format!("HTTP {}", answer.status))
         }
-    }
-}
-
-/// Resolves a receiver's host and refuses the call if any of its addresses breaks the
-/// rules: the connection then goes only to addresses checked here, so a name re-pointed
-/// after start (DNS rebinding) cannot reach what the rules forbid.
-#[derive(Debug)]
-struct CheckedResolver {
-    allow_private: bool,
-    own: Vec<SocketAddr>,
-}
-
-impl ureq::unversioned::resolver::Resolver for CheckedResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        use ureq::unversioned::resolver::DefaultResolver;
-        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
-        let https = uri.scheme_str() == Some("https");
-        for addr in addrs.iter() {
-            target::check(https, *addr, self.allow_private, &self.own)
-                .map_err(|why| ureq::Error::BadUri(format!("refused address: {why}")))?;
-        }
-        Ok(addrs)
     }
 }
 

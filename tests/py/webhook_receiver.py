@@ -1,10 +1,13 @@
 """An application's webhook receiver, for the tests: an independent Standard Webhooks
 verifier (Python's hmac), written from the specification, not from the server's code.
 
-    webhook_receiver.py serve SECRET FAIL_FIRST
+    webhook_receiver.py serve SECRET FAIL_FIRST [LOAD_DIR]
         listens on 127.0.0.1 (a free port, printed first), answers 500 to the first
         FAIL_FIRST requests and 204 after, and prints one JSON line per request:
-        {"id", "verdict", "status", "body"}
+        {"id", "verdict", "status", "body", "path"}
+        Requests to /load are the load hook's: each is answered as LOAD_DIR says when it
+        comes (the test changes it between requests): the status in LOAD_DIR/status, after
+        LOAD_DIR/delay_ms if present, with LOAD_DIR/state as the body if present.
     webhook_receiver.py verify SECRET ID TIMESTAMP SIGNATURE < BODY
         prints the verdict: ok, stale or bad signature
 """
@@ -12,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -32,14 +36,30 @@ def verify(secret, msg_id, timestamp, signature, body):
     return "bad signature"
 
 
-def serve(secret, fail_first):
+def read(load_dir, name):
+    try:
+        with open(os.path.join(load_dir, name), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def serve(secret, fail_first, load_dir):
     seen = {"count": 0}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
-            seen["count"] += 1
-            status = 500 if seen["count"] <= fail_first else 204
+            answer = b""
+            if self.path == "/load":
+                status = int(read(load_dir, "status"))
+                delay_ms = read(load_dir, "delay_ms")
+                if delay_ms:
+                    time.sleep(int(delay_ms) / 1000)
+                answer = read(load_dir, "state") or b""
+            else:
+                seen["count"] += 1
+                status = 500 if seen["count"] <= fail_first else 204
             verdict = verify(
                 secret,
                 self.headers["webhook-id"],
@@ -52,11 +72,16 @@ def serve(secret, fail_first):
                 "verdict": verdict,
                 "status": status,
                 "body": json.loads(body),
+                "path": self.path,
             }
             print(json.dumps(line), flush=True)
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
+            try:
+                self.send_response(status)
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the caller stopped waiting (a timeout the test asked for)
 
         def log_message(self, *args):
             pass
@@ -68,6 +93,6 @@ def serve(secret, fail_first):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(sys.argv[2], int(sys.argv[3]))
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         print(verify(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.stdin.buffer.read()))
