@@ -10,6 +10,7 @@ use crate::http::response::json_error;
 use crate::sync::awareness::AwarenessError;
 use crate::sync::hocuspocus::HocuspocusError;
 use crate::sync::protocol::ProtocolError;
+use crate::sync::side_message::SideError;
 use crate::sync::update_check::UpdateError;
 use crate::ws::close::{
     CloseError, GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG, POLICY_VIOLATION,
@@ -102,6 +103,8 @@ pub enum Refusal {
     BadClose(CloseError),
     Protocol(ProtocolError),
     Awareness(AwarenessError),
+    /// A JSON side message (PRODUCT.md 9.3) that is not one.
+    SideMessage(SideError),
     /// The update decoded but yrs could not integrate it.
     Integrate,
     DocumentTooLarge,
@@ -358,6 +361,13 @@ impl Refusal {
                 };
                 close(code, e.reason().into())
             }
+            SideMessage(e) => {
+                let code = match e {
+                    SideError::TooLarge => MESSAGE_TOO_BIG,
+                    _ => INVALID_PAYLOAD,
+                };
+                close(code, e.reason().into())
+            }
             Integrate => close(INVALID_PAYLOAD, "update could not be applied".into()),
             DocumentTooLarge => close(
                 MESSAGE_TOO_BIG,
@@ -365,7 +375,7 @@ impl Refusal {
             ),
             NotBinary => close(
                 UNSUPPORTED_DATA,
-                "document connections take binary y-websocket messages".into(),
+                "Hocuspocus connections take binary messages".into(),
             ),
             MessageRate(per_second) => close(
                 POLICY_VIOLATION,
@@ -560,6 +570,10 @@ mod tests {
             Awareness(AwarenessError::StateTooLarge),
             Awareness(AwarenessError::TooManyClientsForRoom),
             Awareness(AwarenessError::RepeatedClient),
+            SideMessage(SideError::TooLarge),
+            SideMessage(SideError::NotAnObject),
+            SideMessage(SideError::UnknownComment),
+            SideMessage(SideError::UnknownField("x".repeat(32))),
             Integrate,
             DocumentTooLarge,
             NotBinary,

@@ -393,6 +393,58 @@ fn stateless_messages_reach_the_others_and_close_detaches_one_document() {
     assert_eq!(b.text("room"), "");
 }
 
+fn stateless(address: &str, text: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    var_string(&mut body, text.as_bytes());
+    message(address, 5, &body)
+}
+
+#[test]
+fn side_messages_cross_framings_and_design_comments_come_back_completed() {
+    // Two shards: whichever accepts the Hocuspocus socket, the document may live on the
+    // other (side messages then go over the link).
+    let server = Server::start_with("", &["--shards", "2"]);
+    for document in ["room-1", "room-2"] {
+        let mut h = HClient::connect(&server.addr, "/");
+        h.attach(document, editor_token(), 1);
+        assert!(h.pump_until(WAIT, |c| c.doc(document).synced));
+        let mut y = common::connect(&server.addr, &format!("/{document}"));
+        // y-websocket text → Hocuspocus Stateless, exactly as sent.
+        let cursor = r#"{"type":"cursor", "x": 1}"#;
+        y.send(Message::Text(cursor.into())).unwrap();
+        assert!(h.pump_until(WAIT, |c| c.doc(document).stateless == [cursor]));
+        // A design comment from the Hocuspocus side comes back to it and to y completed.
+        h.send(stateless(
+            document,
+            r#"{"type":"design-comment:add","content":"why?","xPercent":50,"yPercent":10}"#,
+        ));
+        let added = common::next_text(&mut y, WAIT).expect("y got the comment");
+        let added: serde_json::Value = serde_json::from_str(&added).unwrap();
+        assert_eq!(added["type"], "design-comment:added");
+        assert_eq!(added["content"], "why?");
+        assert_eq!(added["user"], serde_json::json!({"sub": "test"}));
+        assert!(added["id"].as_str().unwrap().starts_with("cmt_"), "{added}");
+        assert!(
+            added["createdAt"].as_str().unwrap().ends_with('Z'),
+            "{added}"
+        );
+        assert!(h.pump_until(WAIT, |c| c.doc(document).stateless.len() == 2));
+        let echoed: serde_json::Value =
+            serde_json::from_str(&h.doc(document).stateless[1]).unwrap();
+        assert_eq!(
+            echoed, added,
+            "the sender gets the same comment, with its id"
+        );
+        // Not JSON: this document is closed (1007), the socket stays.
+        h.send(stateless(document, "not json"));
+        assert!(h.pump_until(WAIT, |c| c.doc(document).closed.is_some()));
+        let closed = h.doc(document).closed.clone().unwrap();
+        assert!(closed.starts_with("1007 "), "{closed}");
+        h.attach("still-open", editor_token(), 2);
+        assert!(h.pump_until(WAIT, |c| c.doc("still-open").synced));
+    }
+}
+
 #[test]
 fn messages_before_a_token_are_queued_then_applied_and_the_queue_is_bounded() {
     let server = Server::start_with(

@@ -785,3 +785,102 @@ fn a_load_hook_that_fails_hangs_or_answers_garbage_starts_no_session() {
         "{log}"
     );
 }
+
+#[test]
+fn design_comments_reach_every_client_and_the_receiver_and_viewers_are_refused() {
+    let receiver = Receiver::start(0);
+    let toml = app_with(&format!(
+        "webhook_url = \"{}\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true\n\
+         webhook_events = [\"comment.added\", \"comment.resolved\", \"comment.unresolved\", \"comment.deleted\"]",
+        receiver.url()
+    ));
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    let server = common::Server::start(&toml);
+    let token = |sub: &str, claims: Value| directory.mint("web", sub, 600, claims).unwrap();
+    let open = |token: String| common::connect_raw(&server.addr, &format!("/board?token={token}"));
+    let mut ada = open(token("u-ada", json!({"name": "Ada"})));
+    let mut bob = open(token("u-bob", Value::Null));
+    let mut viewer = open(token("u-vic", json!({"role": "viewer"})));
+    let wait = Duration::from_secs(10);
+    let text = |ws: &mut common::Ws| -> Value {
+        serde_json::from_str(&common::next_text(ws, wait).expect("a side message")).unwrap()
+    };
+    // Ada adds a comment: everyone, Ada too, gets it completed; the app gets comment.added.
+    let add = r#"{"type":"design-comment:add","content":"bigger logo","xPercent":12.5,"yPercent":40,"pagePath":"/home"}"#;
+    ada.send(tungstenite::Message::Text(add.into())).unwrap();
+    let added = text(&mut ada);
+    assert_eq!(added["type"], "design-comment:added");
+    assert_eq!(added["user"], json!({"sub": "u-ada", "name": "Ada"}));
+    assert_eq!(added["pagePath"], "/home");
+    assert_eq!(text(&mut bob), added);
+    assert_eq!(text(&mut viewer), added);
+    let id = added["id"].as_str().unwrap().to_owned();
+    // Bob resolves it.
+    let resolve = format!(r#"{{"type":"design-comment:resolve","commentId":"{id}"}}"#);
+    bob.send(tungstenite::Message::Text(resolve.into()))
+        .unwrap();
+    let resolved = text(&mut ada);
+    assert_eq!(resolved["type"], "design-comment:resolved");
+    assert_eq!(resolved["commentId"], id.as_str());
+    assert_eq!(resolved["resolvedBy"], json!({"sub": "u-bob"}));
+    assert_eq!(text(&mut bob), resolved);
+    assert_eq!(text(&mut viewer), resolved);
+    // The viewer's side messages go nowhere; it is told read-only.
+    viewer
+        .send(tungstenite::Message::Text(r#"{"type":"cursor"}"#.into()))
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let denied = loop {
+        assert!(Instant::now() < deadline, "the viewer was not told");
+        match viewer.read() {
+            Ok(tungstenite::Message::Binary(b)) if b[0] == 2 => break b.to_vec(),
+            Ok(tungstenite::Message::Text(t)) => panic!("the viewer got {t}"),
+            _ => {}
+        }
+    };
+    assert_eq!(denied, [&[2u8, 0, 9][..], b"read-only"].concat());
+    // Other types are relayed as they came, to the others only.
+    let cursor = r#"{"type":"cursor","x":0.5}"#;
+    ada.send(tungstenite::Message::Text(cursor.into())).unwrap();
+    assert_eq!(common::next_text(&mut bob, wait).as_deref(), Some(cursor));
+    assert_eq!(
+        common::next_text(&mut viewer, wait).as_deref(),
+        Some(cursor),
+        "viewers receive"
+    );
+    assert_eq!(
+        common::next_text(&mut ada, Duration::from_millis(300)),
+        None
+    );
+    // The app got both, signed, in order, with the same ids the clients saw.
+    let requests = requests_until(&receiver, |r| r["body"]["type"] == "comment.resolved");
+    let bodies: Vec<&Value> = requests.iter().map(|r| &r["body"]).collect();
+    assert!(requests.iter().all(|r| r["verdict"] == "ok"));
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[0]["type"], "comment.added");
+    assert_eq!(bodies[0]["document"], "board");
+    let mut expected = added.clone();
+    expected.as_object_mut().unwrap().remove("type");
+    assert_eq!(bodies[0]["data"], expected);
+    assert_eq!(bodies[1]["data"]["commentId"], id.as_str());
+    assert_eq!(bodies[1]["data"]["resolvedBy"], json!({"sub": "u-bob"}));
+    // A malformed design comment, then one too long, close their senders.
+    bob.send(tungstenite::Message::Text(
+        r#"{"type":"design-comment:add","content":"x"}"#.into(),
+    ))
+    .unwrap();
+    let (code, reason) = common::expect_close(&mut bob);
+    assert_eq!(
+        (code, reason.as_str()),
+        (
+            1007,
+            "design-comment field xPercent: a number from 0 to 100 is required"
+        )
+    );
+    let long = format!(r#"{{"type":"note","text":"{}"}}"#, "a".repeat(64 << 10));
+    ada.send(tungstenite::Message::Text(long.into())).unwrap();
+    assert_eq!(common::expect_close(&mut ada).0, 1009);
+}

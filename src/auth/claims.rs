@@ -56,11 +56,46 @@ pub struct RawClaims {
     pub allowed_domain_2: Option<String>,
     pub allowed_domain_3: Option<String>,
     pub jti: Option<String>,
+    /// Who the token speaks for, as side messages show it (see [`User`]): any JSON here, so
+    /// that an unusual shape drops the claim, not the token.
+    pub sub: Option<serde_json::Value>,
+    pub name: Option<serde_json::Value>,
     pub role: Option<String>,
     pub docs: Option<Vec<String>>,
     /// Checked by jsonwebtoken; read again for the lifetime bound.
     pub exp: Option<u64>,
     pub iat: Option<u64>,
+}
+
+/// The user a token names (`sub`, and `name` if it has one), as design comments carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    pub sub: Option<String>,
+    pub name: Option<String>,
+}
+
+impl User {
+    /// From the claims: a string, or a number written as one; anything else is left out.
+    pub fn from_claims(sub: Option<&serde_json::Value>, name: Option<&serde_json::Value>) -> User {
+        let text = |v: Option<&serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        User {
+            sub: text(sub),
+            name: text(name),
+        }
+    }
+
+    /// `{"sub": ..., "name": ...}`, `name` only if the token has one (`sub` null without).
+    pub fn json(&self) -> serde_json::Value {
+        let mut user = serde_json::json!({ "sub": self.sub });
+        if let Some(name) = &self.name {
+            user["name"] = name.clone().into();
+        }
+        user
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,9 @@ pub struct Identity {
     pub allowed_domains: Vec<String>,
     /// The token's `exp`.
     pub expires_at_s: u64,
+    /// Shared by every connection admitted with the token (the verified-token cache holds
+    /// one), so it costs a connection a pointer.
+    pub user: std::sync::Arc<super::claims::User>,
 }
 
 /// Why a token is refused (4002 or 4003: see `refusal`).
@@ -193,6 +196,10 @@ impl Verifier {
             docs: claims.docs,
             allowed_domains,
             expires_at_s: claims.exp.unwrap_or(0),
+            user: std::sync::Arc::new(super::claims::User::from_claims(
+                claims.sub.as_ref(),
+                claims.name.as_ref(),
+            )),
         })
     }
 

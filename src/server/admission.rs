@@ -18,6 +18,8 @@ pub struct Admission {
     pub app: String,
     pub limits: Limits,
     pub can_write: bool,
+    /// Who the token names (design comments carry it).
+    pub user: std::sync::Arc<crate::auth::claims::User>,
 }
 
 /// Whether `identity` may open the document named `name` (its name valid for the app, and
@@ -62,6 +64,7 @@ pub fn decide(
         app: format!("{}::{}", identity.tenant_id, identity.app.id),
         limits: identity.limits,
         can_write: identity.role == auth::claims::Role::Editor,
+        user: identity.user.clone(),
     };
     Ok((admission, owner))
 }

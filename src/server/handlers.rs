@@ -4,13 +4,16 @@ use super::admission::Admission;
 use super::handler::Handler;
 use super::membership::{ConnectionCount, ConnectionGauge, Membership, RoomClaim};
 use super::shard::Shard;
+use super::side_messages;
 use super::stats;
+use crate::auth::claims::User;
 use crate::outbox::{shared_frame, Outbox};
 use crate::refusal::Refusal;
 use crate::sync::message_rate::MessageRate;
 use crate::sync::room::Framing;
 use crate::ws::frame::Opcode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 
 /// A y-websocket connection: one document, named by its URL.
@@ -23,6 +26,8 @@ pub struct DocumentHandler {
     rate: MessageRate,
     /// Not read since its room fell behind (counted once per wait, not per poll).
     waiting: bool,
+    /// Who the token names (design comments carry it).
+    user: Arc<User>,
 }
 
 impl DocumentHandler {
@@ -36,11 +41,13 @@ impl DocumentHandler {
     ) -> Result<Self, Refusal> {
         let count =
             ConnectionCount::acquire(&shard, admission.app.clone(), &admission.limits).await?;
+        let user = admission.user.clone();
         let claim = RoomClaim::open(&shard, admission).await?;
         let membership = claim.join(outbox, Framing::YWebsocket)?;
         Ok(DocumentHandler {
             rate: new_message_rate(&shard),
             waiting: false,
+            user,
             held: Some((count, ConnectionGauge::new(&shard))),
             membership,
             shard,
@@ -72,10 +79,26 @@ pub fn new_message_rate(shard: &Shard) -> MessageRate {
 
 impl Handler for DocumentHandler {
     fn on_message(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Refusal> {
-        if opcode != Opcode::Binary {
-            return Err(Refusal::NotBinary);
+        if opcode == Opcode::Binary {
+            return self.membership.on_message(payload, &mut self.rate);
         }
-        self.membership.on_message(payload, &mut self.rate)
+        // A text frame is a side message (its UTF-8 checked by the message layer).
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| Refusal::Message(crate::ws::message::MessageError::InvalidUtf8))?;
+        let m = &mut self.membership;
+        let side = side_messages::read(
+            &self.shard,
+            m.key(),
+            &self.user,
+            m.can_write(),
+            text,
+            &mut self.rate,
+        )?;
+        match side {
+            Some(out) => m.side_message(&out.payload, out.echo),
+            None => m.refuse_read_only(),
+        }
+        Ok(())
     }
 
     fn on_batch_end(&mut self) -> Result<(), Refusal> {

@@ -12,8 +12,10 @@ use super::link::RemoteDocument;
 use super::membership::{ConnectionCount, ConnectionGauge, Membership, RoomClaim};
 use super::mesh::{DocumentEvents, LinkId};
 use super::shard::Shard;
+use super::side_messages::{self, Outgoing};
 use super::stats;
 use crate::auth;
+use crate::auth::claims::User;
 use crate::auth::verify::Refusal as TokenRefusal;
 use crate::config::HocuspocusConfig;
 use crate::outbox::{binary_frame, Outbox};
@@ -25,6 +27,7 @@ use crate::sync::room::Framing;
 use crate::ws::frame::Opcode;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -177,6 +180,8 @@ struct Open {
     refresh_asked: bool,
     /// The admission that opened it: a refresh applies only to the same opening.
     attempt: u64,
+    /// Who its token names (design comments carry it).
+    user: Arc<User>,
 }
 
 /// Where an open document's room is.
@@ -199,12 +204,17 @@ impl Place {
         }
     }
 
-    fn stateless(&mut self, payload: &str) {
+    fn side_message(&mut self, out: &Outgoing<'_>) {
         match self {
-            // Viewers' side messages are not relayed (PRODUCT.md 9.3).
-            Place::Local(membership) if membership.can_write() => membership.stateless(payload),
-            Place::Local(_) => {}
-            Place::Remote(remote) => remote.stateless(payload),
+            Place::Local(membership) => membership.side_message(&out.payload, out.echo),
+            Place::Remote(remote) => remote.side_message(&out.payload, out.echo),
+        }
+    }
+
+    fn can_write(&self) -> bool {
+        match self {
+            Place::Local(membership) => membership.can_write(),
+            Place::Remote(remote) => remote.can_write(),
         }
     }
 
@@ -493,8 +503,17 @@ impl Socket {
                 Ok(())
             }
             DocumentMessage::Stateless(payload) => {
-                open.place.stateless(payload);
-                Ok(())
+                let can_write = open.place.can_write();
+                let (user, rate) = (&open.user, &mut self.rate);
+                // A viewer's goes nowhere: outside sync the framing has no refusal to send
+                // (a PermissionDenied would end the provider's authentication).
+                side_messages::read(&self.shard, &open.key, user, can_write, payload, rate).map(
+                    |out| {
+                        if let Some(out) = out {
+                            open.place.side_message(&out);
+                        }
+                    },
+                )
             }
             DocumentMessage::Close => {
                 self.close_open(address);
@@ -825,7 +844,7 @@ impl Socket {
         &mut self,
         this: &Rc<RefCell<Socket>>,
         address: &str,
-        (joining, count, key, expires_at_s): Admitted,
+        (joining, count, key, expires_at_s, user): Admitted,
         attempt: u64,
     ) -> Result<(), Refusal> {
         let place = match joining {
@@ -845,6 +864,7 @@ impl Socket {
                 expires_at_s,
                 refresh_asked: false,
                 attempt,
+                user,
             }),
         ) else {
             unreachable!("admitted while waiting")
@@ -943,7 +963,7 @@ fn spawn_admission(
 
 /// What admitting a document took: its room (on this shard not joined yet), its share of the
 /// app's connection count, its key and its token's `exp`.
-type Admitted = (Joining, Rc<ConnectionCount>, String, u64);
+type Admitted = (Joining, Rc<ConnectionCount>, String, u64, Arc<User>);
 
 enum Joining {
     Local(RoomClaim),
@@ -961,7 +981,7 @@ async fn admit(
     let shard = socket.borrow().shard.clone();
     let (admission, owner, expires_at_s) = decided(&shard, socket, address, token).await?;
     let count = app_count(socket, &shard, &admission.app, &admission.limits).await?;
-    let key = admission.key.clone();
+    let (key, user) = (admission.key.clone(), admission.user.clone());
     let joining = if owner == shard.id {
         Joining::Local(RoomClaim::open(&shard, admission).await?)
     } else {
@@ -972,7 +992,7 @@ async fn admit(
             RemoteDocument::join(&shard, owner, address, admission, outbox, events).await?,
         )
     };
-    Ok((joining, count, key, expires_at_s))
+    Ok((joining, count, key, expires_at_s, user))
 }
 
 /// The socket's share of `app`'s connection count: the one its open documents hold, or a

@@ -132,15 +132,18 @@ impl RemoteDocument {
         self.shard.links.send(self.owner, link);
     }
 
-    pub fn stateless(&mut self, payload: &str) {
-        // Viewers' side messages are not relayed (PRODUCT.md 9.3).
-        if self.can_write {
-            let link = Link::Stateless {
-                id: self.id,
-                payload: payload.to_owned(),
-            };
-            self.shard.links.send(self.owner, link);
-        }
+    pub fn can_write(&self) -> bool {
+        self.can_write
+    }
+
+    /// Sends a checked side message to the document's connections (see `side_messages`).
+    pub fn side_message(&mut self, payload: &str, echo: bool) {
+        let link = Link::SideMessage {
+            id: self.id,
+            payload: payload.to_owned(),
+            echo,
+        };
+        self.shard.links.send(self.owner, link);
     }
 
     pub fn set_can_write(&mut self, can_write: bool) {
@@ -209,11 +212,11 @@ pub fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
                 on_link_message(shard, members, id, &member, payload);
             }
         }
-        Link::Stateless { payload, .. } => {
+        Link::SideMessage { payload, echo, .. } => {
             if let Some(m) = member {
-                super::contain::call(shard.my_stats(), "link_stateless", || {
+                super::contain::call(shard.my_stats(), "link_side_message", || {
                     if let Some(membership) = m.borrow_mut().membership.as_mut() {
-                        membership.stateless(&payload);
+                        membership.side_message(&payload, echo);
                     }
                 });
             }

@@ -273,13 +273,28 @@ impl Membership {
         self.room.borrow_mut().poll_caught_up(cx)
     }
 
-    /// Relays a side message to the document's other connections.
-    pub fn stateless(&mut self, payload: &str) {
-        let outcome = self.room.borrow_mut().stateless(self.slot, payload);
+    /// Sends a checked side message to the document's other connections (and this one
+    /// with `echo`).
+    pub fn side_message(&mut self, payload: &str, echo: bool) {
+        let outcome = self
+            .room
+            .borrow_mut()
+            .side_message(self.slot, payload, echo);
         stats::add(
             &self.shard.my_stats().deliveries_total,
             outcome.deliveries as u64,
         );
+    }
+
+    /// Tells this connection its side message was refused (`read-only`), where its framing
+    /// can (see `Room::refuse_read_only`).
+    pub fn refuse_read_only(&mut self) {
+        self.room.borrow_mut().refuse_read_only(self.slot);
+    }
+
+    /// `{tenant}::{app}::{document}`.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     pub fn can_write(&self) -> bool {

@@ -48,9 +48,11 @@ pub enum Link {
         id: LinkId,
         payload: Box<[u8]>,
     },
-    Stateless {
+    /// A side message, checked on the socket's shard (see `side_messages`).
+    SideMessage {
         id: LinkId,
         payload: String,
+        echo: bool,
     },
     /// A refreshed token changed the role.
     SetWrite {
@@ -94,7 +96,7 @@ impl Link {
         match self {
             Link::Join { id, .. }
             | Link::Message { id, .. }
-            | Link::Stateless { id, .. }
+            | Link::SideMessage { id, .. }
             | Link::SetWrite { id, .. }
             | Link::Leave { id }
             | Link::Joined { id, .. }
@@ -109,7 +111,7 @@ impl Link {
     fn bytes(&self) -> usize {
         match self {
             Link::Message { payload, .. } => payload.len(),
-            Link::Stateless { payload, .. } => payload.len(),
+            Link::SideMessage { payload, .. } => payload.len(),
             Link::Frames { frames, .. } => frames.iter().map(|f| f.len()).sum(),
             _ => 0,
         }

@@ -21,6 +21,7 @@ mod router;
 mod session;
 mod shard;
 mod shared;
+mod side_messages;
 mod socket;
 pub mod stats;
 mod tasks;

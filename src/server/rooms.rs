@@ -488,12 +488,9 @@ const DEBOUNCE_WAIT_MAX: Duration = Duration::from_secs(10);
 const DELIVERY_POLL_MIN: Duration = Duration::from_millis(50);
 const DELIVERY_POLL_MAX: Duration = Duration::from_secs(5);
 
-/// The document name in an isolation key (`{tenant}::{app}::{document}`; ids and names
-/// contain no `::`).
+/// The document name in an isolation key.
 fn document_of(key: &str) -> &str {
-    key.splitn(3, "::")
-        .nth(2)
-        .expect("keys are tenant::app::document")
+    crate::sync::document::key_parts(key).1
 }
 
 fn push_session_ended(

@@ -30,6 +30,17 @@ pub fn isolation_key(tenant: &str, app: &str, document: &str) -> String {
     format!("{tenant}::{app}::{document}")
 }
 
+/// An isolation key's app (`{tenant}::{app}`) and document name (ids and names contain no
+/// `::`).
+pub fn key_parts(key: &str) -> (&str, &str) {
+    let app_end = key
+        .match_indices("::")
+        .nth(1)
+        .map(|(at, _)| at)
+        .expect("keys are tenant::app::document");
+    (&key[..app_end], &key[app_end + 2..])
+}
+
 /// The shard that owns a document: a stable hash (FNV-1a, the same on every node and
 /// every run) of its isolation key.
 pub fn owner_shard(isolation_key: &str, shards: usize) -> usize {
@@ -57,6 +68,12 @@ mod tests {
         assert!(validate_name("a::b", true).is_err());
         assert!(validate_name("é", false).is_err());
         assert!(validate_name("a b", false).is_err());
+    }
+
+    #[test]
+    fn a_key_splits_back_into_its_app_and_document() {
+        let key = isolation_key("acme", "web", "project/a:b");
+        assert_eq!(key_parts(&key), ("acme::web", "project/a:b"));
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod lib0;
 pub mod message_rate;
 pub mod protocol;
 pub mod room;
+pub mod side_message;
 pub mod update_check;

@@ -411,8 +411,7 @@ impl Room {
                     if self.sender(from).hocuspocus.is_some() {
                         self.acknowledge(from, false);
                     } else {
-                        let denied = binary_frame(&protocol::encode_permission_denied("read-only"));
-                        self.sender(from).outbox.push(&denied);
+                        self.refuse_read_only(from);
                     }
                     return Ok(Outcome::default());
                 }
@@ -769,31 +768,48 @@ impl Room {
         }
     }
 
-    /// Sends a side message (JSON text) to the document's other Hocuspocus connections
-    /// (PRODUCT.md 9.3; y-websocket connections get side messages with the webhooks).
-    pub fn stateless(&mut self, from: Slot, payload: &str) -> Outcome {
+    /// Sends a side message (JSON text, PRODUCT.md 9.3) to the document's other
+    /// connections, and to `from` too when `echo`: a text frame in the y-websocket framing,
+    /// a Stateless message (encoded once per address) in the Hocuspocus one.
+    pub fn side_message(&mut self, from: Slot, payload: &str, echo: bool) -> Outcome {
         let flushed = self.flush();
         let mut deliveries = flushed.deliveries;
+        let mut text: Option<Frame> = None;
         let mut addressed: Vec<Option<Frame>> = Vec::new();
         for (i, s) in self.subscribers.iter().enumerate() {
-            let Some((s, address)) = s.as_ref().and_then(|s| Some((s, s.hocuspocus?))) else {
+            let Some(s) = s else { continue };
+            if Slot(i) == from && !echo {
                 continue;
+            }
+            let frame = match s.hocuspocus {
+                None => {
+                    text.get_or_insert_with(|| shared_frame(Opcode::Text, &[payload.as_bytes()]))
+                }
+                Some(address) => {
+                    if addressed.len() <= address {
+                        addressed.resize(address + 1, None);
+                    }
+                    addressed[address].get_or_insert_with(|| {
+                        let prefix = &self.address(address).prefix;
+                        binary_frame(&hocuspocus::encode_stateless(prefix, payload))
+                    })
+                }
             };
-            if Slot(i) == from {
-                continue;
-            }
-            if addressed.len() <= address {
-                addressed.resize(address + 1, None);
-            }
-            let frame = addressed[address].get_or_insert_with(|| {
-                let prefix = &self.address(address).prefix;
-                binary_frame(&hocuspocus::encode_stateless(prefix, payload))
-            });
             deliveries += s.outbox.push(frame) as usize;
         }
         Outcome {
             deliveries,
             ..flushed
+        }
+    }
+
+    /// Tells a y-websocket subscriber that what it sent was refused because it is a viewer
+    /// (auth message, permission denied, `read-only`). The Hocuspocus framing has no such
+    /// answer outside sync (a PermissionDenied would end the provider's authentication).
+    pub fn refuse_read_only(&mut self, from: Slot) {
+        if self.sender(from).hocuspocus.is_none() {
+            let denied = binary_frame(&protocol::encode_permission_denied("read-only"));
+            self.sender(from).outbox.push(&denied);
         }
     }
 
@@ -1025,7 +1041,7 @@ mod tests {
         assert_eq!(drain(&outboxes[1]), vec![behind("d\0s2", &update)]);
         assert_eq!(drain(&outboxes[2]), vec![behind("d\0s1", &update)]);
         assert_eq!(drain(&outboxes[0]), vec![behind("d\0s1", &[8, 1])]);
-        room.stateless(slots[1], "{}");
+        room.side_message(slots[1], "{}", false);
         assert_eq!(
             drain(&outboxes[0]),
             vec![hocuspocus::encode_stateless(
@@ -1112,17 +1128,23 @@ mod tests {
         assert_eq!(drain(&h2), vec![hp(&[8, 0])]);
         assert!(drain(&h).is_empty() && drain(&y).is_empty());
 
-        // A side message goes to the other Hocuspocus subscribers only.
-        let outcome = room.stateless(sh, "{\"type\":\"ping\"}");
-        assert_eq!(outcome.deliveries, 1);
-        assert_eq!(
-            drain(&h2),
-            vec![hocuspocus::encode_stateless(
-                &hocuspocus::address_prefix("d"),
-                "{\"type\":\"ping\"}"
-            )]
-        );
-        assert!(drain(&h).is_empty() && drain(&y).is_empty());
+        // A side message goes to the other subscribers, each in its framing (a text frame
+        // for y-websocket); echoed, to the sender too.
+        let ping = "{\"type\":\"ping\"}";
+        let stateless = hocuspocus::encode_stateless(&hocuspocus::address_prefix("d"), ping);
+        let outcome = room.side_message(sh, ping, false);
+        assert_eq!(outcome.deliveries, 2);
+        assert_eq!(drain(&h2), vec![stateless.clone()]);
+        let text = y.with_unwritten(|it| it.map(<[u8]>::to_vec).collect::<Vec<_>>());
+        assert_eq!(text.len(), 1);
+        assert_eq!(text[0][0], 0x81, "one final text frame");
+        assert_eq!(drain(&y), vec![ping.as_bytes().to_vec()]);
+        assert!(drain(&h).is_empty());
+        let outcome = room.side_message(sh, ping, true);
+        assert_eq!(outcome.deliveries, 3);
+        assert_eq!(drain(&h), vec![stateless.clone()]);
+        assert_eq!(drain(&h2), vec![stateless]);
+        assert_eq!(drain(&y), vec![ping.as_bytes().to_vec()]);
 
         // A step 1 is answered in the asker's framing.
         room.receive(sh2, &protocol::encode_sync(SYNC_STEP1, &[0]), true)

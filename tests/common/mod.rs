@@ -303,6 +303,25 @@ pub fn connect_raw(addr: &str, path: &str) -> Ws {
     ws
 }
 
+/// The next text frame (a side message) within `timeout`, binary ones skipped; `None` if
+/// none came.
+pub fn next_text(ws: &mut Ws, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
+            Ok(_) => {}
+            Err(e) if read_timed_out(&e) => {}
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+    None
+}
+
 /// Reads until the server closes; returns the close code and reason.
 pub fn expect_close(ws: &mut Ws) -> (u16, String) {
     loop {
