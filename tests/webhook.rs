@@ -240,8 +240,44 @@ fn a_private_receiver_is_not_called_unless_the_app_allows_it() {
     assert_eq!(requests[0]["body"]["document"], "e");
 }
 
+/// `document.changed` events of one document, each with what changed since the last.
+struct Changes {
+    doc: yrs::Doc,
+    before: yrs::StateVector,
+}
+
+impl Changes {
+    fn new() -> Self {
+        Changes {
+            doc: yrs::Doc::with_client_id(1),
+            before: yrs::StateVector::default(),
+        }
+    }
+
+    fn next(&mut self, document: &str, s: &str) -> Event {
+        use yrs::updates::encoder::Encode;
+        use yrs::{ReadTxn, Text, Transact};
+        self.doc
+            .get_or_insert_text("t")
+            .push(&mut self.doc.transact_mut(), s);
+        let txn = self.doc.transact();
+        let update = txn.encode_state_as_update_v1(&self.before);
+        self.before = txn.state_vector();
+        let change = wiresocket::webhook::event::Change {
+            update,
+            state_vector: self.before.encode_v1(),
+        };
+        let subject = Subject {
+            tenant_id: "acme",
+            app_id: "docs",
+            document,
+        };
+        Event::changed(subject, change, wiresocket::log::unix_ms())
+    }
+}
+
 #[test]
-fn a_full_queue_refuses_events_but_never_a_session_end() {
+fn a_full_queue_coalesces_or_refuses_but_never_loses_a_change_or_a_session_end() {
     // Nothing listens on port 9 of loopback: every attempt fails and the queue fills.
     let deliveries = Deliveries::start(DeliveryConfig {
         queue_events_max: 3,
@@ -249,23 +285,41 @@ fn a_full_queue_refuses_events_but_never_a_session_end() {
         ..DeliveryConfig::default()
     });
     let sink = sink("http://127.0.0.1:9/".into(), true, EventKind::ALL.to_vec());
-    for n in 0..3 {
-        let e = event(EventKind::DocumentChanged, "d", n);
-        deliveries.push(&sink, "d", e).unwrap();
+    let push = |document: &str, e: Event| deliveries.push(&sink, document, e);
+    let stats = || deliveries.stats()[0].1.clone();
+    push("d", event(EventKind::SessionStarted, "d", 0)).unwrap();
+    let first_presence = push("d", event(EventKind::PresenceChanged, "d", 1)).unwrap();
+    push("e", event(EventKind::SessionStarted, "e", 2)).unwrap();
+    // Both documents' first events were tried once and now wait a minute for their retry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats().failed_attempts < 2 {
+        assert!(Instant::now() < deadline, "no attempts");
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let over = deliveries.push(&sink, "d", event(EventKind::DocumentChanged, "d", 3));
-    assert_eq!(over.unwrap_err(), Refused::QueueFull);
-    let ended = deliveries.push(&sink, "d", event(EventKind::SessionEnded, "d", 4));
-    assert_eq!(ended.unwrap().fate(), Fate::Waiting);
-    let s = &deliveries.stats()[0].1;
-    assert_eq!((s.queued, s.dropped), (4, 1));
+    // Full: a new kind of event is refused...
+    let refused = push("f", event(EventKind::SessionStarted, "f", 3));
+    assert_eq!(refused.unwrap_err(), Refused::QueueFull);
+    // ...a newer presence takes the waiting one's place...
+    push("d", event(EventKind::PresenceChanged, "d", 4)).unwrap();
+    assert_eq!(first_presence.fate(), Fate::Replaced);
+    let refused = push("e", event(EventKind::PresenceChanged, "e", 5));
+    assert_eq!(refused.unwrap_err(), Refused::QueueFull, "none waits for e");
+    // ...a document's first change is taken past the bound, and later ones merge into it,
+    // also when other events came after it; a session end is never refused.
+    let mut changes = Changes::new();
+    let first_change = push("d", changes.next("d", "a")).unwrap();
+    assert_eq!(stats().queued, 4);
+    push("d", changes.next("d", "b")).unwrap();
+    assert_eq!(first_change.fate(), Fate::Replaced);
+    let ended = push("d", event(EventKind::SessionEnded, "d", 6)).unwrap();
+    push("d", changes.next("d", "c")).unwrap();
+    let s = stats();
+    assert_eq!((s.queued, s.dropped), (5, 2), "{s:?}");
+    assert_eq!(ended.fate(), Fate::Waiting);
     assert!(s.oldest_ms < 60_000);
     // Stopping gives up what still waits.
-    let receipt = deliveries
-        .push(&sink, "e", event(EventKind::SessionEnded, "e", 5))
-        .unwrap();
     drop(deliveries);
-    assert_eq!(receipt.fate(), Fate::GivenUp);
+    assert_eq!(ended.fate(), Fate::GivenUp);
 }
 
 #[test]
@@ -458,7 +512,7 @@ fn changes_waiting_for_a_failing_receiver_are_merged_in_order() {
     use base64::Engine;
     use yrs::updates::decoder::Decode;
     use yrs::updates::encoder::Encode;
-    use yrs::{GetString, ReadTxn, Text, Transact};
+    use yrs::{GetString, ReadTxn, Transact};
     let receiver = Receiver::start(1);
     let deliveries = Deliveries::start(DeliveryConfig {
         retry_initial_ms: 400,
@@ -466,27 +520,9 @@ fn changes_waiting_for_a_failing_receiver_are_merged_in_order() {
         ..DeliveryConfig::default()
     });
     let sink = sink(receiver.url(), true, EventKind::ALL.to_vec());
-    let subject = Subject {
-        tenant_id: "acme",
-        app_id: "docs",
-        document: "d",
-    };
-    let doc = yrs::Doc::with_client_id(1);
-    let text = doc.get_or_insert_text("t");
-    let mut before = yrs::StateVector::default();
-    let mut change = |s: &str| {
-        text.push(&mut doc.transact_mut(), s);
-        let txn = doc.transact();
-        let update = txn.encode_state_as_update_v1(&before);
-        before = txn.state_vector();
-        wiresocket::webhook::event::Change {
-            update,
-            state_vector: before.encode_v1(),
-        }
-    };
-    let at = wiresocket::log::unix_ms();
+    let mut changes = Changes::new();
     let first = deliveries
-        .push(&sink, "d", Event::changed(subject, change("one "), at))
+        .push(&sink, "d", changes.next("d", "one "))
         .unwrap();
     // Its first attempt is refused (500); it then waits 200-400 ms, and two more changes
     // are merged into it.
@@ -496,10 +532,10 @@ fn changes_waiting_for_a_failing_receiver_are_merged_in_order() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let second = deliveries
-        .push(&sink, "d", Event::changed(subject, change("two "), at))
+        .push(&sink, "d", changes.next("d", "two "))
         .unwrap();
     let third = deliveries
-        .push(&sink, "d", Event::changed(subject, change("three"), at))
+        .push(&sink, "d", changes.next("d", "three"))
         .unwrap();
     assert_eq!(
         (first.fate(), second.fate()),
@@ -525,7 +561,7 @@ fn changes_waiting_for_a_failing_receiver_are_merged_in_order() {
     let sv = b64
         .decode(body["data"]["stateVector"].as_str().unwrap())
         .unwrap();
-    assert_eq!(sv, doc.transact().state_vector().encode_v1());
+    assert_eq!(sv, changes.doc.transact().state_vector().encode_v1());
 }
 
 #[test]

@@ -251,8 +251,29 @@ impl Deliveries {
         let stats = state.apps.entry(sink.app.clone()).or_default();
         let full = stats.queued >= config.queue_events_max
             || stats.queued_bytes + event.body.len() > config.queue_bytes_max;
-        if full && event.kind != EventKind::SessionEnded {
-            stats.dropped += 1;
+        let key = (sink.app.clone(), document.to_owned());
+        let mut event = event;
+        let target = state.docs.get(&key).and_then(|queue| {
+            let i = replaced_by(queue, &event, full)?;
+            if event.change.is_some() {
+                // Merged where the older change waits (Yjs updates commute: the app's copy
+                // ends up the same).
+                event = merged(&queue.events[i].event, &event, sink, document)?;
+            }
+            Some(i)
+        });
+        // Refused only if nothing is lost by it: a session.ended holds the final state, and
+        // a document's first waiting document.changed the chain of updates (later ones merge
+        // into it); at most one of each waits per document, so they are bounded by the
+        // documents.
+        if full
+            && target.is_none()
+            && !matches!(
+                event.kind,
+                EventKind::SessionEnded | EventKind::DocumentChanged
+            )
+        {
+            state.apps.get_mut(&sink.app).expect("made above").dropped += 1;
             drop(state);
             crate::log::warn(
                 "webhook_dropped",
@@ -265,57 +286,41 @@ impl Deliveries {
             );
             return Err(Refused::QueueFull);
         }
-        stats.queued += 1;
-        let pushed_bytes = event.body.len();
-        stats.queued_bytes += pushed_bytes;
         let receipt = Receipt::new();
         let now = Instant::now();
-        let queue = state
-            .docs
-            .entry((sink.app.clone(), document.to_owned()))
-            .or_insert_with(|| DocQueue {
-                sink: sink.clone(),
-                events: VecDeque::new(),
-                busy: false,
-                due: now,
-                attempts: 0,
-                first_attempt: None,
-            });
-        // A change while the document's previous change still waits (not being sent, and
-        // last in its queue, so order is kept) is merged into it: a slow receiver gets fewer,
-        // larger changes, and nothing is dropped for them.
-        let mut event = event;
+        let queue = state.docs.entry(key).or_insert_with(|| DocQueue {
+            sink: sink.clone(),
+            events: VecDeque::new(),
+            busy: false,
+            due: now,
+            attempts: 0,
+            first_attempt: None,
+        });
         let mut replaced_bytes = 0;
-        if let Some(merged) = merge_with_last(queue, sink, document, &event) {
-            let old = queue.events.pop_back().expect("merged with it");
+        let mut at = queue.events.len();
+        if let Some(i) = target {
+            let old = queue.events.remove(i).expect("found in the queue");
             old.receipt.set(Fate::Replaced);
-            replaced_bytes += old.event.body.len();
-            event = merged;
-        }
-        // A document's final state supersedes an older one not yet being sent: at most one
-        // waits per document, so these unbounded events are bounded by the documents.
-        if event.kind == EventKind::SessionEnded {
-            let sending = usize::from(queue.busy);
-            if let Some(i) = (sending..queue.events.len())
-                .find(|&i| queue.events[i].event.kind == EventKind::SessionEnded)
-            {
-                let old = queue.events.remove(i).expect("found just now");
-                old.receipt.set(Fate::Replaced);
-                replaced_bytes += old.event.body.len();
-            }
+            replaced_bytes = old.event.body.len();
+            // A change takes its older one's place; a snapshot goes last.
+            at = if event.change.is_some() {
+                i
+            } else {
+                queue.events.len()
+            };
         }
         let bytes = event.body.len();
-        queue.events.push_back(Queued {
-            event: Arc::new(event),
-            receipt: receipt.clone(),
-            queued_at: now,
-        });
-        let stats = state.apps.get_mut(&sink.app).expect("counted above");
-        stats.queued_bytes = stats.queued_bytes + bytes - pushed_bytes;
-        if replaced_bytes > 0 {
-            stats.queued -= 1;
-            stats.queued_bytes -= replaced_bytes;
-        }
+        queue.events.insert(
+            at,
+            Queued {
+                event: Arc::new(event),
+                receipt: receipt.clone(),
+                queued_at: now,
+            },
+        );
+        let stats = state.apps.get_mut(&sink.app).expect("made above");
+        stats.queued = stats.queued + 1 - usize::from(target.is_some());
+        stats.queued_bytes = stats.queued_bytes + bytes - replaced_bytes;
         drop(state);
         self.shared.wake.notify_one();
         Ok(receipt)
@@ -351,20 +356,39 @@ impl Deliveries {
     }
 }
 
-/// `event` (a `document.changed`) merged into the last event of `queue`, if that is a
-/// `document.changed` not being sent.
-fn merge_with_last(queue: &DocQueue, sink: &Sink, document: &str, event: &Event) -> Option<Event> {
-    let new = event.change.as_ref()?;
-    let last = queue.events.back()?;
-    let sending = queue.busy && queue.events.len() == 1;
-    let old = last.event.change.as_ref().filter(|_| !sending)?;
-    let update = yrs::merge_updates_v1([&old.update, &new.update]).ok()?;
-    let subject = Subject::of(&sink.app, document);
+/// The waiting event of `queue` (not the one being sent) that `event` takes the place of,
+/// if any: a `document.changed` merges into the document's last event if that is a change
+/// (order kept), or, at the bound (`full`), into its oldest waiting change; a newer
+/// `session.ended` replaces a waiting one, and at the bound a newer `presence.changed` (a
+/// snapshot of who is there) a waiting one.
+fn replaced_by(queue: &DocQueue, event: &Event, full: bool) -> Option<usize> {
+    let waiting = usize::from(queue.busy)..queue.events.len();
+    let kind = event.kind;
+    let same_kind = |i: &usize| queue.events[*i].event.kind == kind;
+    let change = |i: &usize| event.change.is_some() && queue.events[*i].event.change.is_some();
+    match kind {
+        EventKind::DocumentChanged => waiting
+            .clone()
+            .last()
+            .filter(change)
+            .or_else(|| waiting.clone().find(change).filter(|_| full)),
+        EventKind::SessionEnded => waiting.clone().find(same_kind),
+        EventKind::PresenceChanged if full => waiting.clone().find(same_kind),
+        _ => None,
+    }
+}
+
+/// Two `document.changed` events of one document as one: the newer's state vector, both
+/// updates merged.
+fn merged(old: &Event, new: &Event, sink: &Sink, document: &str) -> Option<Event> {
+    let (old, new_change) = (old.change.as_ref()?, new.change.as_ref()?);
+    let update = yrs::merge_updates_v1([&old.update, &new_change.update]).ok()?;
     let change = Change {
         update,
-        state_vector: new.state_vector.clone(),
+        state_vector: new_change.state_vector.clone(),
     };
-    Some(Event::changed(subject, change, event.at_ms))
+    let subject = Subject::of(&sink.app, document);
+    Some(Event::changed(subject, change, new.at_ms))
 }
 
 impl Drop for Deliveries {
