@@ -920,3 +920,99 @@ fn design_comments_reach_every_client_and_the_receiver_and_viewers_are_refused()
     ada.send(tungstenite::Message::Text(long.into())).unwrap();
     assert_eq!(common::expect_close(&mut ada).0, 1009);
 }
+
+#[test]
+fn a_drain_with_the_receiver_down_names_every_document_it_could_not_hand_over() {
+    // Nothing listens on port 9 of loopback: every attempt fails.
+    let toml = app_with(&format!(
+        "webhook_url = \"http://127.0.0.1:9/hooks\"\nwebhook_secret = \"{SECRET}\"\n\
+         webhook_allow_private = true\n[node]\ndrain_timeout_ms = 300\n[webhooks]\nretry_initial_ms = 20"
+    ));
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    let token = directory.mint("web", "test", 600, Value::Null).unwrap();
+    let mut server = common::Server::start(&toml);
+    let _clients: Vec<_> = ["left-open", "also-open"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ws = common::connect_raw(&server.addr, &format!("/{name}?token={token}"));
+            let mut c = common::YClient::from_ws(ws, i as u64 + 1);
+            c.insert(0, "unsaved");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let log = server.log();
+    for document in ["acme::web::left-open", "acme::web::also-open"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("session_end_not_delivered") && l.contains(document))
+            .unwrap_or_else(|| panic!("{document} not named: {log}"));
+        assert!(line.contains("level=error"), "{line}");
+    }
+}
+
+#[test]
+fn a_redirect_is_never_followed() {
+    // Where the redirects point: counts every connection made to it.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let location = format!("http://{}/elsewhere", target.local_addr().unwrap());
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reached.clone();
+    std::thread::spawn(move || {
+        for stream in target.incoming() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    // Answers every request with a redirect there, of each kind in turn.
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirect_url = format!("http://{}/hooks", redirector.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let kinds = [
+            "303 See Other",
+            "307 Temporary Redirect",
+            "301 Moved Permanently",
+        ];
+        for (n, stream) in redirector.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let answer = format!(
+                "HTTP/1.1 {}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                kinds[n % kinds.len()]
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let deliveries = Deliveries::start(fast());
+    let sink = sink(redirect_url, true, EventKind::ALL.to_vec());
+    deliveries
+        .push(&sink, "d", event(EventKind::SessionStarted, "d", 1))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries.stats()[0].1.failed_attempts < 3 {
+        assert!(Instant::now() < deadline, "no failed attempts");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(deliveries.stats()[0].1.delivered, 0);
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
+}
