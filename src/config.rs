@@ -559,8 +559,9 @@ impl Config {
             (
                 (1..=256).contains(&self.webhooks.call_threads)
                     && self.webhooks.calls_queued_max >= 1
-                    && self.webhooks.app_calls_max >= 1,
-                "webhooks.call_threads must be 1 to 256, calls_queued_max and app_calls_max at least 1",
+                    && self.webhooks.app_calls_max >= 1
+                    && self.webhooks.app_calls_queued_max >= 1,
+                "webhooks.call_threads must be 1 to 256, calls_queued_max, app_calls_max and app_calls_queued_max at least 1",
             ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {

@@ -96,6 +96,8 @@ pub enum Refusal {
     RegistryUnavailable,
     /// The app's load hook gave no state for the starting session (PRODUCT.md 9.2).
     DocumentNotLoaded,
+    /// A design comment the app's full webhook queue could not take (not shown to anyone).
+    CommentNotTaken,
 
     // In a session.
     Frame(FrameError),
@@ -321,6 +323,10 @@ impl Refusal {
                 TRY_AGAIN_LATER,
                 "Service unavailable: the application did not load the document, try again later"
                     .into(),
+            ),
+            CommentNotTaken => close(
+                TRY_AGAIN_LATER,
+                "Service unavailable: the app's webhook queue is full; the comment was not taken, try again later".into(),
             ),
             Frame(e) => {
                 let code = match e {
@@ -562,6 +568,7 @@ mod tests {
             Redirect("REDIRECT:ws://a/b".into()),
             RegistryUnavailable,
             DocumentNotLoaded,
+            CommentNotTaken,
             BadClose(CloseError::Truncated),
             BadClose(CloseError::ReasonNotUtf8),
             Protocol(ProtocolError::UnknownType),

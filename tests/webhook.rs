@@ -312,9 +312,15 @@ fn a_full_queue_coalesces_or_refuses_but_never_loses_a_change_or_a_session_end()
     push("d", changes.next("d", "b")).unwrap();
     assert_eq!(first_change.fate(), Fate::Replaced);
     let ended = push("d", event(EventKind::SessionEnded, "d", 6)).unwrap();
-    push("d", changes.next("d", "c")).unwrap();
+    assert_eq!(stats().queued, 5);
+    // A change after a waiting session end never moves before it: it waits after it (the
+    // first past the bound) and the next merges into it.
+    let after_end = push("d", changes.next("d", "c")).unwrap();
+    assert_eq!(stats().queued, 6);
+    push("d", changes.next("d", "d")).unwrap();
+    assert_eq!(after_end.fate(), Fate::Replaced);
     let s = stats();
-    assert_eq!((s.queued, s.dropped), (5, 2), "{s:?}");
+    assert_eq!((s.queued, s.dropped), (6, 2), "{s:?}");
     assert_eq!(ended.fate(), Fate::Waiting);
     assert!(s.oldest_ms < 60_000);
     // Stopping gives up what still waits.
@@ -656,7 +662,8 @@ fn load_hook_server(receiver: &Receiver, load_timeout_ms: u64) -> (common::Serve
     let toml = app_with(&format!(
         "webhook_url = \"{hooks}\"\nload_url = \"http://127.0.0.1:{port}/load\"\n\
          load_timeout_ms = {load_timeout_ms}\nwebhook_secret = \"{SECRET}\"\n\
-         webhook_allow_private = true\nwebhook_events = [\"session.started\"]\n\
+         webhook_allow_private = true\n\
+         webhook_events = [\"session.started\", \"document.changed\"]\n\
          [documents]\ngrace_period_ms = 200",
         hooks = receiver.url(),
         port = receiver.port,
@@ -703,8 +710,8 @@ fn the_load_hook_seeds_a_document_that_two_clients_then_see() {
             c.text()
         );
     }
-    // The load hook got the signed session.started body, once; the same event (same id)
-    // then went to the webhook receiver.
+    // The load hook got the signed session.started body, once; the same event then went to
+    // the webhook receiver, under an id of its own (receivers drop repeated ids).
     let requests = requests_until(&receiver, |r| r["path"] == "/hooks");
     assert_eq!(requests.len(), 2, "{requests:?}");
     let (load, hook) = (&requests[0], &requests[1]);
@@ -712,12 +719,27 @@ fn the_load_hook_seeds_a_document_that_two_clients_then_see() {
     assert_eq!(load["verdict"], "ok");
     assert_eq!(load["body"]["type"], "session.started");
     assert_eq!(load["body"]["document"], "plan");
-    assert_eq!(hook["id"], load["id"]);
+    assert_ne!(hook["id"], load["id"]);
     assert_eq!(hook["body"], load["body"]);
-    // Edits go on from the loaded state.
+    // Edits go on from the loaded state, and the first document.changed holds only them,
+    // not the state the app gave.
     a.insert(0, "+");
     assert!(b.pump_until(Duration::from_secs(10), |c| c.text()
         == "+kept by the application"));
+    let changed = requests_until(&receiver, |r| r["body"]["type"] == "document.changed");
+    let data = &changed.last().unwrap()["body"]["data"];
+    use base64::Engine;
+    let update = base64::engine::general_purpose::STANDARD
+        .decode(data["update"].as_str().unwrap())
+        .unwrap();
+    let update = <yrs::Update as yrs::updates::decoder::Decode>::decode_v1(&update).unwrap();
+    let clients: Vec<yrs::block::ClientID> =
+        update.state_vector().iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        clients,
+        [yrs::block::ClientID::new(1)],
+        "only the client's edit"
+    );
     // 404 starts a document empty, and it is editable.
     set_load_answer(
         dir.path(),
@@ -1015,4 +1037,48 @@ fn a_redirect_is_never_followed() {
         0,
         "a redirect was followed"
     );
+}
+
+#[test]
+fn a_comment_the_apps_full_queue_cannot_take_is_shown_to_nobody_and_its_sender_told() {
+    // Nothing listens on port 9: the one place in the queue stays taken.
+    let toml = app_with(&format!(
+        "webhook_url = \"http://127.0.0.1:9/hooks\"\nwebhook_secret = \"{SECRET}\"\n\
+         webhook_allow_private = true\nwebhook_events = [\"comment.added\"]\n\
+         [webhooks]\nqueue_events_max = 1\nretry_initial_ms = 60000"
+    ));
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    let token = directory.mint("web", "u", 600, Value::Null).unwrap();
+    let server = common::Server::start(&toml);
+    let path = format!("/wall?token={token}");
+    let mut writer = common::connect_raw(&server.addr, &path);
+    let mut reader = common::connect_raw(&server.addr, &path);
+    let wait = Duration::from_secs(10);
+    let add = |n: u8| {
+        tungstenite::Message::Text(
+            format!(
+                r#"{{"type":"design-comment:add","content":"n{n}","xPercent":1,"yPercent":1}}"#
+            )
+            .into(),
+        )
+    };
+    writer.send(add(1)).unwrap();
+    let first = common::next_text(&mut reader, wait).expect("the first is taken");
+    assert!(first.contains("\"n1\""), "{first}");
+    writer.send(add(2)).unwrap();
+    let (code, reason) = common::expect_close(&mut writer);
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("the comment was not taken"), "{reason}");
+    assert_eq!(
+        common::next_text(&mut reader, Duration::from_millis(500)),
+        None,
+        "a comment the app does not have is shown to nobody"
+    );
+    server.wait_for("the refusal counted", wait, |s| {
+        s.get("/metrics")
+            .contains("wiresocket_webhook_dropped_total{app=\"acme::web\"} 1")
+    });
 }

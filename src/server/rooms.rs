@@ -8,10 +8,9 @@
 use super::shared::Shared;
 use super::stats::{self, ShardStats};
 use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
-use crate::sync::room::{Room, RoomConfig};
+use crate::sync::room::{Room, RoomConfig, Seed};
 use crate::webhook::delivery::{Fate, Receipt};
 use crate::webhook::event::EventKind;
-use crate::webhook::load::Loaded;
 use base64::Engine;
 use glommio::timer::sleep;
 use std::cell::{Cell, RefCell};
@@ -250,32 +249,37 @@ impl Rooms {
             Ok(Claim::DocumentLimit(e)) => return Err(RoomRefusal::DocumentLimit(e)),
             Err(Unavailable(why)) => return Err(RoomRefusal::Unavailable(why)),
         }
-        let mut room = Room::new(self.config);
         let started = self
             .shared
             .webhooks
             .as_ref()
             .map(|w| w.session_started(app, document_of(key)));
-        if let Err(why) = self.load(app, started.as_ref(), &mut room).await {
-            crate::log::event(
-                "error",
-                "document_not_loaded",
-                &[
-                    ("app", &app),
-                    ("document", &document_of(key)),
-                    ("error", &why),
-                    (
-                        "note",
-                        &"the session did not start; its clients were told to try again (1013)",
-                    ),
-                ],
-            );
-            *claim.pending.refused.borrow_mut() = Some(RoomRefusal::NotLoaded);
-            self.release_pin(key, app).await;
-            return Err(RoomRefusal::NotLoaded);
-        }
+        let room = match self.load(app, started.as_ref()).await {
+            Ok(room) => room,
+            Err(why) => {
+                crate::log::event(
+                    "error",
+                    "document_not_loaded",
+                    &[
+                        ("app", &app),
+                        ("document", &document_of(key)),
+                        ("error", &why),
+                        (
+                            "note",
+                            &"the session did not start; its clients were told to try again (1013)",
+                        ),
+                    ],
+                );
+                *claim.pending.refused.borrow_mut() = Some(RoomRefusal::NotLoaded);
+                self.release_pin(key, app).await;
+                return Err(RoomRefusal::NotLoaded);
+            }
+        };
+        // What the app gave is not a change to tell it of.
+        let loaded = yrs::ReadTxn::state_vector(&yrs::Transact::transact(room.doc()));
         let room = Rc::new(RefCell::new(room));
-        let entry = RoomEntry::new(room.clone(), app);
+        let mut entry = RoomEntry::new(room.clone(), app);
+        entry.sent_state = loaded;
         let key: Rc<str> = Rc::from(key);
         self.map
             .borrow_mut()
@@ -287,30 +291,34 @@ impl Rooms {
         Ok(OpenRoom { key, room })
     }
 
-    /// Seeds `room` from its app's load hook, if the app has one (PRODUCT.md 9.2); an error
-    /// says why the session must not start.
+    /// The new room, seeded from its app's load hook if the app has one (PRODUCT.md 9.2);
+    /// an error says why the session must not start.
     async fn load(
         &self,
         app: &str,
         started: Option<&crate::webhook::event::Event>,
-        room: &mut Room,
-    ) -> Result<(), String> {
+    ) -> Result<Room, String> {
+        let config = self.config;
         let (Some(webhooks), Some(started)) = (&self.shared.webhooks, started) else {
-            return Ok(());
+            return Ok(Room::new(config));
         };
-        let state_bytes_max = self.config.document_bytes_max as u64;
-        let Some(call) = webhooks.load(app, started, state_bytes_max) else {
-            return Ok(());
+        let state_bytes_max = config.document_bytes_max as u64;
+        let prepare = move |state: Vec<u8>| {
+            Seed::prepare(&state, &config)
+                .map_err(|refusal| format!("its state was refused: {}", refusal.close().1))
+        };
+        let Some(call) = webhooks.load(app, started, state_bytes_max, prepare) else {
+            return Ok(Room::new(config));
         };
         let answer = glommio::timer::timeout(call.timeout, async { Ok(call.answer.await) })
             .await
             .map_err(|_| format!("no answer within {} ms", call.timeout.as_millis()))?;
-        match answer.unwrap_or_else(|| Err("the call was dropped".into()))? {
-            Loaded::Empty => Ok(()),
-            Loaded::State(state) => room
-                .seed(&state)
-                .map_err(|refusal| format!("its state was refused: {}", refusal.close().1)),
-        }
+        Ok(
+            match answer.unwrap_or_else(|| Err("no answer within load_timeout_ms".into()))? {
+                None => Room::new(config),
+                Some(seed) => Room::seeded(config, seed),
+            },
+        )
     }
 
     /// Gives `key`'s pin back to the registry (the registry drops it anyway when this
@@ -455,6 +463,14 @@ impl Rooms {
             sleep(poll).await;
             poll = (poll * 2).min(DELIVERY_POLL_MAX);
         }
+    }
+
+    /// A pin claim or release is in flight (a room may appear when it ends).
+    pub fn claims_in_flight(&self) -> bool {
+        self.map
+            .borrow()
+            .values()
+            .any(|state| matches!(state, RoomState::Pending(_)))
     }
 
     /// For a drain: takes every live room out, as `(key, app)`, for their pins to be

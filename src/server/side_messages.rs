@@ -6,7 +6,7 @@
 use super::shard::Shard;
 use crate::auth::claims::User;
 use crate::refusal::Refusal;
-use crate::sync::message_rate::MessageRate;
+use crate::sync::message_rate::{MessageRate, HEAVY_MESSAGE_WEIGHT};
 use crate::sync::side_message::{self, CommentAction, Side};
 use crate::webhook::event::EventKind;
 use std::borrow::Cow;
@@ -29,10 +29,7 @@ pub fn read<'a>(
     text: &'a str,
     rate: &mut MessageRate,
 ) -> Result<Option<Outgoing<'a>>, Refusal> {
-    if !rate.admit(1, crate::log::monotonic_ms()) {
-        let per_second = shard.config().websocket.messages_per_second;
-        return Err(Refusal::MessageRate(per_second));
-    }
+    admit(shard, rate, 1)?;
     let user_json = user.json();
     let now = crate::http::response::iso8601_utc(crate::log::unix_ms());
     let sender = side_message::Sender {
@@ -54,15 +51,26 @@ pub fn read<'a>(
             broadcast,
             data,
         } => {
-            if let Some(webhooks) = &shard.shared.webhooks {
-                let (app, document) = crate::sync::document::key_parts(key);
-                let kind = match action {
-                    CommentAction::Added => EventKind::CommentAdded,
-                    CommentAction::Resolved => EventKind::CommentResolved,
-                    CommentAction::Unresolved => EventKind::CommentUnresolved,
-                    CommentAction::Deleted => EventKind::CommentDeleted,
-                };
-                webhooks.push(app, document, kind, data);
+            // A comment also costs the app a webhook call.
+            admit(shard, rate, HEAVY_MESSAGE_WEIGHT - 1)?;
+            let kind = match action {
+                CommentAction::Added => EventKind::CommentAdded,
+                CommentAction::Resolved => EventKind::CommentResolved,
+                CommentAction::Unresolved => EventKind::CommentUnresolved,
+                CommentAction::Deleted => EventKind::CommentDeleted,
+            };
+            let (app, document) = crate::sync::document::key_parts(key);
+            if let Some(webhooks) = shard
+                .shared
+                .webhooks
+                .as_ref()
+                .filter(|w| w.wants(app, kind))
+            {
+                // The app keeps the comments: one it cannot take is not shown to anyone,
+                // and its sender is told to try again.
+                if webhooks.push(app, document, kind, data).is_none() {
+                    return Err(Refusal::CommentNotTaken);
+                }
             }
             Outgoing {
                 payload: Cow::Owned(broadcast),
@@ -70,4 +78,14 @@ pub fn read<'a>(
             }
         }
     }))
+}
+
+/// Takes `weight` from the connection's message rate.
+fn admit(shard: &Shard, rate: &mut MessageRate, weight: u32) -> Result<(), Refusal> {
+    if rate.admit(weight, crate::log::monotonic_ms()) {
+        Ok(())
+    } else {
+        let per_second = shard.config().websocket.messages_per_second;
+        Err(Refusal::MessageRate(per_second))
+    }
 }

@@ -205,6 +205,13 @@ async fn drain(shard: &Rc<Shard>) {
     while shard.releases_in_flight.get() > 0 {
         sleep(Duration::from_millis(10)).await;
     }
+    // A claim still in flight (a registry call, a load hook) makes its room after this:
+    // waited for, within the drain timeout, so its session.ended is not missed.
+    let claims_deadline =
+        Instant::now() + Duration::from_millis(shard.config().node.drain_timeout_ms);
+    while shard.rooms.claims_in_flight() && Instant::now() < claims_deadline {
+        sleep(Duration::from_millis(10)).await;
+    }
     let rooms = shard.rooms.take_live();
     // The apps get every final state they asked for before the pins go, within the drain
     // timeout; what they could not take is logged with its document.

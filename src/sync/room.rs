@@ -126,6 +126,40 @@ pub struct Integrated {
     pub more: bool,
 }
 
+/// A document made from an application's state (the load hook), to become a room
+/// ([`Room::seeded`]). Made off the shard (on a call thread): checking and applying a whole
+/// document can take long.
+pub struct Seed {
+    doc: yrs::Doc,
+    bytes: usize,
+}
+
+impl Seed {
+    /// Checks `state` like a client's update and applies it to a new document. Its structs
+    /// are bounded by its size rather than by `update_structs_max`: a whole document may
+    /// hold more than one message may (and each struct takes at least a byte).
+    pub fn prepare(state: &[u8], config: &RoomConfig) -> Result<Seed, Refusal> {
+        if state.len() > config.document_bytes_max {
+            return Err(Refusal::DocumentTooLarge);
+        }
+        let limits = UpdateLimits {
+            structs_max: config.update_limits.structs_max.max(state.len()),
+            ..config.update_limits
+        };
+        super::update_check::check_update_v1(state, &limits)
+            .map_err(|e| Refusal::Protocol(protocol::ProtocolError::Update(e)))?;
+        let update = yrs::Update::decode_v1(state).map_err(|_| Refusal::Integrate)?;
+        let doc = yrs::Doc::new();
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(|_| Refusal::Integrate)?;
+        Ok(Seed {
+            doc,
+            bytes: state.len(),
+        })
+    }
+}
+
 /// One subscriber's updates of the current read, relayed at its end.
 struct Relay {
     from: Slot,
@@ -634,28 +668,13 @@ impl Room {
         })
     }
 
-    /// Gives a new room the application's state (the load hook) before anyone joins. The
-    /// state is outside input like any client's update: checked with the same bounds, and
-    /// refused whole (the room stays empty) if any check fails.
-    pub fn seed(&mut self, state: &[u8]) -> Result<(), Refusal> {
-        assert!(
-            self.len == 0 && self.pending.is_empty() && self.changes == 0,
-            "a room is seeded before anyone joins"
-        );
-        if state.len() > self.config.document_bytes_max {
-            return Err(Refusal::DocumentTooLarge);
+    /// A new room holding the application's state (the load hook), before anyone joins.
+    pub fn seeded(config: RoomConfig, seed: Seed) -> Self {
+        Room {
+            doc: seed.doc,
+            document_bytes: seed.bytes,
+            ..Room::new(config)
         }
-        super::update_check::check_update_v1(state, &self.config.update_limits)
-            .map_err(|e| Refusal::Protocol(protocol::ProtocolError::Update(e)))?;
-        let update = yrs::Update::decode_v1(state).map_err(|_| Refusal::Integrate)?;
-        self.doc
-            .transact_mut()
-            .apply_update(update)
-            .map_err(|_| Refusal::Integrate)?;
-        // Measured (and cached for joiners) now.
-        self.full_state = None;
-        self.full_state();
-        Ok(())
     }
 
     /// The whole document as one Yjs v1 update, what is pending integrated first: what an
@@ -966,6 +985,39 @@ mod tests {
             .transact()
             .encode_state_as_update_v1(&yrs::StateVector::default());
         protocol::encode_sync(SYNC_UPDATE, &update)
+    }
+
+    #[test]
+    fn a_seed_is_checked_like_an_update_but_may_hold_more_structs_than_one_message() {
+        // One struct per client: ten of them, where one message may hold four.
+        let doc = yrs::Doc::new();
+        for client in 1..=10 {
+            let by = yrs::Doc::with_client_id(client);
+            by.get_or_insert_text("t")
+                .insert(&mut by.transact_mut(), 0, "x");
+            let update = by
+                .transact()
+                .encode_state_as_update_v1(&yrs::StateVector::default());
+            doc.transact_mut()
+                .apply_update(yrs::Update::decode_v1(&update).unwrap())
+                .unwrap();
+        }
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        let mut config = RoomConfig::default();
+        config.update_limits.structs_max = 4;
+        let seed = Seed::prepare(&state, &config).expect("a whole document");
+        let room = Room::seeded(config, seed);
+        let text = room.doc().get_or_insert_text("t");
+        assert_eq!(text.get_string(&room.doc().transact()).len(), 10);
+        // Past the document's size bound, or not an update: refused.
+        config.document_bytes_max = state.len() - 1;
+        assert!(matches!(
+            Seed::prepare(&state, &config),
+            Err(Refusal::DocumentTooLarge)
+        ));
+        assert!(Seed::prepare(&[0xff; 8], &RoomConfig::default()).is_err());
     }
 
     #[test]

@@ -2,22 +2,25 @@
 //! never on a data-plane executor, which awaits the answer as a future (the thread wakes the
 //! waiting task across threads).
 //!
-//! Bounded: at most `calls_queued_max` calls wait or run, and one app has at most
-//! `app_calls_max` of them running, so an app whose receiver hangs holds that many threads
-//! for the call's timeout, never all of them. Past a bound a call is refused at once (the
-//! waiting client is told to try again later).
+//! Bounded: at most `calls_queued_max` calls wait or run, one app has at most
+//! `app_calls_queued_max` of them and `app_calls_max` running, so an app whose receiver hangs
+//! holds that many threads for the call's timeout and that many places, never all of them.
+//! A call still waiting at its deadline is dropped unmade (its waiter has stopped waiting).
+//! Past a bound a call is refused at once (the waiting client is told to try again later).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// Bounds of the call threads (the `[webhooks]` section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallsConfig {
     pub threads: usize,
     pub queued_max: usize,
+    pub app_queued_max: usize,
     pub app_running_max: usize,
 }
 
@@ -29,14 +32,17 @@ type Job = Box<dyn FnOnce() + Send>;
 
 struct Waiting {
     app: Arc<str>,
+    /// Past it the call is not made.
+    deadline: Instant,
     job: Job,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Waiting>,
-    /// Running calls per app (few apps call at once: a short list).
+    /// Calls per app, waiting and running (few apps call at once: short lists).
     running: Vec<(Arc<str>, usize)>,
+    queued: Vec<(Arc<str>, usize)>,
     stopping: bool,
 }
 
@@ -68,11 +74,13 @@ impl Calls {
         Calls { shared }
     }
 
-    /// Runs `call` for `app` on a call thread; its result is the future's. Refused at once
-    /// when `queued_max` calls wait or run.
+    /// Runs `call` for `app` on a call thread unless `deadline` passes first; its result is
+    /// the future's (`None` if it was not made). Refused at once when `queued_max` calls, or
+    /// `app_queued_max` of the app's, wait or run.
     pub fn run<R: Send + 'static>(
         &self,
         app: &Arc<str>,
+        deadline: Instant,
         call: impl FnOnce() -> R + Send + 'static,
     ) -> Result<Pending<R>, CallsBusy> {
         let slot = Arc::new(Mutex::new(Slot {
@@ -86,13 +94,18 @@ impl Calls {
                 answerer.answer(Some(value));
             }
         });
+        let config = &self.shared.config;
         let mut state = lock(&self.shared.state);
         let running: usize = state.running.iter().map(|(_, n)| n).sum();
-        if state.queue.len() + running >= self.shared.config.queued_max {
+        if state.queue.len() + running >= config.queued_max
+            || count(&state.queued, app) >= config.app_queued_max
+        {
             return Err(CallsBusy);
         }
+        add(&mut state.queued, app, 1);
         state.queue.push_back(Waiting {
             app: app.clone(),
+            deadline,
             job,
         });
         drop(state);
@@ -108,6 +121,7 @@ impl Drop for Calls {
         let mut state = lock(&self.shared.state);
         state.stopping = true;
         state.queue.clear();
+        state.queued.clear();
         drop(state);
         self.shared.wake.notify_all();
     }
@@ -183,6 +197,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// An app's count in a short list.
+fn count(list: &[(Arc<str>, usize)], app: &Arc<str>) -> usize {
+    list.iter().find(|(a, _)| a == app).map_or(0, |(_, n)| *n)
+}
+
+/// Adds `delta` (±1) to an app's count; a count that reaches 0 leaves the list.
+fn add(list: &mut Vec<(Arc<str>, usize)>, app: &Arc<str>, delta: isize) {
+    match list.iter().position(|(a, _)| a == app) {
+        Some(at) => {
+            list[at].1 = list[at]
+                .1
+                .checked_add_signed(delta)
+                .expect("counts pair up");
+            if list[at].1 == 0 {
+                list.swap_remove(at);
+            }
+        }
+        None => {
+            assert_eq!(delta, 1, "a count starts at 1");
+            list.push((app.clone(), 1));
+        }
+    }
+}
+
 fn work(shared: &Shared) {
     loop {
         let Some((app, job)) = next(shared) else {
@@ -190,113 +228,156 @@ fn work(shared: &Shared) {
         };
         job();
         let mut state = lock(&shared.state);
-        if let Some(at) = state.running.iter().position(|(a, _)| *a == app) {
-            state.running[at].1 -= 1;
-            if state.running[at].1 == 0 {
-                state.running.swap_remove(at);
-            }
-        }
+        add(&mut state.running, &app, -1);
+        add(&mut state.queued, &app, -1);
         drop(state);
         // A call of the app that was at its bound may run now.
         shared.wake.notify_one();
     }
 }
 
-/// Waits for the first waiting call whose app is below its running bound.
+/// Waits for the first waiting call whose app is below its running bound; calls whose
+/// deadline passed meanwhile are dropped unmade (their waiters get `None`).
 fn next(shared: &Shared) -> Option<(Arc<str>, Job)> {
     let mut state = lock(&shared.state);
     loop {
         if state.stopping {
             return None;
         }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        while let Some(at) = state.queue.iter().position(|w| w.deadline <= now) {
+            let gone = state.queue.remove(at).expect("found just now");
+            add(&mut state.queued, &gone.app, -1);
+            expired.push(gone.job);
+        }
+        if !expired.is_empty() {
+            // Dropped without the lock: each answers its waiter (see `Answerer`).
+            drop(state);
+            drop(expired);
+            state = lock(&shared.state);
+            continue;
+        }
         let max = shared.config.app_running_max;
-        let runnable = state.queue.iter().position(|w| {
-            state
-                .running
-                .iter()
-                .find(|(a, _)| *a == w.app)
-                .is_none_or(|(_, n)| *n < max)
-        });
+        let runnable = state
+            .queue
+            .iter()
+            .position(|w| count(&state.running, &w.app) < max);
         if let Some(at) = runnable {
-            let Waiting { app, job } = state.queue.remove(at).expect("found just now");
-            match state.running.iter_mut().find(|(a, _)| *a == app) {
-                Some((_, n)) => *n += 1,
-                None => state.running.push((app.clone(), 1)),
-            }
+            let Waiting { app, job, .. } = state.queue.remove(at).expect("found just now");
+            add(&mut state.running, &app, 1);
             return Some((app, job));
         }
+        // Woken by a new call or a finished one, or at the earliest deadline.
+        let wait = state
+            .queue
+            .iter()
+            .map(|w| w.deadline.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(60));
         state = shared
             .wake
-            .wait(state)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn config() -> CallsConfig {
+    fn config(threads: usize, queued_max: usize, app_queued_max: usize) -> CallsConfig {
         CallsConfig {
-            threads: 3,
-            queued_max: 4,
+            threads,
+            queued_max,
+            app_queued_max,
             app_running_max: 1,
         }
     }
 
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    /// `n` calls of `app` that each run until the gate's sender sends or drops.
+    fn held(
+        calls: &Calls,
+        app: &Arc<str>,
+        n: usize,
+    ) -> (std::sync::mpsc::Sender<()>, Vec<Pending<bool>>) {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let pending = (0..n)
+            .map(|_| {
+                let gate = gate.clone();
+                calls
+                    .run(app, later(), move || lock(&gate).recv().is_ok())
+                    .unwrap()
+            })
+            .collect();
+        (release, pending)
+    }
+
     #[test]
     fn an_answer_wakes_its_waiter_on_another_thread() {
-        let calls = Calls::start(config());
+        let calls = Calls::start(config(3, 4, 4));
         let app: Arc<str> = "t::a".into();
         glommio::LocalExecutor::default().run(async {
             let caller = std::thread::current().id();
-            let pending = calls.run(&app, || std::thread::current().id()).unwrap();
-            let thread = pending.await.expect("answered");
+            let pending = calls.run(&app, later(), || std::thread::current().id());
+            let thread = pending.unwrap().await.expect("answered");
             assert_ne!(thread, caller);
-            let panicked = calls.run(&app, || -> u8 { panic!("in the call") }).unwrap();
-            assert_eq!(panicked.await, None);
-            assert_eq!(calls.run(&app, || 7).unwrap().await, Some(7));
+            let panicked = calls.run(&app, later(), || -> u8 { panic!("in the call") });
+            assert_eq!(panicked.unwrap().await, None);
+            assert_eq!(calls.run(&app, later(), || 7).unwrap().await, Some(7));
         });
     }
 
     #[test]
-    fn one_app_runs_one_call_at_a_time_and_the_queue_is_bounded() {
-        let calls = Calls::start(config());
+    fn a_hung_app_holds_its_share_of_threads_and_places_and_late_calls_are_not_made() {
+        let calls = Calls::start(config(3, 16, 3));
         let (hung, other): (Arc<str>, Arc<str>) = ("t::hung".into(), "t::other".into());
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let gate = Arc::new(Mutex::new(gate));
-        let held: Vec<_> = (0..2)
-            .map(|_| {
-                let gate = gate.clone();
-                calls
-                    .run(&hung, move || lock(&gate).recv().is_ok())
-                    .unwrap()
-            })
-            .collect();
+        let (release, held) = held(&calls, &hung, 2);
         glommio::LocalExecutor::default().run(async {
-            // The hung app holds one thread (its second call waits); another app's call
-            // runs on a free one.
+            // The hung app runs one call (its second waits); another app's runs at once.
             let answered = glommio::timer::timeout(Duration::from_secs(5), async {
-                Ok(calls.run(&other, || 1).unwrap().await)
+                Ok(calls.run(&other, later(), || 1).unwrap().await)
             })
             .await;
             assert_eq!(answered.unwrap(), Some(1));
-            // The hung app's two calls and two more fill the four places.
-            let more: Vec<_> = (0..2)
-                .map(|_| calls.run(&hung, || false).unwrap())
-                .collect();
-            assert!(calls.run(&other, || 3).is_err(), "past queued_max");
-            for _ in 0..2 {
-                release.send(()).unwrap();
+            // Its third place is the last it gets; another app still has room.
+            let soon = Instant::now() + Duration::from_millis(50);
+            let late = calls.run(&hung, soon, || true).unwrap();
+            assert!(
+                calls.run(&hung, later(), || true).is_err(),
+                "app_queued_max"
+            );
+            // Its deadline passes while it waits: dropped unmade, its place given back.
+            assert_eq!(late.await, None);
+            assert!(calls.run(&hung, later(), || false).is_ok());
+            assert_eq!(calls.run(&other, later(), || 2).unwrap().await, Some(2));
+            drop(release);
+            for h in held {
+                assert_eq!(h.await, Some(false), "the gate closed");
             }
+        });
+    }
+
+    #[test]
+    fn every_call_counts_against_the_node_bound() {
+        let calls = Calls::start(config(1, 2, 8));
+        let (a, b): (Arc<str>, Arc<str>) = ("t::a".into(), "t::b".into());
+        let (release, held) = held(&calls, &a, 1);
+        let waiting = calls.run(&b, later(), || 5).unwrap();
+        assert!(calls.run(&b, later(), || 6).is_err(), "queued_max");
+        release.send(()).unwrap();
+        glommio::LocalExecutor::default().run(async {
             for h in held {
                 assert_eq!(h.await, Some(true));
             }
-            for m in more {
-                assert_eq!(m.await, Some(false));
-            }
-            assert_eq!(calls.run(&other, || 4).unwrap().await, Some(4));
+            assert_eq!(waiting.await, Some(5));
+            assert_eq!(calls.run(&b, later(), || 7).unwrap().await, Some(7));
         });
     }
 }

@@ -47,6 +47,8 @@ pub struct DeliveryConfig {
     pub calls_queued_max: usize,
     /// Such calls running at once for one app.
     pub app_calls_max: usize,
+    /// Such calls waiting or running for one app.
+    pub app_calls_queued_max: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -64,6 +66,7 @@ impl Default for DeliveryConfig {
             call_threads: 8,
             calls_queued_max: 1_024,
             app_calls_max: 4,
+            app_calls_queued_max: 64,
         }
     }
 }
@@ -298,16 +301,19 @@ impl Deliveries {
         });
         let mut replaced_bytes = 0;
         let mut at = queue.events.len();
+        let mut queued_at = now;
         if let Some(i) = target {
             let old = queue.events.remove(i).expect("found in the queue");
             old.receipt.set(Fate::Replaced);
             replaced_bytes = old.event.body.len();
-            // A change takes its older one's place; a snapshot goes last.
-            at = if event.change.is_some() {
-                i
+            // A change takes its older one's place, and keeps its age (what the oldest
+            // undelivered event's metric shows); a snapshot goes last.
+            if event.change.is_some() {
+                at = i;
+                queued_at = old.queued_at;
             } else {
-                queue.events.len()
-            };
+                at = queue.events.len();
+            }
         }
         let bytes = event.body.len();
         queue.events.insert(
@@ -315,7 +321,7 @@ impl Deliveries {
             Queued {
                 event: Arc::new(event),
                 receipt: receipt.clone(),
-                queued_at: now,
+                queued_at,
             },
         );
         let stats = state.apps.get_mut(&sink.app).expect("made above");
@@ -357,21 +363,26 @@ impl Deliveries {
 }
 
 /// The waiting event of `queue` (not the one being sent) that `event` takes the place of,
-/// if any: a `document.changed` merges into the document's last event if that is a change
-/// (order kept), or, at the bound (`full`), into its oldest waiting change; a newer
-/// `session.ended` replaces a waiting one, and at the bound a newer `presence.changed` (a
-/// snapshot of who is there) a waiting one.
+/// if any: a `document.changed` merges into the document's last event if that is a change,
+/// or, at the bound (`full`), into its newest waiting change after its last waiting
+/// `session.ended` (so no change moves before a final state, nor the state vectors
+/// backwards); a newer `session.ended` replaces a waiting one, and at the bound a newer
+/// `presence.changed` (a snapshot of who is there) a waiting one.
 fn replaced_by(queue: &DocQueue, event: &Event, full: bool) -> Option<usize> {
     let waiting = usize::from(queue.busy)..queue.events.len();
     let kind = event.kind;
     let same_kind = |i: &usize| queue.events[*i].event.kind == kind;
     let change = |i: &usize| event.change.is_some() && queue.events[*i].event.change.is_some();
     match kind {
-        EventKind::DocumentChanged => waiting
-            .clone()
-            .last()
-            .filter(change)
-            .or_else(|| waiting.clone().find(change).filter(|_| full)),
+        EventKind::DocumentChanged => {
+            let after_ended = waiting
+                .clone()
+                .rev()
+                .find(|&i| queue.events[i].event.kind == EventKind::SessionEnded)
+                .map_or(waiting.start, |i| i + 1);
+            let newest = (after_ended..waiting.end).rev().find(change);
+            newest.filter(|&i| full || i + 1 == waiting.end)
+        }
         EventKind::SessionEnded => waiting.clone().find(same_kind),
         EventKind::PresenceChanged if full => waiting.clone().find(same_kind),
         _ => None,

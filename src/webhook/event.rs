@@ -104,12 +104,17 @@ impl Event {
             "data": data,
         });
         Event {
-            id: format!("msg_{:032x}", rand::random::<u128>()),
+            id: Event::new_id(),
             kind,
             at_ms,
             body: serde_json::to_vec(&body).expect("a JSON value serializes"),
             change: None,
         }
+    }
+
+    /// `msg_` and 32 hex digits of randomness: unique per call.
+    pub fn new_id() -> String {
+        format!("msg_{:032x}", rand::random::<u128>())
     }
 
     /// A `document.changed` event: `data` is `{"update", "stateVector"}`, both base64.

@@ -28,8 +28,10 @@ pub enum Loaded {
 }
 
 impl Loader {
-    /// Makes the call (blocking: on a call thread), unless `deadline` passed while it
-    /// waited for one. The state is read up to `state_bytes_max`.
+    /// Makes the call (blocking: on a call thread) with what is left until `deadline`.
+    /// The body is the `session.started` event's, under an id of its own (a receiver that
+    /// drops duplicate ids must not take the webhook that follows for a replay). The state
+    /// is read up to `state_bytes_max`.
     pub fn fetch(
         &self,
         started: &Event,
@@ -42,7 +44,7 @@ impl Loader {
             .ok_or("no call thread was free within load_timeout_ms")?;
         let answer = self.endpoint.post(
             &self.secret,
-            &started.id,
+            &Event::new_id(),
             &started.body,
             state_bytes_max,
             Some(left),

@@ -38,9 +38,10 @@ pub struct Webhooks {
     calls: Calls,
 }
 
-/// A load hook's call, made: its answer and how long to wait for it.
-pub struct LoadCall {
-    pub answer: call::Pending<Result<Loaded, String>>,
+/// A load hook's call, made: its answer (`None`: start empty; else the state, prepared) and
+/// how long to wait for it.
+pub struct LoadCall<T> {
+    pub answer: call::Pending<Result<Option<T>, String>>,
     pub timeout: Duration,
 }
 
@@ -73,6 +74,7 @@ impl Webhooks {
             calls: Calls::start(CallsConfig {
                 threads: w.call_threads,
                 queued_max: w.calls_queued_max,
+                app_queued_max: w.app_calls_queued_max,
                 app_running_max: w.app_calls_max,
             }),
         }))
@@ -92,16 +94,25 @@ impl Webhooks {
     }
 
     /// Calls `app`'s load hook with `started` on a call thread (`None`: the app has none).
-    /// The state is read up to `state_bytes_max`; the answer comes within the call's
-    /// timeout (the waiter holds it to that too), or is an error.
-    pub fn load(&self, app: &str, started: &Event, state_bytes_max: u64) -> Option<LoadCall> {
+    /// The state is read up to `state_bytes_max` and given to `prepare` on the same thread
+    /// (checking and decoding a large state is work a shard should not do); the answer
+    /// comes within the call's timeout (the waiter holds it to that too), or is an error.
+    pub fn load<T: Send + 'static>(
+        &self,
+        app: &str,
+        started: &Event,
+        state_bytes_max: u64,
+        prepare: impl FnOnce(Vec<u8>) -> Result<T, String> + Send + 'static,
+    ) -> Option<LoadCall<T>> {
         let (app_key, loader) = self.loaders.get(app)?;
         let timeout = loader.timeout;
         let deadline = Instant::now() + timeout;
         let (loader, started) = (loader.clone(), started.clone());
-        let answer = self.calls.run(app_key, move || {
-            loader.fetch(&started, state_bytes_max, deadline)
-        });
+        let call = move || match loader.fetch(&started, state_bytes_max, deadline)? {
+            Loaded::Empty => Ok(None),
+            Loaded::State(state) => prepare(state).map(Some),
+        };
+        let answer = self.calls.run(app_key, deadline, call);
         let answer = answer.unwrap_or_else(|call::CallsBusy| {
             call::Pending::answered(Err("too many load hook calls wait already".into()))
         });
