@@ -1,167 +1,169 @@
-//! `wiresocket serve`: the command line.
+//! `wiresocket`: the command line (clap). Every subcommand answers `--help`.
 
+use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 use wiresocket::config::{Config, ConfigError};
 
-const USAGE: &str = "\
-wiresocket: a self-hostable, WireSocket-compatible sync server for Yjs documents
+/// A self-hostable, WireSocket-compatible sync server for Yjs documents.
+#[derive(Parser)]
+#[command(name = "wiresocket", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-USAGE:
-    wiresocket serve [OPTIONS]
-    wiresocket token [--config FILE] [--app ID] [--role editor|viewer] [--ttl-s N] [--docs a,b-*]
-        prints an access token for a configured app (the development app without --config)
-    wiresocket hash-secret < secret.txt
-        prints the client_secret_hash for an app's client secret (read from standard input)
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a node (with no configuration: a development node on 127.0.0.1:8080).
+    ///
+    /// Precedence: defaults, then the TOML file (--config), then WIRESOCKET_* environment
+    /// variables, then these flags.
+    Serve(ServeArgs),
+    /// Prints an access token for a configured app (the development app without --config).
+    Token(TokenArgs),
+    /// Prints the client_secret_hash of an app's client secret, read from standard input.
+    HashSecret,
+    /// Checks a configuration file as `serve` would at start (fields, keys, secret files,
+    /// webhook addresses), without starting; exits non-zero naming the first problem.
+    CheckConfig {
+        /// The TOML file.
+        file: String,
+    },
+}
 
-OPTIONS (override WIRESOCKET_* environment variables, which override the config file):
-    --listen ADDR:PORT     where to listen (default 127.0.0.1:8080; port 0 picks a free one)
-    --shards N             executor threads, one per core (default: all cores)
-    --config FILE          TOML configuration file
-    --echo-path PATH       enable a plain WebSocket echo route at PATH (conformance runs)
-    --grace-period-ms MS   how long a document outlives its last client (default 10000)
-    -h, --help             print this help
-    -V, --version          print the version
-";
+#[derive(Args)]
+struct ServeArgs {
+    /// Where to listen (default 127.0.0.1:8080; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Executor threads, one per core (default: all cores).
+    #[arg(long, value_name = "N")]
+    shards: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// Enables a plain WebSocket echo route at PATH (conformance runs).
+    #[arg(long, value_name = "PATH")]
+    echo_path: Option<String>,
+    /// How long a document outlives its last client (default 10000).
+    #[arg(long, value_name = "MS")]
+    grace_period_ms: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// TOML configuration file naming the app and its tenant's private key.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// The app (needed when several are configured).
+    #[arg(long, value_name = "ID")]
+    app: Option<String>,
+    /// editor or viewer.
+    #[arg(long)]
+    role: Option<String>,
+    /// Lifetime in seconds (default 900).
+    #[arg(long, value_name = "N", default_value_t = 900)]
+    ttl_s: u64,
+    /// Documents granted, comma-separated; `prefix*` patterns allowed.
+    #[arg(long, value_name = "a,b-*")]
+    docs: Option<String>,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => match serve_config(&args[1..]) {
-            Ok(config) => serve(config),
-            Err(e) => fail(&e.0),
-        },
-        Some("token") => match token(&args[1..]) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
-        Some("hash-secret") => {
-            let mut secret = String::new();
-            if std::io::stdin().read_line(&mut secret).is_err() || secret.trim().is_empty() {
-                return fail("write the client secret on standard input");
-            }
-            println!(
-                "{}",
-                wiresocket::auth::secret::hash_secret(
-                    secret.trim_end_matches(['\r', '\n']),
-                    wiresocket::auth::secret::ITERATIONS
-                )
-            );
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve_config(&args).map_err(|e| e.0).and_then(serve),
+        Command::Token(args) => token(&args).map(|token| println!("{token}")),
+        Command::HashSecret => hash_secret(),
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
-        Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some("-V" | "--version") => {
-            println!("wiresocket {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some(other) => fail(&format!(
-            "unknown command {other:?}; run `wiresocket --help`"
-        )),
-        None => fail(
-            "missing command; run `wiresocket serve` to start a server, or `wiresocket --help`",
-        ),
     }
 }
 
-/// `--name value` and `--name=value` pairs.
-fn flags(args: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let Some(name) = arg.strip_prefix("--") else {
-            return Err(ConfigError(format!(
-                "unexpected argument {arg:?}; run `wiresocket --help`"
-            )));
-        };
-        let (name, value) = match name.split_once('=') {
-            Some((n, v)) => (n.to_owned(), v.to_owned()),
-            None => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?;
-                (name.to_owned(), v.clone())
-            }
-        };
-        out.push((name, value));
+/// The file, or the defaults without one.
+fn read_config(file: Option<&str>) -> Result<Config, ConfigError> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read config file {path}: {e}")))?;
+            Config::from_toml(&text, path)
+        }
+        None => Ok(Config::default()),
     }
-    Ok(out)
 }
 
 /// Defaults, then `--config FILE`, then the environment, then the other flags.
-fn serve_config(args: &[String]) -> Result<Config, ConfigError> {
-    let mut flags = flags(args)?;
-    let file = take_flag(&mut flags, "config");
-    let mut config = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError(format!("cannot read config file {path}: {e}")))?;
-            Config::from_toml(&text, &path)?
-        }
-        None => Config::default(),
-    };
+fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
+    let mut config = read_config(args.config.as_deref())?;
     config.apply_env(std::env::vars())?;
+    let flags = [
+        ("listen", &args.listen),
+        ("shards", &args.shards),
+        ("echo-path", &args.echo_path),
+        ("grace-period-ms", &args.grace_period_ms),
+    ];
     for (name, value) in flags {
-        config.set(&name, &value, &format!("--{name}"))?;
+        if let Some(value) = value {
+            config.set(name, value, &format!("--{name}"))?;
+        }
     }
     Ok(config)
 }
 
-fn take_flag(flags: &mut Vec<(String, String)>, name: &str) -> Option<String> {
-    let i = flags.iter().position(|(n, _)| n == name)?;
-    Some(flags.remove(i).1)
+fn check_config(file: &str) -> Result<(), String> {
+    let mut config = read_config(Some(file)).map_err(|e| e.0)?;
+    config.apply_env(std::env::vars()).map_err(|e| e.0)?;
+    wiresocket::server::check(&config).map_err(|e| e.0)?;
+    println!("{file}: ok");
+    Ok(())
+}
+
+fn hash_secret() -> Result<(), String> {
+    let mut secret = String::new();
+    if std::io::stdin().read_line(&mut secret).is_err() || secret.trim().is_empty() {
+        return Err("write the client secret on standard input".into());
+    }
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    let hash = wiresocket::auth::secret::hash_secret(secret, wiresocket::auth::secret::ITERATIONS);
+    println!("{hash}");
+    Ok(())
 }
 
 /// `wiresocket token`: signs an access token with the app's tenant key.
-fn token(args: &[String]) -> Result<String, String> {
-    let mut flags = flags(args).map_err(|e| e.0)?;
-    let config = serve_config(
-        &take_flag(&mut flags, "config").map_or_else(Vec::new, |f| vec!["--config".into(), f]),
-    )
-    .map_err(|e| e.0)?;
+fn token(args: &TokenArgs) -> Result<String, String> {
+    let mut config = read_config(args.config.as_deref()).map_err(|e| e.0)?;
+    config.apply_env(std::env::vars()).map_err(|e| e.0)?;
     config.validate().map_err(|e| e.0)?;
     let directory =
         wiresocket::auth::directory::Directory::from_config(&config).map_err(|e| e.0)?;
-    let app = match take_flag(&mut flags, "app") {
-        Some(app) => app,
+    let app = match &args.app {
+        Some(app) => app.clone(),
         None if directory.apps.len() == 1 => {
             directory.apps.keys().next().cloned().unwrap_or_default()
         }
         None => return Err("several apps are configured: choose one with --app ID".into()),
     };
-    let ttl_s = match take_flag(&mut flags, "ttl-s") {
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("--ttl-s: expected seconds, got {v:?}"))?,
-        None => 900,
-    };
-    if ttl_s > config.auth.token_lifetime_max_s {
+    if args.ttl_s > config.auth.token_lifetime_max_s {
         return Err(format!(
-            "--ttl-s {ttl_s}: servers refuse tokens valid longer than auth.token_lifetime_max_s ({} s)",
-            config.auth.token_lifetime_max_s
+            "--ttl-s {}: servers refuse tokens valid longer than auth.token_lifetime_max_s ({} s)",
+            args.ttl_s, config.auth.token_lifetime_max_s
         ));
     }
     let mut extra = serde_json::Map::new();
-    if let Some(role) = take_flag(&mut flags, "role") {
-        extra.insert("role".into(), role.into());
+    if let Some(role) = &args.role {
+        extra.insert("role".into(), role.clone().into());
     }
-    if let Some(docs) = take_flag(&mut flags, "docs") {
-        extra.insert(
-            "docs".into(),
-            docs.split(',')
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-                .into(),
-        );
+    if let Some(docs) = &args.docs {
+        let docs: Vec<String> = docs.split(',').map(str::to_owned).collect();
+        extra.insert("docs".into(), docs.into());
     }
-    if let Some((name, _)) = flags.first() {
-        return Err(format!("unknown option --{name}; run `wiresocket --help`"));
-    }
-    directory.mint(&app, "wiresocket-cli", ttl_s, extra.into())
+    directory.mint(&app, "wiresocket-cli", args.ttl_s, extra.into())
 }
 
 /// SIGTERM and SIGINT drain the node (PRODUCT.md 8): no new upgrades, sessions closed
@@ -176,9 +178,9 @@ fn drain_on_signals() {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config) -> Result<(), String> {
     drain_on_signals();
-    let result = wiresocket::server::run(config, |node| {
+    wiresocket::server::run(config, |node| {
         // Scripts and tests read this line to learn the port.
         println!(
             "wiresocket listening on {} ({} shards)",
@@ -197,14 +199,6 @@ fn serve(config: Config) -> ExitCode {
                 ("memory_budget_bytes", &node.memory_budget_bytes()),
             ],
         );
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.0),
-    }
-}
-
-fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::FAILURE
+    })
+    .map_err(|e| e.0)
 }

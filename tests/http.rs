@@ -147,8 +147,16 @@ fn metrics_are_prometheus_text() {
     assert!(r.contains("wiresocket_connections{shard=\"1\"} 0"));
     let _ws = connect(&server.addr, "/counted");
     server.get("/nope%20nope");
+    // The handshake is counted once the 101 is written, which the client may see first.
+    server.wait_for(
+        "the handshake counted",
+        std::time::Duration::from_secs(5),
+        |s| {
+            s.get("/metrics")
+                .contains("wiresocket_handshake_seconds_count 1\n")
+        },
+    );
     let r = server.get("/metrics");
-    assert!(r.contains("wiresocket_handshake_seconds_count 1\n"), "{r}");
     assert!(
         r.contains("wiresocket_rejections_total{code=\"404\"} 1\n"),
         "{r}"

@@ -107,6 +107,18 @@ pub fn run(config: Config, on_listening: impl FnOnce(&Node)) -> Result<(), Start
     node.join()
 }
 
+/// Everything a start checks before it binds, without starting (`wiresocket check-config`):
+/// the fields, the tenants' keys, the registry backend, the webhook settings (secret files,
+/// DNS, addresses: the listen address stands for this node's own).
+pub fn check(config: &Config) -> Result<(), StartError> {
+    let listen = config.validate().map_err(|e| StartError(e.0))?;
+    Directory::from_config(config).map_err(|e| StartError(e.0))?;
+    if config.registry.backend == "foundationdb" && !cfg!(feature = "fdb") {
+        open_foundationdb(config)?;
+    }
+    crate::webhook::check(config, &[listen]).map_err(StartError)
+}
+
 /// The registry the configuration names.
 fn open_registry(config: &Config) -> Result<Arc<dyn Registry>, StartError> {
     let stale_ms = config.node.heartbeat_stale_ms;

@@ -32,9 +32,8 @@ use std::time::{Duration, Instant};
 /// the configuration at start, and the threads that call them.
 pub struct Webhooks {
     deliveries: Deliveries,
-    /// By `{tenant}::{app}`.
-    sinks: HashMap<String, Arc<Sink>>,
-    loaders: HashMap<String, (Arc<str>, Arc<Loader>)>,
+    sinks: Sinks,
+    loaders: Loaders,
     calls: Calls,
 }
 
@@ -50,19 +49,7 @@ impl Webhooks {
     /// checking its addresses (`own`: this node's listeners): `None` when no app has either.
     /// An error names the field.
     pub fn from_config(config: &Config, own: &[SocketAddr]) -> Result<Option<Webhooks>, String> {
-        let mut sinks = HashMap::new();
-        let mut loaders = HashMap::new();
-        for app in &config.apps {
-            let key = format!("{}::{}", app.tenant, app.id);
-            let hooks = hooks(app, own, config.webhooks.timeout_ms)
-                .map_err(|why| format!("apps.{}.{why}", app.id))?;
-            if let Some(sink) = hooks.sink {
-                sinks.insert(key.clone(), Arc::new(sink));
-            }
-            if let Some(loader) = hooks.loader {
-                loaders.insert(key.clone(), (Arc::from(key), Arc::new(loader)));
-            }
-        }
+        let (sinks, loaders) = read(config, own)?;
         if sinks.is_empty() && loaders.is_empty() {
             return Ok(None);
         }
@@ -168,6 +155,33 @@ impl Webhooks {
     pub fn stats(&self) -> Vec<(String, AppStats)> {
         self.deliveries.stats()
     }
+}
+
+/// Checks every app's webhook and load hook settings as a start would (secret files, DNS,
+/// addresses), without starting anything.
+pub fn check(config: &Config, own: &[SocketAddr]) -> Result<(), String> {
+    read(config, own).map(|_| ())
+}
+
+type Sinks = HashMap<String, Arc<Sink>>;
+type Loaders = HashMap<String, (Arc<str>, Arc<Loader>)>;
+
+/// Every app's receivers, by `{tenant}::{app}`.
+fn read(config: &Config, own: &[SocketAddr]) -> Result<(Sinks, Loaders), String> {
+    let mut sinks = HashMap::new();
+    let mut loaders = HashMap::new();
+    for app in &config.apps {
+        let key = format!("{}::{}", app.tenant, app.id);
+        let hooks = hooks(app, own, config.webhooks.timeout_ms)
+            .map_err(|why| format!("apps.{}.{why}", app.id))?;
+        if let Some(sink) = hooks.sink {
+            sinks.insert(key.clone(), Arc::new(sink));
+        }
+        if let Some(loader) = hooks.loader {
+            loaders.insert(key.clone(), (Arc::from(key), Arc::new(loader)));
+        }
+    }
+    Ok((sinks, loaders))
 }
 
 /// One app's receivers, each if it has one.
