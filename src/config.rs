@@ -32,6 +32,13 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Webhook delivery: bounds, retries and how long an unacknowledged document is kept.
     pub webhooks: crate::webhook::delivery::DeliveryConfig,
+    /// The admin listener (PRODUCT.md 13), off when unset: keep it on loopback or a private
+    /// network. Requests need the bearer token from `admin_token_file` or
+    /// `WIRESOCKET_ADMIN_TOKEN`; the node refuses to start with this and no token.
+    pub admin_listen: Option<String>,
+    pub admin_token_file: Option<String>,
+    /// `/metrics` on the admin listener only (404 on the public one).
+    pub metrics_on_admin: bool,
     /// Run the development tenant even from a config file or on a non-loopback address:
     /// anyone can sign its tokens, so this is for development only.
     pub allow_development_tenant: bool,
@@ -135,6 +142,8 @@ pub struct RateLimitConfig {
     pub handshakes_per_minute: u32,
     pub usage_per_minute: u32,
     pub token_requests_per_minute: u32,
+    /// Requests to the admin listener, per client address.
+    pub admin_requests_per_minute: u32,
     /// IPv6 clients are keyed by this prefix: one host usually holds a whole /64.
     pub ipv6_prefix_bits: u8,
 }
@@ -145,6 +154,7 @@ impl Default for RateLimitConfig {
             handshakes_per_minute: 60,
             usage_per_minute: 12,
             token_requests_per_minute: 60,
+            admin_requests_per_minute: 600,
             ipv6_prefix_bits: 64,
         }
     }
@@ -318,6 +328,9 @@ impl Default for Config {
             tenants: Vec::new(),
             apps: Vec::new(),
             webhooks: crate::webhook::delivery::DeliveryConfig::default(),
+            admin_listen: None,
+            admin_token_file: None,
+            metrics_on_admin: false,
             allow_development_tenant: false,
             config_file: None,
         }

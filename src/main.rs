@@ -29,6 +29,50 @@ enum Command {
         /// The TOML file.
         file: String,
     },
+    /// Calls a running node's admin listener (PRODUCT.md 13) and prints its JSON answer.
+    ///
+    /// The token comes from WIRESOCKET_ADMIN_TOKEN, else --token-file, else the config's
+    /// admin_token_file; the address from --url, else the config's admin_listen.
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin listener, e.g. http://127.0.0.1:9091 (default: the config's admin_listen).
+    #[arg(long)]
+    url: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<String>,
+    /// The node's TOML configuration (for admin_listen and admin_token_file).
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Lists the apps with their connection and document counts and whether revoked.
+    Apps,
+    /// Lists this node's live documents and their connection counts.
+    Documents {
+        /// Only this app's.
+        #[arg(long, value_name = "ID")]
+        app: Option<String>,
+    },
+    /// Lists the revocations in force.
+    Revocations,
+    /// Revokes an app: its sessions are closed with 4003, new ones refused.
+    RevokeApp { id: String },
+    /// Lifts an app's revocation.
+    RestoreApp { id: String },
+    /// Revokes a tenant and all its apps.
+    RevokeTenant { id: String },
+    /// Lifts a tenant's revocation.
+    RestoreTenant { id: String },
+    /// Closes one document's sessions on this node (4003).
+    CloseDocument { app: String, name: String },
 }
 
 #[derive(Args)]
@@ -76,6 +120,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(&args).map(|token| println!("{token}")),
         Command::HashSecret => hash_secret(),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Admin(args) => admin(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +167,95 @@ fn check_config(file: &str) -> Result<(), String> {
     wiresocket::server::check(&config).map_err(|e| e.0)?;
     println!("{file}: ok");
     Ok(())
+}
+
+fn admin(args: &AdminArgs) -> Result<(), String> {
+    let config = read_config(args.config.as_deref()).map_err(|e| e.0)?;
+    let base = match (&args.url, &config.admin_listen) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(listen)) => format!("http://{listen}"),
+        (None, None) => {
+            return Err("say where the admin listener is: --url http://HOST:PORT, or --config FILE with admin_listen".into())
+        }
+    };
+    let token = match std::env::var("WIRESOCKET_ADMIN_TOKEN") {
+        Ok(token) => token,
+        Err(_) => {
+            let file = args
+                .token_file
+                .as_ref()
+                .or(config.admin_token_file.as_ref())
+                .ok_or(
+                    "no admin token: set WIRESOCKET_ADMIN_TOKEN, --token-file or admin_token_file",
+                )?;
+            std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?
+        }
+    };
+    let segment = |s: &str| percent_encode(s);
+    let (method, path) = match &args.action {
+        AdminAction::Apps => ("GET", "/admin/apps".to_owned()),
+        AdminAction::Documents { app: None } => ("GET", "/admin/documents".to_owned()),
+        AdminAction::Documents { app: Some(app) } => {
+            ("GET", format!("/admin/documents?app={}", segment(app)))
+        }
+        AdminAction::Revocations => ("GET", "/admin/revocations".to_owned()),
+        AdminAction::RevokeApp { id } => ("POST", format!("/admin/apps/{}/revoke", segment(id))),
+        AdminAction::RestoreApp { id } => ("POST", format!("/admin/apps/{}/restore", segment(id))),
+        AdminAction::RevokeTenant { id } => {
+            ("POST", format!("/admin/tenants/{}/revoke", segment(id)))
+        }
+        AdminAction::RestoreTenant { id } => {
+            ("POST", format!("/admin/tenants/{}/restore", segment(id)))
+        }
+        AdminAction::CloseDocument { app, name } => (
+            "POST",
+            format!("/admin/documents/{}/{}/close", segment(app), segment(name)),
+        ),
+    };
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(15)))
+        .build()
+        .new_agent();
+    let url = format!("{base}{path}");
+    let authorization = format!("Bearer {}", token.trim());
+    let answer = match method {
+        "GET" => agent
+            .get(&url)
+            .header("authorization", &authorization)
+            .call(),
+        _ => agent
+            .post(&url)
+            .header("authorization", &authorization)
+            .send_empty(),
+    };
+    let mut answer = answer.map_err(|e| format!("{url}: {e}"))?;
+    let status = answer.status().as_u16();
+    let body = answer
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    let shown = serde_json::from_str::<serde_json::Value>(&body)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or(body);
+    if (200..300).contains(&status) {
+        println!("{shown}");
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}: {shown}"))
+    }
+}
+
+/// `s` as one path segment or query value.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn hash_secret() -> Result<(), String> {

@@ -131,6 +131,8 @@ pub enum Refusal {
     DocumentReset,
     /// The node drains.
     Restart,
+    /// An operator closed the document (`POST /admin/documents/{app}/{name}/close`).
+    ClosedByOperator,
 
     // The Hocuspocus framing.
     Hocuspocus(HocuspocusError),
@@ -425,6 +427,10 @@ impl Refusal {
                 "document reset after an internal error: reconnect".into(),
             ),
             Restart => close(SERVICE_RESTART, "service restart: reconnect".into()),
+            ClosedByOperator => close(
+                FORBIDDEN,
+                "Forbidden: document closed by the operator".into(),
+            ),
             Hocuspocus(e) => {
                 let code = match e {
                     HocuspocusError::NotFromClient(_) => POLICY_VIOLATION,
@@ -595,6 +601,7 @@ mod tests {
             AdmissionPanicked,
             DocumentReset,
             Restart,
+            ClosedByOperator,
             Hocuspocus(HocuspocusError::Address),
             Hocuspocus(HocuspocusError::NotFromClient(6)),
             Hocuspocus(HocuspocusError::TooLong),

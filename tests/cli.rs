@@ -18,7 +18,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn every_subcommand_answers_help() {
-    for command in ["serve", "token", "hash-secret", "check-config"] {
+    for command in ["serve", "token", "hash-secret", "check-config", "admin"] {
         let out = wiresocket(&[command, "--help"]);
         assert!(
             out.status.success(),
@@ -30,7 +30,7 @@ fn every_subcommand_answers_help() {
     let out = wiresocket(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for command in ["serve", "token", "hash-secret", "check-config"] {
+    for command in ["serve", "token", "hash-secret", "check-config", "admin"] {
         assert!(help.contains(command), "{command} not listed: {help}");
     }
     let out = wiresocket(&["frobnicate"]);

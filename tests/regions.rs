@@ -139,6 +139,31 @@ fn nodes_share_documents_through_the_registry() {
         expect_close(&mut fourth),
         (4004, "Connection limit exceeded: 3".into())
     );
+
+    // A revocation written to the shared registry (as node a's admin listener writes it)
+    // reaches node b within one heartbeat (200 ms): its session of the app is closed, and
+    // a new one refused.
+    third
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let revoked = wiresocket::registry::Revocation::App("dev::dev".into());
+    let started = std::time::Instant::now();
+    futures_lite::future::block_on(registry.revoke(&revoked)).unwrap();
+    assert_eq!(
+        expect_close(&mut third),
+        (4003, "Forbidden: app revoked".into())
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(200 + 2 * 50 + 300),
+        "seen after {:?}",
+        started.elapsed()
+    );
+    let mut refused = connect(&b_addr, "/after-revocation");
+    assert_eq!(
+        expect_close(&mut refused),
+        (4003, "Forbidden: app revoked".into())
+    );
 }
 
 /// A registry whose answers a test controls: pass through, fail, or never answer.
@@ -223,6 +248,23 @@ impl Registry for Faulty {
         now_ms: u64,
     ) -> wiresocket::registry::Answer<'a, wiresocket::registry::Usage> {
         self.answer(self.inner.usage(app, now_ms))
+    }
+    fn revoke<'a>(
+        &'a self,
+        what: &'a wiresocket::registry::Revocation,
+    ) -> wiresocket::registry::Answer<'a, ()> {
+        self.answer(self.inner.revoke(what))
+    }
+    fn restore<'a>(
+        &'a self,
+        what: &'a wiresocket::registry::Revocation,
+    ) -> wiresocket::registry::Answer<'a, bool> {
+        self.answer(self.inner.restore(what))
+    }
+    fn revocations(
+        &self,
+    ) -> wiresocket::registry::Answer<'_, Vec<wiresocket::registry::Revocation>> {
+        self.answer(self.inner.revocations())
     }
     fn ops_window(&self, app: &str) -> Arc<wiresocket::registry::rate::MinuteWindow> {
         self.inner.ops_window(app)

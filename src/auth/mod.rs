@@ -1,6 +1,7 @@
 //! Tokens: where a connection's JWT comes from, what it must prove, and who it names.
 //! Pure (no I/O): the router calls [`transport::extract`] then [`verify::Verifier::verify`].
 
+pub mod admin_token;
 pub mod claims;
 pub mod directory;
 pub mod oauth;

@@ -283,7 +283,7 @@ pub struct Answer {
     pub event: Option<SecurityEvent>,
 }
 
-fn error(error: OAuthError, description: &str) -> Answer {
+pub fn error(error: OAuthError, description: &str) -> Answer {
     Answer {
         error: Some(error),
         body: format!(

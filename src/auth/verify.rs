@@ -111,6 +111,10 @@ impl Verifier {
         serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys }).ok()
     }
 
+    pub fn has_tenant(&self, id: &str) -> bool {
+        self.tenants.contains_key(id)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
         // The header names the algorithm and key; `alg: none` and unknown algorithms fail here.
         let header =

@@ -1,7 +1,7 @@
 //! The behaviour every `Registry` backend must have, as one suite: the embedded backend runs
 //! it in its unit tests; a distributed backend runs it against a real cluster.
 
-use super::{Claim, Exceeded, NodeInfo, Registry, Usage};
+use super::{Claim, Exceeded, NodeInfo, Registry, Revocation, Usage};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ pub fn run_all(make: impl Fn(u64) -> Arc<dyn Registry>) {
     document_limits_count_pins(make(30_000).as_ref());
     a_stale_node_loses_its_pins_and_counts(make(30_000).as_ref());
     apps_are_counted_apart(make(30_000).as_ref());
+    revocations_are_kept_listed_and_lifted(make(30_000).as_ref());
 }
 
 /// Drives a registry future to completion on this thread (backends' futures are driven by
@@ -161,4 +162,28 @@ fn apps_are_counted_apart(r: &dyn Registry) {
             documents: 0
         }
     );
+}
+
+fn revocations_are_kept_listed_and_lifted(r: &dyn Registry) {
+    let app = Revocation::App("t::x".into());
+    let tenant = Revocation::Tenant("t".into());
+    assert_eq!(block_on(r.revocations()), Ok(vec![]));
+    block_on(r.revoke(&app)).unwrap();
+    block_on(r.revoke(&app)).unwrap();
+    block_on(r.revoke(&tenant)).unwrap();
+    let mut listed = vec![app.clone(), tenant.clone()];
+    listed.sort();
+    assert_eq!(block_on(r.revocations()), Ok(listed), "once each, in order");
+    assert_eq!(block_on(r.restore(&app)), Ok(true));
+    assert_eq!(block_on(r.restore(&app)), Ok(false));
+    assert_eq!(block_on(r.revocations()), Ok(vec![tenant]));
+    for name in ["tenant:t", "app:t::x"] {
+        assert_eq!(
+            Revocation::parse(name).map(|r| r.name()).as_deref(),
+            Some(name)
+        );
+    }
+    for bad in ["tenant:", "app:x", "app:a::b::c", "key:t", "tenant:a:b"] {
+        assert_eq!(Revocation::parse(bad), None, "{bad}");
+    }
 }

@@ -3,8 +3,8 @@
 //! (the sliding-minute windows are atomics).
 
 use super::rate::{AppWindows, MinuteWindow};
-use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Usage};
-use std::collections::HashMap;
+use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Revocation, Usage};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,6 +21,7 @@ struct State {
     pins: HashMap<String, String>,
     /// (app, node id) → counts: per node, so a dead node's counts can be dropped.
     counts: HashMap<(String, String), Counts>,
+    revoked: BTreeSet<Revocation>,
 }
 
 impl State {
@@ -194,6 +195,22 @@ impl Registry for EmbeddedRegistry {
                 documents: t.documents,
             }
         }))
+    }
+
+    fn revoke<'a>(&'a self, what: &'a Revocation) -> Answer<'a, ()> {
+        let mut state = self.state.lock().expect("registry lock");
+        state.revoked.insert(what.clone());
+        ready(())
+    }
+
+    fn restore<'a>(&'a self, what: &'a Revocation) -> Answer<'a, bool> {
+        let mut state = self.state.lock().expect("registry lock");
+        ready(state.revoked.remove(what))
+    }
+
+    fn revocations(&self) -> Answer<'_, Vec<Revocation>> {
+        let state = self.state.lock().expect("registry lock");
+        ready(state.revoked.iter().cloned().collect())
     }
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {

@@ -10,6 +10,7 @@
 //! | `conn\0{tenant::app}\0{node id}` | live connections of the app on that node, i64 LE, atomic add |
 //! | `docs\0{tenant::app}\0{node id}` | live documents of the app on that node, i64 LE, atomic add |
 //! | `bynode\0{node id}\0{tenant::app}` | empty: which counter shards a node has, for takeover |
+//! | `revoked\0tenant:{id}`, `revoked\0app:{tenant::app}` | empty: an operator's revocation (PRODUCT.md 13); read by every node each heartbeat |
 //!
 //! A claim is one transaction: read the pin, the holder's node record and the app's document
 //! shards; take a stale holder's pin over, clearing its counter shards; write the pin. Sums
@@ -18,7 +19,7 @@
 
 use super::rate::{AppWindows, MinuteWindow};
 use super::record::{decode_node, decode_pin, encode_node, encode_pin, NodeRecord, PinRecord};
-use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Unavailable, Usage};
+use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Revocation, Unavailable, Usage};
 use foundationdb::options::MutationType;
 use foundationdb::{Database, FdbBindingError, RangeOption, RetryableTransaction};
 use std::sync::{Arc, Once};
@@ -336,6 +337,59 @@ impl Registry for FdbRegistry {
                         connections: self.total(&trx, "conn", app, now_ms, true).await?,
                         documents: self.total(&trx, "docs", app, now_ms, true).await?,
                     })
+                })
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn revoke<'a>(&'a self, what: &'a Revocation) -> Answer<'a, ()> {
+        Box::pin(async move {
+            let key = self.key(&["revoked", &what.name()]);
+            self.db
+                .run(|trx, _| {
+                    let key = key.clone();
+                    async move {
+                        trx.set(&key, b"");
+                        Ok(())
+                    }
+                })
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn restore<'a>(&'a self, what: &'a Revocation) -> Answer<'a, bool> {
+        Box::pin(async move {
+            let key = self.key(&["revoked", &what.name()]);
+            self.db
+                .run(|trx, _| {
+                    let key = key.clone();
+                    async move {
+                        let was = trx.get(&key, false).await?.is_some();
+                        trx.clear(&key);
+                        Ok(was)
+                    }
+                })
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn revocations(&self) -> Answer<'_, Vec<Revocation>> {
+        Box::pin(async move {
+            self.db
+                .run(|trx, _| async move {
+                    let kvs = trx.get_range(&self.range(&["revoked"]), 1, true).await?;
+                    let mut out: Vec<Revocation> = kvs
+                        .iter()
+                        .filter_map(|kv| {
+                            let name = kv.key().rsplit(|&b| b == 0).next()?;
+                            Revocation::parse(std::str::from_utf8(name).ok()?)
+                        })
+                        .collect();
+                    out.sort();
+                    Ok(out)
                 })
                 .await
                 .map_err(unavailable)

@@ -55,6 +55,35 @@ pub enum Claim {
     DocumentLimit(Exceeded),
 }
 
+/// What an operator cut off (PRODUCT.md 13), kept in the registry so every node sees it and
+/// a reload of the configuration file does not undo it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Revocation {
+    Tenant(String),
+    /// `{tenant}::{app}`.
+    App(String),
+}
+
+impl Revocation {
+    /// `tenant:{id}` or `app:{tenant}::{app}`: how it is listed and stored.
+    pub fn name(&self) -> String {
+        match self {
+            Revocation::Tenant(id) => format!("tenant:{id}"),
+            Revocation::App(key) => format!("app:{key}"),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Revocation> {
+        match name.split_once(':')? {
+            ("tenant", id) if !id.is_empty() && !id.contains(':') => {
+                Some(Revocation::Tenant(id.to_owned()))
+            }
+            ("app", key) if key.split("::").count() == 2 => Some(Revocation::App(key.to_owned())),
+            _ => None,
+        }
+    }
+}
+
 /// The registry could not answer: live sessions go on, new admissions are refused (1013).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unavailable(pub String);
@@ -101,6 +130,12 @@ pub trait Registry: Send + Sync {
         now_ms: u64,
     ) -> Answer<'a, ()>;
     fn usage<'a>(&'a self, app: &'a AppKey, now_ms: u64) -> Answer<'a, Usage>;
+    /// Records a revocation (idempotent).
+    fn revoke<'a>(&'a self, what: &'a Revocation) -> Answer<'a, ()>;
+    /// Lifts a revocation; whether there was one.
+    fn restore<'a>(&'a self, what: &'a Revocation) -> Answer<'a, bool>;
+    /// Every revocation in force, in order.
+    fn revocations(&self) -> Answer<'_, Vec<Revocation>>;
     /// The app's sliding-minute update counter for this region; shards keep the `Arc` so that
     /// counting an update is a few atomic operations, not a registry call.
     fn ops_window(&self, app: &AppKey) -> Arc<rate::MinuteWindow>;

@@ -3,7 +3,6 @@
 
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
-use super::stats::ShardStats;
 use crate::auth;
 use crate::http::request::Request;
 use crate::http::response::{iso8601_utc, json_string, response};
@@ -25,13 +24,12 @@ pub async fn answer(
 ) -> bool {
     let bytes = match (req.method, req.path) {
         ("GET" | "HEAD", "/health" | "/") => health(shard),
-        ("GET" | "HEAD", "/metrics") => {
-            let mut text = ShardStats::render(&shard.stats);
-            if let Some(webhooks) = &shard.shared.webhooks {
-                super::stats::render_webhooks(&mut text, &webhooks.stats());
-            }
+        // With `metrics_on_admin` they are on the admin listener only.
+        ("GET" | "HEAD", "/metrics") if !shard.shared.config.metrics_on_admin => {
+            let text = super::stats::render_all(&shard.stats, shard.shared.webhooks.as_ref());
             response(200, "text/plain; version=0.0.4", &[], &text)
         }
+        ("GET" | "HEAD", "/metrics") => Refusal::NotFound.http_response(),
         ("GET", "/usage") => usage(shard, req, ip).await,
         ("GET", "/discovery") => discovery(shard, req, ip).await,
         ("POST", "/connect/token") => token(shard, stream, req, leftover, ip, deadline).await,
@@ -232,6 +230,22 @@ async fn token(
     let Ok(form) = std::str::from_utf8(&body) else {
         return Refusal::InvalidRequest("the form is not UTF-8".into()).http_response();
     };
+    // A revoked tenant's or app's client gets no tokens (PRODUCT.md 13).
+    let fields = auth::oauth::parse_form(form);
+    let directory = &shard.shared.directory;
+    let revoked = fields
+        .get("client_id")
+        .and_then(|id| {
+            directory
+                .apps
+                .values()
+                .find(|a| a.client_id.as_deref() == Some(id.as_str()))
+        })
+        .and_then(|app| shard.shared.revoked.refusal_of(&app.tenant, &app.id));
+    if let Some(why) = revoked {
+        let answer = auth::oauth::error(auth::oauth::OAuthError::InvalidClient, why);
+        return response(401, "application/json", &[], &answer.body);
+    }
     // PBKDF2 takes 18 ms: off the executor, like token signatures.
     let (shared, form, now_s) = (shard.shared.clone(), form.to_owned(), now_s());
     let answer = match shard

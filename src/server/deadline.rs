@@ -3,7 +3,9 @@
 //! `Unavailable` (new upgrades get 1013, the API 503; live sessions never wait on it).
 
 use crate::registry::rate::MinuteWindow;
-use crate::registry::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Unavailable, Usage};
+use crate::registry::{
+    Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Revocation, Unavailable, Usage,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +86,18 @@ impl Registry for WithDeadline {
 
     fn usage<'a>(&'a self, app: &'a AppKey, now_ms: u64) -> Answer<'a, Usage> {
         self.bound(self.inner.usage(app, now_ms))
+    }
+
+    fn revoke<'a>(&'a self, what: &'a Revocation) -> Answer<'a, ()> {
+        self.bound(self.inner.revoke(what))
+    }
+
+    fn restore<'a>(&'a self, what: &'a Revocation) -> Answer<'a, bool> {
+        self.bound(self.inner.restore(what))
+    }
+
+    fn revocations(&self) -> Answer<'_, Vec<Revocation>> {
+        self.bound(self.inner.revocations())
     }
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {

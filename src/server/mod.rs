@@ -2,6 +2,7 @@
 //! (SO_REUSEPORT), answering plain HTTP itself and handing each document's connections to the
 //! document's owner shard, where its `Room` lives.
 
+mod admin;
 mod admission;
 mod api;
 mod contain;
@@ -15,7 +16,9 @@ mod membership;
 mod memory;
 mod mesh;
 mod offload;
+mod operator;
 mod respond;
+mod revoked;
 mod rooms;
 mod router;
 mod session;
@@ -59,6 +62,8 @@ const RING_DEPTH: usize = 4096;
 /// A started node: its shards are listening.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The admin listener's address, if `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub shards: usize,
     pub info: NodeInfo,
     shared: Arc<shared::Shared>,
@@ -107,12 +112,45 @@ pub fn run(config: Config, on_listening: impl FnOnce(&Node)) -> Result<(), Start
     node.join()
 }
 
+/// The admin listener, bound, and its token, if `admin_listen` is set: refused without a
+/// token (fail closed) or when the address cannot be bound.
+fn admin_listener(
+    config: &Config,
+) -> Result<Option<(std::net::TcpListener, crate::auth::admin_token::AdminToken)>, StartError> {
+    let token = admin_token(config)?;
+    let Some(addr) = &config.admin_listen else {
+        return Ok(None);
+    };
+    let token = token.ok_or_else(|| {
+        StartError(
+            "admin_listen is set but there is no admin token: set admin_token_file or WIRESOCKET_ADMIN_TOKEN".into(),
+        )
+    })?;
+    let listener = std::net::TcpListener::bind(addr.as_str())
+        .map_err(|e| StartError(format!("admin_listen: cannot listen on {addr}: {e}")))?;
+    Ok(Some((listener, token)))
+}
+
+fn admin_token(
+    config: &Config,
+) -> Result<Option<crate::auth::admin_token::AdminToken>, StartError> {
+    let from_env = std::env::var("WIRESOCKET_ADMIN_TOKEN").ok();
+    crate::auth::admin_token::AdminToken::load(config.admin_token_file.as_deref(), from_env)
+        .map_err(StartError)
+}
+
 /// Everything a start checks before it binds, without starting (`wiresocket check-config`):
 /// the fields, the tenants' keys, the registry backend, the webhook settings (secret files,
 /// DNS, addresses: the listen address stands for this node's own).
 pub fn check(config: &Config) -> Result<(), StartError> {
     let listen = config.validate().map_err(|e| StartError(e.0))?;
     Directory::from_config(config).map_err(|e| StartError(e.0))?;
+    let token = admin_token(config)?;
+    if config.admin_listen.is_some() && token.is_none() {
+        return Err(StartError(
+            "admin_listen is set but there is no admin token: set admin_token_file or WIRESOCKET_ADMIN_TOKEN".into(),
+        ));
+    }
     if config.registry.backend == "foundationdb" && !cfg!(feature = "fdb") {
         open_foundationdb(config)?;
     }
@@ -170,7 +208,10 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or_else(|| StartError("cannot read the bound address".into()))?;
-    let webhooks = crate::webhook::Webhooks::from_config(&config, &[addr]).map_err(StartError)?;
+    let admin = admin_listener(&config)?;
+    let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let own: Vec<SocketAddr> = std::iter::once(addr).chain(admin_addr).collect();
+    let webhooks = crate::webhook::Webhooks::from_config(&config, &own).map_err(StartError)?;
     let first_listener = Arc::new(std::sync::Mutex::new(Some(first_listener)));
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
@@ -202,19 +243,23 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         registry,
         webhooks,
     ));
+    let jobs = Arc::new(operator::ShardJobs::new(shards));
+    let admin_jobs = jobs.clone();
     let node_shared = shared.clone();
+    let stats_for_admin = stats.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .io_memory(IO_MEMORY_BYTES)
         .ring_depth(RING_DEPTH)
         .name("wiresocket-shard")
         .on_all_shards(move || {
-            let (shared, stats, mesh, ready, first_listener) = (
+            let (shared, stats, mesh, ready, first_listener, jobs) = (
                 shared.clone(),
                 stats.clone(),
                 mesh.clone(),
                 ready_tx.clone(),
                 first_listener.clone(),
+                jobs.clone(),
             );
             async move {
                 tasks::run(tasks::Setup {
@@ -225,6 +270,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
                     stats,
                     mesh,
                     ready,
+                    jobs,
                 })
                 .await
             }
@@ -250,8 +296,19 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
             }
         }
     }
+    if let Some((listener, token)) = admin {
+        admin::start(
+            listener,
+            node_shared.clone(),
+            stats_for_admin,
+            admin_jobs,
+            token,
+        )
+        .map_err(|e| StartError(format!("cannot start the admin listener: {e}")))?;
+    }
     Ok(Node {
         addr,
+        admin_addr,
         shards,
         info,
         shared: node_shared,

@@ -465,6 +465,47 @@ impl Rooms {
         }
     }
 
+    /// Every live room's document name and connection count, of `app` (`{tenant}::{app}`)
+    /// or of every app, at most `max` of them.
+    pub fn list(&self, app: Option<&str>, max: usize) -> Vec<(String, String, usize)> {
+        self.map
+            .borrow()
+            .iter()
+            .filter_map(|(key, state)| match state {
+                RoomState::Live(entry) if app.is_none_or(|a| a == entry.app) => Some((
+                    entry.app.clone(),
+                    document_of(key).to_owned(),
+                    entry.room.borrow().subscriber_count(),
+                )),
+                _ => None,
+            })
+            .take(max)
+            .collect()
+    }
+
+    /// Closes the connections of every live room whose key and app `chosen` picks, with
+    /// `code` and `reason`; how many.
+    pub fn close_where(
+        &self,
+        chosen: impl Fn(&str, &str) -> bool,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let rooms: Vec<Rc<RefCell<Room>>> = self
+            .map
+            .borrow()
+            .iter()
+            .filter_map(|(key, state)| match state {
+                RoomState::Live(entry) if chosen(key, &entry.app) => Some(entry.room.clone()),
+                _ => None,
+            })
+            .collect();
+        rooms
+            .iter()
+            .map(|room| room.borrow().close_subscribers(code, reason))
+            .sum()
+    }
+
     /// A pin claim or release is in flight (a room may appear when it ends).
     pub fn claims_in_flight(&self) -> bool {
         self.map

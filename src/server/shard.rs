@@ -238,9 +238,10 @@ impl Shard {
         token: String,
     ) -> Result<Result<Identity, crate::auth::verify::Refusal>, super::offload::Busy> {
         let now_s = crate::log::unix_ms() / 1000;
-        if let Some(identity) = self.token_cache.borrow_mut().get(&token, now_s) {
+        let cached = self.token_cache.borrow_mut().get(&token, now_s);
+        if let Some(identity) = cached {
             stats::add(&self.my_stats().token_cache_hits_total, 1);
-            return Ok(Ok(identity));
+            return Ok(self.not_revoked(identity));
         }
         let (shared, job_token) = (self.shared.clone(), token.clone());
         let verified = self
@@ -254,7 +255,16 @@ impl Shard {
                 .borrow_mut()
                 .insert(&token, identity.clone(), now_s);
         }
-        Ok(verified)
+        Ok(verified.and_then(|identity| self.not_revoked(identity)))
+    }
+
+    /// A verified identity, unless an operator revoked its tenant or app (4003).
+    fn not_revoked(&self, identity: Identity) -> Result<Identity, crate::auth::verify::Refusal> {
+        let revoked = &self.shared.revoked;
+        match revoked.refusal_of(&identity.tenant_id, &identity.app.id) {
+            Some(why) => Err(crate::auth::verify::Refusal::Forbidden(why)),
+            None => Ok(identity),
+        }
     }
 
     /// See `Rooms::open`.

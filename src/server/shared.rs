@@ -29,6 +29,9 @@ pub struct Shared {
     pub incomplete_bytes: AtomicUsize,
     /// The apps' webhooks (none configured: `None`).
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// Tenants and apps an operator revoked (PRODUCT.md 13), as last read from the registry.
+    pub revoked: super::revoked::Revoked,
+    pub admin_per_ip: IpRateLimiter,
 }
 
 /// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
@@ -70,6 +73,11 @@ impl Shared {
                 limits.token_requests_per_minute,
                 limits.ipv6_prefix_bits,
             ),
+            admin_per_ip: IpRateLimiter::new(
+                limits.admin_requests_per_minute,
+                limits.ipv6_prefix_bits,
+            ),
+            revoked: super::revoked::Revoked::default(),
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
             connections_fd_max: connections_fd_max(),

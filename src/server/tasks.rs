@@ -29,6 +29,8 @@ pub struct Setup {
     pub stats: Arc<[ShardStats]>,
     pub mesh: MeshBuilder<Mesh, Full>,
     pub ready: mpsc::Sender<Result<(), String>>,
+    /// What the admin listener asks of the shards.
+    pub jobs: Arc<super::operator::ShardJobs>,
 }
 
 pub async fn run(setup: Setup) {
@@ -40,6 +42,7 @@ pub async fn run(setup: Setup) {
         stats,
         mesh,
         ready,
+        jobs,
     } = setup;
     let taken = first_listener.lock().expect("listener lock").take();
     let bound = match taken {
@@ -95,6 +98,7 @@ pub async fn run(setup: Setup) {
         .detach();
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
+    glommio::spawn_local(super::operator::serve_jobs(shard.clone(), jobs)).detach();
     if shard.shared.webhooks.is_some() {
         glommio::spawn_local(send_debounced(shard.clone())).detach();
     }
@@ -263,13 +267,22 @@ async fn send_debounced(shard: Rc<Shard>) {
 async fn heartbeat(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config().node.heartbeat_interval_ms);
     loop {
-        if let Err(Unavailable(why)) = shard
-            .shared
-            .registry
+        let registry = &shard.shared.registry;
+        if let Err(Unavailable(why)) = registry
             .heartbeat(&shard.shared.node, crate::log::unix_ms())
             .await
         {
             crate::log::warn("heartbeat_failed", &[("error", &why)]);
+        }
+        // Revocations made on any node reach this one here (its shards close what they
+        // revoke when they see the change).
+        match registry.revocations().await {
+            Ok(list) => {
+                shard.shared.revoked.replace(list);
+            }
+            Err(Unavailable(why)) => {
+                crate::log::warn("revocations_unread", &[("error", &why)]);
+            }
         }
         sleep(every).await;
     }

@@ -361,6 +361,19 @@ impl Room {
         self.wake_caught_up();
     }
 
+    /// Closes every subscriber's connection with `code` and `reason` (an operator closed
+    /// the document or revoked its app); how many were not closing already.
+    pub fn close_subscribers(&self, code: u16, reason: &str) -> usize {
+        let mut closed = 0;
+        for subscriber in self.subscribers.iter().flatten() {
+            if subscriber.outbox.closed().is_none() {
+                subscriber.outbox.close(code, reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Handles one binary message from the subscriber in `from` at once: relayed, and
     /// integrated, before it returns (for tests and benchmarks; the server integrates later).
     pub fn receive(

@@ -485,11 +485,16 @@ impl YClient {
 /// The tenant `acme` with the EdDSA key pair in `tests/keys`, as configuration (its apps
 /// follow it).
 pub fn acme_eddsa_tenant() -> String {
+    eddsa_tenant("acme")
+}
+
+/// A tenant `id` with the EdDSA key pair in `tests/keys`, as configuration.
+pub fn eddsa_tenant(id: &str) -> String {
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     format!(
         r#"
 [[tenants]]
-id = "acme"
+id = "{id}"
 [[tenants.keys]]
 alg = "EdDSA"
 public_key_file = "{keys}/ed25519_public.pem"

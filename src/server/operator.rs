@@ -1,0 +1,96 @@
+//! What an operator's actions (the admin listener, PRODUCT.md 13) need from the shards: jobs
+//! the control plane hands them (the data plane's state is each shard's own), each shard
+//! taking its jobs every [`JOB_TICK`], and closing the sessions a revocation cuts off.
+
+use super::shard::Shard;
+use crate::refusal::Refusal;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often a shard looks for jobs and revocations.
+pub const JOB_TICK: Duration = Duration::from_millis(50);
+
+/// Jobs waiting per shard, at most: the admin listener answers 503 past it.
+const JOBS_QUEUED_MAX: usize = 64;
+
+/// Closes every live session on `shard` whose tenant or app is revoked (4003); how many (also
+/// counted in `Revoked::closed_total`: the shard may see a revocation before the admin
+/// listener's job asks it to).
+pub fn close_revoked(shard: &Shard) -> usize {
+    let revoked = &shard.shared.revoked;
+    let mut closed = 0;
+    for why in ["tenant revoked", "app revoked"] {
+        let refusal = Refusal::Token(crate::auth::verify::Refusal::Forbidden(why));
+        let (code, reason) = refusal.close();
+        closed +=
+            shard
+                .rooms
+                .close_where(|_, app| revoked.refusal(app) == Some(why), code, &reason);
+    }
+    revoked.count_closed(closed);
+    closed
+}
+
+/// Something for a shard to do, on its thread.
+pub type ShardJob = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
+/// The jobs waiting for each shard.
+pub struct ShardJobs {
+    queues: Box<[Mutex<Vec<ShardJob>>]>,
+}
+
+/// Too many jobs wait for a shard.
+#[derive(Debug)]
+pub struct JobsBusy;
+
+impl ShardJobs {
+    pub fn new(shards: usize) -> Self {
+        ShardJobs {
+            queues: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Queues `job` for shard `id`.
+    pub fn send(&self, id: usize, job: ShardJob) -> Result<(), JobsBusy> {
+        let mut queue = self.queues[id].lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() >= JOBS_QUEUED_MAX {
+            return Err(JobsBusy);
+        }
+        queue.push(job);
+        Ok(())
+    }
+
+    /// The jobs waiting for shard `id`, taken.
+    pub fn take(&self, id: usize) -> Vec<ShardJob> {
+        let mut queue = self.queues[id].lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *queue)
+    }
+}
+
+/// A shard's side: every [`JOB_TICK`], runs its jobs, and closes what a change of the
+/// revocations revoked.
+pub async fn serve_jobs(shard: Rc<Shard>, jobs: std::sync::Arc<ShardJobs>) {
+    let mut seen = shard.shared.revoked.generation();
+    loop {
+        glommio::timer::sleep(JOB_TICK).await;
+        for job in jobs.take(shard.id) {
+            super::contain::call(shard.my_stats(), "operator_job", || job(&shard));
+        }
+        let now = shard.shared.revoked.generation();
+        if now != seen {
+            seen = now;
+            let closed = close_revoked(&shard);
+            if closed > 0 {
+                crate::log::info(
+                    "revoked_sessions_closed",
+                    &[("shard", &shard.id), ("sessions", &closed)],
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The revocations in force on this node (PRODUCT.md 13), as last read from the registry
+//! (every heartbeat, and at once after an action on this node): checked at every admission,
+//! and watched by the shards, which close the sessions a change cuts off.
+
+use crate::registry::Revocation;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The revocations in force.
+#[derive(Default)]
+pub struct Revoked {
+    set: RwLock<Arc<BTreeSet<Revocation>>>,
+    /// Bumped on every change: shards close what a change revoked when they see it move.
+    generation: AtomicU64,
+    /// Sessions closed for revocations on this node, wherever it was done.
+    closed_total: AtomicU64,
+}
+
+impl Revoked {
+    /// Replaces the set; whether it changed.
+    pub fn replace(&self, list: Vec<Revocation>) -> bool {
+        let new: BTreeSet<Revocation> = list.into_iter().collect();
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        if **set == new {
+            return false;
+        }
+        *set = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn closed_total(&self) -> u64 {
+        self.closed_total.load(Ordering::Acquire)
+    }
+
+    /// Counts sessions closed for revocations.
+    pub fn count_closed(&self, sessions: usize) {
+        self.closed_total
+            .fetch_add(sessions as u64, Ordering::AcqRel);
+    }
+
+    pub fn list(&self) -> Arc<BTreeSet<Revocation>> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why a connection of `app` (`{tenant}::{app}`) may not be: its tenant or app revoked.
+    pub fn refusal(&self, app: &str) -> Option<&'static str> {
+        let (tenant, app_id) = app.split_once("::")?;
+        self.refusal_of(tenant, app_id)
+    }
+
+    /// [`Revoked::refusal`] of `tenant`'s `app_id` (nothing is allocated while none is
+    /// revoked: it is asked at every admission).
+    pub fn refusal_of(&self, tenant: &str, app_id: &str) -> Option<&'static str> {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        if set.is_empty() {
+            return None;
+        }
+        if set.contains(&Revocation::Tenant(tenant.to_owned())) {
+            Some("tenant revoked")
+        } else if set.contains(&Revocation::App(format!("{tenant}::{app_id}"))) {
+            Some("app revoked")
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocations_refuse_their_tenant_and_app_and_changes_move_the_generation() {
+        let revoked = Revoked::default();
+        assert_eq!(revoked.refusal("acme::web"), None);
+        let g0 = revoked.generation();
+        assert!(revoked.replace(vec![Revocation::App("acme::web".into())]));
+        assert_eq!(revoked.refusal("acme::web"), Some("app revoked"));
+        assert_eq!(revoked.refusal("acme::docs"), None);
+        assert_eq!(revoked.refusal("acme2::web"), None);
+        assert!(!revoked.replace(vec![Revocation::App("acme::web".into())]));
+        assert_eq!(revoked.generation(), g0 + 1, "the same set is no change");
+        assert!(revoked.replace(vec![Revocation::Tenant("acme".into())]));
+        assert_eq!(revoked.refusal("acme::docs"), Some("tenant revoked"));
+        assert_eq!(revoked.refusal("acme::web"), Some("tenant revoked"));
+        assert!(revoked.replace(vec![]));
+        assert_eq!(revoked.refusal("acme::web"), None);
+    }
+}

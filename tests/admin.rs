@@ -1,0 +1,337 @@
+//! The admin listener (PRODUCT.md 13) against the real binary: its token, the listings,
+//! revoking and restoring apps and tenants with their live sessions closed, closing one
+//! document, metrics moved there.
+
+mod common;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const CLIENT_SECRET: &str = "web-client-secret";
+const ADMIN_TOKEN: &str = "4f1c0e7b2a9d8c6e5f3a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e";
+
+struct Admin {
+    server: common::Server,
+    admin: String,
+    directory: wiresocket::auth::directory::Directory,
+    _token_file: common::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Tenants `acme` (apps `web`, `docs`) and `beta` (app `other`), and an admin listener.
+fn start(extra: &str) -> Admin {
+    let dir = common::TempDir::new("admin");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let toml = format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "{admin}"
+admin_token_file = "{token}"
+{extra}
+{acme}
+{beta}
+[[apps]]
+id = "web"
+tenant = "acme"
+client_id = "web-client"
+client_secret_hash = "{hash}"
+[[apps]]
+id = "docs"
+tenant = "acme"
+[[apps]]
+id = "other"
+tenant = "beta"
+"#,
+        token = token_file.display(),
+        acme = common::acme_eddsa_tenant(),
+        beta = common::eddsa_tenant("beta"),
+        hash = wiresocket::auth::secret::hash_secret(CLIENT_SECRET, 1_000),
+    );
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    Admin {
+        server: common::Server::start(&toml),
+        admin,
+        directory,
+        _token_file: dir,
+    }
+}
+
+impl Admin {
+    /// `(status, JSON body)` of one admin request, with `auth` as its Authorization header.
+    fn call_with(&self, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.admin).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = common::status(&response);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn call(&self, method: &str, path: &str) -> (u16, Value) {
+        let (status, body) = self.call_with(method, path, Some(&format!("Bearer {ADMIN_TOKEN}")));
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, json)
+    }
+
+    fn connect(&self, app: &str, document: &str) -> common::Ws {
+        let token = self.directory.mint(app, "u", 600, Value::Null).unwrap();
+        common::connect_raw(&self.server.addr, &format!("/{document}?token={token}"))
+    }
+}
+
+/// The close a client gets within `within`.
+fn closed_within(ws: &mut common::Ws, within: Duration) -> (u16, String) {
+    ws.get_ref().set_read_timeout(Some(within)).unwrap();
+    let started = Instant::now();
+    let close = common::expect_close(ws);
+    assert!(started.elapsed() <= within, "took {:?}", started.elapsed());
+    close
+}
+
+/// Whether a client still gets what another client of its document sends.
+fn still_synced(reader: common::Ws, writer: common::Ws, text: &str) -> bool {
+    let mut writer = common::YClient::from_ws(writer, 7);
+    writer.insert(0, text);
+    let mut reader = common::YClient::from_ws(reader, 8);
+    reader.pump_until(Duration::from_secs(5), |c| c.text().contains(text))
+}
+
+#[test]
+fn every_request_needs_the_admin_token() {
+    let a = start("");
+    let (status, body) = a.call_with("GET", "/admin/apps", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = a.call_with("GET", "/admin/apps", Some("Bearer not-the-token"));
+    assert_eq!(status, 403);
+    let (status, apps) = a.call("GET", "/admin/apps");
+    assert_eq!(status, 200, "{apps}");
+    let ids: Vec<&str> = apps["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["docs", "other", "web"]);
+    assert_eq!(a.call("GET", "/admin/nothing").0, 404);
+    assert_eq!(a.call("POST", "/admin/apps/nope/revoke").0, 404);
+}
+
+#[test]
+fn revoking_an_app_closes_its_sessions_within_a_second_and_others_never_notice() {
+    let a = start("");
+    let mut web = a.connect("web", "plan");
+    let docs_a = a.connect("docs", "notes");
+    let docs_b = a.connect("docs", "notes");
+    // The app's connection counts are listed.
+    let (_, apps) = a.call("GET", "/admin/apps");
+    let web_row = apps["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web_row["connections"], 1, "{apps}");
+    let (status, answer) = a.call("POST", "/admin/apps/web/revoke");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["revoked"], "app:acme::web");
+    assert_eq!(answer["sessions_closed"], 1);
+    let (code, reason) = closed_within(&mut web, Duration::from_secs(1));
+    assert_eq!((code, reason.as_str()), (4003, "Forbidden: app revoked"));
+    // A new connection of the app is refused; the other app goes on.
+    let (code, reason) = common::expect_close(&mut a.connect("web", "plan"));
+    assert_eq!((code, reason.as_str()), (4003, "Forbidden: app revoked"));
+    assert!(still_synced(docs_a, docs_b, "after the revocation"));
+    let (_, listed) = a.call("GET", "/admin/revocations");
+    assert_eq!(listed["revocations"], serde_json::json!(["app:acme::web"]));
+    // Its client gets no tokens.
+    let form =
+        format!("grant_type=client_credentials&client_id=web-client&client_secret={CLIENT_SECRET}");
+    let token_request = |server: &common::Server| {
+        server.http(&format!(
+            "POST /connect/token HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ))
+    };
+    let refused = token_request(&a.server);
+    assert_eq!(common::status(&refused), 401, "{refused}");
+    assert!(refused.contains("app revoked"), "{refused}");
+    // Restored: connections of the app are let in again.
+    let (status, answer) = a.call("POST", "/admin/apps/web/restore");
+    assert_eq!(
+        (status, answer["changed"].clone()),
+        (200, Value::Bool(true))
+    );
+    let issued = token_request(&a.server);
+    assert_eq!(common::status(&issued), 200, "{issued}");
+    let back = a.connect("web", "plan");
+    let mut c = common::YClient::from_ws(back, 3);
+    c.insert(0, "back");
+    assert!(c.pump_until(Duration::from_secs(5), |c| c.text() == "back"));
+    let log = a.server.log();
+    assert!(
+        log.contains("event=admin_revocation action=revoked what=app:acme::web sessions_closed=1"),
+        "{log}"
+    );
+}
+
+#[test]
+fn revoking_a_tenant_closes_all_its_apps_but_not_another_tenants() {
+    let a = start("");
+    let mut web = a.connect("web", "d1");
+    let mut docs = a.connect("docs", "d2");
+    let other = a.connect("other", "d3");
+    let other_b = a.connect("other", "d3");
+    let (status, answer) = a.call("POST", "/admin/tenants/acme/revoke");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["sessions_closed"], 2);
+    for ws in [&mut web, &mut docs] {
+        let (code, reason) = closed_within(ws, Duration::from_secs(1));
+        assert_eq!((code, reason.as_str()), (4003, "Forbidden: tenant revoked"));
+    }
+    assert!(still_synced(other, other_b, "beta goes on"));
+    assert_eq!(a.call("POST", "/admin/tenants/acme/restore").0, 200);
+    assert_eq!(a.call("POST", "/admin/tenants/nope/revoke").0, 404);
+}
+
+#[test]
+fn closing_one_document_closes_only_its_sessions() {
+    let a = start("");
+    let mut x1 = a.connect("web", "x");
+    let mut x2 = a.connect("web", "x");
+    let _y = a.connect("web", "y");
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, listed) = a.call("GET", "/admin/documents?app=web");
+    let mut names: Vec<(String, u64)> = listed["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_owned(),
+                d["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [("x".to_owned(), 2), ("y".to_owned(), 1)],
+        "{listed}"
+    );
+    let (status, answer) = a.call("POST", "/admin/documents/web/x/close");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["sessions_closed"], 2);
+    for ws in [&mut x1, &mut x2] {
+        let (code, reason) = closed_within(ws, Duration::from_secs(1));
+        assert_eq!(
+            (code, reason.as_str()),
+            (4003, "Forbidden: document closed by the operator")
+        );
+    }
+    let (_, listed) = a.call("GET", "/admin/documents?app=web");
+    let names: Vec<&str> = listed["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["connections"].as_u64() > Some(0))
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["y"]);
+    assert_eq!(
+        a.call("POST", "/admin/documents/web/nothing-open/close").0,
+        404
+    );
+}
+
+#[test]
+fn metrics_can_move_to_the_admin_listener() {
+    let a = start("metrics_on_admin = true");
+    assert_eq!(common::status(&a.server.get("/metrics")), 404);
+    let (status, body) = a.call_with("GET", "/metrics", Some(&format!("Bearer {ADMIN_TOKEN}")));
+    assert_eq!(status, 200);
+    assert!(body.contains("wiresocket_connections"), "{body}");
+    assert_eq!(a.call_with("GET", "/metrics", None).0, 401);
+}
+
+#[test]
+fn an_admin_listener_without_a_token_does_not_start() {
+    let stderr = common::refused_start(
+        "allow_development_tenant = true\nadmin_listen = \"127.0.0.1:0\"\n",
+        &[],
+    );
+    assert!(
+        stderr.contains("admin_listen is set but there is no admin token"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_command_line_calls_each_endpoint() {
+    let a = start("");
+    let mut web = a.connect("web", "plan");
+    let run = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+            .arg("admin")
+            .args(["--url", &format!("http://{}", a.admin)])
+            .args(args)
+            .env("WIRESOCKET_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(ADMIN_TOKEN, &["apps"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"id\": \"web\""), "{out}");
+    let (ok, out, err) = run(ADMIN_TOKEN, &["documents", "--app", "web"]);
+    assert!(ok && out.contains("\"name\": \"plan\""), "{out}{err}");
+    let (ok, out, err) = run(ADMIN_TOKEN, &["revoke-app", "web"]);
+    assert!(ok && out.contains("\"sessions_closed\": 1"), "{out}{err}");
+    assert_eq!(closed_within(&mut web, Duration::from_secs(1)).0, 4003);
+    let (ok, out, _) = run(ADMIN_TOKEN, &["revocations"]);
+    assert!(ok && out.contains("app:acme::web"), "{out}");
+    for args in [
+        &["restore-app", "web"][..],
+        &["revoke-tenant", "beta"],
+        &["restore-tenant", "beta"],
+    ] {
+        let (ok, out, err) = run(ADMIN_TOKEN, args);
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    let _x = a.connect("web", "x");
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, out, err) = run(ADMIN_TOKEN, &["close-document", "web", "x"]);
+    assert!(ok && out.contains("\"sessions_closed\": 1"), "{out}{err}");
+    let (ok, _, err) = run("the-wrong-token-the-wrong-token-!", &["apps"]);
+    assert!(!ok && err.contains("HTTP 403"), "{err}");
+}
