@@ -580,6 +580,18 @@ impl Config {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError((*msg).to_owned()));
         }
+        if let Some(admin) = &self.admin_listen {
+            admin.parse::<SocketAddr>().map_err(|_| {
+                ConfigError(format!(
+                    "admin_listen: expected ADDR:PORT such as 127.0.0.1:9091, got {admin:?}"
+                ))
+            })?;
+        } else if self.metrics_on_admin {
+            return Err(ConfigError(
+                "metrics_on_admin needs admin_listen: without it /metrics would be served nowhere"
+                    .into(),
+            ));
+        }
         self.check_development_tenant(&addr)?;
         self.check_ids()?;
         for app in &self.apps {

@@ -218,6 +218,12 @@ fn admin(args: &AdminArgs) -> Result<(), String> {
         .build()
         .new_agent();
     let url = format!("{base}{path}");
+    let loopback = ["http://127.", "http://localhost", "http://[::1]"];
+    if base.starts_with("http://") && !loopback.iter().any(|p| base.starts_with(p)) {
+        eprintln!(
+            "warning: the admin token goes over plain http to {base}: reach a remote node's admin listener through an SSH tunnel or a private network"
+        );
+    }
     let authorization = format!("Bearer {}", token.trim());
     let answer = match method {
         "GET" => agent

@@ -183,7 +183,13 @@ fn revocations_are_kept_listed_and_lifted(r: &dyn Registry) {
             Some(name)
         );
     }
-    for bad in ["tenant:", "app:x", "app:a::b::c", "key:t", "tenant:a:b"] {
+    for name in ["tenant:a:b", "app:a:b::c:d"] {
+        assert_eq!(
+            Revocation::parse(name).map(|r| r.name()).as_deref(),
+            Some(name)
+        );
+    }
+    for bad in ["tenant:", "app:x", "app:a::b::c", "key:t"] {
         assert_eq!(Revocation::parse(bad), None, "{bad}");
     }
 }

@@ -380,14 +380,30 @@ impl Registry for FdbRegistry {
         Box::pin(async move {
             self.db
                 .run(|trx, _| async move {
-                    let kvs = trx.get_range(&self.range(&["revoked"]), 1, true).await?;
-                    let mut out: Vec<Revocation> = kvs
-                        .iter()
-                        .filter_map(|kv| {
-                            let name = kv.key().rsplit(|&b| b == 0).next()?;
-                            Revocation::parse(std::str::from_utf8(name).ok()?)
-                        })
-                        .collect();
+                    let mut out = Vec::new();
+                    let mut range = Some(self.range(&["revoked"]));
+                    let mut iteration = 1;
+                    // Every batch: a long list must not be cut short.
+                    while let Some(opt) = range {
+                        let kvs = trx.get_range(&opt, iteration, true).await?;
+                        for kv in kvs.iter() {
+                            let name = kv.key().rsplit(|&b| b == 0).next().unwrap_or_default();
+                            // A revocation that cannot be read is an error, never a gap.
+                            let parsed = std::str::from_utf8(name).ok().and_then(Revocation::parse);
+                            let unreadable = || {
+                                corrupt(super::record::CorruptRecord(
+                                    "an unreadable revocation".into(),
+                                ))
+                            };
+                            out.push(parsed.ok_or_else(unreadable)?);
+                        }
+                        range = if kvs.more() {
+                            opt.next_range(&kvs)
+                        } else {
+                            None
+                        };
+                        iteration += 1;
+                    }
                     out.sort();
                     Ok(out)
                 })

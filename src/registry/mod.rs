@@ -75,9 +75,7 @@ impl Revocation {
 
     pub fn parse(name: &str) -> Option<Revocation> {
         match name.split_once(':')? {
-            ("tenant", id) if !id.is_empty() && !id.contains(':') => {
-                Some(Revocation::Tenant(id.to_owned()))
-            }
+            ("tenant", id) if !id.is_empty() => Some(Revocation::Tenant(id.to_owned())),
             ("app", key) if key.split("::").count() == 2 => Some(Revocation::App(key.to_owned())),
             _ => None,
         }

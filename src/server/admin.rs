@@ -3,8 +3,10 @@
 //! address has its own budget. What a request needs of the live node it asks the shards for
 //! as jobs (`operator`); registry calls run on shard 0, where the registry's deadline lives.
 //!
-//! One request per connection, one connection at a time, each bounded by
-//! [`REQUEST_TIMEOUT`]: an operator's tool, not a public service.
+//! One request per connection, each bounded by [`CONNECTION_TIMEOUT`] from accept to the
+//! last byte of the answer, served by [`WORKERS`] threads; connections past what they and a
+//! short queue hold are dropped at once, so silent clients cannot lock the operator out for
+//! long: an operator's tool, not a public service.
 
 use super::operator::{close_revoked, ShardJob, ShardJobs};
 use super::shard::Shard;
@@ -19,10 +21,18 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A whole request (head and body) must arrive within this, and an answer from the shards.
+/// The shards' answer to a job must come within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection is done within this of its accept: its request read, its answer written
+/// (beside the shards' time).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Threads serving connections, and connections waiting for one.
+const WORKERS: usize = 4;
+const WAITING_MAX: usize = 16;
 
 /// Request head bytes read at most (admin requests carry no body).
 const HEAD_BYTES_MAX: usize = 8 << 10;
@@ -38,18 +48,33 @@ pub fn start(
     jobs: Arc<ShardJobs>,
     token: AdminToken,
 ) -> std::io::Result<()> {
+    let admin = Arc::new(Admin {
+        shared,
+        stats,
+        jobs,
+        token,
+    });
+    let (tx, rx) = mpsc::sync_channel::<(TcpStream, Instant)>(WAITING_MAX);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..WORKERS {
+        let (admin, rx) = (admin.clone(), rx.clone());
+        std::thread::Builder::new()
+            .name(format!("wiresocket-admin-{i}"))
+            .spawn(move || loop {
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((stream, accepted)) = next else { return };
+                admin.serve(stream, accepted + CONNECTION_TIMEOUT);
+            })?;
+    }
     std::thread::Builder::new()
         .name("wiresocket-admin".into())
         .spawn(move || {
-            let admin = Admin {
-                shared,
-                stats,
-                jobs,
-                token,
-            };
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => admin.serve(stream),
+                    // Past the workers and the queue: dropped (closed) at once.
+                    Ok(stream) => {
+                        let _ = tx.try_send((stream, Instant::now()));
+                    }
                     Err(e) => {
                         crate::log::warn("admin_accept_failed", &[("error", &e)]);
                         std::thread::sleep(Duration::from_millis(100));
@@ -75,20 +100,22 @@ fn error(status: u16, message: &str) -> Answer {
 }
 
 impl Admin {
-    fn serve(&self, mut stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    /// Reads one request by `deadline` and answers it (the answer's write by the deadline
+    /// too, plus what the shards took).
+    fn serve(&self, mut stream: TcpStream, deadline: Instant) {
         let ip = match stream.peer_addr() {
             Ok(addr) => addr.ip(),
             Err(_) => return,
         };
+        let left = |deadline: Instant| {
+            Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        };
         let mut buf = vec![0u8; HEAD_BYTES_MAX];
         let mut filled = 0;
-        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
         let bytes = loop {
-            if std::time::Instant::now() >= deadline {
-                return;
-            }
+            // Each read gets only what is left of the connection's time.
+            let Some(left) = left(deadline) else { return };
+            let _ = stream.set_read_timeout(Some(left));
             match stream.read(&mut buf[filled..]) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => filled += n,
@@ -99,6 +126,9 @@ impl Admin {
                 _ => break self.render(error(400, "malformed or oversized request head")),
             }
         };
+        let write_by = deadline.max(Instant::now() + Duration::from_millis(500));
+        let Some(left) = left(write_by) else { return };
+        let _ = stream.set_write_timeout(Some(left));
         let _ = stream.write_all(&bytes);
     }
 
@@ -127,7 +157,22 @@ impl Admin {
     }
 
     fn route(&self, method: &str, path: &str, app: Option<&str>) -> Answer {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // Each segment percent-decoded (`wiresocket admin` encodes ids and names).
+        let decoded: Option<Vec<String>> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect();
+        let Some(decoded) = decoded else {
+            return error(400, "the path is not valid percent-encoding");
+        };
+        let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let app = app.map(percent_decode);
+        let app = match app {
+            Some(None) => return error(400, "app is not valid percent-encoding"),
+            Some(Some(ref id)) => Some(id.as_str()),
+            None => None,
+        };
         match (method, parts.as_slice()) {
             ("GET", ["admin", "apps"]) => self.apps(),
             ("GET", ["admin", "documents"]) => self.documents(app),
@@ -145,6 +190,7 @@ impl Admin {
                     error(404, &format!("no tenant {}", json_string(id)))
                 }
             }
+            // A name with `/` (`allow_path_names`) comes as one encoded segment or several.
             ("POST", ["admin", "documents", app, name @ .., "close"]) if !name.is_empty() => {
                 self.close_document(app, &name.join("/"))
             }
@@ -261,10 +307,11 @@ impl Admin {
                 } else {
                     registry.restore(&what).await
                 };
+                let read = shard.shared.revoked.begin_read();
                 let list = registry.revocations().await;
                 match (changed, list) {
                     (Ok(changed), Ok(list)) => {
-                        shard.shared.revoked.replace(list);
+                        shard.shared.revoked.replace(read, list);
                         Ok(changed)
                     }
                     (Err(e), _) | (_, Err(e)) => Err(e.0),
@@ -302,13 +349,10 @@ impl Admin {
         let Some(app_key) = self.app_key(app) else {
             return error(404, &format!("no app {}", json_string(app)));
         };
-        let Some(name) = percent_decode(name) else {
-            return error(400, "the document name is not valid percent-encoding");
-        };
         let key = crate::sync::document::isolation_key(
             app_key.split("::").next().unwrap_or_default(),
             app,
-            &name,
+            name,
         );
         let (code, reason) = crate::refusal::Refusal::ClosedByOperator.close();
         let closed = self
@@ -369,8 +413,13 @@ impl Admin {
         let (tx, rx) = mpsc::channel();
         let run: ShardJob = Box::new(move |shard| {
             let future = make(shard.clone());
+            let stats_of = shard.clone();
             glommio::spawn_local(async move {
-                let _ = tx.send(future.await);
+                // A panic here is contained (and its waiter answered 503).
+                let answered = super::contain::future(stats_of.my_stats(), "admin_job", future);
+                if let Some(value) = answered.await {
+                    let _ = tx.send(value);
+                }
             })
             .detach();
         });

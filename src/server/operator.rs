@@ -11,6 +11,9 @@ use std::time::Duration;
 /// How often a shard looks for jobs and revocations.
 pub const JOB_TICK: Duration = Duration::from_millis(50);
 
+/// While revocations are in force, a shard looks for their sessions every 20 ticks (1 s).
+const REVOKED_SWEEP_TICKS: u32 = 20;
+
 /// Jobs waiting per shard, at most: the admin listener answers 503 past it.
 const JOBS_QUEUED_MAX: usize = 64;
 
@@ -73,16 +76,21 @@ impl ShardJobs {
 }
 
 /// A shard's side: every [`JOB_TICK`], runs its jobs, and closes what a change of the
-/// revocations revoked.
+/// revocations revoked; while any is in force, also every [`REVOKED_SWEEP_TICKS`] ticks (a
+/// session whose token was checked before a revocation may join its room after the sweep
+/// that followed it).
 pub async fn serve_jobs(shard: Rc<Shard>, jobs: std::sync::Arc<ShardJobs>) {
     let mut seen = shard.shared.revoked.generation();
+    let mut ticks = 0u32;
     loop {
         glommio::timer::sleep(JOB_TICK).await;
         for job in jobs.take(shard.id) {
             super::contain::call(shard.my_stats(), "operator_job", || job(&shard));
         }
+        ticks = ticks.wrapping_add(1);
         let now = shard.shared.revoked.generation();
-        if now != seen {
+        let sweep = ticks.is_multiple_of(REVOKED_SWEEP_TICKS) && shard.shared.revoked.any();
+        if now != seen || sweep {
             seen = now;
             let closed = close_revoked(&shard);
             if closed > 0 {

@@ -15,19 +15,43 @@ pub struct Revoked {
     generation: AtomicU64,
     /// Sessions closed for revocations on this node, wherever it was done.
     closed_total: AtomicU64,
+    /// Reads of the registry begun, and the latest one applied: a read that began before
+    /// another was applied is older than it (the heartbeat's and an admin action's reads
+    /// overlap), and must not undo it.
+    reads_begun: AtomicU64,
+    read_applied: AtomicU64,
 }
 
 impl Revoked {
-    /// Replaces the set; whether it changed.
-    pub fn replace(&self, list: Vec<Revocation>) -> bool {
+    /// Numbers a read of the registry's revocations about to begin.
+    pub fn begin_read(&self) -> u64 {
+        self.reads_begun.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Replaces the set with what read `read` (from [`Revoked::begin_read`]) found, unless a
+    /// later read was applied already; whether the set changed.
+    pub fn replace(&self, read: u64, list: Vec<Revocation>) -> bool {
         let new: BTreeSet<Revocation> = list.into_iter().collect();
         let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        if read <= self.read_applied.load(Ordering::Acquire) {
+            return false;
+        }
+        self.read_applied.store(read, Ordering::Release);
         if **set == new {
             return false;
         }
         *set = Arc::new(new);
         self.generation.fetch_add(1, Ordering::Release);
         true
+    }
+
+    /// Whether any revocation is in force.
+    pub fn any(&self) -> bool {
+        !self
+            .set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     pub fn generation(&self) -> u64 {
@@ -78,18 +102,25 @@ mod tests {
     #[test]
     fn revocations_refuse_their_tenant_and_app_and_changes_move_the_generation() {
         let revoked = Revoked::default();
+        let replace = |list| revoked.replace(revoked.begin_read(), list);
         assert_eq!(revoked.refusal("acme::web"), None);
         let g0 = revoked.generation();
-        assert!(revoked.replace(vec![Revocation::App("acme::web".into())]));
+        assert!(replace(vec![Revocation::App("acme::web".into())]));
         assert_eq!(revoked.refusal("acme::web"), Some("app revoked"));
         assert_eq!(revoked.refusal("acme::docs"), None);
         assert_eq!(revoked.refusal("acme2::web"), None);
-        assert!(!revoked.replace(vec![Revocation::App("acme::web".into())]));
+        assert!(!replace(vec![Revocation::App("acme::web".into())]));
         assert_eq!(revoked.generation(), g0 + 1, "the same set is no change");
-        assert!(revoked.replace(vec![Revocation::Tenant("acme".into())]));
+        assert!(replace(vec![Revocation::Tenant("acme".into())]));
         assert_eq!(revoked.refusal("acme::docs"), Some("tenant revoked"));
         assert_eq!(revoked.refusal("acme::web"), Some("tenant revoked"));
-        assert!(revoked.replace(vec![]));
+        assert!(replace(vec![]));
         assert_eq!(revoked.refusal("acme::web"), None);
+        // A read begun before another was applied does not undo it.
+        let older = revoked.begin_read();
+        let newer = revoked.begin_read();
+        assert!(revoked.replace(newer, vec![Revocation::Tenant("t".into())]));
+        assert!(!revoked.replace(older, vec![]));
+        assert_eq!(revoked.refusal("t::a"), Some("tenant revoked"));
     }
 }

@@ -105,6 +105,8 @@ pub async fn run(setup: Setup) {
     super::link::start(&shard);
     spawn_integration(&shard);
     if shard.id == 0 {
+        // Before the node says it is ready: it does not admit what is already revoked.
+        read_revocations(&shard).await;
         glommio::spawn_local(heartbeat(shard.clone())).detach();
     }
     let _ = ready.send(Ok(()));
@@ -274,17 +276,24 @@ async fn heartbeat(shard: Rc<Shard>) {
         {
             crate::log::warn("heartbeat_failed", &[("error", &why)]);
         }
-        // Revocations made on any node reach this one here (its shards close what they
-        // revoke when they see the change).
-        match registry.revocations().await {
-            Ok(list) => {
-                shard.shared.revoked.replace(list);
-            }
-            Err(Unavailable(why)) => {
-                crate::log::warn("revocations_unread", &[("error", &why)]);
-            }
-        }
+        read_revocations(&shard).await;
         sleep(every).await;
+    }
+}
+
+/// Reads the revocations in force from the registry: those made on any node reach this one
+/// here (its shards close what they revoke when they see the change). If the registry
+/// does not answer, the set last read stays.
+async fn read_revocations(shard: &Shard) {
+    let revoked = &shard.shared.revoked;
+    let read = revoked.begin_read();
+    match shard.shared.registry.revocations().await {
+        Ok(list) => {
+            revoked.replace(read, list);
+        }
+        Err(Unavailable(why)) => {
+            crate::log::warn("revocations_unread", &[("error", &why)]);
+        }
     }
 }
 
