@@ -307,19 +307,25 @@ fn token(args: &TokenArgs) -> Result<String, String> {
 }
 
 /// SIGTERM and SIGINT drain the node (PRODUCT.md 8): no new upgrades, sessions closed
-/// with 1012 after `node.drain_timeout_ms`, pins and counts released, exit 0.
-fn drain_on_signals() {
-    extern "C" fn on_signal(_: libc::c_int) {
+/// with 1012 after `node.drain_timeout_ms`, pins and counts released, exit 0. SIGHUP reloads
+/// the configuration file (PRODUCT.md 13).
+fn handle_signals() {
+    extern "C" fn on_drain(_: libc::c_int) {
         wiresocket::server::request_drain();
+    }
+    extern "C" fn on_reload(_: libc::c_int) {
+        wiresocket::server::request_reload();
     }
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+        unsafe { libc::signal(signal, on_drain as *const () as libc::sighandler_t) };
     }
+    // SAFETY: likewise (one atomic add).
+    unsafe { libc::signal(libc::SIGHUP, on_reload as *const () as libc::sighandler_t) };
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    drain_on_signals();
+    handle_signals();
     wiresocket::server::run(config, |node| {
         // Scripts and tests read this line to learn the port.
         println!(

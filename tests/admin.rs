@@ -182,6 +182,15 @@ fn revoking_an_app_closes_its_sessions_within_a_second_and_others_never_notice()
     let refused = token_request(&a.server);
     assert_eq!(common::status(&refused), 401, "{refused}");
     assert!(refused.contains("app revoked"), "{refused}");
+    // A reload of the configuration file does not lift it (it lives in the registry).
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(a.server.pid() as i32, libc::SIGHUP) };
+    a.server
+        .wait_for("the reload", Duration::from_secs(10), |s| {
+            s.log().contains("event=reloaded")
+        });
+    let (code, _) = common::expect_close(&mut a.connect("web", "plan"));
+    assert_eq!(code, 4003, "still revoked after a reload");
     // Restored: connections of the app are let in again.
     let (status, answer) = a.call("POST", "/admin/apps/web/restore");
     assert_eq!(

@@ -51,6 +51,10 @@ impl TokenCache {
         debug_assert!(self.entries.len() <= self.entries_max);
     }
 
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -111,6 +111,10 @@ impl Verifier {
         serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys }).ok()
     }
 
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
     pub fn has_tenant(&self, id: &str) -> bool {
         self.tenants.contains_key(id)
     }

@@ -27,7 +27,8 @@ pub const WINDOW_S: u64 = 60;
 const PARTS: usize = 16;
 
 pub struct IpRateLimiter {
-    per_window: u32,
+    /// Changed by a reload.
+    per_window: std::sync::atomic::AtomicU32,
     ipv6_prefix_bits: u8,
     hasher: RandomState,
     parts: Box<[Mutex<Table>]>,
@@ -43,7 +44,7 @@ impl IpRateLimiter {
     fn with_capacity(per_window: u32, ipv6_prefix_bits: u8, clients_max: usize) -> Self {
         let per_part = clients_max.div_ceil(PARTS).max(1);
         IpRateLimiter {
-            per_window,
+            per_window: std::sync::atomic::AtomicU32::new(per_window),
             ipv6_prefix_bits,
             hasher: RandomState::new(),
             parts: (0..PARTS)
@@ -58,7 +59,14 @@ impl IpRateLimiter {
         let key = client_key(ip, self.ipv6_prefix_bits);
         let part = self.hasher.hash_one(key) as usize % PARTS;
         let mut table = self.parts[part].lock().expect("rate limiter lock");
-        table.count(key, now_s / WINDOW_S) <= self.per_window
+        let per_window = self.per_window.load(std::sync::atomic::Ordering::Relaxed);
+        table.count(key, now_s / WINDOW_S) <= per_window
+    }
+
+    /// A new budget from now on (a reload).
+    pub fn set_per_window(&self, per_window: u32) {
+        self.per_window
+            .store(per_window, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

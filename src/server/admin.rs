@@ -184,7 +184,7 @@ impl Admin {
                 }
             }
             ("POST", ["admin", "tenants", id, action @ ("revoke" | "restore")]) => {
-                if self.shared.directory.verifier.has_tenant(id) {
+                if self.shared.directory().verifier.has_tenant(id) {
                     self.revocation(Revocation::Tenant((*id).to_owned()), action == &"revoke")
                 } else {
                     error(404, &format!("no tenant {}", json_string(id)))
@@ -204,14 +204,14 @@ impl Admin {
 
     /// `{tenant}::{app}` of a configured app.
     fn app_key(&self, id: &str) -> Option<String> {
-        let app = self.shared.directory.apps.get(id)?;
+        let directory = self.shared.directory();
+        let app = directory.apps.get(id)?;
         Some(format!("{}::{}", app.tenant, app.id))
     }
 
     fn apps(&self) -> Answer {
-        let keys: Vec<(String, String)> = self
-            .shared
-            .directory
+        let directory = self.shared.directory();
+        let keys: Vec<(String, String)> = directory
             .apps
             .values()
             .map(|a| (a.id.clone(), format!("{}::{}", a.tenant, a.id)))
@@ -238,7 +238,7 @@ impl Admin {
             .iter()
             .zip(usage)
             .map(|((id, key), usage)| {
-                let app = &self.shared.directory.apps[id];
+                let app = &directory.apps[id];
                 json!({
                     "id": id,
                     "tenant": app.tenant,

@@ -232,7 +232,7 @@ async fn token(
     };
     // A revoked tenant's or app's client gets no tokens (PRODUCT.md 13).
     let fields = auth::oauth::parse_form(form);
-    let directory = &shard.shared.directory;
+    let directory = shard.shared.directory();
     let revoked = fields
         .get("client_id")
         .and_then(|id| {
@@ -251,7 +251,7 @@ async fn token(
     let answer = match shard
         .offload
         .run(super::offload::Work::SecretHash, move || {
-            auth::oauth::token_endpoint(&shared.directory, &shared.refresh_tokens, &form, now_s)
+            auth::oauth::token_endpoint(&shared.directory(), &shared.refresh_tokens, &form, now_s)
         })
         .await
     {
@@ -293,7 +293,7 @@ async fn read_body(stream: &SharedStream, leftover: &[u8], length: usize) -> Res
 
 /// `GET /{tenantId}/.well-known/jwks`: the tenant's public verification keys.
 fn jwks(shard: &Shard, tenant: &str) -> Vec<u8> {
-    match shard.shared.directory.verifier.jwks(tenant) {
+    match shard.shared.directory().verifier.jwks(tenant) {
         Some(body) => response(
             200,
             "application/json",

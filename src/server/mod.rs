@@ -17,6 +17,7 @@ mod memory;
 mod mesh;
 mod offload;
 mod operator;
+mod reload;
 mod respond;
 mod revoked;
 mod rooms;
@@ -68,6 +69,12 @@ pub struct Node {
     pub info: NodeInfo,
     shared: Arc<shared::Shared>,
     handles: PoolThreadHandles<()>,
+}
+
+/// Makes every node of this process read its configuration file again (the SIGHUP handler
+/// calls it; async-signal-safe: one atomic add). See `reload`.
+pub fn request_reload() {
+    reload::request();
 }
 
 /// Makes every node of this process drain (the SIGTERM handler calls it; async-signal-safe:
@@ -296,6 +303,8 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
             }
         }
     }
+    reload::start(node_shared.clone())
+        .map_err(|e| StartError(format!("cannot start the reload thread: {e}")))?;
     if let Some((listener, token)) = admin {
         admin::start(
             listener,

@@ -35,6 +35,29 @@ pub fn close_revoked(shard: &Shard) -> usize {
     closed
 }
 
+/// Closes every live session on `shard` of an app the directory no longer has, or has
+/// disabled (4003); how many.
+pub fn close_gone_apps(shard: &Shard) -> usize {
+    let directory = shard.shared.directory();
+    let status = |app: &str| {
+        let (tenant, id) = app.split_once("::")?;
+        match directory.apps.get(id) {
+            Some(a) if a.tenant == tenant && a.enabled => None,
+            Some(a) if a.tenant == tenant => Some("app disabled"),
+            _ => Some("unknown app"),
+        }
+    };
+    let mut closed = 0;
+    for why in ["app disabled", "unknown app"] {
+        let refusal = Refusal::Token(crate::auth::verify::Refusal::Forbidden(why));
+        let (code, reason) = refusal.close();
+        closed += shard
+            .rooms
+            .close_where(|_, app| status(app) == Some(why), code, &reason);
+    }
+    closed
+}
+
 /// Something for a shard to do, on its thread.
 pub type ShardJob = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
@@ -81,6 +104,13 @@ impl ShardJobs {
 /// that followed it).
 pub async fn serve_jobs(shard: Rc<Shard>, jobs: std::sync::Arc<ShardJobs>) {
     let mut seen = shard.shared.revoked.generation();
+    let directory_generation = || {
+        shard
+            .shared
+            .directory_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    let mut directory_seen = directory_generation();
     let mut ticks = 0u32;
     loop {
         glommio::timer::sleep(JOB_TICK).await;
@@ -88,6 +118,17 @@ pub async fn serve_jobs(shard: Rc<Shard>, jobs: std::sync::Arc<ShardJobs>) {
             super::contain::call(shard.my_stats(), "operator_job", || job(&shard));
         }
         ticks = ticks.wrapping_add(1);
+        if directory_generation() != directory_seen {
+            directory_seen = directory_generation();
+            shard.forget_tokens();
+            let closed = close_gone_apps(&shard);
+            if closed > 0 {
+                crate::log::info(
+                    "reload_sessions_closed",
+                    &[("shard", &shard.id), ("sessions", &closed)],
+                );
+            }
+        }
         let now = shard.shared.revoked.generation();
         let sweep = ticks.is_multiple_of(REVOKED_SWEEP_TICKS) && shard.shared.revoked.any();
         if now != seen || sweep {

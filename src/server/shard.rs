@@ -247,7 +247,7 @@ impl Shard {
         let verified = self
             .offload
             .run(super::offload::Work::Signature, move || {
-                shared.directory.verifier.verify(&job_token)
+                shared.directory().verifier.verify(&job_token)
             })
             .await?;
         if let Ok(identity) = &verified {
@@ -256,6 +256,11 @@ impl Shard {
                 .insert(&token, identity.clone(), now_s);
         }
         Ok(verified.and_then(|identity| self.not_revoked(identity)))
+    }
+
+    /// Forgets every verified token (a reload changed tenants, keys or apps).
+    pub fn forget_tokens(&self) {
+        self.token_cache.borrow_mut().clear();
     }
 
     /// A verified identity, unless an operator revoked its tenant or app (4003).

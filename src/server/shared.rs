@@ -6,14 +6,18 @@ use crate::auth::oauth::RefreshStore;
 use crate::config::Config;
 use crate::http::ip_rate::IpRateLimiter;
 use crate::registry::{NodeInfo, Registry};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 pub struct Shared {
     pub config: Config,
     /// This node, as pins and redirects name it.
     pub node: NodeInfo,
-    pub directory: Directory,
+    /// Tenants, keys and apps: replaced whole by a reload (see [`Shared::directory`]).
+    directory: RwLock<Arc<Directory>>,
+    /// Bumped by every reload: shards then forget the tokens they verified and close the
+    /// sessions of apps that are gone or disabled.
+    pub directory_generation: AtomicU64,
     pub registry: Arc<dyn Registry>,
     pub refresh_tokens: RefreshStore,
     pub handshakes_per_ip: IpRateLimiter,
@@ -89,7 +93,8 @@ impl Shared {
             ),
             config,
             node,
-            directory,
+            directory: RwLock::new(Arc::new(directory)),
+            directory_generation: AtomicU64::new(0),
             registry,
         }
     }
@@ -99,6 +104,20 @@ impl Shared {
 pub static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 impl Shared {
+    /// The tenants, keys and apps in force.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a reloaded directory in force (see `server::reload`).
+    pub fn replace_directory(&self, directory: Directory) {
+        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+        self.directory_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed) || DRAIN_REQUESTED.load(Ordering::Relaxed)
     }

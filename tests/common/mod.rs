@@ -140,6 +140,12 @@ impl Server {
         std::fs::read_to_string(&self.log.0).unwrap_or_default()
     }
 
+    /// The configuration file the server was started with (a test may rewrite it and send
+    /// SIGHUP).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config.as_ref().expect("started with a file").0
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,113 @@
+//! SIGHUP (PRODUCT.md 13): the configuration file read again while sessions run. What
+//! changes in place does, sessions of other apps never notice (no update lost), a removed
+//! app's sessions close with 4003, and a file that does not validate changes nothing.
+
+mod common;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Apps `web` (with a plan) and `docs` of tenant `acme`, budgets lifted for the test.
+fn config(web_plan: &str, with_docs: bool) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\n{}\n[[apps]]\nid = \"web\"\ntenant = \"acme\"\n{web_plan}\n{}\
+         [rate_limits]\nhandshakes_per_minute = 1000000\nusage_per_minute = 1000000\n",
+        common::acme_eddsa_tenant(),
+        if with_docs {
+            "[[apps]]\nid = \"docs\"\ntenant = \"acme\"\n"
+        } else {
+            ""
+        },
+    )
+}
+
+fn sighup(server: &common::Server) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+}
+
+fn wait_for_log(server: &common::Server, what: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = server.log();
+        if log.matches(what).count() >= count {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what} in {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_changes_plans_and_apps_in_place_and_a_bad_file_changes_nothing() {
+    let toml = config("", true);
+    let directory = wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
+    )
+    .unwrap();
+    let token = |app: &str| directory.mint(app, "u", 600, Value::Null).unwrap();
+    let server = common::Server::start_with(&toml, &["--shards", "1"]);
+    let open = |app: &str, doc: &str| {
+        common::connect_raw(&server.addr, &format!("/{doc}?token={}", token(app)))
+    };
+    let mut writer = common::YClient::from_ws(open("web", "live"), 1);
+    let mut reader = common::YClient::from_ws(open("web", "live"), 2);
+    let mut docs = open("docs", "other");
+    // A file that does not validate: refused, naming the field; nothing changes.
+    std::fs::write(
+        server.config_path(),
+        format!("{toml}\n[websocket]\nping_every = 1\n"),
+    )
+    .unwrap();
+    sighup(&server);
+    let log = wait_for_log(&server, "reload_refused", 1);
+    assert!(log.contains("ping_every"), "{log}");
+    let mut also = open("docs", "other");
+    assert!(also.read().is_ok(), "docs still admitted");
+    // The web plan gets maxConnections 2 (both sessions stay), docs is removed; the web
+    // sessions go on editing throughout, and nothing they send is lost.
+    let plan = "[apps.plan]\nmax_connections = 2\n";
+    std::fs::write(server.config_path(), config(plan, false)).unwrap();
+    let mut sent = String::new();
+    for i in 0..40 {
+        if i == 20 {
+            sighup(&server);
+        }
+        let piece = format!("{i},");
+        writer.insert(sent.len() as u32, &piece);
+        sent.push_str(&piece);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_for_log(&server, "event=reloaded", 1);
+    assert!(
+        reader.pump_until(Duration::from_secs(10), |c| c.text() == sent),
+        "the reader has {:?}",
+        reader.text()
+    );
+    // The removed app's sessions are closed; its new ones refused.
+    for ws in [&mut docs, &mut also] {
+        let (code, reason) = common::expect_close(ws);
+        assert_eq!((code, reason.as_str()), (4003, "Forbidden: unknown app"));
+    }
+    let (code, reason) = common::expect_close(&mut open("docs", "other"));
+    assert_eq!((code, reason.as_str()), (4003, "Forbidden: unknown app"));
+    // The new plan applies to new connections: a third web connection passes the limit.
+    let (code, reason) = common::expect_close(&mut open("web", "third"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (4004, "Connection limit exceeded: 2")
+    );
+}
+
+#[test]
+fn a_node_started_without_a_file_says_so_on_sighup() {
+    let server = common::Server::start_with("", &["--shards", "1"]);
+    // It was started with a file (the harness writes one): remove it to see the refusal.
+    std::fs::remove_file(server.config_path()).unwrap();
+    sighup(&server);
+    let log = wait_for_log(&server, "reload_refused", 1);
+    assert!(log.contains("cannot read config file"), "{log}");
+    let mut c = common::YClient::connect(&server.addr, "still-here", 1);
+    c.insert(0, "ok");
+    assert!(c.pump_until(Duration::from_secs(5), |c| c.text() == "ok"));
+}
