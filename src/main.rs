@@ -67,6 +67,9 @@ enum AdminAction {
     RevokeApp { id: String },
     /// Lifts an app's revocation.
     RestoreApp { id: String },
+    /// Gives an app's OAuth client a new secret (printed once); its refresh tokens stop
+    /// working.
+    RotateSecret { id: String },
     /// Revokes a tenant and all its apps.
     RevokeTenant { id: String },
     /// Lifts a tenant's revocation.
@@ -201,6 +204,9 @@ fn admin(args: &AdminArgs) -> Result<(), String> {
         AdminAction::Revocations => ("GET", "/admin/revocations".to_owned()),
         AdminAction::RevokeApp { id } => ("POST", format!("/admin/apps/{}/revoke", segment(id))),
         AdminAction::RestoreApp { id } => ("POST", format!("/admin/apps/{}/restore", segment(id))),
+        AdminAction::RotateSecret { id } => {
+            ("POST", format!("/admin/apps/{}/rotate-secret", segment(id)))
+        }
         AdminAction::RevokeTenant { id } => {
             ("POST", format!("/admin/tenants/{}/revoke", segment(id)))
         }

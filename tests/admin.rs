@@ -341,6 +341,8 @@ fn the_command_line_calls_each_endpoint() {
     std::thread::sleep(Duration::from_millis(200));
     let (ok, out, err) = run(ADMIN_TOKEN, &["close-document", "web", "x"]);
     assert!(ok && out.contains("\"sessions_closed\": 1"), "{out}{err}");
+    let (ok, out, err) = run(ADMIN_TOKEN, &["rotate-secret", "web"]);
+    assert!(ok && out.contains("\"client_secret\""), "{out}{err}");
     let (ok, _, err) = run("the-wrong-token-the-wrong-token-!", &["apps"]);
     assert!(!ok && err.contains("HTTP 403"), "{err}");
 }
@@ -373,4 +375,59 @@ fn silent_connections_cannot_lock_the_operator_out() {
         started.elapsed()
     );
     drop(idle);
+}
+
+#[test]
+fn rotating_a_secret_answers_it_once_and_ends_the_old_secret_and_refresh_tokens() {
+    let a = start("");
+    let token_request = |form: &str| {
+        let answer = a.server.http(&format!(
+            "POST /connect/token HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ));
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (
+            common::status(&answer),
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    let with_secret = |secret: &str| {
+        format!("grant_type=client_credentials&scope=WireSocket.API%20offline_access&client_id=web-client&client_secret={secret}")
+    };
+    let (status, issued) = token_request(&with_secret(CLIENT_SECRET));
+    assert_eq!(status, 200, "{issued}");
+    let refresh = issued["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let (status, rotated) = a.call("POST", "/admin/apps/web/rotate-secret");
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["client_secret"].as_str().unwrap().to_owned();
+    assert!(new_secret.len() >= 40, "{new_secret}");
+    assert_eq!(rotated["client_id"], "web-client");
+    // The old secret no longer authenticates; the new one does; the old refresh token is
+    // refused even with the new secret.
+    assert_eq!(token_request(&with_secret(CLIENT_SECRET)).0, 401);
+    let (status, answer) = token_request(&with_secret(&new_secret));
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = token_request(&format!(
+        "grant_type=refresh_token&refresh_token={refresh}&client_id=web-client&client_secret={new_secret}"
+    ));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_grant")),
+        "{answer}"
+    );
+    assert!(answer["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("secret changed"));
+    // Only its hash is kept: the log does not hold it.
+    assert!(!a.server.log().contains(&new_secret));
+    // An app without a client id has no secret to rotate; an unknown one is not found.
+    assert_eq!(a.call("POST", "/admin/apps/docs/rotate-secret").0, 409);
+    assert_eq!(a.call("POST", "/admin/apps/nope/rotate-secret").0, 404);
 }

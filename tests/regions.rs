@@ -266,6 +266,16 @@ impl Registry for Faulty {
     ) -> wiresocket::registry::Answer<'_, Vec<wiresocket::registry::Revocation>> {
         self.answer(self.inner.revocations())
     }
+    fn set_client_secret<'a>(
+        &'a self,
+        app: &'a str,
+        hash: &'a str,
+    ) -> wiresocket::registry::Answer<'a, ()> {
+        self.answer(self.inner.set_client_secret(app, hash))
+    }
+    fn client_secrets(&self) -> wiresocket::registry::Answer<'_, Vec<(String, String)>> {
+        self.answer(self.inner.client_secrets())
+    }
     fn ops_window(&self, app: &str) -> Arc<wiresocket::registry::rate::MinuteWindow> {
         self.inner.ops_window(app)
     }

@@ -31,6 +31,9 @@ pub struct Directory {
     pub is_development: bool,
     /// Tenants with an HS256 key (warned about at start: HS256 is for development).
     pub hs256_tenants: Vec<String>,
+    /// Client secret hashes an operator rotated (`{tenant}::{app}` → hash), from the
+    /// registry: they replace the file's `client_secret_hash`.
+    rotated_secrets: std::sync::RwLock<HashMap<String, String>>,
 }
 
 /// The shortest HS256 secret accepted: RFC 7518 3.2 asks for a key as long as the hash
@@ -38,6 +41,33 @@ pub struct Directory {
 pub const HS256_SECRET_BYTES_MIN: usize = 32;
 
 impl Directory {
+    /// The client secret hash in force for `app`: a rotated one, else the configured one.
+    pub fn client_secret_hash(&self, app: &App) -> Option<String> {
+        let rotated = self
+            .rotated_secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        rotated
+            .get(&format!("{}::{}", app.tenant, app.id))
+            .cloned()
+            .or_else(|| app.client_secret_hash.clone())
+    }
+
+    /// Puts the registry's rotated secrets in force (each heartbeat, a rotation, a reload).
+    pub fn set_rotated_secrets(&self, rotated: HashMap<String, String>) {
+        *self
+            .rotated_secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = rotated;
+    }
+
+    pub fn rotated_secrets(&self) -> HashMap<String, String> {
+        self.rotated_secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn from_config(config: &Config) -> Result<Directory, ConfigError> {
         if config.tenants.is_empty() && config.apps.is_empty() {
             return Ok(Self::development(&config.auth));
@@ -101,6 +131,7 @@ impl Directory {
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             is_development: false,
             hs256_tenants,
+            rotated_secrets: Default::default(),
         })
     }
 
@@ -142,6 +173,7 @@ impl Directory {
             apps: HashMap::from([(DEV.to_owned(), app)]),
             is_development: true,
             hs256_tenants: Vec::new(),
+            rotated_secrets: Default::default(),
         }
     }
 

@@ -331,8 +331,8 @@ pub fn token_endpoint(
         let Some(app) = authenticate(directory, client_id, secret) else {
             return error(OAuthError::InvalidClient, "unknown client or wrong secret");
         };
-        return match store.rotate(app, client_id, refresh, now_s) {
-            Ok(next) => issue(directory, app, client_id, Some(next)),
+        return match store.rotate(&app, client_id, refresh, now_s) {
+            Ok(next) => issue(directory, &app, client_id, Some(next)),
             Err(refused) => {
                 let (description, event) = match refused {
                     Refused::Unknown => ("refresh token unknown, revoked or malformed", None),
@@ -366,7 +366,7 @@ pub fn token_endpoint(
         .split_ascii_whitespace()
         .any(|s| s == "offline_access")
     {
-        match store.start_family(app, client_id, now_s) {
+        match store.start_family(&app, client_id, now_s) {
             Some(token) => Some(token),
             None => {
                 return error(
@@ -378,20 +378,25 @@ pub fn token_endpoint(
     } else {
         None
     };
-    issue(directory, app, client_id, refresh)
+    issue(directory, &app, client_id, refresh)
 }
 
 /// The enabled app whose client this is, if `secret` is its secret. A disabled app's client
 /// fails authentication (`invalid_client`, RFC 6749 5.2).
 /// An unknown client costs a check too (`verify_nothing`).
-fn authenticate<'d>(directory: &'d Directory, client_id: &str, secret: &str) -> Option<&'d App> {
+/// The app comes with the secret hash in force (a rotated one, see
+/// `Directory::client_secret_hash`), which refresh token families are bound to.
+fn authenticate(directory: &Directory, client_id: &str, secret: &str) -> Option<App> {
     let found = directory
         .apps
         .values()
         .find(|a| a.enabled && a.client_id.as_deref() == Some(client_id))
-        .and_then(|a| Some((a, a.client_secret_hash.as_deref()?)));
+        .and_then(|a| Some((a, directory.client_secret_hash(a)?)));
     match found {
-        Some((app, hash)) => verify_secret(secret, hash).then_some(app),
+        Some((app, hash)) => verify_secret(secret, &hash).then(|| App {
+            client_secret_hash: Some(hash),
+            ..app.clone()
+        }),
         None => {
             verify_nothing(secret);
             None

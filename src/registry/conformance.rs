@@ -13,6 +13,7 @@ pub fn run_all(make: impl Fn(u64) -> Arc<dyn Registry>) {
     a_stale_node_loses_its_pins_and_counts(make(30_000).as_ref());
     apps_are_counted_apart(make(30_000).as_ref());
     revocations_are_kept_listed_and_lifted(make(30_000).as_ref());
+    rotated_client_secrets_replace_older_ones(make(30_000).as_ref());
 }
 
 /// Drives a registry future to completion on this thread (backends' futures are driven by
@@ -192,4 +193,18 @@ fn revocations_are_kept_listed_and_lifted(r: &dyn Registry) {
     for bad in ["tenant:", "app:x", "app:a::b::c", "key:t"] {
         assert_eq!(Revocation::parse(bad), None, "{bad}");
     }
+}
+
+fn rotated_client_secrets_replace_older_ones(r: &dyn Registry) {
+    assert_eq!(block_on(r.client_secrets()), Ok(vec![]));
+    block_on(r.set_client_secret("t::x", "hash-1")).unwrap();
+    block_on(r.set_client_secret("t::y", "hash-y")).unwrap();
+    block_on(r.set_client_secret("t::x", "hash-2")).unwrap();
+    assert_eq!(
+        block_on(r.client_secrets()),
+        Ok(vec![
+            ("t::x".to_owned(), "hash-2".to_owned()),
+            ("t::y".to_owned(), "hash-y".to_owned())
+        ])
+    );
 }

@@ -4,7 +4,7 @@
 
 use super::rate::{AppWindows, MinuteWindow};
 use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Revocation, Usage};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,6 +22,7 @@ struct State {
     /// (app, node id) → counts: per node, so a dead node's counts can be dropped.
     counts: HashMap<(String, String), Counts>,
     revoked: BTreeSet<Revocation>,
+    client_secrets: BTreeMap<String, String>,
 }
 
 impl State {
@@ -211,6 +212,23 @@ impl Registry for EmbeddedRegistry {
     fn revocations(&self) -> Answer<'_, Vec<Revocation>> {
         let state = self.state.lock().expect("registry lock");
         ready(state.revoked.iter().cloned().collect())
+    }
+
+    fn set_client_secret<'a>(&'a self, app: &'a AppKey, hash: &'a str) -> Answer<'a, ()> {
+        let mut state = self.state.lock().expect("registry lock");
+        state.client_secrets.insert(app.to_owned(), hash.to_owned());
+        ready(())
+    }
+
+    fn client_secrets(&self) -> Answer<'_, Vec<(String, String)>> {
+        let state = self.state.lock().expect("registry lock");
+        ready(
+            state
+                .client_secrets
+                .iter()
+                .map(|(a, h)| (a.clone(), h.clone()))
+                .collect(),
+        )
     }
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {

@@ -11,6 +11,7 @@
 //! | `docs\0{tenant::app}\0{node id}` | live documents of the app on that node, i64 LE, atomic add |
 //! | `bynode\0{node id}\0{tenant::app}` | empty: which counter shards a node has, for takeover |
 //! | `revoked\0tenant:{id}`, `revoked\0app:{tenant::app}` | empty: an operator's revocation (PRODUCT.md 13); read by every node each heartbeat |
+//! | `secret\0{tenant::app}` | a rotated client secret's hash (PRODUCT.md 13); read by every node each heartbeat |
 //!
 //! A claim is one transaction: read the pin, the holder's node record and the app's document
 //! shards; take a stale holder's pin over, clearing its counter shards; write the pin. Sums
@@ -137,6 +138,32 @@ impl FdbRegistry {
         if let Some(app) = app {
             trx.set(&self.key(&["bynode", &node.id, app]), b"");
         }
+    }
+
+    /// Every key under `kind` (its last component) and value, in every batch (snapshot read:
+    /// a long list must not be cut short).
+    async fn read_all(
+        &self,
+        trx: &RetryableTransaction,
+        kind: &str,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FdbBindingError> {
+        let mut out = Vec::new();
+        let mut range = Some(self.range(&[kind]));
+        let mut iteration = 1;
+        while let Some(opt) = range {
+            let kvs = trx.get_range(&opt, iteration, true).await?;
+            for kv in kvs.iter() {
+                let name = kv.key().rsplit(|&b| b == 0).next().unwrap_or_default();
+                out.push((name.to_vec(), kv.value().to_vec()));
+            }
+            range = if kvs.more() {
+                opt.next_range(&kvs)
+            } else {
+                None
+            };
+            iteration += 1;
+        }
+        Ok(out)
     }
 
     /// Removes a stale node: its record and its counter shards.
@@ -381,28 +408,44 @@ impl Registry for FdbRegistry {
             self.db
                 .run(|trx, _| async move {
                     let mut out = Vec::new();
-                    let mut range = Some(self.range(&["revoked"]));
-                    let mut iteration = 1;
-                    // Every batch: a long list must not be cut short.
-                    while let Some(opt) = range {
-                        let kvs = trx.get_range(&opt, iteration, true).await?;
-                        for kv in kvs.iter() {
-                            let name = kv.key().rsplit(|&b| b == 0).next().unwrap_or_default();
-                            // A revocation that cannot be read is an error, never a gap.
-                            let parsed = std::str::from_utf8(name).ok().and_then(Revocation::parse);
-                            let unreadable = || {
-                                corrupt(super::record::CorruptRecord(
-                                    "an unreadable revocation".into(),
-                                ))
-                            };
-                            out.push(parsed.ok_or_else(unreadable)?);
-                        }
-                        range = if kvs.more() {
-                            opt.next_range(&kvs)
-                        } else {
-                            None
-                        };
-                        iteration += 1;
+                    for (name, _) in self.read_all(&trx, "revoked").await? {
+                        // A revocation that cannot be read is an error, never a gap.
+                        let parsed = std::str::from_utf8(&name).ok().and_then(Revocation::parse);
+                        out.push(parsed.ok_or_else(|| unreadable("revocation"))?);
+                    }
+                    out.sort();
+                    Ok(out)
+                })
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn set_client_secret<'a>(&'a self, app: &'a AppKey, hash: &'a str) -> Answer<'a, ()> {
+        Box::pin(async move {
+            let key = self.key(&["secret", app]);
+            self.db
+                .run(|trx, _| {
+                    let key = key.clone();
+                    async move {
+                        trx.set(&key, hash.as_bytes());
+                        Ok(())
+                    }
+                })
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn client_secrets(&self) -> Answer<'_, Vec<(String, String)>> {
+        Box::pin(async move {
+            self.db
+                .run(|trx, _| async move {
+                    let mut out = Vec::new();
+                    for (app, hash) in self.read_all(&trx, "secret").await? {
+                        let app = String::from_utf8(app).map_err(|_| unreadable("secret"))?;
+                        let hash = String::from_utf8(hash).map_err(|_| unreadable("secret"))?;
+                        out.push((app, hash));
                     }
                     out.sort();
                     Ok(out)
@@ -415,6 +458,12 @@ impl Registry for FdbRegistry {
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
         self.ops.get(app)
     }
+}
+
+fn unreadable(what: &str) -> FdbBindingError {
+    corrupt(super::record::CorruptRecord(format!(
+        "an unreadable {what}"
+    )))
 }
 
 #[cfg(test)]

@@ -134,6 +134,10 @@ pub trait Registry: Send + Sync {
     fn restore<'a>(&'a self, what: &'a Revocation) -> Answer<'a, bool>;
     /// Every revocation in force, in order.
     fn revocations(&self) -> Answer<'_, Vec<Revocation>>;
+    /// Records `app`'s rotated client secret hash (replacing the configured one everywhere).
+    fn set_client_secret<'a>(&'a self, app: &'a AppKey, hash: &'a str) -> Answer<'a, ()>;
+    /// Every rotated client secret hash, by app.
+    fn client_secrets(&self) -> Answer<'_, Vec<(String, String)>>;
     /// The app's sliding-minute update counter for this region; shards keep the `Arc` so that
     /// counting an update is a few atomic operations, not a registry call.
     fn ops_window(&self, app: &AppKey) -> Arc<rate::MinuteWindow>;

@@ -183,6 +183,7 @@ impl Admin {
                     None => error(404, &format!("no app {}", json_string(id))),
                 }
             }
+            ("POST", ["admin", "apps", id, "rotate-secret"]) => self.rotate_secret(id),
             ("POST", ["admin", "tenants", id, action @ ("revoke" | "restore")]) => {
                 if self.shared.directory().verifier.has_tenant(id) {
                     self.revocation(Revocation::Tenant((*id).to_owned()), action == &"revoke")
@@ -341,6 +342,58 @@ impl Admin {
         (
             200,
             json!({ action: name, "changed": changed, "sessions_closed": closed }),
+        )
+    }
+
+    /// Gives `id`'s OAuth client a new secret, answered once; only its hash is kept, in the
+    /// registry (every node reads it each heartbeat). Refresh tokens are bound to the secret
+    /// they were issued under, so every one of the app's stops working.
+    fn rotate_secret(&self, id: &str) -> Answer {
+        let directory = self.shared.directory();
+        let Some(app) = directory.apps.get(id) else {
+            return error(404, &format!("no app {}", json_string(id)));
+        };
+        let Some(client_id) = app.client_id.clone() else {
+            return error(
+                409,
+                "the app has no client_id: it takes no client credentials",
+            );
+        };
+        let key = format!("{}::{}", app.tenant, app.id);
+        let bytes: [u8; 32] = rand::random();
+        let secret =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+        let hash = crate::auth::secret::hash_secret(&secret, crate::auth::secret::ITERATIONS);
+        let (app_key, stored) = (key.clone(), hash);
+        let written = self.on_shard0(move |shard| {
+            Box::pin(async move {
+                let registry = &shard.shared.registry;
+                registry.set_client_secret(&app_key, &stored).await?;
+                let all = registry.client_secrets().await?;
+                shard
+                    .shared
+                    .directory()
+                    .set_rotated_secrets(all.into_iter().collect());
+                Ok::<_, crate::registry::Unavailable>(())
+            })
+        });
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return error(503, &format!("the registry did not answer: {}", why.0)),
+            Err(()) => return error(503, "the shards did not answer in time"),
+        }
+        crate::log::info(
+            "admin_secret_rotated",
+            &[("app", &key), ("client_id", &client_id)],
+        );
+        (
+            200,
+            json!({
+                "app": id,
+                "client_id": client_id,
+                "client_secret": secret,
+                "note": "shown once: only its hash is kept; the app's refresh tokens no longer work",
+            }),
         )
     }
 

@@ -100,6 +100,14 @@ impl Registry for WithDeadline {
         self.bound(self.inner.revocations())
     }
 
+    fn set_client_secret<'a>(&'a self, app: &'a AppKey, hash: &'a str) -> Answer<'a, ()> {
+        self.bound(self.inner.set_client_secret(app, hash))
+    }
+
+    fn client_secrets(&self) -> Answer<'_, Vec<(String, String)>> {
+        self.bound(self.inner.client_secrets())
+    }
+
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
         self.inner.ops_window(app)
     }

@@ -78,6 +78,8 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
     new.documents.grace_period_ms = running.documents.grace_period_ms;
     new.validate().map_err(|e| e.0)?;
     let directory = Directory::from_config(&new).map_err(|e| e.0)?;
+    // Rotated secrets live in the registry, not the file.
+    directory.set_rotated_secrets(shared.directory().rotated_secrets());
     let restart = needs_restart(running, &new);
     let limits = &new.rate_limits;
     shared

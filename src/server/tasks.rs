@@ -106,7 +106,7 @@ pub async fn run(setup: Setup) {
     spawn_integration(&shard);
     if shard.id == 0 {
         // Before the node says it is ready: it does not admit what is already revoked.
-        read_revocations(&shard).await;
+        read_operator_state(&shard).await;
         glommio::spawn_local(heartbeat(shard.clone())).detach();
     }
     let _ = ready.send(Ok(()));
@@ -276,15 +276,16 @@ async fn heartbeat(shard: Rc<Shard>) {
         {
             crate::log::warn("heartbeat_failed", &[("error", &why)]);
         }
-        read_revocations(&shard).await;
+        read_operator_state(&shard).await;
         sleep(every).await;
     }
 }
 
-/// Reads the revocations in force from the registry: those made on any node reach this one
-/// here (its shards close what they revoke when they see the change). If the registry
-/// does not answer, the set last read stays.
-async fn read_revocations(shard: &Shard) {
+/// Reads what operators changed from the registry, the revocations in force and rotated
+/// client secrets: those made on any node reach this one here (its shards close what a
+/// revocation cuts off when they see the change). If the registry does not answer, what was
+/// last read stays.
+async fn read_operator_state(shard: &Shard) {
     let revoked = &shard.shared.revoked;
     let read = revoked.begin_read();
     match shard.shared.registry.revocations().await {
@@ -293,6 +294,15 @@ async fn read_revocations(shard: &Shard) {
         }
         Err(Unavailable(why)) => {
             crate::log::warn("revocations_unread", &[("error", &why)]);
+        }
+    }
+    match shard.shared.registry.client_secrets().await {
+        Ok(list) => shard
+            .shared
+            .directory()
+            .set_rotated_secrets(list.into_iter().collect()),
+        Err(Unavailable(why)) => {
+            crate::log::warn("client_secrets_unread", &[("error", &why)]);
         }
     }
 }
