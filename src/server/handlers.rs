@@ -39,8 +39,7 @@ impl DocumentHandler {
         admission: Admission,
         outbox: Rc<Outbox>,
     ) -> Result<Self, Refusal> {
-        let count =
-            ConnectionCount::acquire(&shard, admission.app.clone(), &admission.limits).await?;
+        let count = ConnectionCount::acquire(&shard, &admission.app, &admission.limits).await?;
         let user = admission.user.clone();
         let claim = RoomClaim::open(&shard, admission).await?;
         let membership = claim.join(outbox, Framing::YWebsocket)?;

@@ -1010,7 +1010,7 @@ async fn app_count(
     if let Some(count) = held(&socket.borrow()) {
         return Ok(count);
     }
-    let count = ConnectionCount::acquire(shard, app.to_owned(), limits).await?;
+    let count = ConnectionCount::acquire(shard, app, limits).await?;
     let mut s = socket.borrow_mut();
     // Another document of the app may have taken one meanwhile: this one then goes back.
     if let Some(held) = held(&s) {

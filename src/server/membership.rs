@@ -26,14 +26,16 @@ use std::task::{Context, Poll};
 /// the count behind.
 pub struct ConnectionCount {
     shard: Rc<Shard>,
-    /// `{tenant}::{app}`.
-    app: String,
+    /// `{tenant}::{app}`, the shard's one copy (see `Shard::app_key`): a connection holds a
+    /// pointer, not a string of its own.
+    app: Rc<str>,
 }
 
 impl ConnectionCount {
     /// Counts a connection of `app` against `maxConnections` over every live node (4004),
     /// 1013 when the registry does not answer.
-    pub async fn acquire(shard: &Rc<Shard>, app: String, limits: &Limits) -> Result<Self, Refusal> {
+    pub async fn acquire(shard: &Rc<Shard>, app: &str, limits: &Limits) -> Result<Self, Refusal> {
+        let app = shard.app_key(app);
         let registry = &shard.shared.registry;
         match registry
             .acquire_connection(

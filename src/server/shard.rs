@@ -143,6 +143,8 @@ pub struct Shard {
     /// Tokens this shard verified, until they expire: a reconnect storm is not a storm of
     /// signature checks. (A reload or a revocation, when they exist, must empty it.)
     token_cache: RefCell<crate::auth::token_cache::TokenCache>,
+    /// See [`Shard::app_key`].
+    app_keys: RefCell<Vec<Rc<str>>>,
 }
 
 /// Verified tokens a shard remembers: about 2 MiB of identities at most.
@@ -196,6 +198,7 @@ impl Shard {
             integrator: super::integrate::Integrator::default(),
             admission_queue,
             session_queue: glommio::executor().current_task_queue(),
+            app_keys: RefCell::new(Vec::new()),
             token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
                 TOKEN_CACHE_ENTRIES_MAX,
             )),
@@ -256,6 +259,18 @@ impl Shard {
                 .insert(&token, identity.clone(), now_s);
         }
         Ok(verified.and_then(|identity| self.not_revoked(identity)))
+    }
+
+    /// The shard's one copy of an app key (`{tenant}::{app}`), for connections to hold.
+    /// Bounded by the apps ever admitted here (configured apps only).
+    pub fn app_key(&self, app: &str) -> Rc<str> {
+        let mut keys = self.app_keys.borrow_mut();
+        if let Some(key) = keys.iter().find(|k| ***k == *app) {
+            return key.clone();
+        }
+        let key: Rc<str> = Rc::from(app);
+        keys.push(key.clone());
+        key
     }
 
     /// Forgets every verified token (a reload changed tenants, keys or apps).
