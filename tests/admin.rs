@@ -182,6 +182,29 @@ fn revoking_an_app_closes_its_sessions_within_a_second_and_others_never_notice()
     let refused = token_request(&a.server);
     assert_eq!(common::status(&refused), 401, "{refused}");
     assert!(refused.contains("app revoked"), "{refused}");
+    // A Hocuspocus provider opening a document of the app is refused for that document
+    // (PermissionDenied, the reason led by the close code); its socket stays open.
+    let mut hocuspocus = common::connect_raw(&a.server.addr, "/");
+    let token = a.directory.mint("web", "u", 600, Value::Null).unwrap();
+    let var_string = |out: &mut Vec<u8>, s: &[u8]| {
+        common::var(out, s.len() as u64);
+        out.extend_from_slice(s);
+    };
+    let mut auth = Vec::new();
+    var_string(&mut auth, b"plan");
+    auth.extend_from_slice(&[2, 0]);
+    var_string(&mut auth, token.as_bytes());
+    hocuspocus
+        .send(tungstenite::Message::Binary(auth.into()))
+        .unwrap();
+    let mut denied = Vec::new();
+    var_string(&mut denied, b"plan");
+    denied.extend_from_slice(&[2, 1]);
+    var_string(&mut denied, b"4003 Forbidden: app revoked");
+    match hocuspocus.read().unwrap() {
+        tungstenite::Message::Binary(b) => assert_eq!(b.to_vec(), denied),
+        other => panic!("{other:?}"),
+    }
     // A reload of the configuration file does not lift it (it lives in the registry).
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(a.server.pid() as i32, libc::SIGHUP) };
