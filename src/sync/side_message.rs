@@ -26,7 +26,8 @@ pub enum SideError {
     UnknownComment,
     /// A design comment's field is missing or has the wrong shape.
     Field(&'static str, &'static str),
-    /// A field a design comment does not have (its name, cut to 32 bytes for the reason).
+    /// A field a design comment does not have (its name as the reason shows it: 32
+    /// characters at most, anything but printable ASCII as `?`).
     UnknownField(String),
 }
 
@@ -42,7 +43,7 @@ impl SideError {
             SideError::UnknownComment => "unknown design-comment message type".into(),
             SideError::Field(field, why) => format!("design-comment field {field}: {why}"),
             SideError::UnknownField(field) => {
-                format!("design-comment field {field:?} is not a field of this message")
+                format!("design-comment field \"{field}\" is not a field of this message")
             }
         }
     }
@@ -205,11 +206,14 @@ fn no_other_fields(rest: &Map<String, Value>) -> Result<(), SideError> {
     match rest.keys().next() {
         None => Ok(()),
         Some(name) => {
-            let mut end = name.len().min(32);
-            while !name.is_char_boundary(end) {
-                end -= 1;
-            }
-            Err(SideError::UnknownField(name[..end].to_owned()))
+            // Shown in a close reason (123 bytes at most): escapes would lengthen it (the
+            // side_message fuzz target found 31 DEL characters making it 262 bytes).
+            let shown = name
+                .chars()
+                .take(32)
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect();
+            Err(SideError::UnknownField(shown))
         }
     }
 }
@@ -373,7 +377,15 @@ mod tests {
             "é".repeat(100)
         );
         let refused = read_now(&long_name).unwrap_err();
-        assert_eq!(refused, SideError::UnknownField("é".repeat(16)));
+        assert_eq!(refused, SideError::UnknownField("?".repeat(32)));
         assert!(refused.reason().len() <= 123, "fits a close frame");
+        // Found by the side_message fuzz target: control characters, escaped, made the
+        // reason longer than a close frame holds.
+        let dels = format!(
+            r#"{{"type":"design-comment:delete","commentId":"c","{}x":1}}"#,
+            "\u{7f}".repeat(40)
+        );
+        let refused = read_now(&dels).unwrap_err();
+        assert!(refused.reason().len() <= 123, "{}", refused.reason());
     }
 }
