@@ -194,7 +194,7 @@ fn admin(args: &AdminArgs) -> Result<(), String> {
             std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?
         }
     };
-    let segment = |s: &str| percent_encode(s);
+    let segment = wiresocket::http::request::percent_encode;
     let (method, path) = match &args.action {
         AdminAction::Apps => ("GET", "/admin/apps".to_owned()),
         AdminAction::Documents { app: None } => ("GET", "/admin/documents".to_owned()),
@@ -256,18 +256,6 @@ fn admin(args: &AdminArgs) -> Result<(), String> {
     } else {
         Err(format!("HTTP {status}: {shown}"))
     }
-}
-
-/// `s` as one path segment or query value.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn hash_secret() -> Result<(), String> {

@@ -58,10 +58,7 @@ tenant = "beta"
         beta = common::eddsa_tenant("beta"),
         hash = wiresocket::auth::secret::hash_secret(CLIENT_SECRET, 1_000),
     );
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     Admin {
         server: common::Server::start(&toml),
         admin,

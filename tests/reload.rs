@@ -41,10 +41,7 @@ fn wait_for_log(server: &common::Server, what: &str, count: usize) -> String {
 #[test]
 fn a_reload_changes_plans_and_apps_in_place_and_a_bad_file_changes_nothing() {
     let toml = config("", true);
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     let token = |app: &str| directory.mint(app, "u", 600, Value::Null).unwrap();
     let server = common::Server::start_with(&toml, &["--shards", "1"]);
     let open = |app: &str, doc: &str| {
@@ -100,9 +97,44 @@ fn a_reload_changes_plans_and_apps_in_place_and_a_bad_file_changes_nothing() {
 }
 
 #[test]
-fn a_node_started_without_a_file_says_so_on_sighup() {
+fn a_node_started_without_a_config_file_refuses_a_reload_and_serves_on() {
+    let log_path =
+        std::env::temp_dir().join(format!("wiresocket-noconfig-{}.log", std::process::id()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wiresocket"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("reload_refused") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(log.contains("started without --config"), "{log}");
+    assert!(alive, "the node goes on");
+}
+
+#[test]
+fn a_reload_whose_file_is_gone_is_refused_and_the_node_serves_on() {
     let server = common::Server::start_with("", &["--shards", "1"]);
-    // It was started with a file (the harness writes one): remove it to see the refusal.
+    // The file the harness started it with, removed.
     std::fs::remove_file(server.config_path()).unwrap();
     sighup(&server);
     let log = wait_for_log(&server, "reload_refused", 1);

@@ -458,10 +458,7 @@ fn a_session_on_the_server_reaches_the_receiver_and_metrics_count_it() {
         "webhook_url = \"{}\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true\n[documents]\ngrace_period_ms = 200\n[webhooks]\nretry_initial_ms = 20",
         receiver.url()
     ));
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     let token = directory.mint("web", "test", 600, Value::Null).unwrap();
     let server = common::Server::start(&toml);
     let mut client = common::YClient::from_ws(
@@ -668,10 +665,7 @@ fn load_hook_server(receiver: &Receiver, load_timeout_ms: u64) -> (common::Serve
         hooks = receiver.url(),
         port = receiver.port,
     ));
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     let token = directory.mint("web", "test", 600, Value::Null).unwrap();
     (common::Server::start(&toml), token)
 }
@@ -852,10 +846,7 @@ fn design_comments_reach_every_client_and_the_receiver_and_viewers_are_refused()
          webhook_events = [\"comment.added\", \"comment.resolved\", \"comment.unresolved\", \"comment.deleted\"]",
         receiver.url()
     ));
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     let server = common::Server::start(&toml);
     let token = |sub: &str, claims: Value| directory.mint("web", sub, 600, claims).unwrap();
     let open = |token: String| common::connect_raw(&server.addr, &format!("/board?token={token}"));
@@ -950,10 +941,7 @@ fn a_drain_with_the_receiver_down_names_every_document_it_could_not_hand_over() 
         "webhook_url = \"http://127.0.0.1:9/hooks\"\nwebhook_secret = \"{SECRET}\"\n\
          webhook_allow_private = true\n[node]\ndrain_timeout_ms = 300\n[webhooks]\nretry_initial_ms = 20"
     ));
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     let token = directory.mint("web", "test", 600, Value::Null).unwrap();
     let mut server = common::Server::start(&toml);
     let _clients: Vec<_> = ["left-open", "also-open"]
@@ -1047,10 +1035,7 @@ fn a_comment_the_apps_full_queue_cannot_take_is_shown_to_nobody_and_its_sender_t
          webhook_allow_private = true\nwebhook_events = [\"comment.added\"]\n\
          [webhooks]\nqueue_events_max = 1\nretry_initial_ms = 60000"
     ));
-    let directory = wiresocket::auth::directory::Directory::from_config(
-        &wiresocket::config::Config::from_toml(&toml, "test").unwrap(),
-    )
-    .unwrap();
+    let directory = common::directory(&toml);
     let token = directory.mint("web", "u", 600, Value::Null).unwrap();
     let server = common::Server::start(&toml);
     let path = format!("/wall?token={token}");

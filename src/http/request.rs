@@ -155,6 +155,19 @@ fn content_length(value: &[u8]) -> Result<u64, HttpError> {
 }
 
 /// Percent-decodes `s` into UTF-8. `None` for a bad escape or bytes that are not UTF-8.
+/// `s` as one path segment or query value: everything but RFC 3986's unreserved
+/// characters percent-encoded (`percent_decode` gives it back).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
@@ -178,6 +191,15 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percent_encoding_round_trips_and_leaves_no_separator() {
+        for s in ["plain-1.x~", "a b/c?d&e=f%g", "a:b::c", "é☃", ""] {
+            let encoded = super::percent_encode(s);
+            assert!(!encoded.contains(['/', '?', '&', ' ', ':']), "{encoded}");
+            assert_eq!(super::percent_decode(&encoded).as_deref(), Some(s));
+        }
+    }
+
     use super::*;
 
     const MAX: usize = 8192;

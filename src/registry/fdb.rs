@@ -140,6 +140,22 @@ impl FdbRegistry {
         }
     }
 
+    /// Sets one key, in a transaction of its own.
+    fn set(&self, key: Vec<u8>, value: Vec<u8>) -> Answer<'_, ()> {
+        Box::pin(async move {
+            self.db
+                .run(|trx, _| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move {
+                        trx.set(&key, &value);
+                        Ok(())
+                    }
+                })
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     /// Every key under `kind` (its last component) and value, in every batch (snapshot read:
     /// a long list must not be cut short).
     async fn read_all(
@@ -371,19 +387,7 @@ impl Registry for FdbRegistry {
     }
 
     fn revoke<'a>(&'a self, what: &'a Revocation) -> Answer<'a, ()> {
-        Box::pin(async move {
-            let key = self.key(&["revoked", &what.name()]);
-            self.db
-                .run(|trx, _| {
-                    let key = key.clone();
-                    async move {
-                        trx.set(&key, b"");
-                        Ok(())
-                    }
-                })
-                .await
-                .map_err(unavailable)
-        })
+        self.set(self.key(&["revoked", &what.name()]), Vec::new())
     }
 
     fn restore<'a>(&'a self, what: &'a Revocation) -> Answer<'a, bool> {
@@ -422,19 +426,7 @@ impl Registry for FdbRegistry {
     }
 
     fn set_client_secret<'a>(&'a self, app: &'a AppKey, hash: &'a str) -> Answer<'a, ()> {
-        Box::pin(async move {
-            let key = self.key(&["secret", app]);
-            self.db
-                .run(|trx, _| {
-                    let key = key.clone();
-                    async move {
-                        trx.set(&key, hash.as_bytes());
-                        Ok(())
-                    }
-                })
-                .await
-                .map_err(unavailable)
-        })
+        self.set(self.key(&["secret", app]), hash.as_bytes().to_vec())
     }
 
     fn client_secrets(&self) -> Answer<'_, Vec<(String, String)>> {

@@ -8,7 +8,7 @@
 //! short queue hold are dropped at once, so silent clients cannot lock the operator out for
 //! long: an operator's tool, not a public service.
 
-use super::operator::{close_revoked, ShardJob, ShardJobs};
+use super::operator::{close_refused, ShardJob, ShardJobs};
 use super::shard::Shard;
 use super::shared::Shared;
 use super::stats::ShardStats;
@@ -326,7 +326,7 @@ impl Admin {
         };
         // Once every shard has run this, each has closed what it held of `what` (here or
         // on its own tick, which counts in the same total).
-        if self.on_each_shard(|shard| close_revoked(shard)).is_err() {
+        if self.on_each_shard(|shard| close_refused(shard)).is_err() {
             return error(503, "the shards did not answer in time");
         }
         let closed = self.shared.revoked.closed_total() - closed_before;
@@ -402,14 +402,13 @@ impl Admin {
         let Some(app_key) = self.app_key(app) else {
             return error(404, &format!("no app {}", json_string(app)));
         };
-        let key = crate::sync::document::isolation_key(
-            app_key.split("::").next().unwrap_or_default(),
-            app,
-            name,
-        );
-        let (code, reason) = crate::refusal::Refusal::ClosedByOperator.close();
-        let closed = self
-            .on_each_shard(move |shard| shard.rooms.close_where(|k, _| k == key, code, &reason));
+        let key = format!("{app_key}::{name}");
+        let closed = self.on_each_shard(move |shard| {
+            let closed_by_operator = crate::refusal::Refusal::ClosedByOperator;
+            shard
+                .rooms
+                .close_where(|k, _| (k == key).then_some(closed_by_operator.clone()))
+        });
         let Ok(closed) = closed else {
             return error(503, "the shards did not answer in time");
         };

@@ -125,25 +125,29 @@ fn admin_listener(
     config: &Config,
 ) -> Result<Option<(std::net::TcpListener, crate::auth::admin_token::AdminToken)>, StartError> {
     let token = admin_token(config)?;
-    let Some(addr) = &config.admin_listen else {
+    let (Some(addr), Some(token)) = (&config.admin_listen, token) else {
         return Ok(None);
     };
-    let token = token.ok_or_else(|| {
-        StartError(
-            "admin_listen is set but there is no admin token: set admin_token_file or WIRESOCKET_ADMIN_TOKEN".into(),
-        )
-    })?;
     let listener = std::net::TcpListener::bind(addr.as_str())
         .map_err(|e| StartError(format!("admin_listen: cannot listen on {addr}: {e}")))?;
     Ok(Some((listener, token)))
 }
 
+/// The admin token, if one is set; refused when `admin_listen` is set without one (fail
+/// closed).
 fn admin_token(
     config: &Config,
 ) -> Result<Option<crate::auth::admin_token::AdminToken>, StartError> {
     let from_env = std::env::var("WIRESOCKET_ADMIN_TOKEN").ok();
-    crate::auth::admin_token::AdminToken::load(config.admin_token_file.as_deref(), from_env)
-        .map_err(StartError)
+    let token =
+        crate::auth::admin_token::AdminToken::load(config.admin_token_file.as_deref(), from_env)
+            .map_err(StartError)?;
+    if config.admin_listen.is_some() && token.is_none() {
+        return Err(StartError(
+            "admin_listen is set but there is no admin token: set admin_token_file or WIRESOCKET_ADMIN_TOKEN".into(),
+        ));
+    }
+    Ok(token)
 }
 
 /// Everything a start checks before it binds, without starting (`wiresocket check-config`):
@@ -152,12 +156,7 @@ fn admin_token(
 pub fn check(config: &Config) -> Result<(), StartError> {
     let listen = config.validate().map_err(|e| StartError(e.0))?;
     Directory::from_config(config).map_err(|e| StartError(e.0))?;
-    let token = admin_token(config)?;
-    if config.admin_listen.is_some() && token.is_none() {
-        return Err(StartError(
-            "admin_listen is set but there is no admin token: set admin_token_file or WIRESOCKET_ADMIN_TOKEN".into(),
-        ));
-    }
+    admin_token(config)?;
     if config.registry.backend == "foundationdb" && !cfg!(feature = "fdb") {
         open_foundationdb(config)?;
     }

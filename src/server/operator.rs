@@ -17,29 +17,17 @@ const REVOKED_SWEEP_TICKS: u32 = 20;
 /// Jobs waiting per shard, at most: the admin listener answers 503 past it.
 const JOBS_QUEUED_MAX: usize = 64;
 
-/// Closes every live session on `shard` whose tenant or app is revoked (4003); how many (also
-/// counted in `Revoked::closed_total`: the shard may see a revocation before the admin
-/// listener's job asks it to).
-pub fn close_revoked(shard: &Shard) -> usize {
+/// Closes every live session on `shard` that an admission would now refuse (4003): its
+/// tenant or app revoked, or its app gone or disabled by a reload; how many (also counted in
+/// `Revoked::closed_total`: the shard may see a change before the admin listener's job asks
+/// it to).
+pub fn close_refused(shard: &Shard) -> usize {
     let revoked = &shard.shared.revoked;
-    let mut closed = 0;
-    for why in ["tenant revoked", "app revoked"] {
-        let refusal = Refusal::Token(crate::auth::verify::Refusal::Forbidden(why));
-        let (code, reason) = refusal.close();
-        closed +=
-            shard
-                .rooms
-                .close_where(|_, app| revoked.refusal(app) == Some(why), code, &reason);
-    }
-    revoked.count_closed(closed);
-    closed
-}
-
-/// Closes every live session on `shard` of an app the directory no longer has, or has
-/// disabled (4003); how many.
-pub fn close_gone_apps(shard: &Shard) -> usize {
     let directory = shard.shared.directory();
-    let status = |app: &str| {
+    let why = |app: &str| {
+        if let Some(why) = revoked.refusal(app) {
+            return Some(why);
+        }
         let (tenant, id) = app.split_once("::")?;
         match directory.apps.get(id) {
             Some(a) if a.tenant == tenant && a.enabled => None,
@@ -47,14 +35,10 @@ pub fn close_gone_apps(shard: &Shard) -> usize {
             _ => Some("unknown app"),
         }
     };
-    let mut closed = 0;
-    for why in ["app disabled", "unknown app"] {
-        let refusal = Refusal::Token(crate::auth::verify::Refusal::Forbidden(why));
-        let (code, reason) = refusal.close();
-        closed += shard
-            .rooms
-            .close_where(|_, app| status(app) == Some(why), code, &reason);
-    }
+    let closed = shard.rooms.close_where(|_, app| {
+        why(app).map(|why| Refusal::Token(crate::auth::verify::Refusal::Forbidden(why)))
+    });
+    revoked.count_closed(closed);
     closed
 }
 
@@ -118,25 +102,19 @@ pub async fn serve_jobs(shard: Rc<Shard>, jobs: std::sync::Arc<ShardJobs>) {
             super::contain::call(shard.my_stats(), "operator_job", || job(&shard));
         }
         ticks = ticks.wrapping_add(1);
-        if directory_generation() != directory_seen {
+        let reloaded = directory_generation() != directory_seen;
+        if reloaded {
             directory_seen = directory_generation();
             shard.forget_tokens();
-            let closed = close_gone_apps(&shard);
-            if closed > 0 {
-                crate::log::info(
-                    "reload_sessions_closed",
-                    &[("shard", &shard.id), ("sessions", &closed)],
-                );
-            }
         }
         let now = shard.shared.revoked.generation();
         let sweep = ticks.is_multiple_of(REVOKED_SWEEP_TICKS) && shard.shared.revoked.any();
-        if now != seen || sweep {
+        if reloaded || now != seen || sweep {
             seen = now;
-            let closed = close_revoked(&shard);
+            let closed = close_refused(&shard);
             if closed > 0 {
                 crate::log::info(
-                    "revoked_sessions_closed",
+                    "refused_sessions_closed",
                     &[("shard", &shard.id), ("sessions", &closed)],
                 );
             }

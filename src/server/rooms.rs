@@ -7,6 +7,7 @@
 
 use super::shared::Shared;
 use super::stats::{self, ShardStats};
+use crate::refusal::Refusal;
 use crate::registry::{Claim, Exceeded, NodeInfo, Unavailable};
 use crate::sync::room::{Room, RoomConfig, Seed};
 use crate::webhook::delivery::{Fate, Receipt};
@@ -483,26 +484,24 @@ impl Rooms {
             .collect()
     }
 
-    /// Closes the connections of every live room whose key and app `chosen` picks, with
-    /// `code` and `reason`; how many.
-    pub fn close_where(
-        &self,
-        chosen: impl Fn(&str, &str) -> bool,
-        code: u16,
-        reason: &str,
-    ) -> usize {
-        let rooms: Vec<Rc<RefCell<Room>>> = self
+    /// Closes the connections of every live room for which `refusal` (given its key and
+    /// app) names one, with that refusal's close; how many.
+    pub fn close_where(&self, refusal: impl Fn(&str, &str) -> Option<Refusal>) -> usize {
+        let rooms: Vec<(Rc<RefCell<Room>>, Refusal)> = self
             .map
             .borrow()
             .iter()
             .filter_map(|(key, state)| match state {
-                RoomState::Live(entry) if chosen(key, &entry.app) => Some(entry.room.clone()),
-                _ => None,
+                RoomState::Live(entry) => Some((entry.room.clone(), refusal(key, &entry.app)?)),
+                RoomState::Pending(_) => None,
             })
             .collect();
         rooms
             .iter()
-            .map(|room| room.borrow().close_subscribers(code, reason))
+            .map(|(room, refusal)| {
+                let (code, reason) = refusal.close();
+                room.borrow().close_subscribers(code, &reason)
+            })
             .sum()
     }
 

@@ -144,7 +144,7 @@ pub struct Shard {
     /// signature checks. (A reload or a revocation, when they exist, must empty it.)
     token_cache: RefCell<crate::auth::token_cache::TokenCache>,
     /// See [`Shard::app_key`].
-    app_keys: RefCell<Vec<Rc<str>>>,
+    app_keys: RefCell<std::collections::HashSet<Rc<str>>>,
 }
 
 /// Verified tokens a shard remembers: about 2 MiB of identities at most.
@@ -198,7 +198,7 @@ impl Shard {
             integrator: super::integrate::Integrator::default(),
             admission_queue,
             session_queue: glommio::executor().current_task_queue(),
-            app_keys: RefCell::new(Vec::new()),
+            app_keys: RefCell::new(std::collections::HashSet::new()),
             token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
                 TOKEN_CACHE_ENTRIES_MAX,
             )),
@@ -265,11 +265,11 @@ impl Shard {
     /// Bounded by the apps ever admitted here (configured apps only).
     pub fn app_key(&self, app: &str) -> Rc<str> {
         let mut keys = self.app_keys.borrow_mut();
-        if let Some(key) = keys.iter().find(|k| ***k == *app) {
+        if let Some(key) = keys.get(app) {
             return key.clone();
         }
         let key: Rc<str> = Rc::from(app);
-        keys.push(key.clone());
+        keys.insert(key.clone());
         key
     }
 

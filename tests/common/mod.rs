@@ -488,6 +488,14 @@ impl YClient {
     }
 }
 
+/// The tenants, keys and apps of a configuration, to mint tokens for it.
+pub fn directory(config_toml: &str) -> wiresocket::auth::directory::Directory {
+    wiresocket::auth::directory::Directory::from_config(
+        &wiresocket::config::Config::from_toml(config_toml, "test").unwrap(),
+    )
+    .unwrap()
+}
+
 /// The tenant `acme` with the EdDSA key pair in `tests/keys`, as configuration (its apps
 /// follow it).
 pub fn acme_eddsa_tenant() -> String {
