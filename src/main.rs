@@ -74,6 +74,11 @@ enum AdminAction {
     RevokeTenant { id: String },
     /// Lifts a tenant's revocation.
     RestoreTenant { id: String },
+    /// Revokes a tenant's key by its kid: tokens signed with it are refused, sessions they
+    /// opened closed with 4003.
+    RevokeKey { tenant: String, kid: String },
+    /// Lifts a key's revocation.
+    RestoreKey { tenant: String, kid: String },
     /// Closes one document's sessions on this node (4003).
     CloseDocument { app: String, name: String },
 }
@@ -213,6 +218,14 @@ fn admin(args: &AdminArgs) -> Result<(), String> {
         AdminAction::RestoreTenant { id } => {
             ("POST", format!("/admin/tenants/{}/restore", segment(id)))
         }
+        AdminAction::RevokeKey { tenant, kid } => (
+            "POST",
+            format!("/admin/keys/{}/{}/revoke", segment(tenant), segment(kid)),
+        ),
+        AdminAction::RestoreKey { tenant, kid } => (
+            "POST",
+            format!("/admin/keys/{}/{}/restore", segment(tenant), segment(kid)),
+        ),
         AdminAction::CloseDocument { app, name } => (
             "POST",
             format!("/admin/documents/{}/{}/close", segment(app), segment(name)),

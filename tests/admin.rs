@@ -29,6 +29,16 @@ fn free_port() -> u16 {
 
 /// Tenants `acme` (apps `web`, `docs`) and `beta` (app `other`), and an admin listener.
 fn start(extra: &str) -> Admin {
+    let tenants = format!(
+        "{}{}",
+        common::acme_eddsa_tenant(),
+        common::eddsa_tenant("beta")
+    );
+    start_with(&tenants, extra)
+}
+
+/// [`start`] with the tenants (`acme` and `beta`) configured by `tenants`.
+fn start_with(tenants: &str, extra: &str) -> Admin {
     let dir = common::TempDir::new("admin");
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
@@ -39,8 +49,7 @@ listen = "127.0.0.1:0"
 admin_listen = "{admin}"
 admin_token_file = "{token}"
 {extra}
-{acme}
-{beta}
+{tenants}
 [[apps]]
 id = "web"
 tenant = "acme"
@@ -54,8 +63,6 @@ id = "other"
 tenant = "beta"
 "#,
         token = token_file.display(),
-        acme = common::acme_eddsa_tenant(),
-        beta = common::eddsa_tenant("beta"),
         hash = wiresocket::auth::secret::hash_secret(CLIENT_SECRET, 1_000),
     );
     let directory = common::directory(&toml);
@@ -249,6 +256,78 @@ fn revoking_a_tenant_closes_all_its_apps_but_not_another_tenants() {
     assert_eq!(a.call("POST", "/admin/tenants/nope/revoke").0, 404);
 }
 
+/// `kid`, `alg` and the key pair `tests/keys/{file}_*.pem` as an `acme` key (`private`: with
+/// its private key, which the first such key of a tenant signs with).
+fn acme_key(kid: &str, alg: &str, file: &str, private: bool) -> String {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let private = if private {
+        format!("private_key_file = \"{keys}/{file}_private.pem\"\n")
+    } else {
+        String::new()
+    };
+    format!("[[tenants.keys]]\nkid = \"{kid}\"\nalg = \"{alg}\"\npublic_key_file = \"{keys}/{file}_public.pem\"\n{private}")
+}
+
+#[test]
+fn revoking_a_key_closes_the_sessions_it_opened_and_refuses_its_tokens() {
+    // acme verifies with `ed` (the server signs with it) and `es`.
+    let tenants = format!(
+        "[[tenants]]\nid = \"acme\"\n{}{}{}",
+        acme_key("ed", "EdDSA", "ed25519", true),
+        acme_key("es", "ES256", "es256", false),
+        common::eddsa_tenant("beta")
+    );
+    let a = start_with(&tenants, "");
+    let es_signer = common::directory(&format!(
+        "[[tenants]]\nid = \"acme\"\n{}[[apps]]\nid = \"web\"\ntenant = \"acme\"\n",
+        acme_key("es", "ES256", "es256", true)
+    ));
+    let connect_es = |document: &str| {
+        let token = es_signer.mint("web", "u", 600, Value::Null).unwrap();
+        common::connect_raw(&a.server.addr, &format!("/{document}?token={token}"))
+    };
+    // One document, sessions opened with either key.
+    let mut by_ed = a.connect("web", "shared");
+    let (es_a, es_b) = (connect_es("shared"), connect_es("shared"));
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, answer) = a.call("POST", "/admin/keys/acme/ed/revoke");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["revoked"], "key:acme::ed");
+    assert_eq!(answer["sessions_closed"], 1, "{answer}");
+    let (code, reason) = closed_within(&mut by_ed, Duration::from_secs(1));
+    assert_eq!((code, reason.as_str()), (4003, "Forbidden: key revoked"));
+    assert!(still_synced(es_a, es_b, "the other key goes on"));
+    // Its tokens are refused, even one the server verified before (its cache).
+    let (code, reason) = common::expect_close(&mut a.connect("web", "shared"));
+    assert_eq!((code, reason.as_str()), (4003, "Forbidden: key revoked"));
+    let (_, listed) = a.call("GET", "/admin/revocations");
+    assert_eq!(listed["revocations"], serde_json::json!(["key:acme::ed"]));
+    // The token endpoint signs with `ed`: it issues nothing while the key is revoked.
+    let form =
+        format!("grant_type=client_credentials&client_id=web-client&client_secret={CLIENT_SECRET}");
+    let token_request = || {
+        a.server.http(&format!(
+            "POST /connect/token HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ))
+    };
+    let refused = token_request();
+    assert!(refused.contains("key revoked"), "{refused}");
+    // Unknown keys and tenants are not found; restored, the key admits again.
+    assert_eq!(a.call("POST", "/admin/keys/acme/nope/revoke").0, 404);
+    assert_eq!(a.call("POST", "/admin/keys/nope/ed/revoke").0, 404);
+    let (status, answer) = a.call("POST", "/admin/keys/acme/ed/restore");
+    assert_eq!(
+        (status, answer["changed"].clone()),
+        (200, Value::Bool(true))
+    );
+    assert_eq!(common::status(&token_request()), 200);
+    let mut c = common::YClient::from_ws(a.connect("web", "shared"), 3);
+    assert!(c.pump_until(Duration::from_secs(5), |c| c
+        .text()
+        .contains("the other key goes on")));
+}
+
 #[test]
 fn closing_one_document_closes_only_its_sessions() {
     let a = start("");
@@ -363,6 +442,12 @@ fn the_command_line_calls_each_endpoint() {
     assert!(ok && out.contains("\"sessions_closed\": 1"), "{out}{err}");
     let (ok, out, err) = run(ADMIN_TOKEN, &["rotate-secret", "web"]);
     assert!(ok && out.contains("\"client_secret\""), "{out}{err}");
+    // acme's key has no kid here (the key test revokes one that has).
+    for action in ["revoke-key", "restore-key"] {
+        let (ok, out, err) = run(ADMIN_TOKEN, &[action, "acme", "k1"]);
+        assert!(!ok && err.contains("HTTP 404"), "{out}{err}");
+        assert!(err.contains("has no key with kid"), "{out}{err}");
+    }
     let (ok, _, err) = run("the-wrong-token-the-wrong-token-!", &["apps"]);
     assert!(!ok && err.contains("HTTP 403"), "{err}");
 }

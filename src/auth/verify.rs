@@ -52,6 +52,9 @@ pub struct Identity {
     pub allowed_domains: Vec<String>,
     /// The token's `exp`.
     pub expires_at_s: u64,
+    /// `{tenant}::{kid}` of the key that verified the token, if it has a `kid`: an operator
+    /// can revoke it (PRODUCT.md 13), closing the sessions it opened.
+    pub signing_key: Option<std::sync::Arc<str>>,
     /// Shared by every connection admitted with the token (the verified-token cache holds
     /// one), so it costs a connection a pointer.
     pub user: std::sync::Arc<super::claims::User>,
@@ -119,6 +122,13 @@ impl Verifier {
         self.tenants.contains_key(id)
     }
 
+    /// Whether the tenant `id` has a verification key `kid`.
+    pub fn has_key(&self, id: &str, kid: &str) -> bool {
+        self.tenants
+            .get(id)
+            .is_some_and(|t| t.keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
         // The header names the algorithm and key; `alg: none` and unknown algorithms fail here.
         let header =
@@ -147,13 +157,20 @@ impl Verifier {
         // Each key verifies only its own algorithm: an HS256 token "signed" with an RSA
         // public key never meets an HMAC check.
         let mut result = Err(Refusal::Invalid("algorithm not accepted for this tenant"));
+        let mut signer = None;
         for key in candidates.into_iter().filter(|k| k.alg == header.alg) {
             result = self.decode(token, key);
             if result.is_ok() {
+                signer = Some(key);
                 break;
             }
         }
         let claims = result?;
+        // Named by the key that verified, not the header: a token without `kid` is still
+        // refused once the key that signed it is revoked.
+        let signing_key = signer
+            .and_then(|k| k.kid.as_deref())
+            .map(|kid| std::sync::Arc::from(format!("{}::{kid}", tenant.id)));
         if lifetime_s(&claims, jsonwebtoken::get_current_timestamp()) > self.token_lifetime_max_s {
             return Err(Refusal::Invalid("lifetime over auth.token_lifetime_max_s"));
         }
@@ -204,6 +221,7 @@ impl Verifier {
             docs: claims.docs,
             allowed_domains,
             expires_at_s: claims.exp.unwrap_or(0),
+            signing_key,
             user: std::sync::Arc::new(super::claims::User::from_claims(
                 claims.sub.as_ref(),
                 claims.name.as_ref(),
@@ -382,6 +400,19 @@ mod tests {
             assert_eq!(id.limits.max_connections, Some(100), "from the plan");
             assert_eq!(id.role, Role::Editor);
         }
+    }
+
+    #[test]
+    fn the_identity_names_the_key_that_verified_even_without_a_kid_header() {
+        let v = verifier();
+        let id = v
+            .verify(&sign(Algorithm::ES256, "ec", ES_PRIV, &claims()))
+            .unwrap();
+        assert_eq!(id.signing_key.as_deref(), Some("acme::ec"));
+        let key = EncodingKey::from_ed_pem(ED_PRIV.as_bytes()).unwrap();
+        let no_kid = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims(), &key).unwrap();
+        let id = v.verify(&no_kid).unwrap();
+        assert_eq!(id.signing_key.as_deref(), Some("acme::ed"));
     }
 
     #[test]

@@ -168,17 +168,19 @@ fn apps_are_counted_apart(r: &dyn Registry) {
 fn revocations_are_kept_listed_and_lifted(r: &dyn Registry) {
     let app = Revocation::App("t::x".into());
     let tenant = Revocation::Tenant("t".into());
+    let key = Revocation::Key("t::k1".into());
     assert_eq!(block_on(r.revocations()), Ok(vec![]));
     block_on(r.revoke(&app)).unwrap();
     block_on(r.revoke(&app)).unwrap();
     block_on(r.revoke(&tenant)).unwrap();
-    let mut listed = vec![app.clone(), tenant.clone()];
+    block_on(r.revoke(&key)).unwrap();
+    let mut listed = vec![app.clone(), tenant.clone(), key.clone()];
     listed.sort();
     assert_eq!(block_on(r.revocations()), Ok(listed), "once each, in order");
     assert_eq!(block_on(r.restore(&app)), Ok(true));
     assert_eq!(block_on(r.restore(&app)), Ok(false));
-    assert_eq!(block_on(r.revocations()), Ok(vec![tenant]));
-    for name in ["tenant:t", "app:t::x"] {
+    assert_eq!(block_on(r.revocations()), Ok(vec![tenant, key]));
+    for name in ["tenant:t", "app:t::x", "key:t::k1", "key:t::a::b"] {
         assert_eq!(
             Revocation::parse(name).map(|r| r.name()).as_deref(),
             Some(name)
@@ -190,7 +192,15 @@ fn revocations_are_kept_listed_and_lifted(r: &dyn Registry) {
             Some(name)
         );
     }
-    for bad in ["tenant:", "app:x", "app:a::b::c", "key:t"] {
+    for bad in [
+        "tenant:",
+        "app:x",
+        "app:a::b::c",
+        "key:t",
+        "key:t::",
+        "key:::k",
+        "kid:t::k",
+    ] {
         assert_eq!(Revocation::parse(bad), None, "{bad}");
     }
 }

@@ -62,14 +62,19 @@ pub enum Revocation {
     Tenant(String),
     /// `{tenant}::{app}`.
     App(String),
+    /// `{tenant}::{kid}`: tokens signed with the tenant's key `kid` (tenant ids never hold
+    /// `::`, so the first one ends the tenant).
+    Key(String),
 }
 
 impl Revocation {
-    /// `tenant:{id}` or `app:{tenant}::{app}`: how it is listed and stored.
+    /// `tenant:{id}`, `app:{tenant}::{app}` or `key:{tenant}::{kid}`: how it is listed and
+    /// stored.
     pub fn name(&self) -> String {
         match self {
             Revocation::Tenant(id) => format!("tenant:{id}"),
             Revocation::App(key) => format!("app:{key}"),
+            Revocation::Key(key) => format!("key:{key}"),
         }
     }
 
@@ -77,6 +82,12 @@ impl Revocation {
         match name.split_once(':')? {
             ("tenant", id) if !id.is_empty() => Some(Revocation::Tenant(id.to_owned())),
             ("app", key) if key.split("::").count() == 2 => Some(Revocation::App(key.to_owned())),
+            ("key", key) => match key.split_once("::") {
+                Some((tenant, kid)) if !tenant.is_empty() && !kid.is_empty() => {
+                    Some(Revocation::Key(key.to_owned()))
+                }
+                _ => None,
+            },
             _ => None,
         }
     }

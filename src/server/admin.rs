@@ -191,6 +191,15 @@ impl Admin {
                     error(404, &format!("no tenant {}", json_string(id)))
                 }
             }
+            ("POST", ["admin", "keys", tenant, kid, action @ ("revoke" | "restore")]) => {
+                if self.shared.directory().verifier.has_key(tenant, kid) {
+                    let key = Revocation::Key(format!("{tenant}::{kid}"));
+                    self.revocation(key, action == &"revoke")
+                } else {
+                    let (tenant, kid) = (json_string(tenant), json_string(kid));
+                    error(404, &format!("tenant {tenant} has no key with kid {kid}"))
+                }
+            }
             // A name with `/` (`allow_path_names`) comes as one encoded segment or several.
             ("POST", ["admin", "documents", app, name @ .., "close"]) if !name.is_empty() => {
                 self.close_document(app, &name.join("/"))

@@ -20,6 +20,8 @@ pub struct Admission {
     pub can_write: bool,
     /// Who the token names (design comments carry it).
     pub user: std::sync::Arc<crate::auth::claims::User>,
+    /// The key that signed the token (`Identity::signing_key`).
+    pub signing_key: Option<std::sync::Arc<str>>,
 }
 
 /// Whether `identity` may open the document named `name` (its name valid for the app, and
@@ -65,6 +67,7 @@ pub fn decide(
         limits: identity.limits,
         can_write: identity.role == auth::claims::Role::Editor,
         user: identity.user.clone(),
+        signing_key: identity.signing_key.clone(),
     };
     Ok((admission, owner))
 }

@@ -230,7 +230,8 @@ async fn token(
     let Ok(form) = std::str::from_utf8(&body) else {
         return Refusal::InvalidRequest("the form is not UTF-8".into()).http_response();
     };
-    // A revoked tenant's or app's client gets no tokens (PRODUCT.md 13).
+    // A revoked tenant's or app's client gets no tokens, nor one signed with a revoked key
+    // (PRODUCT.md 13).
     let fields = auth::oauth::parse_form(form);
     let directory = shard.shared.directory();
     let revoked = fields
@@ -241,7 +242,13 @@ async fn token(
                 .values()
                 .find(|a| a.client_id.as_deref() == Some(id.as_str()))
         })
-        .and_then(|app| shard.shared.revoked.refusal_of(&app.tenant, &app.id));
+        .and_then(|app| {
+            let signer = directory.signers.get(&app.tenant);
+            let kid = signer.and_then(|s| s.kid.as_deref());
+            let signing_key = kid.map(|kid| format!("{}::{kid}", app.tenant));
+            let revoked = &shard.shared.revoked;
+            revoked.refusal_of(&app.tenant, &app.id, signing_key.as_deref())
+        });
     if let Some(why) = revoked {
         let answer = auth::oauth::error(auth::oauth::OAuthError::InvalidClient, why);
         return response(401, "application/json", &[], &answer.body);

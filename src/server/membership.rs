@@ -165,7 +165,8 @@ impl RoomClaim {
             let scope = hocuspocus::encode_authenticated(&prefix, self.admission.can_write);
             outbox.push(&binary_frame(&scope));
         }
-        let slot = room.borrow_mut().join_framed(outbox, framing);
+        let credential = self.shard.credential(self.admission.signing_key.as_ref());
+        let slot = room.borrow_mut().join_framed(outbox, framing, credential);
         let shard = self.shard.clone();
         let ops = shard.shared.registry.ops_window(&self.admission.app);
         Ok(Membership {

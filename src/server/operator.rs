@@ -18,7 +18,7 @@ const REVOKED_SWEEP_TICKS: u32 = 20;
 const JOBS_QUEUED_MAX: usize = 64;
 
 /// Closes every live session on `shard` that an admission would now refuse (4003): its
-/// tenant or app revoked, or its app gone or disabled by a reload; how many (also counted in
+/// tenant, app or key revoked, or its app gone or disabled by a reload; how many (also counted in
 /// `Revoked::closed_total`: the shard may see a change before the admin listener's job asks
 /// it to).
 pub fn close_refused(shard: &Shard) -> usize {
@@ -37,7 +37,7 @@ pub fn close_refused(shard: &Shard) -> usize {
     };
     let closed = shard.rooms.close_where(|_, app| {
         why(app).map(|why| Refusal::Token(crate::auth::verify::Refusal::Forbidden(why)))
-    });
+    }) + shard.close_revoked_keys();
     revoked.count_closed(closed);
     closed
 }

@@ -75,12 +75,18 @@ impl Revoked {
     /// Why a connection of `app` (`{tenant}::{app}`) may not be: its tenant or app revoked.
     pub fn refusal(&self, app: &str) -> Option<&'static str> {
         let (tenant, app_id) = app.split_once("::")?;
-        self.refusal_of(tenant, app_id)
+        self.refusal_of(tenant, app_id, None)
     }
 
-    /// [`Revoked::refusal`] of `tenant`'s `app_id` (nothing is allocated while none is
-    /// revoked: it is asked at every admission).
-    pub fn refusal_of(&self, tenant: &str, app_id: &str) -> Option<&'static str> {
+    /// Why a connection of `tenant`'s `app_id` whose token was signed with `signing_key`
+    /// (`{tenant}::{kid}`) may not be: its tenant, app or key revoked (nothing is allocated
+    /// while none is revoked: it is asked at every admission).
+    pub fn refusal_of(
+        &self,
+        tenant: &str,
+        app_id: &str,
+        signing_key: Option<&str>,
+    ) -> Option<&'static str> {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner());
         if set.is_empty() {
             return None;
@@ -89,9 +95,17 @@ impl Revoked {
             Some("tenant revoked")
         } else if set.contains(&Revocation::App(format!("{tenant}::{app_id}"))) {
             Some("app revoked")
+        } else if signing_key.is_some_and(|k| set.contains(&Revocation::Key(k.to_owned()))) {
+            Some("key revoked")
         } else {
             None
         }
+    }
+
+    /// Whether the key `signing_key` (`{tenant}::{kid}`) is revoked.
+    pub fn key_revoked(&self, signing_key: &str) -> bool {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.contains(&Revocation::Key(signing_key.to_owned()))
     }
 }
 
@@ -114,6 +128,15 @@ mod tests {
         assert!(replace(vec![Revocation::Tenant("acme".into())]));
         assert_eq!(revoked.refusal("acme::docs"), Some("tenant revoked"));
         assert_eq!(revoked.refusal("acme::web"), Some("tenant revoked"));
+        assert!(replace(vec![Revocation::Key("acme::k1".into())]));
+        assert_eq!(revoked.refusal("acme::web"), None, "a key revokes no app");
+        assert_eq!(
+            revoked.refusal_of("acme", "web", Some("acme::k1")),
+            Some("key revoked")
+        );
+        assert_eq!(revoked.refusal_of("acme", "web", Some("acme::k2")), None);
+        assert_eq!(revoked.refusal_of("beta", "web", Some("beta::k1")), None);
+        assert!(revoked.key_revoked("acme::k1") && !revoked.key_revoked("acme::k2"));
         assert!(replace(vec![]));
         assert_eq!(revoked.refusal("acme::web"), None);
         // A read begun before another was applied does not undo it.

@@ -500,8 +500,27 @@ impl Rooms {
             .iter()
             .map(|(room, refusal)| {
                 let (code, reason) = refusal.close();
-                room.borrow().close_subscribers(code, &reason)
+                room.borrow().close_subscribers(code, &reason, |_| true)
             })
+            .sum()
+    }
+
+    /// Closes, in every live room, the subscribers admitted with a credential `refused`
+    /// names, with `refusal`; how many.
+    pub fn close_credentials(&self, refused: impl Fn(u32) -> bool, refusal: &Refusal) -> usize {
+        let (code, reason) = refusal.close();
+        let rooms: Vec<Rc<RefCell<Room>>> = self
+            .map
+            .borrow()
+            .values()
+            .filter_map(|state| match state {
+                RoomState::Live(entry) => Some(entry.room.clone()),
+                RoomState::Pending(_) => None,
+            })
+            .collect();
+        rooms
+            .iter()
+            .map(|room| room.borrow().close_subscribers(code, &reason, &refused))
             .sum()
     }
 

@@ -10,6 +10,7 @@ use super::stats::{self, ShardStats};
 use crate::auth::verify::Identity;
 use crate::config::Config;
 use crate::outbox::{shared_frame, Frame, Outbox};
+use crate::refusal::Refusal;
 use crate::sync::room::RoomConfig;
 use crate::sync::update_check::UpdateLimits;
 use crate::ws::frame::Opcode;
@@ -145,6 +146,8 @@ pub struct Shard {
     token_cache: RefCell<crate::auth::token_cache::TokenCache>,
     /// See [`Shard::app_key`].
     app_keys: RefCell<std::collections::HashSet<Rc<str>>>,
+    /// See [`Shard::credential`].
+    credentials: RefCell<Vec<std::sync::Arc<str>>>,
 }
 
 /// Verified tokens a shard remembers: about 2 MiB of identities at most.
@@ -199,6 +202,7 @@ impl Shard {
             admission_queue,
             session_queue: glommio::executor().current_task_queue(),
             app_keys: RefCell::new(std::collections::HashSet::new()),
+            credentials: RefCell::new(Vec::new()),
             token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
                 TOKEN_CACHE_ENTRIES_MAX,
             )),
@@ -273,15 +277,53 @@ impl Shard {
         key
     }
 
+    /// The number a room keeps for a subscriber admitted with a token signed by
+    /// `signing_key` (`{tenant}::{kid}`), 0 for a key without `kid`. Bounded by the keys
+    /// ever configured (a verified token names a configured key).
+    pub fn credential(&self, signing_key: Option<&std::sync::Arc<str>>) -> u32 {
+        let Some(key) = signing_key else {
+            return 0;
+        };
+        let mut credentials = self.credentials.borrow_mut();
+        let index = match credentials.iter().position(|k| k == key) {
+            Some(i) => i,
+            None => {
+                credentials.push(key.clone());
+                credentials.len() - 1
+            }
+        };
+        u32::try_from(index + 1).expect("keys are configured, not sent")
+    }
+
+    /// Closes the sessions admitted with a token signed by a key now revoked (4003); how
+    /// many.
+    pub fn close_revoked_keys(&self) -> usize {
+        let revoked: Vec<u32> = {
+            let credentials = self.credentials.borrow();
+            (1..)
+                .zip(credentials.iter())
+                .filter(|(_, key)| self.shared.revoked.key_revoked(key))
+                .map(|(credential, _)| credential)
+                .collect()
+        };
+        if revoked.is_empty() {
+            return 0;
+        }
+        let refusal = Refusal::Token(crate::auth::verify::Refusal::Forbidden("key revoked"));
+        self.rooms
+            .close_credentials(|credential| revoked.contains(&credential), &refusal)
+    }
+
     /// Forgets every verified token (a reload changed tenants, keys or apps).
     pub fn forget_tokens(&self) {
         self.token_cache.borrow_mut().clear();
     }
 
-    /// A verified identity, unless an operator revoked its tenant or app (4003).
+    /// A verified identity, unless an operator revoked its tenant, app or key (4003).
     fn not_revoked(&self, identity: Identity) -> Result<Identity, crate::auth::verify::Refusal> {
         let revoked = &self.shared.revoked;
-        match revoked.refusal_of(&identity.tenant_id, &identity.app.id) {
+        let signing_key = identity.signing_key.as_deref();
+        match revoked.refusal_of(&identity.tenant_id, &identity.app.id, signing_key) {
             Some(why) => Err(crate::auth::verify::Refusal::Forbidden(why)),
             None => Ok(identity),
         }

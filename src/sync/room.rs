@@ -105,6 +105,9 @@ struct Subscriber {
     /// Which join of the room this is: a pending update's sender is told of its refusal
     /// only if its slot still holds the same subscriber.
     joined: u64,
+    /// What admitted it, as the server numbers credentials (the room only keeps it, for
+    /// [`Room::close_subscribers`]: an operator may revoke the key a token was signed with).
+    credential: u32,
 }
 
 /// What handling one message did, for the metrics.
@@ -264,11 +267,16 @@ impl Room {
     /// Adds a subscriber and queues what a new client gets first: the server's state vector
     /// (sync step 1) and the current awareness states.
     pub fn join(&mut self, outbox: Rc<Outbox>) -> Slot {
-        self.join_framed(outbox, Framing::YWebsocket)
+        self.join_framed(outbox, Framing::YWebsocket, 0)
     }
 
-    /// [`Room::join`] for a connection with the given framing.
-    pub fn join_framed(&mut self, outbox: Rc<Outbox>, framing: Framing<'_>) -> Slot {
+    /// [`Room::join`] for a connection with the given framing, admitted with `credential`.
+    pub fn join_framed(
+        &mut self,
+        outbox: Rc<Outbox>,
+        framing: Framing<'_>,
+        credential: u32,
+    ) -> Slot {
         assert!(
             self.relay.is_none(),
             "a read is relayed before anyone joins"
@@ -289,6 +297,7 @@ impl Room {
             hocuspocus,
             awareness_ids: Vec::new(),
             joined: self.joins,
+            credential,
         };
         self.len += 1;
         match self.free_slots.pop() {
@@ -361,11 +370,13 @@ impl Room {
         self.wake_caught_up();
     }
 
-    /// Closes every subscriber's connection with `code` and `reason` (an operator closed
-    /// the document or revoked its app); how many were not closing already.
-    pub fn close_subscribers(&self, code: u16, reason: &str) -> usize {
+    /// Closes the connection of every subscriber whose credential `which` names with `code`
+    /// and `reason` (an operator closed the document, or revoked its app or a key); how many
+    /// were not closing already.
+    pub fn close_subscribers(&self, code: u16, reason: &str, which: impl Fn(u32) -> bool) -> usize {
         let mut closed = 0;
-        for subscriber in self.subscribers.iter().flatten() {
+        let chosen = self.subscribers.iter().flatten();
+        for subscriber in chosen.filter(|s| which(s.credential)) {
             if subscriber.outbox.closed().is_none() {
                 subscriber.outbox.close(code, reason);
                 closed += 1;
@@ -970,6 +981,27 @@ mod tests {
     use std::sync::Arc;
     use yrs::{Array, GetString, Map, Text};
 
+    #[test]
+    fn closing_by_credential_closes_only_those_subscribers() {
+        let mut room = Room::new(RoomConfig::default());
+        let outboxes: Vec<Rc<Outbox>> = (0..3).map(|_| Rc::new(Outbox::new(1 << 20))).collect();
+        for (outbox, credential) in outboxes.iter().zip([1, 2, 1]) {
+            room.join_framed(outbox.clone(), Framing::YWebsocket, credential);
+        }
+        assert_eq!(
+            room.close_subscribers(4003, "Forbidden: key revoked", |c| c == 1),
+            2
+        );
+        let codes: Vec<Option<u16>> = outboxes.iter().map(|o| o.close_code()).collect();
+        assert_eq!(codes, [Some(4003), None, Some(4003)]);
+        assert_eq!(
+            room.close_subscribers(4003, "again", |c| c == 1),
+            0,
+            "closing already"
+        );
+        assert_eq!(room.close_subscribers(4003, "all", |_| true), 1);
+    }
+
     /// Takes every frame queued on `o` and returns their payloads (all are short binary frames
     /// or 16-bit-length ones in these tests).
     fn drain(o: &Outbox) -> Vec<Vec<u8>> {
@@ -1088,7 +1120,7 @@ mod tests {
         let slots: Vec<Slot> = outboxes
             .iter()
             .zip(addresses)
-            .map(|(o, address)| room.join_framed(o.clone(), Framing::Hocuspocus { address }))
+            .map(|(o, address)| room.join_framed(o.clone(), Framing::Hocuspocus { address }, 0))
             .collect();
         assert_eq!(
             room.hocuspocus.iter().flatten().count(),
@@ -1120,7 +1152,7 @@ mod tests {
         room.leave(slots[2]);
         assert_eq!(room.hocuspocus.iter().flatten().count(), 1);
         let later = Rc::new(Outbox::new(1 << 20));
-        room.join_framed(later.clone(), Framing::Hocuspocus { address: "d\0s3" });
+        room.join_framed(later.clone(), Framing::Hocuspocus { address: "d\0s3" }, 0);
         assert_eq!(room.hocuspocus.len(), 2, "the freed place is reused");
         room.receive(slots[1], &client_update("x"), true).unwrap();
         let got = drain(&later);
@@ -1137,8 +1169,8 @@ mod tests {
         );
         let sy = room.join(y.clone());
         let hocuspocus = Framing::Hocuspocus { address: "d" };
-        let sh = room.join_framed(h.clone(), hocuspocus);
-        let sh2 = room.join_framed(h2.clone(), hocuspocus);
+        let sh = room.join_framed(h.clone(), hocuspocus, 0);
+        let sh2 = room.join_framed(h2.clone(), hocuspocus, 0);
         let step1 = protocol::encode_sync(SYNC_STEP1, &[0]);
         assert_eq!(drain(&y), vec![step1.clone()]);
         assert_eq!(
@@ -1224,12 +1256,12 @@ mod tests {
         let mut room = Room::new(RoomConfig::default());
         let h = Rc::new(Outbox::new(1 << 20));
         let hocuspocus = Framing::Hocuspocus { address: "d" };
-        let slot = room.join_framed(h.clone(), hocuspocus);
+        let slot = room.join_framed(h.clone(), hocuspocus, 0);
         room.stage(slot, &client_update("x"), true).unwrap();
         room.flush();
         room.leave(slot);
         let later = Rc::new(Outbox::new(1 << 20));
-        assert_eq!(room.join_framed(later.clone(), hocuspocus), slot);
+        assert_eq!(room.join_framed(later.clone(), hocuspocus, 0), slot);
         drain(&later);
         room.integrate_all();
         assert!(drain(&later).is_empty());
