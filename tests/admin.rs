@@ -210,12 +210,7 @@ fn revoking_an_app_closes_its_sessions_within_a_second_and_others_never_notice()
         other => panic!("{other:?}"),
     }
     // A reload of the configuration file does not lift it (it lives in the registry).
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(a.server.pid() as i32, libc::SIGHUP) };
-    a.server
-        .wait_for("the reload", Duration::from_secs(10), |s| {
-            s.log().contains("event=reloaded")
-        });
+    assert!(a.server.reload().contains("event=reloaded"));
     let (code, _) = common::expect_close(&mut a.connect("web", "plan"));
     assert_eq!(code, 4003, "still revoked after a reload");
     // Restored: connections of the app are let in again.

@@ -1067,3 +1067,54 @@ fn a_comment_the_apps_full_queue_cannot_take_is_shown_to_nobody_and_its_sender_t
             .contains("wiresocket_webhook_dropped_total{app=\"acme::web\"} 1")
     });
 }
+
+#[test]
+fn a_reload_adds_an_apps_webhook_in_place_and_a_bad_secret_changes_nothing() {
+    let receiver = Receiver::start(0);
+    let plain = app_with("[documents]\ngrace_period_ms = 200");
+    let hooked = |secret: &str| {
+        app_with(&format!(
+            "webhook_url = \"{}\"\nwebhook_secret = \"{secret}\"\nwebhook_allow_private = true\n[documents]\ngrace_period_ms = 200",
+            receiver.url()
+        ))
+    };
+    let directory = common::directory(&plain);
+    let token = directory.mint("web", "test", 600, Value::Null).unwrap();
+    let server = common::Server::start(&plain);
+    let open = |document: &str, client: u64| {
+        let ws = common::connect_raw(&server.addr, &format!("/{document}?token={token}"));
+        common::YClient::from_ws(ws, client)
+    };
+    // A session started before the app had a webhook.
+    let mut before = open("before", 1);
+    before.insert(0, "old");
+    std::fs::write(server.config_path(), hooked(SECRET)).unwrap();
+    let line = server.reload();
+    assert!(line.contains("event=reloaded"), "{line}");
+    assert!(
+        line.contains("restart_to_apply=\"\""),
+        "nothing waits for a restart: {line}"
+    );
+    // A new session is told of; so is a change to the one that was live already.
+    let after = open("after", 2);
+    before.insert(0, "new ");
+    let mut seen = Vec::new();
+    let requests = requests_until(&receiver, |r| {
+        seen.push((r["body"]["type"].clone(), r["body"]["document"].clone()));
+        seen.contains(&(json!("session.started"), json!("after")))
+            && seen.contains(&(json!("document.changed"), json!("before")))
+    });
+    assert!(
+        requests.iter().all(|r| r["verdict"] == "ok"),
+        "{requests:?}"
+    );
+    // A secret that does not parse: refused, naming the field; the receiver in force stays.
+    std::fs::write(server.config_path(), hooked("whsec_short")).unwrap();
+    let line = server.reload();
+    assert!(line.contains("reload_refused"), "{line}");
+    assert!(line.contains("apps.web.webhook_secret"), "{line}");
+    drop(after);
+    requests_until(&receiver, |r| {
+        r["body"]["type"] == "session.ended" && r["body"]["document"] == "after"
+    });
+}

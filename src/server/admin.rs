@@ -145,7 +145,7 @@ impl Admin {
             });
         }
         if req.method == "GET" && req.path == "/metrics" && self.shared.config.metrics_on_admin {
-            let text = super::stats::render_all(&self.stats, self.shared.webhooks.as_ref());
+            let text = super::stats::render_all(&self.stats, &self.shared.webhooks);
             return response(200, "text/plain; version=0.0.4", &[], &text);
         }
         let answer = self.route(req.method, req.path, req.query_param("app"));

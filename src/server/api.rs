@@ -26,7 +26,7 @@ pub async fn answer(
         ("GET" | "HEAD", "/health" | "/") => health(shard),
         // With `metrics_on_admin` they are on the admin listener only.
         ("GET" | "HEAD", "/metrics") if !shard.shared.config.metrics_on_admin => {
-            let text = super::stats::render_all(&shard.stats, shard.shared.webhooks.as_ref());
+            let text = super::stats::render_all(&shard.stats, &shard.shared.webhooks);
             response(200, "text/plain; version=0.0.4", &[], &text)
         }
         ("GET" | "HEAD", "/metrics") => Refusal::NotFound.http_response(),

@@ -1,6 +1,6 @@
 //! SIGHUP (PRODUCT.md 13): the configuration file is read again and what can change in
-//! place is put in force: tenants, keys and apps (enabled, plans, client secrets, origins),
-//! and the per-IP rate limits. No session is dropped, except those of an app that is gone or
+//! place is put in force: tenants, keys and apps (enabled, plans, client secrets, origins,
+//! webhook receivers and load hooks), and the per-IP rate limits. No session is dropped, except those of an app that is gone or
 //! disabled, closed with 4003. A file that does not validate is refused, the error naming
 //! the field, and the configuration in force stays. Other settings need a restart (the log
 //! names those that changed).
@@ -80,6 +80,8 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
     let directory = Directory::from_config(&new).map_err(|e| e.0)?;
     // Rotated secrets live in the registry, not the file.
     directory.set_rotated_secrets(shared.directory().rotated_secrets());
+    // Secret files, DNS and the address rules, as at start (on this thread, off the shards).
+    let receivers = shared.webhooks.read_apps(&new.apps)?;
     let restart = needs_restart(running, &new);
     let limits = &new.rate_limits;
     shared
@@ -93,6 +95,7 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
         .admin_per_ip
         .set_per_window(limits.admin_requests_per_minute);
     shared.replace_directory(directory);
+    shared.webhooks.replace(receivers);
     Ok(restart)
 }
 
@@ -100,23 +103,6 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let webhooks_of = |c: &Config| -> Vec<String> {
-        c.apps
-            .iter()
-            .map(|a| {
-                format!(
-                    "{:?}{:?}{:?}{:?}{:?}{:?}{}",
-                    a.webhook_url,
-                    a.webhook_secret,
-                    a.webhook_secret_file,
-                    a.webhook_events,
-                    a.load_url,
-                    a.webhook_allow_private,
-                    a.load_timeout_ms
-                )
-            })
-            .collect()
-    };
     [
         ("http", differs(&old.http, &new.http)),
         ("websocket", differs(&old.websocket, &new.websocket)),
@@ -130,7 +116,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             differs(&old.trusted_proxies, &new.trusted_proxies),
         ),
         ("webhooks", differs(&old.webhooks, &new.webhooks)),
-        ("apps.webhook_*", webhooks_of(old) != webhooks_of(new)),
         (
             "admin_*",
             differs(

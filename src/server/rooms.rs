@@ -250,11 +250,7 @@ impl Rooms {
             Ok(Claim::DocumentLimit(e)) => return Err(RoomRefusal::DocumentLimit(e)),
             Err(Unavailable(why)) => return Err(RoomRefusal::Unavailable(why)),
         }
-        let started = self
-            .shared
-            .webhooks
-            .as_ref()
-            .map(|w| w.session_started(app, document_of(key)));
+        let started = self.shared.webhooks.session_started(app, document_of(key));
         let room = match self.load(app, started.as_ref()).await {
             Ok(room) => room,
             Err(why) => {
@@ -286,8 +282,10 @@ impl Rooms {
             .borrow_mut()
             .insert(key.clone(), RoomState::Live(entry));
         stats::add(&self.my_stats().documents, 1);
-        if let (Some(webhooks), Some(started)) = (&self.shared.webhooks, started) {
-            webhooks.push_event(app, document_of(&key), started);
+        if let Some(started) = started {
+            self.shared
+                .webhooks
+                .push_event(app, document_of(&key), started);
         }
         Ok(OpenRoom { key, room })
     }
@@ -300,9 +298,10 @@ impl Rooms {
         started: Option<&crate::webhook::event::Event>,
     ) -> Result<Room, String> {
         let config = self.config;
-        let (Some(webhooks), Some(started)) = (&self.shared.webhooks, started) else {
+        let Some(started) = started else {
             return Ok(Room::new(config));
         };
+        let webhooks = &self.shared.webhooks;
         let state_bytes_max = config.document_bytes_max as u64;
         let prepare = move |state: Vec<u8>| {
             Seed::prepare(&state, &config)
@@ -385,11 +384,12 @@ impl Rooms {
     /// `document.changed` 2 s after the last update or 10 s after the first unsent one, with
     /// what changed since the previous one; `presence.changed` 1 s after the last awareness
     /// change (10 s at most), when who is present differs from what was last sent. Called
-    /// every `CHANGE_TICK` by the shard when an app has webhooks.
+    /// every `CHANGE_TICK` by the shard.
     pub fn send_debounced(&self) {
-        let Some(webhooks) = &self.shared.webhooks else {
+        let webhooks = &self.shared.webhooks;
+        if !webhooks.any_sink() {
             return;
-        };
+        }
         let now = Instant::now();
         for (key, state) in self.map.borrow_mut().iter_mut() {
             let RoomState::Live(entry) = state else {
@@ -430,7 +430,7 @@ impl Rooms {
     /// Sends `session.ended` with the room's final state, if the room at `key` is still the
     /// one that emptied at `generation` (nobody joined since) and its app wants the event.
     fn end_session(&self, key: &str, generation: u64) -> Option<Receipt> {
-        let webhooks = self.shared.webhooks.as_ref()?;
+        let webhooks = &self.shared.webhooks;
         let rooms = self.map.borrow();
         let Some(RoomState::Live(entry)) = rooms.get(key) else {
             return None;
@@ -536,14 +536,13 @@ impl Rooms {
     /// released at once, after sending each one's `session.ended`; their receipts are
     /// returned with them.
     pub fn take_live(&self) -> Vec<(Rc<str>, String, Option<Receipt>)> {
-        let webhooks = self.shared.webhooks.as_ref();
+        let webhooks = &self.shared.webhooks;
         self.map
             .borrow_mut()
             .drain()
             .filter_map(|(key, state)| match state {
                 RoomState::Live(entry) => {
-                    let receipt =
-                        webhooks.and_then(|w| push_session_ended(w, &key, &entry.app, &entry.room));
+                    let receipt = push_session_ended(webhooks, &key, &entry.app, &entry.room);
                     Some((key, entry.app, receipt))
                 }
                 RoomState::Pending(_) => None,

@@ -31,8 +31,8 @@ pub struct Shared {
     /// Bytes held in incomplete frames and messages over every connection of the node,
     /// bounded by `websocket.incomplete_bytes_max`.
     pub incomplete_bytes: AtomicUsize,
-    /// The apps' webhooks (none configured: `None`).
-    pub webhooks: Option<crate::webhook::Webhooks>,
+    /// The apps' webhooks and load hooks.
+    pub webhooks: crate::webhook::Webhooks,
     /// Tenants and apps an operator revoked (PRODUCT.md 13), as last read from the registry.
     pub revoked: super::revoked::Revoked,
     pub admin_per_ip: IpRateLimiter,
@@ -64,7 +64,7 @@ impl Shared {
         node: NodeInfo,
         directory: Directory,
         registry: Arc<dyn Registry>,
-        webhooks: Option<crate::webhook::Webhooks>,
+        webhooks: crate::webhook::Webhooks,
     ) -> Self {
         let limits = &config.rate_limits;
         Shared {

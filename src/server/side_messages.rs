@@ -60,12 +60,8 @@ pub fn read<'a>(
                 CommentAction::Deleted => EventKind::CommentDeleted,
             };
             let (app, document) = crate::sync::document::key_parts(key);
-            if let Some(webhooks) = shard
-                .shared
-                .webhooks
-                .as_ref()
-                .filter(|w| w.wants(app, kind))
-            {
+            let webhooks = &shard.shared.webhooks;
+            if webhooks.wants(app, kind) {
                 // The app keeps the comments: one it cannot take is not shown to anyone,
                 // and its sender is told to try again.
                 if webhooks.push(app, document, kind, data).is_none() {

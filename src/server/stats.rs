@@ -125,11 +125,9 @@ fn render_handshakes(out: &mut String, shards: &[ShardStats]) {
 
 /// The webhook counts of every app with a webhook (PRODUCT.md 9.1).
 /// Every metric: the shards' and the webhooks'.
-pub fn render_all(shards: &[ShardStats], webhooks: Option<&crate::webhook::Webhooks>) -> String {
+pub fn render_all(shards: &[ShardStats], webhooks: &crate::webhook::Webhooks) -> String {
     let mut text = ShardStats::render(shards);
-    if let Some(webhooks) = webhooks {
-        render_webhooks(&mut text, &webhooks.stats());
-    }
+    render_webhooks(&mut text, &webhooks.stats());
     text
 }
 

@@ -99,9 +99,7 @@ pub async fn run(setup: Setup) {
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
     glommio::spawn_local(super::operator::serve_jobs(shard.clone(), jobs)).detach();
-    if shard.shared.webhooks.is_some() {
-        glommio::spawn_local(send_debounced(shard.clone())).detach();
-    }
+    glommio::spawn_local(send_debounced(shard.clone())).detach();
     super::link::start(&shard);
     spawn_integration(&shard);
     if shard.id == 0 {

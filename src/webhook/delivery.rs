@@ -332,6 +332,17 @@ impl Deliveries {
         Ok(receipt)
     }
 
+    /// Sends what waits for each app in `sinks` (by `{tenant}::{app}`) to its sink there from
+    /// now on (a reload changed its URL, secret or events); other apps' events keep theirs.
+    pub fn replace_sinks(&self, sinks: &HashMap<String, Arc<Sink>>) {
+        let mut state = lock(&self.shared);
+        for ((app, _), queue) in state.docs.iter_mut() {
+            if let Some(sink) = sinks.get(app) {
+                queue.sink = sink.clone();
+            }
+        }
+    }
+
     /// Every app's counts.
     pub fn stats(&self) -> Vec<(String, AppStats)> {
         let state = lock(&self.shared);

@@ -4,9 +4,9 @@
 //! Pure layers: [`event`] (the events and their JSON bodies), [`signature`] (the headers a
 //! receiver checks), [`target`] (the URL and the address rules). [`delivery`] sends them
 //! from threads of its own, never from a data-plane executor. [`Webhooks`] is what the
-//! server holds: every app's receiver, read from the configuration at start. [`load`]
-//! is the load hook, whose answer a starting session waits for, called from [`call`]'s
-//! threads through the same [`endpoint`] rules.
+//! server holds: every app's receiver, read from the configuration at start and again on a
+//! reload. [`load`] is the load hook, whose answer a starting session waits for, called from
+//! [`call`]'s threads through the same [`endpoint`] rules.
 
 pub mod call;
 pub mod delivery;
@@ -18,23 +18,32 @@ pub mod target;
 
 use crate::config::{AppConfig, Config};
 use call::{Calls, CallsConfig};
-use delivery::{AppStats, Deliveries, Receipt, Sink};
+use delivery::{AppStats, Deliveries, DeliveryConfig, Receipt, Sink};
 use endpoint::Endpoint;
 use event::{Event, EventKind, Subject};
 use load::{Loaded, Loader};
 use signature::WebhookSecret;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-/// The node's calls to applications: every app's webhook receiver and load hook, read from
-/// the configuration at start, and the threads that call them.
+/// The node's calls to applications: every app's webhook receiver and load hook, and the
+/// threads that call them (started with the first call: a node whose apps have none has
+/// none).
 pub struct Webhooks {
-    deliveries: Deliveries,
-    sinks: Sinks,
-    loaders: Loaders,
-    calls: Calls,
+    config: DeliveryConfig,
+    /// This node's listeners, which no receiver may be.
+    own: Vec<SocketAddr>,
+    receivers: RwLock<Arc<Receivers>>,
+    deliveries: OnceLock<Deliveries>,
+    calls: OnceLock<Calls>,
+}
+
+/// Every app's receivers, by `{tenant}::{app}`, as one configuration gave them.
+pub struct Receivers {
+    sinks: HashMap<String, Arc<Sink>>,
+    loaders: HashMap<String, (Arc<str>, Arc<Loader>)>,
 }
 
 /// A load hook's call, made: its answer (`None`: start empty; else the state, prepared) and
@@ -46,38 +55,79 @@ pub struct LoadCall<T> {
 
 impl Webhooks {
     /// Reads every app's webhook and load hook settings, resolving each receiver's host and
-    /// checking its addresses (`own`: this node's listeners): `None` when no app has either.
-    /// An error names the field.
-    pub fn from_config(config: &Config, own: &[SocketAddr]) -> Result<Option<Webhooks>, String> {
-        let (sinks, loaders) = read(config, own)?;
-        if sinks.is_empty() && loaders.is_empty() {
-            return Ok(None);
+    /// checking its addresses (`own`: this node's listeners). An error names the field.
+    pub fn from_config(config: &Config, own: &[SocketAddr]) -> Result<Webhooks, String> {
+        let receivers = read(&config.apps, own, config.webhooks.timeout_ms)?;
+        Ok(Webhooks {
+            config: config.webhooks,
+            own: own.to_vec(),
+            receivers: RwLock::new(Arc::new(receivers)),
+            deliveries: OnceLock::new(),
+            calls: OnceLock::new(),
+        })
+    }
+
+    /// Reads `apps`' receivers again (a reload), checked as at start; the `[webhooks]`
+    /// section stays as the node started.
+    pub fn read_apps(&self, apps: &[AppConfig]) -> Result<Receivers, String> {
+        read(apps, &self.own, self.config.timeout_ms)
+    }
+
+    /// Puts `receivers` in force: new events and load calls use them at once, and the events
+    /// already waiting for an app that still has a receiver go to its new one (an app whose
+    /// receiver was removed still gets what was waiting for it: nothing is dropped).
+    pub fn replace(&self, receivers: Receivers) {
+        // Under the lock a push holds while it queues (receivers, then the queues: one
+        // order), so no event is queued for a receiver already replaced.
+        let mut current = self.receivers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(deliveries) = self.deliveries.get() {
+            deliveries.replace_sinks(&receivers.sinks);
         }
-        let w = &config.webhooks;
-        Ok(Some(Webhooks {
-            deliveries: Deliveries::start(config.webhooks),
-            sinks,
-            loaders,
-            calls: Calls::start(CallsConfig {
+        *current = Arc::new(receivers);
+    }
+
+    fn receivers(&self) -> std::sync::RwLockReadGuard<'_, Arc<Receivers>> {
+        self.receivers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deliveries(&self) -> &Deliveries {
+        self.deliveries
+            .get_or_init(|| Deliveries::start(self.config))
+    }
+
+    fn calls(&self) -> &Calls {
+        let w = &self.config;
+        self.calls.get_or_init(|| {
+            Calls::start(CallsConfig {
                 threads: w.call_threads,
                 queued_max: w.calls_queued_max,
                 app_queued_max: w.app_calls_queued_max,
                 app_running_max: w.app_calls_max,
-            }),
-        }))
+            })
+        })
     }
 
-    /// The `session.started` event of `document` of `app` (`{tenant}::{app}`): sent to the
-    /// load hook, then queued as a webhook once the session has started.
-    pub fn session_started(&self, app: &str, document: &str) -> Event {
+    /// Whether any app has a webhook receiver (the shards then look for debounced events).
+    pub fn any_sink(&self) -> bool {
+        !self.receivers().sinks.is_empty()
+    }
+
+    /// The `session.started` event of `document` of `app` (`{tenant}::{app}`), if the app
+    /// has a load hook (it is sent to it) or a receiver: then queued as a webhook once the
+    /// session has started.
+    pub fn session_started(&self, app: &str, document: &str) -> Option<Event> {
+        let receivers = self.receivers();
+        if !receivers.loaders.contains_key(app) && !receivers.sinks.contains_key(app) {
+            return None;
+        }
         let subject = Subject::of(app, document);
         let data = serde_json::json!({});
-        Event::new(
+        Some(Event::new(
             EventKind::SessionStarted,
             subject,
             data,
             crate::log::unix_ms(),
-        )
+        ))
     }
 
     /// Calls `app`'s load hook with `started` on a call thread (`None`: the app has none).
@@ -91,15 +141,15 @@ impl Webhooks {
         state_bytes_max: u64,
         prepare: impl FnOnce(Vec<u8>) -> Result<T, String> + Send + 'static,
     ) -> Option<LoadCall<T>> {
-        let (app_key, loader) = self.loaders.get(app)?;
+        let (app_key, loader) = self.receivers().loaders.get(app).cloned()?;
         let timeout = loader.timeout;
         let deadline = Instant::now() + timeout;
-        let (loader, started) = (loader.clone(), started.clone());
+        let started = started.clone();
         let call = move || match loader.fetch(&started, state_bytes_max, deadline)? {
             Loaded::Empty => Ok(None),
             Loaded::State(state) => prepare(state).map(Some),
         };
-        let answer = self.calls.run(app_key, deadline, call);
+        let answer = self.calls().run(&app_key, deadline, call);
         let answer = answer.unwrap_or_else(|call::CallsBusy| {
             call::Pending::answered(Err("too many load hook calls wait already".into()))
         });
@@ -109,8 +159,9 @@ impl Webhooks {
     /// Queues `event` about `document` of `app` if the app wants it; what became of it is on
     /// the receipt.
     pub fn push_event(&self, app: &str, document: &str, event: Event) -> Option<Receipt> {
-        let sink = self.sinks.get(app).filter(|s| s.wants(event.kind))?;
-        self.deliveries.push(sink, document, event).ok()
+        let receivers = self.receivers();
+        let sink = receivers.sinks.get(app).filter(|s| s.wants(event.kind))?;
+        self.deliveries().push(sink, document, event).ok()
     }
 
     /// Queues `kind` with `data` about `document` of `app` (see [`Webhooks::push_event`]).
@@ -135,7 +186,10 @@ impl Webhooks {
 
     /// Whether `app` wants `kind` (so its data need not be made otherwise).
     pub fn wants(&self, app: &str, kind: EventKind) -> bool {
-        self.sinks.get(app).is_some_and(|s| s.wants(kind))
+        self.receivers()
+            .sinks
+            .get(app)
+            .is_some_and(|s| s.wants(kind))
     }
 
     /// Queues `document.changed` with `change` (see [`event::Event::changed`]).
@@ -153,27 +207,25 @@ impl Webhooks {
     }
 
     pub fn stats(&self) -> Vec<(String, AppStats)> {
-        self.deliveries.stats()
+        self.deliveries
+            .get()
+            .map_or_else(Vec::new, Deliveries::stats)
     }
 }
 
 /// Checks every app's webhook and load hook settings as a start would (secret files, DNS,
 /// addresses), without starting anything.
 pub fn check(config: &Config, own: &[SocketAddr]) -> Result<(), String> {
-    read(config, own).map(|_| ())
+    read(&config.apps, own, config.webhooks.timeout_ms).map(|_| ())
 }
 
-type Sinks = HashMap<String, Arc<Sink>>;
-type Loaders = HashMap<String, (Arc<str>, Arc<Loader>)>;
-
-/// Every app's receivers, by `{tenant}::{app}`.
-fn read(config: &Config, own: &[SocketAddr]) -> Result<(Sinks, Loaders), String> {
+/// Every app's receivers, by `{tenant}::{app}` (`timeout_ms`: one webhook attempt's).
+fn read(apps: &[AppConfig], own: &[SocketAddr], timeout_ms: u64) -> Result<Receivers, String> {
     let mut sinks = HashMap::new();
     let mut loaders = HashMap::new();
-    for app in &config.apps {
+    for app in apps {
         let key = format!("{}::{}", app.tenant, app.id);
-        let hooks = hooks(app, own, config.webhooks.timeout_ms)
-            .map_err(|why| format!("apps.{}.{why}", app.id))?;
+        let hooks = hooks(app, own, timeout_ms).map_err(|why| format!("apps.{}.{why}", app.id))?;
         if let Some(sink) = hooks.sink {
             sinks.insert(key.clone(), Arc::new(sink));
         }
@@ -181,7 +233,7 @@ fn read(config: &Config, own: &[SocketAddr]) -> Result<(Sinks, Loaders), String>
             loaders.insert(key.clone(), (Arc::from(key), Arc::new(loader)));
         }
     }
-    Ok((sinks, loaders))
+    Ok(Receivers { sinks, loaders })
 }
 
 /// One app's receivers, each if it has one.

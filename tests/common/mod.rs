@@ -150,6 +150,26 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends SIGHUP and waits until the log holds one more `reloaded` or `reload_refused`
+    /// line than before; that line.
+    pub fn reload(&self) -> String {
+        let outcomes = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("event=reloaded") || l.contains("event=reload_refused"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let before = outcomes(&self.log()).len();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) };
+        let mut line = String::new();
+        self.wait_for("the reload", Duration::from_secs(10), |s| {
+            let now = outcomes(&s.log());
+            now.get(before).map(|l| line.clone_from(l)).is_some()
+        });
+        line
+    }
+
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         wiresocket::server::stats::resident_bytes(&self.pid().to_string()).unwrap() / 1024
