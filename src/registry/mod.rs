@@ -2,14 +2,21 @@
 //! each live document is pinned, node heartbeats, live connection and document counts per
 //! app, and the apps' update rates. Admission decisions (4004, 4005, 4009) are made against
 //! it. Calls are asynchronous because a distributed backend answers over the network;
-//! `embedded` (one process) answers at once. `conformance` is the suite every backend passes.
+//! `embedded` (one process) answers at once; `cluster` is the registry several nodes share,
+//! written over the small transactional interface of `kv`, which FoundationDB (`fdb`, behind
+//! the feature) and, in tests, the fault-injecting `simulated` store implement.
+//! `conformance` is the suite every backend passes.
 
+pub mod cluster;
 pub mod conformance;
 pub mod embedded;
 #[cfg(feature = "fdb")]
 pub mod fdb;
+pub mod kv;
 pub mod rate;
 pub mod record;
+#[cfg(test)]
+mod simulated;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -176,7 +176,7 @@ fn open_registry(config: &Config) -> Result<Arc<dyn Registry>, StartError> {
 fn open_foundationdb(config: &Config) -> Result<Arc<dyn Registry>, StartError> {
     let r = &config.registry;
     let cluster = (!r.cluster_file.is_empty()).then_some(r.cluster_file.as_str());
-    crate::registry::fdb::FdbRegistry::connect(cluster, &r.prefix, config.node.heartbeat_stale_ms)
+    crate::registry::fdb::connect(cluster, &r.prefix, config.node.heartbeat_stale_ms)
         .map(|registry| Arc::new(registry) as Arc<dyn Registry>)
         .map_err(|e| StartError(format!("registry.backend = \"foundationdb\": {}", e.0)))
 }
