@@ -687,6 +687,23 @@ impl Config {
                     t.id, t.id
                 )));
             }
+            // A kid names a key in tokens, admin calls and registry keys (revocations).
+            let mut kids = std::collections::HashSet::new();
+            for kid in t.keys.iter().filter_map(|k| k.kid.as_deref()) {
+                if kid.is_empty() || kid.len() > KID_BYTES_MAX || kid.chars().any(char::is_control)
+                {
+                    return Err(ConfigError(format!(
+                        "tenants.{}.keys.kid: {kid:?} must be 1 to {KID_BYTES_MAX} bytes without control characters",
+                        t.id
+                    )));
+                }
+                if !kids.insert(kid) {
+                    return Err(ConfigError(format!(
+                        "tenants.{}.keys.kid: {kid:?} names two keys",
+                        t.id
+                    )));
+                }
+            }
         }
         let (mut apps, mut clients) = (
             std::collections::HashSet::new(),
@@ -713,6 +730,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// Longest `kid` of a tenant's key.
+const KID_BYTES_MAX: usize = 256;
 
 /// Settings that environment variables may carry, as flag names.
 const ENV_SETTINGS: [&str; 4] = ["listen", "shards", "echo-path", "grace-period-ms"];
@@ -847,6 +867,18 @@ mod tests {
             (
                 "[[apps]]\nid = \"a\"\ntenant = \"t\"\nclient_id = \"c\\u0000\"\n",
                 "apps[0].client_id",
+            ),
+            (
+                "[[tenants]]\nid = \"k\"\n[[tenants.keys]]\nkid = \"\"\nalg = \"EdDSA\"\n",
+                "tenants.k.keys.kid",
+            ),
+            (
+                "[[tenants]]\nid = \"k\"\n[[tenants.keys]]\nkid = \"a\\u0000\"\nalg = \"EdDSA\"\n",
+                "tenants.k.keys.kid",
+            ),
+            (
+                "[[tenants]]\nid = \"k\"\n[[tenants.keys]]\nkid = \"a\"\nalg = \"EdDSA\"\n[[tenants.keys]]\nkid = \"a\"\nalg = \"ES256\"\n",
+                "tenants.k.keys.kid",
             ),
         ];
         for (extra, field) in cases {

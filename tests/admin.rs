@@ -190,17 +190,11 @@ fn revoking_an_app_closes_its_sessions_within_a_second_and_others_never_notice()
     // (PermissionDenied, the reason led by the close code); its socket stays open.
     let mut hocuspocus = common::connect_raw(&a.server.addr, "/");
     let token = a.directory.mint("web", "u", 600, Value::Null).unwrap();
+    hocuspocus.send(hocuspocus_auth("plan", &token)).unwrap();
     let var_string = |out: &mut Vec<u8>, s: &[u8]| {
         common::var(out, s.len() as u64);
         out.extend_from_slice(s);
     };
-    let mut auth = Vec::new();
-    var_string(&mut auth, b"plan");
-    auth.extend_from_slice(&[2, 0]);
-    var_string(&mut auth, token.as_bytes());
-    hocuspocus
-        .send(tungstenite::Message::Binary(auth.into()))
-        .unwrap();
     let mut denied = Vec::new();
     var_string(&mut denied, b"plan");
     denied.extend_from_slice(&[2, 1]);
@@ -263,20 +257,90 @@ fn acme_key(kid: &str, alg: &str, file: &str, private: bool) -> String {
     format!("[[tenants.keys]]\nkid = \"{kid}\"\nalg = \"{alg}\"\npublic_key_file = \"{keys}/{file}_public.pem\"\n{private}")
 }
 
-#[test]
-fn revoking_a_key_closes_the_sessions_it_opened_and_refuses_its_tokens() {
-    // acme verifies with `ed` (the server signs with it) and `es`.
+/// A node whose tenant `acme` verifies with `ed` (which `Admin::directory` signs with) and
+/// `es`, and a directory that signs with `es`.
+fn start_with_two_keys() -> (Admin, wiresocket::auth::directory::Directory) {
     let tenants = format!(
         "[[tenants]]\nid = \"acme\"\n{}{}{}",
         acme_key("ed", "EdDSA", "ed25519", true),
         acme_key("es", "ES256", "es256", false),
         common::eddsa_tenant("beta")
     );
-    let a = start_with(&tenants, "");
     let es_signer = common::directory(&format!(
         "[[tenants]]\nid = \"acme\"\n{}[[apps]]\nid = \"web\"\ntenant = \"acme\"\n",
         acme_key("es", "ES256", "es256", true)
     ));
+    (start_with(&tenants, ""), es_signer)
+}
+
+/// A Hocuspocus auth message for `address` with `token`.
+fn hocuspocus_auth(address: &str, token: &str) -> tungstenite::Message {
+    let mut auth = Vec::new();
+    for (i, part) in [address, token].into_iter().enumerate() {
+        if i == 1 {
+            auth.extend_from_slice(&[2, 0]);
+        }
+        common::var(&mut auth, part.len() as u64);
+        auth.extend_from_slice(part.as_bytes());
+    }
+    tungstenite::Message::Binary(auth.into())
+}
+
+/// Whether `ws` is still open after `wait` (frames read meanwhile are dropped).
+fn open_after(ws: &mut common::Ws, wait: Duration) -> bool {
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(_)) => return false,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[test]
+fn a_hocuspocus_document_refreshed_with_another_key_outlives_the_old_keys_revocation() {
+    let (a, es_signer) = start_with_two_keys();
+    let ed_token = a.directory.mint("web", "u", 600, Value::Null).unwrap();
+    let es_token = es_signer.mint("web", "u", 600, Value::Null).unwrap();
+    // Documents on both shards of a socket, opened with `ed`, then refreshed with `es`; and
+    // a socket whose document stays on `ed`.
+    let mut refreshed = common::connect_raw(&a.server.addr, "/");
+    let names = ["r0", "r1", "r2", "r3"];
+    for name in names {
+        refreshed.send(hocuspocus_auth(name, &ed_token)).unwrap();
+    }
+    let mut stays = common::connect_raw(&a.server.addr, "/");
+    stays.send(hocuspocus_auth("s", &ed_token)).unwrap();
+    assert!(open_after(&mut refreshed, Duration::from_millis(300)));
+    for name in names {
+        refreshed.send(hocuspocus_auth(name, &es_token)).unwrap();
+    }
+    assert!(open_after(&mut refreshed, Duration::from_millis(300)));
+    let (status, answer) = a.call("POST", "/admin/keys/acme/ed/revoke");
+    assert_eq!(
+        (status, &answer["sessions_closed"]),
+        (200, &Value::from(1)),
+        "{answer}"
+    );
+    let (code, reason) = closed_within(&mut stays, Duration::from_secs(1));
+    assert_eq!((code, reason.as_str()), (4003, "Forbidden: key revoked"));
+    // Past a sweep (1 s): the refreshed socket is still open.
+    assert!(open_after(&mut refreshed, Duration::from_millis(1_500)));
+}
+
+#[test]
+fn revoking_a_key_closes_the_sessions_it_opened_and_refuses_its_tokens() {
+    let (a, es_signer) = start_with_two_keys();
     let connect_es = |document: &str| {
         let token = es_signer.mint("web", "u", 600, Value::Null).unwrap();
         common::connect_raw(&a.server.addr, &format!("/{document}?token={token}"))

@@ -195,9 +195,10 @@ impl Registry for Faulty {
     fn heartbeat<'a>(
         &'a self,
         node: &'a NodeInfo,
+        held: &'a [(String, wiresocket::registry::Usage)],
         now_ms: u64,
     ) -> wiresocket::registry::Answer<'a, ()> {
-        self.answer(self.inner.heartbeat(node, now_ms))
+        self.answer(self.inner.heartbeat(node, held, now_ms))
     }
     fn claim<'a>(
         &'a self,
@@ -278,6 +279,13 @@ impl Registry for Faulty {
     }
     fn ops_window(&self, app: &str) -> Arc<wiresocket::registry::rate::MinuteWindow> {
         self.inner.ops_window(app)
+    }
+    fn sync_ops<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        now_ms: u64,
+    ) -> wiresocket::registry::Answer<'a, ()> {
+        self.answer(self.inner.sync_ops(node, now_ms))
     }
 }
 

@@ -8,8 +8,9 @@
 //! |---|---|
 //! | `node\0{node id}` | `NodeRecord` (rkyv): region, URL, last heartbeat |
 //! | `pin\0{tenant::app::document}` | `PinRecord` (rkyv): the node it is pinned to |
-//! | `conn\0{tenant::app}\0{node id}` | live connections of the app on that node, i64 LE, atomic add |
-//! | `docs\0{tenant::app}\0{node id}` | live documents of the app on that node, i64 LE, atomic add |
+//! | `conn\0{tenant::app}\0{node id}` | live connections of the app on that node, i64 LE: atomic adds, overwritten by each heartbeat with the node's true count |
+//! | `docs\0{tenant::app}\0{node id}` | live documents of the app on that node, likewise |
+//! | `ops\0{tenant::app}\0{node id}` | the app's updates on that node in its last minute: `(second, count)` pairs of u64 LE, written whole every second |
 //! | `bynode\0{node id}\0{tenant::app}` | empty: which counter shards a node has, for takeover |
 //! | `revoked\0tenant:{id}`, `revoked\0app:{tenant::app}`, `revoked\0key:{tenant::kid}` | empty: an operator's revocation (PRODUCT.md 13); read by every node each heartbeat |
 //! | `secret\0{tenant::app}` | a rotated client secret's hash (PRODUCT.md 13); read by every node each heartbeat |
@@ -18,7 +19,8 @@
 //!
 //! | call | reads (conflicting) | reads (snapshot) | writes |
 //! |---|---|---|---|
-//! | `heartbeat` | | | `node` |
+//! | `heartbeat` | | the node's `bynode` range | `node`; each held app's `conn` and `docs` set, `bynode`; apps no longer held cleared |
+//! | `sync_ops` | a silent node's `ops` record before clearing it | each app's `ops` range | this node's `ops` records |
 //! | `claim` | `pin`, the holder's `node`; for a stale holder its `bynode` range; the app's `docs` range and each shard's `node` | | `pin`, `docs` add, `node`, `bynode`; a stale holder's `conn`/`docs`/`bynode`/`node` cleared |
 //! | `release` | `pin` | | `pin` cleared, `docs` add, `node` |
 //! | `lookup` | | `pin`, the holder's `node` | |
@@ -31,11 +33,17 @@
 //!
 //! A stale holder's pin is taken over and its counts released; admissions sum only live
 //! nodes' shards, with serializable reads (exact limits); `/usage` reads are snapshot reads.
-//! The atomic adds are not idempotent: a commit whose result was unknown, retried, counts
-//! twice (issue 15 replaces them with counts every node writes whole).
+//! The atomic adds are a fast path, not the truth: a commit whose result was unknown, retried,
+//! counts twice, and one that timed out may land; each heartbeat writes the node's counts
+//! whole (from `server::held`), so a wrong count lasts at most one heartbeat interval.
+//!
+//! `opsPerMinute` is per app per region: each node counts its own updates exactly (atomics)
+//! and every second publishes its last minute and reads the other nodes'. Between two syncs
+//! the others' new updates are unseen, so a region passes the limit by at most what the
+//! other nodes admit in one sync interval (tested below).
 
 use super::kv::{decode_count, KvError, Pairs, Store, Transaction};
-use super::rate::{AppWindows, MinuteWindow};
+use super::rate::{encode_seconds, events_in_minute, AppWindows, MinuteWindow};
 use super::record::{decode_node, decode_pin, encode_node, encode_pin, NodeRecord, PinRecord};
 use super::{Answer, AppKey, Claim, Exceeded, NodeInfo, Registry, Revocation, Unavailable, Usage};
 use std::sync::Arc;
@@ -177,6 +185,7 @@ impl<S: Store> ClusterRegistry<S> {
     ) -> Result<T, Unavailable> {
         self.store.run(body).await.map_err(|e| match e {
             KvError::Unavailable(why) => Unavailable(why),
+            KvError::Retry(code) => Unavailable(format!("a read failed (error {code})")),
             KvError::Corrupt(why) => Unavailable(format!("a corrupt registry record: {why}")),
         })
     }
@@ -204,8 +213,35 @@ fn node_info(record: NodeRecord) -> NodeInfo {
 }
 
 impl<S: Store> Registry for ClusterRegistry<S> {
-    fn heartbeat<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()> {
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        held: &'a [(String, Usage)],
+        now_ms: u64,
+    ) -> Answer<'a, ()> {
         Box::pin(self.run(async move |trx| {
+            // The node's counter shards are set whole: those of apps it no longer holds
+            // cleared, the others written (a snapshot read: a claim adding a shard
+            // meanwhile must not make the heartbeat retry; the next one sees it).
+            let (begin, end) = self.range(&["bynode", &node.id]);
+            for (key, _) in trx.get_range(&begin, &end, true).await? {
+                let app = String::from_utf8_lossy(last_part(&key)).into_owned();
+                if !held.iter().any(|(a, _)| *a == app) {
+                    trx.clear(&self.key(&["conn", &app, &node.id]));
+                    trx.clear(&self.key(&["docs", &app, &node.id]));
+                    trx.clear(&key);
+                }
+            }
+            for (app, usage) in held {
+                let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX).to_le_bytes();
+                let conn = count(usage.connections);
+                trx.set(&self.key(&["conn", app, &node.id]), &conn);
+                let docs = count(usage.documents);
+                trx.set(&self.key(&["docs", app, &node.id]), &docs);
+            }
+            for (app, _) in held {
+                trx.set(&self.key(&["bynode", &node.id, app]), b"");
+            }
             self.touch(trx, node, None, now_ms);
             Ok(())
         }))
@@ -339,9 +375,16 @@ impl<S: Store> Registry for ClusterRegistry<S> {
         Box::pin(self.run(async |trx| {
             let mut out = Vec::new();
             for (name, _) in self.read_all(trx, "revoked").await? {
-                // A revocation that cannot be read is an error, never a gap.
-                let parsed = std::str::from_utf8(&name).ok().and_then(Revocation::parse);
-                out.push(parsed.ok_or_else(|| unreadable("revocation"))?);
+                let name = std::str::from_utf8(&name).map_err(|_| unreadable("revocation"))?;
+                match Revocation::parse(name) {
+                    Some(revocation) => out.push(revocation),
+                    // A kind a newer node wrote: this node cannot enforce it anyway, and must
+                    // go on reading the others.
+                    None if !Revocation::known_kind(name) => {}
+                    // A revocation of a known kind that cannot be read is an error, never
+                    // a gap.
+                    None => return Err(unreadable("revocation")),
+                }
             }
             out.sort();
             Ok(out)
@@ -372,6 +415,52 @@ impl<S: Store> Registry for ClusterRegistry<S> {
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
         self.ops.get(app)
     }
+
+    fn sync_ops<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()> {
+        Box::pin(async move {
+            let now_s = now_ms / 1000;
+            let windows = self.ops.all();
+            let others = self
+                .run(async |trx| {
+                    let mut others = Vec::with_capacity(windows.len());
+                    for (app, window) in &windows {
+                        // This node's seconds, whole (idempotent: a retried commit writes
+                        // the same).
+                        let mine = self.key(&["ops", app, &node.id]);
+                        let seconds = encode_seconds(window.seconds(now_s));
+                        if seconds.is_empty() {
+                            trx.clear(&mine);
+                        } else {
+                            trx.set(&mine, &seconds);
+                        }
+                        let (begin, end) = self.range(&["ops", app]);
+                        let mut events = 0u64;
+                        for (key, value) in trx.get_range(&begin, &end, true).await? {
+                            if last_part(&key) == node.id.as_bytes() {
+                                continue;
+                            }
+                            match events_in_minute(&value, now_s) {
+                                // A silent node's record (the node gone): cleared, unless
+                                // it writes meanwhile (the read makes that a conflict).
+                                0 => {
+                                    trx.get(&key, false).await?;
+                                    trx.clear(&key);
+                                }
+                                n => events = events.saturating_add(n),
+                            }
+                        }
+                        others.push(events);
+                    }
+                    Ok(others)
+                })
+                .await?;
+            // Only once committed: a body may run more than once.
+            for ((_, window), events) in windows.iter().zip(others) {
+                window.set_others(events);
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -385,9 +474,10 @@ mod tests {
     const STALE_MS: u64 = 30_000;
     const T: u64 = 1_000_000;
 
-    /// Every fault, often: a tenth of the commits conflict, a tenth have an unknown result,
-    /// a twentieth time out.
+    /// Every fault, often: a fiftieth of the reads fail retryably, a tenth of the commits
+    /// conflict, a tenth have an unknown result, a twentieth time out.
     const ALL: Faults = Faults {
+        read_retry: 20,
         conflict: 100,
         unknown_result: 100,
         timeout: 50,
@@ -437,6 +527,28 @@ mod tests {
         }
     }
 
+    /// A revocation of a kind a newer node wrote is passed over (this node cannot enforce
+    /// it); one of a known kind that does not parse is an error, never a gap.
+    #[test]
+    fn revocations_of_unknown_kinds_are_passed_over_and_unreadable_ones_refused() {
+        let store = SimStore::new(1, Faults::default());
+        let registry = ClusterRegistry::new(store.clone(), "p", STALE_MS);
+        let app = Revocation::App("t::a".into());
+        block_on(registry.revoke(&app)).unwrap();
+        let write = |name: &str| {
+            let key = registry.key(&["revoked", name]);
+            block_on(store.run(async |trx| {
+                trx.set(&key, b"");
+                Ok(())
+            }))
+            .unwrap();
+        };
+        write("scope:t::a::documents");
+        assert_eq!(block_on(registry.revocations()), Ok(vec![app]));
+        write("app:no-separator");
+        assert!(block_on(registry.revocations()).is_err());
+    }
+
     /// Three nodes over one store, each revoking and restoring at random under every fault:
     /// after each answered call every node reads the revocations the calls made.
     #[test]
@@ -472,7 +584,7 @@ mod tests {
                 }
             }
             let i = store.injected();
-            injected += i.conflicts + i.unknown_results + i.timeouts;
+            injected += i.read_retries + i.conflicts + i.unknown_results + i.timeouts;
         }
         assert!(injected > 1_000, "faults were injected: {injected}");
     }
@@ -526,6 +638,108 @@ mod tests {
         }
     }
 
+    /// Two nodes take and give back connections and documents at random under every fault
+    /// (an add may land twice, or land although the caller was told it failed): after each
+    /// node's heartbeat with what it holds, the counts are exact.
+    #[test]
+    fn counts_are_exact_after_a_heartbeat_whatever_the_faults() {
+        let infos = [node("n0"), node("n1")];
+        let mut wrong_before = 0;
+        for seed in 1..=SEEDS {
+            let registry = ClusterRegistry::new(SimStore::new(seed, ALL), "p", STALE_MS);
+            let mut held = [Usage::default(); 2];
+            let mut holders: [Option<usize>; 4] = [None; 4];
+            let documents: Vec<String> = (0..4).map(|d| format!("t::a::d{d}")).collect();
+            for step in 0..60u64 {
+                let pick = (seed.wrapping_mul(0x9e37_79b9) >> 5).wrapping_add(step * 11) as usize;
+                let (n, d) = (pick % 2, (pick / 8) % 4);
+                let (by, document) = (&infos[n], documents[d].as_str());
+                match (pick / 2) % 4 {
+                    // A client told 1013 is not counted; one admitted is.
+                    0 => {
+                        let acquired = block_on(registry.acquire_connection("t::a", by, None, T));
+                        if acquired == Ok(Ok(())) {
+                            held[n].connections += 1;
+                        }
+                    }
+                    // A connection that ends is gone, whatever the registry answered.
+                    1 if held[n].connections > 0 => {
+                        let _ = block_on(registry.release_connection("t::a", by, T));
+                        held[n].connections -= 1;
+                    }
+                    2 if holders[d].is_none() => {
+                        let claimed = block_on(registry.claim(document, "t::a", by, None, T));
+                        if matches!(claimed, Ok(Claim::Pinned | Claim::AlreadyHere)) {
+                            holders[d] = Some(n);
+                            held[n].documents += 1;
+                        }
+                    }
+                    3 if holders[d] == Some(n) => {
+                        let _ = block_on(registry.release(document, "t::a", by, T));
+                        holders[d] = None;
+                        held[n].documents -= 1;
+                    }
+                    _ => {}
+                }
+            }
+            let truth = Usage {
+                connections: held[0].connections + held[1].connections,
+                documents: held[0].documents + held[1].documents,
+            };
+            if until_ok(|| registry.usage("t::a", T)) != truth {
+                wrong_before += 1;
+            }
+            for (by, usage) in infos.iter().zip(held) {
+                let holds = [("t::a".to_owned(), usage)];
+                until_ok(|| registry.heartbeat(by, &holds, T));
+            }
+            assert_eq!(until_ok(|| registry.usage("t::a", T)), truth, "seed {seed}");
+        }
+        assert!(
+            wrong_before > SEEDS / 10,
+            "the faults made the counts wrong before the heartbeats in {wrong_before} seeds"
+        );
+    }
+
+    /// Three nodes count one app's updates against `opsPerMinute` = 100, each admitting at
+    /// most 7 between two syncs, under every fault: the region admits the limit, and passes
+    /// it by at most what the other two nodes admit in one sync interval (2 × 7); a minute
+    /// later the window has slid and updates are admitted again.
+    #[test]
+    fn a_region_passes_ops_per_minute_by_at_most_one_sync_interval_of_the_others() {
+        const LIMIT: u64 = 100;
+        const PER_SYNC: u64 = 7;
+        let infos: Vec<NodeInfo> = (0..3).map(|i| node(&format!("n{i}"))).collect();
+        for seed in 1..=SEEDS / 4 {
+            let store = SimStore::new(seed, ALL);
+            let nodes: Vec<ClusterRegistry<SimStore>> = (0..3)
+                .map(|_| ClusterRegistry::new(store.clone(), "p", STALE_MS))
+                .collect();
+            let windows: Vec<_> = nodes.iter().map(|r| r.ops_window("t::a")).collect();
+            let mut admitted = 0;
+            for round in 0..30 {
+                let now_ms = T + round * 100;
+                for window in &windows {
+                    for _ in 0..PER_SYNC {
+                        admitted += u64::from(window.try_count(now_ms / 1000, LIMIT));
+                    }
+                }
+                for (info, registry) in infos.iter().zip(&nodes) {
+                    until_ok(|| registry.sync_ops(info, now_ms));
+                }
+            }
+            assert!(
+                (LIMIT..=LIMIT + 2 * PER_SYNC).contains(&admitted),
+                "seed {seed}: {admitted} admitted"
+            );
+            let later = T + 63_000;
+            for (info, registry) in infos.iter().zip(&nodes) {
+                until_ok(|| registry.sync_ops(info, later));
+            }
+            assert!(windows[2].try_count(later / 1000, LIMIT), "seed {seed}");
+        }
+    }
+
     /// A node that stops heart-beating loses its pins to the first claim after the stale
     /// timeout, under every fault (its counts go with them: the conformance suite checks it
     /// without faults; exact counts under unknown commit results are issue 15's).
@@ -545,7 +759,7 @@ mod tests {
             );
             // `a` falls silent; `b` goes on heart-beating.
             let later = T + STALE_MS + 1;
-            until_ok(|| r.heartbeat(b, later));
+            until_ok(|| r.heartbeat(b, &[], later));
             assert!(matches!(
                 until_ok(|| r.claim("t::a::d", "t::a", b, None, later)),
                 Claim::Pinned | Claim::AlreadyHere

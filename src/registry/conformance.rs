@@ -11,6 +11,7 @@ pub fn run_all(make: impl Fn(u64) -> Arc<dyn Registry>) {
     connection_limits_count_every_node(make(30_000).as_ref());
     document_limits_count_pins(make(30_000).as_ref());
     a_stale_node_loses_its_pins_and_counts(make(30_000).as_ref());
+    a_heartbeat_writes_the_nodes_true_counts(make(30_000).as_ref());
     apps_are_counted_apart(make(30_000).as_ref());
     revocations_are_kept_listed_and_lifted(make(30_000).as_ref());
     rotated_client_secrets_replace_older_ones(make(30_000).as_ref());
@@ -115,8 +116,8 @@ fn document_limits_count_pins(r: &dyn Registry) {
 
 fn a_stale_node_loses_its_pins_and_counts(r: &dyn Registry) {
     let (a, b) = (node("a"), node("b"));
-    block_on(r.heartbeat(&a, T)).unwrap();
-    block_on(r.heartbeat(&b, T)).unwrap();
+    block_on(r.heartbeat(&a, &[], T)).unwrap();
+    block_on(r.heartbeat(&b, &[], T)).unwrap();
     assert_eq!(
         block_on(r.claim("t::x::doc", "t::x", &a, None, T)),
         Ok(Claim::Pinned)
@@ -129,7 +130,8 @@ fn a_stale_node_loses_its_pins_and_counts(r: &dyn Registry) {
         .unwrap();
     // b keeps beating, a falls silent for longer than the stale timeout.
     let later = T + 31_000;
-    block_on(r.heartbeat(&b, later)).unwrap();
+    let b_holds = [("t::x".to_owned(), usage(1, 0))];
+    block_on(r.heartbeat(&b, &b_holds, later)).unwrap();
     assert_eq!(block_on(r.lookup("t::x::doc", later)), Ok(None));
     assert_eq!(
         block_on(r.claim("t::x::doc", "t::x", &b, None, later)),
@@ -137,11 +139,59 @@ fn a_stale_node_loses_its_pins_and_counts(r: &dyn Registry) {
     );
     assert_eq!(
         block_on(r.usage("t::x", later)),
-        Ok(Usage {
-            connections: 1,
-            documents: 1
-        }),
+        Ok(usage(1, 1)),
         "a's connection and document are released"
+    );
+}
+
+fn usage(connections: u64, documents: u64) -> Usage {
+    Usage {
+        connections,
+        documents,
+    }
+}
+
+/// A count the calls got wrong (a release lost, an acquire counted twice) is put right by
+/// the node's next heartbeat; an app it no longer lists is cleared; other nodes' counts stay.
+fn a_heartbeat_writes_the_nodes_true_counts(r: &dyn Registry) {
+    let (a, b) = (node("a"), node("b"));
+    for _ in 0..3 {
+        block_on(r.acquire_connection("t::x", &a, None, T))
+            .unwrap()
+            .unwrap();
+    }
+    block_on(r.acquire_connection("t::y", &a, None, T))
+        .unwrap()
+        .unwrap();
+    block_on(r.acquire_connection("t::x", &b, None, T))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        block_on(r.claim("t::x::d", "t::x", &a, None, T)),
+        Ok(Claim::Pinned)
+    );
+    assert_eq!(block_on(r.usage("t::x", T)), Ok(usage(4, 1)));
+    // a holds one connection of t::x (two were counted too many) and its document; t::y
+    // nothing.
+    let holds = [("t::x".to_owned(), usage(1, 1))];
+    block_on(r.heartbeat(&a, &holds, T + 1)).unwrap();
+    assert_eq!(
+        block_on(r.usage("t::x", T + 1)),
+        Ok(usage(2, 1)),
+        "b's stays"
+    );
+    assert_eq!(block_on(r.usage("t::y", T + 1)), Ok(usage(0, 0)));
+    // The limit counts the truth.
+    assert_eq!(
+        block_on(r.acquire_connection("t::x", &a, Some(3), T + 1)),
+        Ok(Ok(()))
+    );
+    assert_eq!(
+        block_on(r.acquire_connection("t::x", &a, Some(3), T + 1)),
+        Ok(Err(Exceeded {
+            limit: 3,
+            active: 3
+        }))
     );
 }
 

@@ -97,8 +97,21 @@ fn ready<'a, T: 'a>(value: T) -> Answer<'a, T> {
 }
 
 impl Registry for EmbeddedRegistry {
-    fn heartbeat<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()> {
-        self.with(Some(node), now_ms, |_| ());
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        held: &'a [(String, Usage)],
+        now_ms: u64,
+    ) -> Answer<'a, ()> {
+        self.with(Some(node), now_ms, |state| {
+            state.counts.retain(|(_, holder), _| *holder != node.id);
+            for (app, usage) in held {
+                *state.counts_mut(app, &node.id) = Counts {
+                    connections: usage.connections,
+                    documents: usage.documents,
+                };
+            }
+        });
         ready(())
     }
 
@@ -233,6 +246,11 @@ impl Registry for EmbeddedRegistry {
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
         self.ops.get(app)
+    }
+
+    /// Every node of the process counts in the same windows.
+    fn sync_ops<'a>(&'a self, _: &'a NodeInfo, _: u64) -> Answer<'a, ()> {
+        ready(())
     }
 }
 

@@ -6,7 +6,7 @@ use super::cluster::ClusterRegistry;
 use super::kv::{KvError, Pairs, Store, Transaction};
 use super::Unavailable;
 use foundationdb::options::MutationType;
-use foundationdb::{Database, FdbBindingError, RangeOption, RetryableTransaction};
+use foundationdb::{Database, FdbBindingError, FdbError, RangeOption, RetryableTransaction};
 use std::sync::Once;
 
 pub struct FdbStore {
@@ -36,9 +36,19 @@ pub fn connect(
 /// A transaction of the `foundationdb` crate.
 pub struct FdbTransaction(RetryableTransaction);
 
-/// A body's error carried through `Database::run` (a custom error: not retried).
+/// A body's error carried through `Database::run`: a failed read as FoundationDB's own error
+/// (its retry loop decides whether to run the body again), any other as a custom error (not
+/// retried).
 fn to_binding(e: KvError) -> FdbBindingError {
-    FdbBindingError::new_custom_error(Box::new(CarriedError(e)))
+    match e {
+        KvError::Retry(code) => FdbBindingError::from(FdbError::from_code(code)),
+        other => FdbBindingError::new_custom_error(Box::new(CarriedError(other))),
+    }
+}
+
+/// A read's error, kept as FoundationDB's code so that `Database::run` can retry it.
+fn read_error(e: FdbError) -> KvError {
+    KvError::Retry(e.code())
 }
 
 #[derive(Debug)]
@@ -64,8 +74,7 @@ fn from_binding(e: FdbBindingError) -> KvError {
 
 impl Transaction for FdbTransaction {
     async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
-        let value = self.0.get(key, snapshot).await;
-        let value = value.map_err(|e| from_binding(FdbBindingError::from(e)))?;
+        let value = self.0.get(key, snapshot).await.map_err(read_error)?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -76,7 +85,7 @@ impl Transaction for FdbTransaction {
         // Every batch: a long range must not be cut short.
         while let Some(opt) = range {
             let kvs = self.0.get_range(&opt, iteration, snapshot).await;
-            let kvs = kvs.map_err(|e| from_binding(FdbBindingError::from(e)))?;
+            let kvs = kvs.map_err(read_error)?;
             out.extend(
                 kvs.iter()
                     .map(|kv| (kv.key().to_vec(), kv.value().to_vec())),

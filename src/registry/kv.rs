@@ -16,6 +16,10 @@ use std::future::Future;
 /// Why a transaction did not commit, as its caller is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvError {
+    /// A read failed in a way that running the body again may cure (FoundationDB's error
+    /// code: its retry loop decides); never seen by a caller of [`Store::run`] unless the
+    /// retries ran out, as [`KvError::Unavailable`].
+    Retry(i32),
     /// The store did not answer in time, or the retries ran out: whether the writes landed
     /// is not known.
     Unavailable(String),
@@ -53,8 +57,8 @@ pub trait Transaction {
 pub trait Store: Send + Sync + 'static {
     type Transaction: Transaction;
     /// Runs `body` in a new transaction and commits what it wrote, running it again on a
-    /// conflict or a retryable failure (see the module's contract); a [`KvError::Corrupt`]
-    /// from the body ends it at once.
+    /// conflict or a retryable failure, a [`KvError::Retry`] from the body included (see the
+    /// module's contract); a [`KvError::Corrupt`] from the body ends it at once.
     fn run<T>(
         &self,
         body: impl AsyncFn(&Self::Transaction) -> Result<T, KvError>,

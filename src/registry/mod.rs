@@ -85,6 +85,13 @@ impl Revocation {
         }
     }
 
+    /// Whether `name` is of a kind this version knows (`tenant:`, `app:`, `key:`).
+    pub fn known_kind(name: &str) -> bool {
+        ["tenant:", "app:", "key:"]
+            .iter()
+            .any(|k| name.starts_with(k))
+    }
+
     pub fn parse(name: &str) -> Option<Revocation> {
         match name.split_once(':')? {
             ("tenant", id) if !id.is_empty() => Some(Revocation::Tenant(id.to_owned())),
@@ -107,8 +114,16 @@ pub struct Unavailable(pub String);
 pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + 'a>>;
 
 pub trait Registry: Send + Sync {
-    /// Records that `node` is alive at `now_ms`.
-    fn heartbeat<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()>;
+    /// Records that `node` is alive at `now_ms` and holds `held`: each app's live
+    /// connections and pinned documents on it (an app not listed: none). These replace the
+    /// counts its calls' +1/−1 left there, which a lost or doubled mutation can have made
+    /// wrong.
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        held: &'a [(String, Usage)],
+        now_ms: u64,
+    ) -> Answer<'a, ()>;
     /// Pins `document` (an isolation key) to `node` in one step, or names its live home. A
     /// pin held by a node whose heartbeat is stale is taken over, and that node's counts are
     /// released.
@@ -159,4 +174,9 @@ pub trait Registry: Send + Sync {
     /// The app's sliding-minute update counter for this region; shards keep the `Arc` so that
     /// counting an update is a few atomic operations, not a registry call.
     fn ops_window(&self, app: &AppKey) -> Arc<rate::MinuteWindow>;
+    /// Publishes `node`'s update counts of the last minute and reads the other nodes' into
+    /// each app's window (called every second: between two calls the other nodes' updates
+    /// are not seen, which bounds how far a region can pass `opsPerMinute`). A registry that
+    /// one process holds alone has nothing to do.
+    fn sync_ops<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()>;
 }

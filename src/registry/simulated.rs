@@ -1,7 +1,8 @@
 //! An in-memory [`Store`] for the registry's tests, with FoundationDB's transaction
 //! semantics — reads at the version the transaction began at, its own writes seen, a commit
 //! refused when a key it read (not as a snapshot) was written since — and the faults a real
-//! cluster has, injected deterministically from a seed: spurious conflicts (the body runs
+//! cluster has, injected deterministically from a seed: reads that fail retryably (FoundationDB's
+//! `transaction_too_old` and the like: the body runs again), spurious conflicts (the body runs
 //! again), commits whose result is unknown (they may or may not have landed; the body runs
 //! again), and timeouts (the caller is told the store is unavailable, whether or not the
 //! commit landed). Several registries over clones of one store are several nodes.
@@ -12,9 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Faults per 1,000 commits of a transaction that wrote something (timeouts: per 1,000 of
-/// any transaction).
+/// any transaction; failed reads: per 1,000 reads).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
+    pub read_retry: u32,
     pub conflict: u32,
     pub unknown_result: u32,
     pub timeout: u32,
@@ -23,6 +25,7 @@ pub struct Faults {
 /// What was injected, for a test to report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Injected {
+    pub read_retries: u64,
     pub conflicts: u64,
     /// Commits whose result was unknown, and of those how many had landed.
     pub unknown_results: u64,
@@ -226,16 +229,24 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 
 pub struct SimTransaction {
     inner: Arc<Mutex<Inner>>,
+    read_retry: u32,
     read_version: u64,
     reads: RefCell<Vec<Span>>,
     writes: RefCell<Vec<Write>>,
 }
 
 impl SimTransaction {
-    fn read(&self, span: Span, snapshot: bool) {
+    /// Records a read (failing it retryably as often as the faults say).
+    fn read(&self, inner: &mut Inner, span: Span, snapshot: bool) -> Result<(), KvError> {
+        if inner.chance(self.read_retry) {
+            inner.injected.read_retries += 1;
+            // FoundationDB's transaction_too_old.
+            return Err(KvError::Retry(1007));
+        }
         if !snapshot {
             self.reads.borrow_mut().push(span);
         }
+        Ok(())
     }
 
     /// `key`'s value at the read version with this transaction's writes applied.
@@ -250,14 +261,18 @@ impl SimTransaction {
 
 impl Transaction for SimTransaction {
     async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
-        self.read(Span::Key(key.to_vec()), snapshot);
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        self.read(&mut inner, Span::Key(key.to_vec()), snapshot)?;
         Ok(self.value(&inner, key))
     }
 
     async fn get_range(&self, begin: &[u8], end: &[u8], snapshot: bool) -> Result<Pairs, KvError> {
-        self.read(Span::Range(begin.to_vec(), end.to_vec()), snapshot);
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        self.read(
+            &mut inner,
+            Span::Range(begin.to_vec(), end.to_vec()),
+            snapshot,
+        )?;
         let mut keys: Vec<Vec<u8>> = inner
             .data
             .range(begin.to_vec()..end.to_vec())
@@ -309,11 +324,15 @@ impl Store for SimStore {
         for _ in 0..ATTEMPTS_MAX {
             let trx = SimTransaction {
                 inner: self.inner.clone(),
+                read_retry: self.faults.read_retry,
                 read_version: lock(&self.inner).version,
                 reads: RefCell::new(Vec::new()),
                 writes: RefCell::new(Vec::new()),
             };
-            let value = body(&trx).await?;
+            let value = match body(&trx).await {
+                Err(KvError::Retry(_)) => continue,
+                other => other?,
+            };
             if self.commit(&trx)? {
                 return Ok(value);
             }
@@ -397,6 +416,7 @@ mod tests {
     #[test]
     fn injected_faults_are_the_same_for_the_same_seed() {
         let faults = Faults {
+            read_retry: 100,
             conflict: 100,
             unknown_result: 100,
             timeout: 100,
@@ -405,6 +425,7 @@ mod tests {
             let store = SimStore::new(seed, faults);
             for _ in 0..200 {
                 let _ = block_on(store.run(async |trx| {
+                    trx.get(b"m", false).await?;
                     trx.add(b"n", 1);
                     Ok(())
                 }));
@@ -414,6 +435,7 @@ mod tests {
         assert_eq!(run(7), run(7));
         let (injected, _) = run(7);
         assert!(injected.conflicts > 0 && injected.unknown_results > 0 && injected.timeouts > 0);
+        assert!(injected.read_retries > 0);
         assert!(injected.unknown_landed > 0 && injected.timeouts_landed > 0);
     }
 }

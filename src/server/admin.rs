@@ -192,8 +192,11 @@ impl Admin {
                 }
             }
             ("POST", ["admin", "keys", tenant, kid, action @ ("revoke" | "restore")]) => {
-                if self.shared.directory().verifier.has_key(tenant, kid) {
-                    let key = Revocation::Key(format!("{tenant}::{kid}"));
+                let key = Revocation::Key(format!("{tenant}::{kid}"));
+                // A revoked key removed from the file since can still be restored (a key
+                // configured later under its kid would otherwise start revoked).
+                let restorable = action == &"restore" && self.shared.revoked.list().contains(&key);
+                if restorable || self.shared.directory().verifier.has_key(tenant, kid) {
                     self.revocation(key, action == &"revoke")
                 } else {
                     let (tenant, kid) = (json_string(tenant), json_string(kid));

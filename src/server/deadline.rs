@@ -36,8 +36,13 @@ impl WithDeadline {
 }
 
 impl Registry for WithDeadline {
-    fn heartbeat<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()> {
-        self.bound(self.inner.heartbeat(node, now_ms))
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        held: &'a [(String, Usage)],
+        now_ms: u64,
+    ) -> Answer<'a, ()> {
+        self.bound(self.inner.heartbeat(node, held, now_ms))
     }
 
     fn claim<'a>(
@@ -110,5 +115,9 @@ impl Registry for WithDeadline {
 
     fn ops_window(&self, app: &AppKey) -> Arc<MinuteWindow> {
         self.inner.ops_window(app)
+    }
+
+    fn sync_ops<'a>(&'a self, node: &'a NodeInfo, now_ms: u64) -> Answer<'a, ()> {
+        self.bound(self.inner.sync_ops(node, now_ms))
     }
 }

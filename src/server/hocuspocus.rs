@@ -218,10 +218,10 @@ impl Place {
         }
     }
 
-    fn set_can_write(&mut self, can_write: bool) {
+    fn set_grant(&mut self, can_write: bool, signing_key: Option<Arc<str>>) {
         match self {
-            Place::Local(membership) => membership.set_can_write(can_write),
-            Place::Remote(remote) => remote.set_can_write(can_write),
+            Place::Local(membership) => membership.set_grant(can_write, signing_key.as_ref()),
+            Place::Remote(remote) => remote.set_grant(can_write, signing_key),
         }
     }
 }
@@ -784,8 +784,10 @@ impl Socket {
         }
         open.refreshing = false;
         let refusal = match checked {
-            Ok((key, can_write, expires_at_s)) if key == open.key => {
-                open.place.set_can_write(can_write);
+            Ok(refreshed) if refreshed.key == open.key => {
+                let expires_at_s = refreshed.expires_at_s;
+                open.place
+                    .set_grant(refreshed.can_write, refreshed.signing_key);
                 // Asked again only about a later `exp` (a token still within the leeway
                 // would otherwise be asked for at once, again and again).
                 if expires_at_s > open.expires_at_s {
@@ -1045,8 +1047,17 @@ async fn decided(
     Ok((admission, owner, identity.expires_at_s))
 }
 
-/// A refreshed token's key, role (may write) and `exp`, or why it is refused.
-type Checked = Result<(String, bool, u64), Refusal>;
+/// A refreshed token, checked.
+struct Refreshed {
+    /// The document it names (`{tenant}::{app}::{document}`).
+    key: String,
+    can_write: bool,
+    expires_at_s: u64,
+    signing_key: Option<Arc<str>>,
+}
+
+/// A refreshed token, or why it is refused.
+type Checked = Result<Refreshed, Refusal>;
 
 /// Checks a refreshed token for the document opened by `attempt`: valid for the same
 /// document, its role applies from now on; refused, the document is closed with the reason.
@@ -1061,7 +1072,12 @@ fn spawn_refresh(
     let shard_of = shard.clone();
     let check = async move {
         let (admission, _, expires_at_s) = decided(&shard_of, &socket, &owned, token).await?;
-        Ok((admission.key, admission.can_write, expires_at_s))
+        Ok(Refreshed {
+            key: admission.key,
+            can_write: admission.can_write,
+            expires_at_s,
+            signing_key: admission.signing_key,
+        })
     };
     let address = address.to_owned();
     spawn_check(

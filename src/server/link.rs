@@ -146,11 +146,13 @@ impl RemoteDocument {
         self.shard.links.send(self.owner, link);
     }
 
-    pub fn set_can_write(&mut self, can_write: bool) {
+    /// See `Membership::set_grant`.
+    pub fn set_grant(&mut self, can_write: bool, signing_key: Option<std::sync::Arc<str>>) {
         self.can_write = can_write;
-        let link = Link::SetWrite {
+        let link = Link::SetGrant {
             id: self.id,
             can_write,
+            signing_key,
         };
         self.shard.links.send(self.owner, link);
     }
@@ -221,10 +223,14 @@ pub fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
                 });
             }
         }
-        Link::SetWrite { can_write, .. } => {
+        Link::SetGrant {
+            can_write,
+            signing_key,
+            ..
+        } => {
             if let Some(m) = member {
                 if let Some(membership) = m.borrow_mut().membership.as_mut() {
-                    membership.set_can_write(can_write);
+                    membership.set_grant(can_write, signing_key.as_ref());
                 }
             }
         }

@@ -37,19 +37,25 @@ impl ConnectionCount {
     pub async fn acquire(shard: &Rc<Shard>, app: &str, limits: &Limits) -> Result<Self, Refusal> {
         let app = shard.app_key(app);
         let registry = &shard.shared.registry;
-        match registry
+        // Held from before the call until after its release: a heartbeat meanwhile may
+        // overstate this node's count (refusing early), never understate it.
+        let holding = shard.shared.held.hold(shard.id, &app, 1, 0);
+        let acquired = registry
             .acquire_connection(
                 &app,
                 &shard.shared.node,
                 limits.max_connections,
                 crate::log::unix_ms(),
             )
-            .await
-        {
-            Ok(Ok(())) => Ok(ConnectionCount {
-                shard: shard.clone(),
-                app,
-            }),
+            .await;
+        match acquired {
+            Ok(Ok(())) => {
+                holding.keep();
+                Ok(ConnectionCount {
+                    shard: shard.clone(),
+                    app,
+                })
+            }
             Ok(Err(e)) => Err(Refusal::ConnectionLimit(e.limit)),
             Err(_) => Err(Refusal::RegistryUnavailable),
         }
@@ -78,9 +84,10 @@ fn release_connection(shard: &Rc<Shard>, app: &str) {
                 .await
                 .is_err()
             {
-                // The registry drops this node's counts when its heartbeat goes stale.
+                // The next heartbeat writes this node's true counts.
                 crate::log::warn("connection_release_failed", &[("app", &app)]);
             }
+            shard.shared.held.add(shard.id, &app, -1, 0);
         };
         super::contain::future(shard.my_stats(), "connection_release", release).await;
         shard
@@ -305,8 +312,12 @@ impl Membership {
     }
 
     /// After a refreshed token: its role applies from now on.
-    pub fn set_can_write(&mut self, can_write: bool) {
+    /// A refreshed token's role and the key that signed it apply from now on (a revocation
+    /// of the key it was opened with no longer closes it).
+    pub fn set_grant(&mut self, can_write: bool, signing_key: Option<&Arc<str>>) {
         self.can_write = can_write;
+        let credential = self.shard.credential(signing_key);
+        self.room.borrow_mut().set_credential(self.slot, credential);
     }
 
     /// A call into this document's handling panicked: it may have been inside the

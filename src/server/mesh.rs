@@ -54,10 +54,11 @@ pub enum Link {
         payload: String,
         echo: bool,
     },
-    /// A refreshed token changed the role.
-    SetWrite {
+    /// A refreshed token's role and signing key apply from now on.
+    SetGrant {
         id: LinkId,
         can_write: bool,
+        signing_key: Option<std::sync::Arc<str>>,
     },
     Leave {
         id: LinkId,
@@ -97,7 +98,7 @@ impl Link {
             Link::Join { id, .. }
             | Link::Message { id, .. }
             | Link::SideMessage { id, .. }
-            | Link::SetWrite { id, .. }
+            | Link::SetGrant { id, .. }
             | Link::Leave { id }
             | Link::Joined { id, .. }
             | Link::Frames { id, .. }

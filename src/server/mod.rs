@@ -9,6 +9,7 @@ mod contain;
 mod deadline;
 mod handler;
 mod handlers;
+mod held;
 mod hocuspocus;
 mod integrate;
 mod link;
@@ -248,6 +249,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         directory,
         registry,
         webhooks,
+        shards,
     ));
     let jobs = Arc::new(operator::ShardJobs::new(shards));
     let admin_jobs = jobs.clone();

@@ -94,8 +94,9 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
     shared
         .admin_per_ip
         .set_per_window(limits.admin_requests_per_minute);
-    shared.replace_directory(directory);
+    // Receivers first: a session the new directory admits finds its app's load hook.
     shared.webhooks.replace(receivers);
+    shared.replace_directory(directory);
     Ok(restart)
 }
 

@@ -102,10 +102,15 @@ impl Revoked {
         }
     }
 
-    /// Whether the key `signing_key` (`{tenant}::{kid}`) is revoked.
-    pub fn key_revoked(&self, signing_key: &str) -> bool {
+    /// The revoked keys, as `{tenant}::{kid}`.
+    pub fn keys(&self) -> Vec<String> {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner());
-        !set.is_empty() && set.contains(&Revocation::Key(signing_key.to_owned()))
+        set.iter()
+            .filter_map(|r| match r {
+                Revocation::Key(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -136,7 +141,7 @@ mod tests {
         );
         assert_eq!(revoked.refusal_of("acme", "web", Some("acme::k2")), None);
         assert_eq!(revoked.refusal_of("beta", "web", Some("beta::k1")), None);
-        assert!(revoked.key_revoked("acme::k1") && !revoked.key_revoked("acme::k2"));
+        assert_eq!(revoked.keys(), ["acme::k1"]);
         assert!(replace(vec![]));
         assert_eq!(revoked.refusal("acme::web"), None);
         // A read begun before another was applied does not undo it.

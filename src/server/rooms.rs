@@ -239,13 +239,15 @@ impl Rooms {
     ) -> Result<OpenRoom, RoomRefusal> {
         let claim = PinInFlight::start(&self.map, key);
         let now_ms = crate::log::unix_ms();
+        // Held from before the claim until after its release (see `ConnectionCount`).
+        let holding = self.shared.held.hold(self.shard_id, app, 0, 1);
         let pinned = self
             .shared
             .registry
             .claim(key, app, &self.shared.node, documents_max, now_ms)
             .await;
         match pinned {
-            Ok(Claim::Pinned | Claim::AlreadyHere) => {}
+            Ok(Claim::Pinned | Claim::AlreadyHere) => holding.keep(),
             Ok(Claim::Elsewhere(node)) => return Err(RoomRefusal::Elsewhere(node)),
             Ok(Claim::DocumentLimit(e)) => return Err(RoomRefusal::DocumentLimit(e)),
             Err(Unavailable(why)) => return Err(RoomRefusal::Unavailable(why)),
@@ -322,13 +324,14 @@ impl Rooms {
     }
 
     /// Gives `key`'s pin back to the registry (the registry drops it anyway when this
-    /// node's heartbeat goes stale).
-    async fn release_pin(&self, key: &str, app: &str) {
+    /// node's heartbeat goes stale; the next heartbeat writes this node's document count).
+    pub async fn release_pin(&self, key: &str, app: &str) {
         let released = self
             .shared
             .registry
             .release(key, app, &self.shared.node, crate::log::unix_ms())
             .await;
+        self.shared.held.add(self.shard_id, app, 0, -1);
         if let Err(Unavailable(why)) = released {
             crate::log::warn("pin_release_failed", &[("error", &why)]);
         }
@@ -573,6 +576,10 @@ fn push_session_ended(
     app: &str,
     room: &RefCell<Room>,
 ) -> Option<Receipt> {
+    // The whole state is encoded only for an app that takes it.
+    if !webhooks.wants(app, EventKind::SessionEnded) {
+        return None;
+    }
     let state = room.borrow_mut().final_state();
     let data = serde_json::json!({
         "state": base64::engine::general_purpose::STANDARD.encode(state),

@@ -147,7 +147,7 @@ pub struct Shard {
     /// See [`Shard::app_key`].
     app_keys: RefCell<std::collections::HashSet<Rc<str>>>,
     /// See [`Shard::credential`].
-    credentials: RefCell<Vec<std::sync::Arc<str>>>,
+    credentials: RefCell<HashMap<std::sync::Arc<str>, u32>>,
 }
 
 /// Verified tokens a shard remembers: about 2 MiB of identities at most.
@@ -202,7 +202,7 @@ impl Shard {
             admission_queue,
             session_queue: glommio::executor().current_task_queue(),
             app_keys: RefCell::new(std::collections::HashSet::new()),
-            credentials: RefCell::new(Vec::new()),
+            credentials: RefCell::new(HashMap::new()),
             token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(
                 TOKEN_CACHE_ENTRIES_MAX,
             )),
@@ -285,14 +285,12 @@ impl Shard {
             return 0;
         };
         let mut credentials = self.credentials.borrow_mut();
-        let index = match credentials.iter().position(|k| k == key) {
-            Some(i) => i,
-            None => {
-                credentials.push(key.clone());
-                credentials.len() - 1
-            }
-        };
-        u32::try_from(index + 1).expect("keys are configured, not sent")
+        if let Some(&credential) = credentials.get(key) {
+            return credential;
+        }
+        let credential = u32::try_from(credentials.len() + 1).expect("keys are configured");
+        credentials.insert(key.clone(), credential);
+        credential
     }
 
     /// Closes the sessions admitted with a token signed by a key now revoked (4003); how
@@ -300,10 +298,9 @@ impl Shard {
     pub fn close_revoked_keys(&self) -> usize {
         let revoked: Vec<u32> = {
             let credentials = self.credentials.borrow();
-            (1..)
-                .zip(credentials.iter())
-                .filter(|(_, key)| self.shared.revoked.key_revoked(key))
-                .map(|(credential, _)| credential)
+            let keys = self.shared.revoked.keys();
+            keys.iter()
+                .filter_map(|key| credentials.get(key.as_str()).copied())
                 .collect()
         };
         if revoked.is_empty() {

@@ -36,6 +36,9 @@ pub struct Shared {
     /// Tenants and apps an operator revoked (PRODUCT.md 13), as last read from the registry.
     pub revoked: super::revoked::Revoked,
     pub admin_per_ip: IpRateLimiter,
+    /// This node's live connections and pinned documents per app, which the heartbeat
+    /// writes to the registry whole.
+    pub held: super::held::Held,
 }
 
 /// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
@@ -65,6 +68,7 @@ impl Shared {
         directory: Directory,
         registry: Arc<dyn Registry>,
         webhooks: crate::webhook::Webhooks,
+        shards: usize,
     ) -> Self {
         let limits = &config.rate_limits;
         Shared {
@@ -82,6 +86,7 @@ impl Shared {
                 limits.ipv6_prefix_bits,
             ),
             revoked: super::revoked::Revoked::default(),
+            held: super::held::Held::new(shards),
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
             connections_fd_max: connections_fd_max(),

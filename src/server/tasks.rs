@@ -106,6 +106,7 @@ pub async fn run(setup: Setup) {
         // Before the node says it is ready: it does not admit what is already revoked.
         read_operator_state(&shard).await;
         glommio::spawn_local(heartbeat(shard.clone())).detach();
+        glommio::spawn_local(sync_ops(shard.clone())).detach();
     }
     let _ = ready.send(Ok(()));
     // While draining the listener stays open, so that health checks see 503 and new
@@ -241,11 +242,7 @@ async fn drain(shard: &Rc<Shard>) {
                 ],
             );
         }
-        let _ = shard
-            .shared
-            .registry
-            .release(&key, &app, &shard.shared.node, crate::log::unix_ms())
-            .await;
+        shard.rooms.release_pin(&key, &app).await;
         stats::sub(&shard.my_stats().documents, 1);
     }
     crate::log::info("shard_drained", &[("shard", &shard.id)]);
@@ -263,19 +260,39 @@ async fn send_debounced(shard: Rc<Shard>) {
     }
 }
 
-/// Tells the registry this node is alive, every `node.heartbeat_interval_ms`.
+/// Tells the registry this node is alive and what it holds, every
+/// `node.heartbeat_interval_ms`.
 async fn heartbeat(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config().node.heartbeat_interval_ms);
     loop {
         let registry = &shard.shared.registry;
+        let held = shard.shared.held.all();
         if let Err(Unavailable(why)) = registry
-            .heartbeat(&shard.shared.node, crate::log::unix_ms())
+            .heartbeat(&shard.shared.node, &held, crate::log::unix_ms())
             .await
         {
             crate::log::warn("heartbeat_failed", &[("error", &why)]);
         }
         read_operator_state(&shard).await;
         sleep(every).await;
+    }
+}
+
+/// How often the node publishes its update counts and reads the region's (`opsPerMinute`).
+const OPS_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publishes this node's update counts per app and reads the other nodes' (see
+/// `Registry::sync_ops`), every [`OPS_SYNC_INTERVAL`].
+async fn sync_ops(shard: Rc<Shard>) {
+    loop {
+        sleep(OPS_SYNC_INTERVAL).await;
+        let registry = &shard.shared.registry;
+        let synced = registry
+            .sync_ops(&shard.shared.node, crate::log::unix_ms())
+            .await;
+        if let Err(Unavailable(why)) = synced {
+            crate::log::warn("ops_sync_failed", &[("error", &why)]);
+        }
     }
 }
 

@@ -370,6 +370,13 @@ impl Room {
         self.wake_caught_up();
     }
 
+    /// `slot`'s subscriber was admitted again (a refreshed token) with `credential`.
+    pub fn set_credential(&mut self, slot: Slot, credential: u32) {
+        if let Some(subscriber) = self.subscribers.get_mut(slot.0).and_then(Option::as_mut) {
+            subscriber.credential = credential;
+        }
+    }
+
     /// Closes the connection of every subscriber whose credential `which` names with `code`
     /// and `reason` (an operator closed the document, or revoked its app or a key); how many
     /// were not closing already.
@@ -985,9 +992,16 @@ mod tests {
     fn closing_by_credential_closes_only_those_subscribers() {
         let mut room = Room::new(RoomConfig::default());
         let outboxes: Vec<Rc<Outbox>> = (0..3).map(|_| Rc::new(Outbox::new(1 << 20))).collect();
-        for (outbox, credential) in outboxes.iter().zip([1, 2, 1]) {
-            room.join_framed(outbox.clone(), Framing::YWebsocket, credential);
-        }
+        let slots: Vec<Slot> = outboxes
+            .iter()
+            .zip([1, 2, 1])
+            .map(|(outbox, credential)| {
+                room.join_framed(outbox.clone(), Framing::YWebsocket, credential)
+            })
+            .collect();
+        // The second was admitted again (a refreshed token) with another key.
+        room.set_credential(slots[1], 3);
+        assert_eq!(room.close_subscribers(4003, "revoked", |c| c == 2), 0);
         assert_eq!(
             room.close_subscribers(4003, "Forbidden: key revoked", |c| c == 1),
             2

@@ -44,6 +44,9 @@ pub struct Webhooks {
 pub struct Receivers {
     sinks: HashMap<String, Arc<Sink>>,
     loaders: HashMap<String, (Arc<str>, Arc<Loader>)>,
+    /// Each app's settings as read (see [`settings`]): a reload keeps the receivers of an
+    /// app whose settings are the same, without resolving their hosts again.
+    settings: HashMap<String, String>,
 }
 
 /// A load hook's call, made: its answer (`None`: start empty; else the state, prepared) and
@@ -57,7 +60,7 @@ impl Webhooks {
     /// Reads every app's webhook and load hook settings, resolving each receiver's host and
     /// checking its addresses (`own`: this node's listeners). An error names the field.
     pub fn from_config(config: &Config, own: &[SocketAddr]) -> Result<Webhooks, String> {
-        let receivers = read(&config.apps, own, config.webhooks.timeout_ms)?;
+        let receivers = read(&config.apps, own, config.webhooks.timeout_ms, None)?;
         Ok(Webhooks {
             config: config.webhooks,
             own: own.to_vec(),
@@ -67,10 +70,18 @@ impl Webhooks {
         })
     }
 
-    /// Reads `apps`' receivers again (a reload), checked as at start; the `[webhooks]`
+    /// Reads `apps`' receivers again (a reload), checked as at start, except that an app
+    /// whose settings did not change keeps its receivers (a host that does not resolve for a
+    /// moment must not refuse a reload that changes something else); the `[webhooks]`
     /// section stays as the node started.
     pub fn read_apps(&self, apps: &[AppConfig]) -> Result<Receivers, String> {
-        read(apps, &self.own, self.config.timeout_ms)
+        let running = self.receivers().clone();
+        read(
+            apps,
+            &self.own,
+            self.config.timeout_ms,
+            Some(running.as_ref()),
+        )
     }
 
     /// Puts `receivers` in force: new events and load calls use them at once, and the events
@@ -216,16 +227,39 @@ impl Webhooks {
 /// Checks every app's webhook and load hook settings as a start would (secret files, DNS,
 /// addresses), without starting anything.
 pub fn check(config: &Config, own: &[SocketAddr]) -> Result<(), String> {
-    read(&config.apps, own, config.webhooks.timeout_ms).map(|_| ())
+    read(&config.apps, own, config.webhooks.timeout_ms, None).map(|_| ())
 }
 
-/// Every app's receivers, by `{tenant}::{app}` (`timeout_ms`: one webhook attempt's).
-fn read(apps: &[AppConfig], own: &[SocketAddr], timeout_ms: u64) -> Result<Receivers, String> {
-    let mut sinks = HashMap::new();
-    let mut loaders = HashMap::new();
+/// Every app's receivers, by `{tenant}::{app}` (`timeout_ms`: one webhook attempt's), those
+/// of apps whose settings are as in `running` taken from there.
+fn read(
+    apps: &[AppConfig],
+    own: &[SocketAddr],
+    timeout_ms: u64,
+    running: Option<&Receivers>,
+) -> Result<Receivers, String> {
+    let (mut sinks, mut loaders, mut all_settings) =
+        (HashMap::new(), HashMap::new(), HashMap::new());
     for app in apps {
         let key = format!("{}::{}", app.tenant, app.id);
-        let hooks = hooks(app, own, timeout_ms).map_err(|why| format!("apps.{}.{why}", app.id))?;
+        let named = |why: String| format!("apps.{}.{why}", app.id);
+        let secret_text = secret_text(app).map_err(named)?;
+        let settings = settings(app, secret_text.as_deref(), timeout_ms);
+        if let Some(running) = running.filter(|r| r.settings.get(&key) == Some(&settings)) {
+            if let Some(sink) = running.sinks.get(&key) {
+                sinks.insert(key.clone(), sink.clone());
+            }
+            if let Some(loader) = running.loaders.get(&key) {
+                loaders.insert(key.clone(), loader.clone());
+            }
+            all_settings.insert(key, settings);
+            continue;
+        }
+        all_settings.insert(key.clone(), settings);
+        let Some(secret_text) = secret_text else {
+            continue;
+        };
+        let hooks = hooks(app, &secret_text, own, timeout_ms).map_err(named)?;
         if let Some(sink) = hooks.sink {
             sinks.insert(key.clone(), Arc::new(sink));
         }
@@ -233,7 +267,48 @@ fn read(apps: &[AppConfig], own: &[SocketAddr], timeout_ms: u64) -> Result<Recei
             loaders.insert(key.clone(), (Arc::from(key), Arc::new(loader)));
         }
     }
-    Ok(Receivers { sinks, loaders })
+    Ok(Receivers {
+        sinks,
+        loaders,
+        settings: all_settings,
+    })
+}
+
+/// An app's hook settings as one string (its secret's text included: a secret file changed
+/// in place changes them).
+fn settings(app: &AppConfig, secret_text: Option<&str>, timeout_ms: u64) -> String {
+    format!(
+        "{:?}",
+        (
+            &app.webhook_url,
+            &app.webhook_events,
+            &app.load_url,
+            app.webhook_allow_private,
+            app.load_timeout_ms,
+            timeout_ms,
+            secret_text,
+        )
+    )
+}
+
+/// The app's webhook secret as written (`None`: the app has no webhook and no load hook).
+fn secret_text(app: &AppConfig) -> Result<Option<String>, String> {
+    let configured = app.webhook_url.is_some() || app.load_url.is_some();
+    if !configured {
+        if app.webhook_secret.is_some() || app.webhook_secret_file.is_some() {
+            return Err("webhook_secret: set without webhook_url or load_url".into());
+        }
+        return Ok(None);
+    }
+    match (&app.webhook_secret, &app.webhook_secret_file) {
+        (Some(text), None) => Ok(Some(text.0.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| format!("webhook_secret_file: cannot read {path}: {e}")),
+        _ => Err(
+            "webhook_secret: set exactly one of webhook_secret and webhook_secret_file (it signs the webhooks and the load hook's calls)".into(),
+        ),
+    }
 }
 
 /// One app's receivers, each if it has one.
@@ -242,29 +317,15 @@ struct Hooks {
     loader: Option<Loader>,
 }
 
-fn hooks(app: &AppConfig, own: &[SocketAddr], timeout_ms: u64) -> Result<Hooks, String> {
-    let configured = app.webhook_url.is_some() || app.load_url.is_some();
-    if !configured {
-        if app.webhook_secret.is_some() || app.webhook_secret_file.is_some() {
-            return Err("webhook_secret: set without webhook_url or load_url".into());
-        }
-        return Ok(Hooks {
-            sink: None,
-            loader: None,
-        });
-    }
-    let secret_text = match (&app.webhook_secret, &app.webhook_secret_file) {
-        (Some(text), None) => text.0.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("webhook_secret_file: cannot read {path}: {e}"))?,
-        _ => {
-            return Err(
-                "webhook_secret: set exactly one of webhook_secret and webhook_secret_file (it signs the webhooks and the load hook's calls)".into(),
-            )
-        }
-    };
+/// The receivers of an app that has a webhook or a load hook, signed with `secret_text`.
+fn hooks(
+    app: &AppConfig,
+    secret_text: &str,
+    own: &[SocketAddr],
+    timeout_ms: u64,
+) -> Result<Hooks, String> {
     let secret =
-        WebhookSecret::parse(&secret_text).map_err(|why| format!("webhook_secret: {why}"))?;
+        WebhookSecret::parse(secret_text).map_err(|why| format!("webhook_secret: {why}"))?;
     let endpoint = |field: &str, url: &String, timeout_ms: u64| {
         Endpoint::check_at_start(url, app.webhook_allow_private, own)
             .map_err(|why| format!("{field}: {why}"))?;
