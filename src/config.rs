@@ -16,6 +16,8 @@ pub struct Config {
     /// The Hocuspocus framing (`@hocuspocus/provider`, Tiptap), spoken on `/` and `path`.
     pub hocuspocus: HocuspocusConfig,
     pub http: HttpConfig,
+    /// `wss://` and HTTPS on the listener itself (off when unset).
+    pub tls: Option<TlsConfig>,
     pub websocket: WebSocketConfig,
     pub documents: DocumentConfig,
     pub auth: AuthConfig,
@@ -258,6 +260,17 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
 }
 
+/// The listener's certificate: with it every connection is TLS (1.2 or 1.3, ALPN
+/// `http/1.1`), HTTPS and `wss://` alike. Both files are read again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the certificate, then its chain.
+    pub cert_file: String,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
@@ -318,6 +331,7 @@ impl Default for Config {
             echo_path: None,
             hocuspocus: HocuspocusConfig::default(),
             http: HttpConfig::default(),
+            tls: None,
             websocket: WebSocketConfig::default(),
             documents: DocumentConfig::default(),
             auth: AuthConfig::default(),

@@ -72,6 +72,14 @@ fn check_config_accepts_a_good_file_and_names_the_first_problem_of_a_bad_one() {
             "apps.web.webhook_url",
         ),
         ("fdb.toml", "allow_development_tenant = true\n[registry]\nbackend = \"foundationdb\"\n".to_owned(), "--features fdb"),
+        (
+            "tls.toml",
+            format!(
+                "allow_development_tenant = true\n[tls]\ncert_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/server2.key\"\n",
+                dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls")
+            ),
+            "tls.key_file",
+        ),
     ];
     for (name, body, expected) in cases {
         let path = file(name, &body);

@@ -5,6 +5,7 @@
 mod admin;
 mod admission;
 mod api;
+mod certificate;
 mod contain;
 mod deadline;
 mod handler;
@@ -30,6 +31,7 @@ mod side_messages;
 mod socket;
 pub mod stats;
 mod tasks;
+mod tls;
 
 use crate::auth::directory::Directory;
 use crate::config::Config;
@@ -152,12 +154,16 @@ fn admin_token(
 }
 
 /// Everything a start checks before it binds, without starting (`wiresocket check-config`):
-/// the fields, the tenants' keys, the registry backend, the webhook settings (secret files,
-/// DNS, addresses: the listen address stands for this node's own).
+/// the fields, the tenants' keys, the TLS certificate and key, the registry backend, the
+/// webhook settings (secret files, DNS, addresses: the listen address stands for this node's
+/// own).
 pub fn check(config: &Config) -> Result<(), StartError> {
     let listen = config.validate().map_err(|e| StartError(e.0))?;
     Directory::from_config(config).map_err(|e| StartError(e.0))?;
     admin_token(config)?;
+    if let Some(certificate) = &config.tls {
+        certificate::server_config(certificate).map_err(StartError)?;
+    }
     if config.registry.backend == "foundationdb" && !cfg!(feature = "fdb") {
         open_foundationdb(config)?;
     }
@@ -219,6 +225,8 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
     let admin_addr = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
     let own: Vec<SocketAddr> = std::iter::once(addr).chain(admin_addr).collect();
     let webhooks = crate::webhook::Webhooks::from_config(&config, &own).map_err(StartError)?;
+    let tls = config.tls.as_ref().map(certificate::Tls::load).transpose();
+    let tls = tls.map_err(StartError)?;
     let first_listener = Arc::new(std::sync::Mutex::new(Some(first_listener)));
     let shards = if config.shards == 0 {
         std::thread::available_parallelism()
@@ -231,7 +239,8 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         id: config.node.id.clone(),
         region: config.node.region.clone(),
         url: if config.node.public_url.is_empty() {
-            format!("ws://{addr}")
+            let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+            format!("{scheme}://{addr}")
         } else {
             config.node.public_url.trim_end_matches('/').to_owned()
         },
@@ -250,6 +259,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
         registry,
         webhooks,
         shards,
+        tls,
     ));
     let jobs = Arc::new(operator::ShardJobs::new(shards));
     let admin_jobs = jobs.clone();

@@ -1,6 +1,6 @@
 //! SIGHUP (PRODUCT.md 13): the configuration file is read again and what can change in
 //! place is put in force: tenants, keys and apps (enabled, plans, client secrets, origins,
-//! webhook receivers and load hooks), and the per-IP rate limits. No session is dropped, except those of an app that is gone or
+//! webhook receivers and load hooks), the per-IP rate limits, and the TLS certificate. No session is dropped, except those of an app that is gone or
 //! disabled, closed with 4003. A file that does not validate is refused, the error naming
 //! the field, and the configuration in force stays. Other settings need a restart (the log
 //! names those that changed).
@@ -82,6 +82,12 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
     directory.set_rotated_secrets(shared.directory().rotated_secrets());
     // Secret files, DNS and the address rules, as at start (on this thread, off the shards).
     let receivers = shared.webhooks.read_apps(&new.apps)?;
+    // The certificate and key files are read again (a renewed certificate); turning TLS on
+    // or off needs a restart (`needs_restart`).
+    let certificate = match (&shared.tls, &new.tls) {
+        (Some(_), Some(tls)) => Some(super::certificate::server_config(tls)?),
+        _ => None,
+    };
     let restart = needs_restart(running, &new);
     let limits = &new.rate_limits;
     shared
@@ -96,6 +102,9 @@ fn reload(shared: &Shared) -> Result<Vec<&'static str>, String> {
         .set_per_window(limits.admin_requests_per_minute);
     // Receivers first: a session the new directory admits finds its app's load hook.
     shared.webhooks.replace(receivers);
+    if let (Some(tls), Some(certificate)) = (&shared.tls, certificate) {
+        tls.replace(certificate);
+    }
     shared.replace_directory(directory);
     Ok(restart)
 }
@@ -117,6 +126,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             differs(&old.trusted_proxies, &new.trusted_proxies),
         ),
         ("webhooks", differs(&old.webhooks, &new.webhooks)),
+        ("tls", old.tls.is_some() != new.tls.is_some()),
         (
             "admin_*",
             differs(

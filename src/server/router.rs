@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 /// session.
 ///
 /// A panic anywhere in admission (token verification, routing, registry calls) ends only
-/// this connection: it is answered 500 and closed.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// this connection: it is answered 500 and closed. `peer` is the client's address (a TLS
+/// connection's plaintext comes through a socket pair, which has none).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: IpAddr) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let admit = admit(shard.clone(), stream.clone());
+    let admit = admit(shard.clone(), stream.clone(), peer);
     let admitted = super::contain::future(shard.my_stats(), "admission", admit).await;
     start_session(shard, stream, admitted).await;
 }
@@ -142,7 +143,7 @@ async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<
 
 /// Reads and answers the request; returns the session to run, if one was admitted here
 /// (its 101 written).
-async fn admit(shard: Rc<Shard>, stream: SharedStream) -> Option<Admitted> {
+async fn admit(shard: Rc<Shard>, stream: SharedStream, peer: IpAddr) -> Option<Admitted> {
     let _counted = InAdmission::new(shard.my_stats());
     // One deadline for the whole exchange, from the accept (no later than the first byte):
     // a client cannot stretch it by sending its head and body just in time each.
@@ -171,7 +172,7 @@ async fn admit(shard: Rc<Shard>, stream: SharedStream) -> Option<Admitted> {
     let leftover = head[req.head_len..].to_vec();
     let upgrading = handshake::is_upgrade(&req);
     let started = Instant::now();
-    let exchange = route(&shard, &stream, &req, leftover, started, deadline);
+    let exchange = route(&shard, &stream, &req, peer, leftover, started, deadline);
     let routed = if upgrading {
         // An upgrade's admission takes registry counts it must give back, so it is never
         // cut short; its steps are bounded (the registry by `registry_timeout_ms`).
@@ -251,12 +252,7 @@ async fn read_head(stream: &SharedStream, limit: usize) -> Result<Vec<u8>, HeadE
 }
 
 /// The client's address for per-IP limits (see `http::ip_rate::client_ip`).
-fn client_ip(shard: &Shard, stream: &SharedStream, req: &Request<'_>) -> IpAddr {
-    let peer = stream
-        .borrow()
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+fn client_ip(shard: &Shard, peer: IpAddr, req: &Request<'_>) -> IpAddr {
     crate::http::ip_rate::client_ip(
         peer,
         req.headers_named("x-forwarded-for"),
@@ -269,12 +265,13 @@ async fn route(
     shard: &Rc<Shard>,
     stream: &SharedStream,
     req: &Request<'_>,
+    peer: IpAddr,
     leftover: Vec<u8>,
     started: Instant,
     deadline: Instant,
 ) -> Routed {
     let upgrade = handshake::is_upgrade(req);
-    let ip = client_ip(shard, stream, req);
+    let ip = client_ip(shard, peer, req);
     if !upgrade && api::answer(shard, stream, req, &leftover, ip, deadline).await {
         return Routed::Done;
     }

@@ -39,6 +39,8 @@ pub struct Shared {
     /// This node's live connections and pinned documents per app, which the heartbeat
     /// writes to the registry whole.
     pub held: super::held::Held,
+    /// With `[tls]`: the listener's certificate (every connection is TLS).
+    pub tls: Option<super::certificate::Tls>,
 }
 
 /// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
@@ -69,8 +71,11 @@ impl Shared {
         registry: Arc<dyn Registry>,
         webhooks: crate::webhook::Webhooks,
         shards: usize,
+        tls: Option<super::certificate::Tls>,
     ) -> Self {
         let limits = &config.rate_limits;
+        // A TLS connection holds three descriptors: its socket and a socket pair.
+        let fds_per_connection = if tls.is_some() { 3 } else { 1 };
         Shared {
             handshakes_per_ip: IpRateLimiter::new(
                 limits.handshakes_per_minute,
@@ -87,9 +92,10 @@ impl Shared {
             ),
             revoked: super::revoked::Revoked::default(),
             held: super::held::Held::new(shards),
+            tls,
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
-            connections_fd_max: connections_fd_max(),
+            connections_fd_max: connections_fd_max() / fds_per_connection,
             incomplete_bytes: AtomicUsize::new(0),
             webhooks,
             memory: super::memory::MemoryWatch::new(

@@ -59,6 +59,8 @@ shard_stats! {
     counter panics_total: "Panics caught in one connection's work (admission, messages, its end, the keepalive sweep); each ended only that connection",
     counter http_requests_total: "Plain HTTP requests answered",
     counter token_cache_hits_total: "Tokens admitted from the shard's cache of verified tokens, without a signature check",
+    counter tls_handshakes_total: "TLS handshakes completed",
+    counter tls_handshakes_failed_total: "TLS handshakes that failed or did not finish within http.request_timeout_ms (the connection was dropped)",
 }
 
 /// Close codes and HTTP statuses counted in `wiresocket_rejections_total`: every code a

@@ -12,6 +12,7 @@ use crate::webhook::delivery::Fate;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -177,7 +178,15 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 stats::add(&shard.my_stats().connections_accepted_total, 1);
-                admit_later(shard, super::router::serve(shard.clone(), stream));
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.ip())
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                if shard.shared.tls.is_some() {
+                    admit_later(shard, super::tls::serve(shard.clone(), stream, peer));
+                } else {
+                    admit_later(shard, super::router::serve(shard.clone(), stream, peer));
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, back off, keep serving.

@@ -287,7 +287,74 @@ pub fn status(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-pub type Ws = WebSocket<TcpStream>;
+/// A client socket: plain TCP, or TLS over it (`connect_tls`).
+pub trait Socket: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl Socket for TlsStream {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+pub type Ws<S = TcpStream> = WebSocket<S>;
+
+/// The test CA (`tests/tls`) as the only root, TLS 1.2 and 1.3, ALPN `http/1.1`.
+pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    #[allow(deprecated)] // ring, as the server (no post-quantum key exchange)
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
+
+/// A TLS connection to `addr` for `localhost`, its handshake done.
+pub fn tls_connect(addr: &str, config: std::sync::Arc<rustls::ClientConfig>) -> TlsStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = "localhost".try_into().unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+    }
+    tls
+}
+
+/// [`connect_raw`] over TLS (`wss://`), trusting the test CA.
+pub fn connect_tls(addr: &str, path: &str) -> Ws<TlsStream> {
+    let tls = tls_connect(addr, tls_client_config());
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(None)
+        .max_message_size(None);
+    let (ws, response) =
+        tungstenite::client::client_with_config(format!("ws://{addr}{path}"), tls, Some(config))
+            .expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
 
 /// A development token (the server runs the development tenant when no tenant is
 /// configured), with extra claims.
@@ -391,8 +458,8 @@ pub fn sync_message(step: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// A Yjs peer speaking y-websocket over tungstenite, with its own yrs document.
-pub struct YClient {
-    pub ws: Ws,
+pub struct YClient<S: Socket = TcpStream> {
+    pub ws: Ws<S>,
     pub doc: yrs::Doc,
 }
 
@@ -401,9 +468,11 @@ impl YClient {
     pub fn connect(addr: &str, doc_name: &str, client_id: u64) -> YClient {
         Self::from_ws(connect(addr, &format!("/{doc_name}")), client_id)
     }
+}
 
+impl<S: Socket> YClient<S> {
     /// Starts the sync handshake on an open connection.
-    pub fn from_ws(ws: Ws, client_id: u64) -> YClient {
+    pub fn from_ws(ws: Ws<S>, client_id: u64) -> YClient<S> {
         // Browsers use 32-bit client ids.
         let doc = yrs::Doc::with_client_id(client_id & 0xFFFF_FFFF);
         let mut c = YClient { ws, doc };
@@ -414,7 +483,7 @@ impl YClient {
 
     /// Continues on a new connection with the same document (as y-websocket does after a
     /// close): the state vectors are exchanged again and each side sends what the other lacks.
-    pub fn resume(&mut self, ws: Ws) {
+    pub fn resume(&mut self, ws: Ws<S>) {
         self.ws = ws;
         let sv = self.doc.transact().state_vector().encode_v1();
         self.send(sync_message(0, &sv));
@@ -487,9 +556,9 @@ impl YClient {
     }
 
     /// Pumps messages until `f(self)` holds or the timeout passes.
-    pub fn pump_until(&mut self, timeout: Duration, mut f: impl FnMut(&YClient) -> bool) -> bool {
+    pub fn pump_until(&mut self, timeout: Duration, mut f: impl FnMut(&Self) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let stream = self.ws.get_ref();
+        let stream = self.ws.get_ref().tcp();
         stream
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();

@@ -4,6 +4,10 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { startServer, token, TOKEN, TIMEOUT, waitFor, tick } from './server.mjs'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
@@ -44,6 +48,36 @@ test('8 providers x 500 concurrent edits on one document converge', TIMEOUT, asy
     await synced(late)
     assert.equal(late.doc.getText('t').toString(), first)
     late.destroy()
+  } finally {
+    providers.forEach(p => p.destroy())
+    await server.stop()
+  }
+})
+
+test('8 providers converge over wss:// with the node\'s own TLS, trusting only the test CA', TIMEOUT, async () => {
+  const tls = fileURLToPath(new URL('../tls', import.meta.url))
+  const config = join(mkdtempSync(join(tmpdir(), 'wiresocket-tls-')), 'node.toml')
+  writeFileSync(config, `allow_development_tenant = true\n[tls]\ncert_file = "${tls}/server.pem"\nkey_file = "${tls}/server.key"\n`)
+  const server = await startServer('127.0.0.1:0', ['--config', config])
+  const url = `wss://localhost:${server.addr.split(':')[1]}`
+  const ca = readFileSync(join(tls, 'ca.pem'))
+  class TlsWebSocket extends WebSocket {
+    constructor (address, protocols) { super(address, protocols, { ca }) }
+  }
+  const providers = Array.from({ length: 8 }, () =>
+    provider(url, 'over-tls', new Y.Doc(), { params: { token: TOKEN }, WebSocketPolyfill: TlsWebSocket }))
+  try {
+    await Promise.all(providers.map(synced))
+    providers.forEach((p, i) => {
+      for (let n = 0; n < 50; n++) p.doc.getText('t').insert(0, String.fromCharCode(97 + i))
+    })
+    await waitFor('convergence', () => providers.every(p => p.doc.getText('t').length === 8 * 50))
+    const first = providers[0].doc.getText('t').toString()
+    for (const p of providers) assert.equal(p.doc.getText('t').toString(), first)
+    // Without the CA the certificate is refused: the server's own, not a system one.
+    const untrusted = new WebSocket(`${url}/x?token=${TOKEN}`)
+    const [error] = await once(untrusted, 'error')
+    assert.match(error.message, /certificate/)
   } finally {
     providers.forEach(p => p.destroy())
     await server.stop()

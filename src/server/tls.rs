@@ -1,0 +1,235 @@
+//! `wss://` and HTTPS on the listener itself (PRODUCT.md 14). rustls terminates TLS, and the
+//! connection's plaintext goes on through a socket pair, so everything after it (the request,
+//! sessions, the hand-off to the document's shard, the write-through sends) is the plain path,
+//! unchanged; the kernel's TLS offload would make the pair unnecessary, but it is not in every
+//! kernel (not in this project's machines', so it is not used).
+//!
+//! Per connection: the handshake runs on the admission queue within the request deadline
+//! (`http.request_timeout_ms`: a client that stops halfway is dropped then); then a bridge of
+//! two tasks on the sessions' queue moves bytes, client → decrypt → pair and pair → encrypt →
+//! client, through the shard's scratch buffer (an idle connection holds no buffer; the
+//! certificate is `server::certificate`'s). Backpressure is the sockets': a client
+//! that does not read stops the encrypting task, whose pair fills, so the session's outbox
+//! grows and cuts it off as it would any slow client.
+
+use super::shard::Shard;
+use super::socket::{self, Stream};
+use super::stats;
+use glommio::net::TcpStream;
+use rustls::ServerConnection;
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::fd::FromRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Bytes a handshake reads at once.
+const HANDSHAKE_READ_BYTES: usize = 4096;
+
+/// Serves one accepted TLS connection: its handshake, then its plaintext to the router as if
+/// it had come in plain (with the client's address, which the pair does not carry).
+pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
+    let Some(tls) = shard.shared.tls.as_ref() else {
+        unreachable!("TLS connections are accepted only with [tls]");
+    };
+    let conn = match ServerConnection::new(tls.current()) {
+        Ok(conn) => conn,
+        Err(e) => {
+            crate::log::warn("tls_failed", &[("error", &e)]);
+            return;
+        }
+    };
+    let (tcp, conn) = (Rc::new(RefCell::new(tcp)), Rc::new(RefCell::new(conn)));
+    let deadline = Duration::from_millis(shard.config().http.request_timeout_ms);
+    let shaken = glommio::timer::timeout(deadline, async {
+        handshake(&tcp, &conn)
+            .await
+            .map_err(glommio::GlommioError::from)
+    })
+    .await;
+    let stats = shard.my_stats();
+    let Ok(plain) = shaken else {
+        stats::add(&stats.tls_handshakes_failed_total, 1);
+        socket::shutdown(&tcp);
+        return;
+    };
+    stats::add(&stats.tls_handshakes_total, 1);
+    let (ours, theirs) = match pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            crate::log::warn("tls_failed", &[("error", &e)]);
+            return;
+        }
+    };
+    // What the session sends is bounded by what the bridge reads at once (it flushes each).
+    conn.borrow_mut().set_buffer_limit(None);
+    let ours = Rc::new(RefCell::new(ours));
+    let queue = shard.session_queue;
+    let decrypting = decrypt(
+        shard.clone(),
+        tcp.clone(),
+        ours.clone(),
+        conn.clone(),
+        plain,
+    );
+    let encrypting = encrypt(shard.clone(), tcp, ours, conn);
+    for half in [
+        Box::pin(decrypting) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+        Box::pin(encrypting),
+    ] {
+        glommio::spawn_local_into(half, queue)
+            .expect("the sessions' task queue lives as long as the shard")
+            .detach();
+    }
+    super::router::serve(shard, theirs, peer).await;
+}
+
+/// Both ends of a socket pair, as the streams the plain path takes.
+fn pair() -> io::Result<(TcpStream, TcpStream)> {
+    let mut fds = [0; 2];
+    let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nothing else.
+    Ok(unsafe {
+        (
+            TcpStream::from_raw_fd(fds[0]),
+            TcpStream::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Writes what rustls has to send.
+async fn flush(tcp: &Stream, conn: &RefCell<ServerConnection>) -> io::Result<()> {
+    let out = {
+        let mut conn = conn.borrow_mut();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        out
+    };
+    socket::write_all(tcp, &out).await
+}
+
+/// Feeds `bytes` from the client to rustls, taking the plaintext out as it comes (rustls holds
+/// only a little); that plaintext, and whether the client closed (close_notify). An error (a
+/// bad record, a failed handshake) is answered with the alert rustls queued, by the caller's
+/// next flush.
+fn take(conn: &RefCell<ServerConnection>, mut bytes: &[u8]) -> io::Result<(Vec<u8>, bool)> {
+    let mut conn = conn.borrow_mut();
+    let mut plain = Vec::new();
+    loop {
+        match conn.reader().read_to_end(&mut plain) {
+            Ok(_) => return Ok((plain, true)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if bytes.is_empty() {
+            return Ok((plain, false));
+        }
+        conn.read_tls(&mut bytes)?;
+        conn.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+}
+
+/// The handshake; the plaintext that came with its last flight (a request sent at once).
+async fn handshake(tcp: &Stream, conn: &RefCell<ServerConnection>) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; HANDSHAKE_READ_BYTES];
+    let mut plain = Vec::new();
+    while conn.borrow().is_handshaking() {
+        flush(tcp, conn).await?;
+        if !conn.borrow().is_handshaking() {
+            break;
+        }
+        let n = socket::read(tcp, &mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match take(conn, &buf[..n]) {
+            Ok((more, _)) => plain.extend_from_slice(&more),
+            Err(e) => {
+                let _ = flush(tcp, conn).await;
+                return Err(e);
+            }
+        }
+    }
+    flush(tcp, conn).await?;
+    Ok(plain)
+}
+
+/// Client → pair: decrypts what the client sends (`plain` first: what came with the
+/// handshake). Ends (shutting the pair, so the session sees the end) when the client closes
+/// or sends what does not decrypt. Reads into the shard's scratch buffer, borrowed only while
+/// a read is polled and its bytes are taken: an idle connection holds no buffer here.
+async fn decrypt(
+    shard: Rc<Shard>,
+    tcp: Rc<Stream>,
+    pair: Rc<Stream>,
+    conn: Rc<RefCell<ServerConnection>>,
+    mut plain: Vec<u8>,
+) {
+    let _ = async {
+        loop {
+            if !plain.is_empty() {
+                socket::write_all(&pair, &plain).await?;
+            }
+            let n = socket::read_with(&tcp, &shard.scratch).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            let taken = take(&conn, &shard.scratch.borrow()[..n]);
+            let ended = match taken {
+                Ok((more, ended)) => {
+                    plain = more;
+                    ended
+                }
+                // Alerts and key updates otherwise go with the encrypting half's next flush
+                // (it alone writes to the client); an error ends the connection after its
+                // alert.
+                Err(e) => {
+                    let _ = flush(&tcp, &conn).await;
+                    return Err(e);
+                }
+            };
+            if ended {
+                socket::write_all(&pair, &plain).await?;
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    socket::shutdown(&pair);
+    socket::shutdown(&tcp);
+}
+
+/// Pair → client: encrypts what the session writes (through the shard's scratch buffer, as
+/// [`decrypt`]). Ends with a close_notify when the session closes its end, or when the
+/// client is gone.
+async fn encrypt(
+    shard: Rc<Shard>,
+    tcp: Rc<Stream>,
+    pair: Rc<Stream>,
+    conn: Rc<RefCell<ServerConnection>>,
+) {
+    let _ = async {
+        loop {
+            let n = socket::read_with(&pair, &shard.scratch).await?;
+            if n == 0 {
+                conn.borrow_mut().send_close_notify();
+                return flush(&tcp, &conn).await;
+            }
+            conn.borrow_mut()
+                .writer()
+                .write_all(&shard.scratch.borrow()[..n])?;
+            flush(&tcp, &conn).await?;
+        }
+    }
+    .await;
+    socket::shutdown(&tcp);
+    socket::shutdown(&pair);
+}
