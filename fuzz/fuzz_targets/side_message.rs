@@ -9,12 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let user = serde_json::json!({"sub": "u", "name": "N"});
-    let sender = Sender {
-        user: &user,
-        now: "2026-12-05T00:00:00.000Z",
+    let sender = || Sender {
+        user: serde_json::json!({"sub": "u", "name": "N"}),
+        now: "2026-12-05T00:00:00.000Z".into(),
     };
-    match read(text, &sender, || "cmt_0".into()) {
+    match read(text, sender, || "cmt_0".into()) {
         Ok(Side::Relay) => {
             assert!(text.len() <= SIDE_MESSAGE_BYTES_MAX);
             let v: serde_json::Value = serde_json::from_str(text).expect("relayed is JSON");

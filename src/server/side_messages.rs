@@ -30,14 +30,12 @@ pub fn read<'a>(
     rate: &mut MessageRate,
 ) -> Result<Option<Outgoing<'a>>, Refusal> {
     admit(shard, rate, 1)?;
-    let user_json = user.json();
-    let now = crate::http::response::iso8601_utc(crate::log::unix_ms());
-    let sender = side_message::Sender {
-        user: &user_json,
-        now: &now,
+    let sender = || side_message::Sender {
+        user: user.json(),
+        now: crate::http::response::iso8601_utc(crate::log::unix_ms()),
     };
     let new_id = || format!("cmt_{:032x}", rand::random::<u128>());
-    let side = side_message::read(text, &sender, new_id).map_err(Refusal::SideMessage)?;
+    let side = side_message::read(text, sender, new_id).map_err(Refusal::SideMessage)?;
     if !can_write {
         return Ok(None);
     }

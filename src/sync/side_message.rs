@@ -73,17 +73,19 @@ pub enum Side {
 }
 
 /// Who sent it and when, as the server knows it.
-pub struct Sender<'a> {
+pub struct Sender {
     /// `{"sub": ..., "name"?: ...}` from the sender's token.
-    pub user: &'a Value,
+    pub user: Value,
     /// ISO 8601, now.
-    pub now: &'a str,
+    pub now: String,
 }
 
-/// Reads one side message. `new_id` makes a comment id (only called for an added comment).
+/// Reads one side message. `sender` says who sent it and when, and `new_id` makes a comment
+/// id: each is called only when a design comment needs it (a message relayed as it came
+/// makes neither).
 pub fn read(
     text: &str,
-    sender: &Sender<'_>,
+    sender: impl FnOnce() -> Sender,
     new_id: impl FnOnce() -> String,
 ) -> Result<Side, SideError> {
     if text.len() > SIDE_MESSAGE_BYTES_MAX {
@@ -99,8 +101,9 @@ pub fn read(
     let Some(action) = kind.strip_prefix("design-comment:") else {
         return Ok(Side::Relay);
     };
+    let sender = sender();
     let (action, mut out) = match action {
-        "add" => (CommentAction::Added, added(message, sender, new_id())?),
+        "add" => (CommentAction::Added, added(message, &sender, new_id())?),
         "resolve" => {
             let id = comment_id(message)?;
             let out = json!({
@@ -142,11 +145,7 @@ pub fn read(
 }
 
 /// `design-comment:add {content, xPercent, yPercent, selector?, pagePath?, parentId?}`.
-fn added(
-    mut message: Map<String, Value>,
-    sender: &Sender<'_>,
-    id: String,
-) -> Result<Value, SideError> {
+fn added(mut message: Map<String, Value>, sender: &Sender, id: String) -> Result<Value, SideError> {
     let content = match message.remove("content") {
         Some(Value::String(s)) if !s.is_empty() => s,
         _ => {
@@ -183,7 +182,7 @@ fn added(
     }
     no_other_fields(&message)?;
     out.insert("user".into(), sender.user.clone());
-    out.insert("createdAt".into(), sender.now.into());
+    out.insert("createdAt".into(), sender.now.clone().into());
     Ok(Value::Object(out))
 }
 
@@ -227,12 +226,11 @@ mod tests {
     }
 
     fn read_now(text: &str) -> Result<Side, SideError> {
-        let user = sender_user();
-        let sender = Sender {
-            user: &user,
-            now: "2026-12-05T07:00:00.000Z",
+        let sender = || Sender {
+            user: sender_user(),
+            now: "2026-12-05T07:00:00.000Z".into(),
         };
-        read(text, &sender, || "cmt_1".into())
+        read(text, sender, || "cmt_1".into())
     }
 
     fn comment(text: &str) -> (CommentAction, Value, Value) {
