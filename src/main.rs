@@ -333,12 +333,25 @@ fn handle_signals() {
 
 fn serve(config: Config) -> Result<(), String> {
     handle_signals();
+    // Started with no configuration: a newcomer, told what to do next.
+    let newcomer = config.config_file.is_none();
     wiresocket::server::run(config, |node| {
-        // Scripts and tests read this line to learn the port.
-        println!(
-            "wiresocket listening on {} ({} shards)",
+        // Scripts and tests read the first line to learn the port, and may stop reading:
+        // one write, and a closed stdout is no error.
+        let mut said = format!(
+            "wiresocket listening on {} ({} shards)\n",
             node.addr, node.shards
         );
+        if newcomer {
+            let program = std::env::args().next().unwrap_or_else(|| "wiresocket".into());
+            said.push_str(&format!(
+                "  try it: open http://{}/demo in two browser windows\n  a token for your own client: {program} token\n",
+                node.addr
+            ));
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = std::io::Write::write_all(&mut stdout, said.as_bytes());
+        let _ = std::io::Write::flush(&mut stdout);
         wiresocket::log::info(
             "listening",
             &[

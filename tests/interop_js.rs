@@ -1,6 +1,7 @@
 //! Runs the real-client interop suites (tests/js: npm `yjs`, `y-websocket`, `ws` in
 //! interop.test.mjs; `@hocuspocus/provider` 2.x, 3.x and 4.x in hocuspocus.test.mjs; Tiptap
-//! editors in headless Chromium pages, driven by `puppeteer-core`, in tiptap.test.mjs; all pinned
+//! editors in headless Chromium pages, driven by `puppeteer-core`, in tiptap.test.mjs; the demo
+//! page over https/wss in two Chromium pages in demo.test.mjs; all pinned
 //! by the committed package-lock.json) against the binary cargo built, so that `cargo test` is
 //! the one command for every test. Needs Node 20, npm and Debian's Chromium
 //! (`apt-get install chromium`); fails (never skips) without them.
@@ -38,6 +39,7 @@ fn yjs_and_y_websocket_clients_interoperate() {
             "hocuspocus.test.mjs",
             "tiptap.test.mjs",
             "webhook.test.mjs",
+            "demo.test.mjs",
         ])
         .current_dir(&js)
         .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
@@ -53,15 +55,15 @@ fn yjs_and_y_websocket_clients_interoperate() {
     );
     // node's runner prints "# pass N" (all files together); make sure every test ran:
     // 9 in interop.test.mjs, 15 in hocuspocus.test.mjs (5 for each provider release),
-    // 1 in tiptap.test.mjs, 2 in webhook.test.mjs.
+    // 1 in tiptap.test.mjs, 2 in webhook.test.mjs, 1 in demo.test.mjs.
     let passed: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(
-        passed >= 27,
-        "expected 27 passing interop tests, got {passed}"
+        passed >= 28,
+        "expected 28 passing interop tests, got {passed}"
     );
 }
 

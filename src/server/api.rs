@@ -1,5 +1,5 @@
-//! The plain HTTP endpoints: health, metrics, usage, the OAuth 2 token endpoint and the
-//! tenants' JWK sets. Each answer is one response on a closing connection.
+//! The plain HTTP endpoints: health, metrics, usage, the OAuth 2 token endpoint, the
+//! tenants' JWK sets and the demo page (`server::demo`). Each answer is one response on a closing connection.
 
 use super::shard::Shard;
 use super::socket::{self, SharedStream};
@@ -35,6 +35,13 @@ pub async fn answer(
         ("POST", "/connect/token") => token(shard, stream, req, leftover, ip, deadline).await,
         (_, "/health" | "/metrics" | "/usage" | "/connect/token") => {
             Refusal::MethodNotAllowed.http_response()
+        }
+        ("GET", path) if path.starts_with("/demo") => {
+            let development = shard.shared.directory().is_development;
+            match super::demo::answer(path, development) {
+                Some(bytes) => bytes,
+                None => return false,
+            }
         }
         ("GET", path) => match path
             .strip_suffix("/.well-known/jwks")

@@ -8,6 +8,7 @@ mod api;
 mod certificate;
 mod contain;
 mod deadline;
+mod demo;
 mod handler;
 mod handlers;
 mod held;

@@ -49,8 +49,10 @@ USAGE:
         its own shape (its connections, its K - 1, its mean time between updates) and
         prints the server's cost beside it
 
-URL is ws://HOST:PORT/PATH with {doc} where the document name goes, e.g.
+URL is ws://HOST:PORT/PATH (or wss://, with --ca FILE: the PEM CA the server's certificate
+chains to) with {doc} where the document name goes, e.g.
     ws://127.0.0.1:8080/{doc}?token=JWT          wiresocket, the Node reference server
+    wss://localhost:8443/{doc}?token=JWT         wiresocket with [tls] (--ca tests/tls/ca.pem)
     ws://127.0.0.1:8081/d/{doc}/ws/{doc}         y-sweet (with --create-docs)
 
 OPTIONS (defaults are fanout's and storm's; prepend's where they differ):
@@ -314,6 +316,7 @@ fn print_floor(options: Options) -> Result<bool, String> {
 fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     let mut known = vec![
         "url",
+        "ca",
         "docs",
         "clients",
         "rate",
@@ -346,7 +349,10 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     if let Some(unknown) = options.values.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown option --{unknown}"));
     }
-    let target = ws_client::Target::parse(options.text("url").ok_or("--url is required")?)?;
+    let target = ws_client::Target::parse(
+        options.text("url").ok_or("--url is required")?,
+        options.text("ca"),
+    )?;
     let defaults = mode.defaults();
     let clients_per_doc: usize = options.get("clients", defaults.clients)?;
     let docs = match mode {
@@ -445,7 +451,7 @@ fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), S
         return Err("--storm and --storm-concurrency must be at least 1".into());
     }
     let target = match options.text("storm-url") {
-        Some(url) => ws_client::Target::parse(url)?,
+        Some(url) => ws_client::Target::parse(url, options.text("ca"))?,
         None => live.target.clone(),
     };
     let tokens = match options.text("storm-tokens") {

@@ -245,7 +245,11 @@ struct Conn {
     socket: Option<Socket>,
     phase: Phase,
     inbuf: Vec<u8>,
+    /// What to send (plaintext when over TLS).
     out: Vec<u8>,
+    /// Over TLS (`wss://`): the connection, and its ciphertext not yet sent.
+    tls: Option<Box<rustls::ClientConnection>>,
+    wire: Vec<u8>,
     /// Whether epoll reports writability for this socket.
     want_out: bool,
     connect_deadline: Instant,
@@ -347,6 +351,8 @@ impl Thread {
                     phase: Phase::Waiting,
                     inbuf: Vec::new(),
                     out: Vec::new(),
+                    tls: None,
+                    wire: Vec::new(),
                     want_out: false,
                     connect_deadline: now,
                 })
@@ -530,7 +536,8 @@ impl Thread {
             let busy_from = Instant::now();
             due.pop();
             if self.conns[idx].phase == Phase::Open {
-                if self.conns[idx].out.len() < OUT_BYTES_MAX {
+                let queued = self.conns[idx].out.len() + self.conns[idx].wire.len();
+                if queued < OUT_BYTES_MAX {
                     let message = self.peers[idx].next_update(self.plan.update_bytes);
                     ws_client::push_frame(&mut self.conns[idx].out, Opcode::Binary, &message);
                     self.flush(idx);
@@ -715,6 +722,12 @@ impl Thread {
             match error {
                 Some(Ok(None)) => {
                     self.conns[idx].phase = Phase::Upgrading;
+                    if let Some((config, name)) = &self.plan.target.tls {
+                        match rustls::ClientConnection::new(config.clone(), name.clone()) {
+                            Ok(tls) => self.conns[idx].tls = Some(Box::new(tls)),
+                            Err(e) => return self.close(idx, format!("tls: {e}")),
+                        }
+                    }
                     let doc = self.doc_of(idx / self.plan.clients_per_doc);
                     let path = self.plan.request_path(doc);
                     let request = ws_client::upgrade_request(&self.plan.target, &path);
@@ -764,9 +777,16 @@ impl Thread {
                 }
                 return self.close(idx, format!("read: {e}"));
             }
-            self.conns[idx]
-                .inbuf
-                .extend_from_slice(&self.scratch[..n as usize]);
+            let conn = &mut self.conns[idx];
+            let received = &self.scratch[..n as usize];
+            match conn.tls.as_mut() {
+                None => conn.inbuf.extend_from_slice(received),
+                Some(tls) => {
+                    if let Err(e) = decrypt(tls, received, &mut conn.inbuf) {
+                        return self.close(idx, format!("tls: {e}"));
+                    }
+                }
+            }
             if (n as usize) < self.scratch.len() {
                 break;
             }
@@ -860,11 +880,25 @@ impl Thread {
 
     /// Sends what `idx` has queued; what the socket does not take waits for writability.
     fn flush(&mut self, idx: usize) {
-        while !self.conns[idx].out.is_empty() {
-            let Some(socket) = &self.conns[idx].socket else {
+        let conn = &mut self.conns[idx];
+        if let Some(tls) = conn.tls.as_mut() {
+            if let Err(e) = encrypt(tls, &mut conn.out, &mut conn.wire) {
+                return self.close(idx, format!("tls: {e}"));
+            }
+        }
+        loop {
+            let conn = &self.conns[idx];
+            let out = if conn.tls.is_some() {
+                &conn.wire
+            } else {
+                &conn.out
+            };
+            if out.is_empty() {
+                break;
+            }
+            let Some(socket) = &conn.socket else {
                 return;
             };
-            let out = &self.conns[idx].out;
             // SAFETY: `out` is valid for its length; the socket is open.
             let n = unsafe {
                 libc::send(
@@ -881,10 +915,51 @@ impl Thread {
                 }
                 return self.close(idx, format!("send: {e}"));
             }
-            self.conns[idx].out.drain(..n as usize);
+            let conn = &mut self.conns[idx];
+            match conn.tls {
+                Some(_) => conn.wire.drain(..n as usize),
+                None => conn.out.drain(..n as usize),
+            };
         }
         self.set_want_out(idx, false);
     }
+}
+
+/// Feeds ciphertext the server sent to `tls`, appending what it decrypts to `plain`.
+fn decrypt(
+    tls: &mut rustls::ClientConnection,
+    mut received: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<(), String> {
+    use std::io::Read;
+    while !received.is_empty() {
+        tls.read_tls(&mut received).map_err(|e| e.to_string())?;
+        tls.process_new_packets().map_err(|e| e.to_string())?;
+        match tls.reader().read_to_end(plain) {
+            Ok(_) => return Err("the server closed the TLS session".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Moves the plaintext in `out` into `tls` (held until its handshake is done) and what it
+/// has to send onto `wire`.
+fn encrypt(
+    tls: &mut rustls::ClientConnection,
+    out: &mut Vec<u8>,
+    wire: &mut Vec<u8>,
+) -> Result<(), String> {
+    use std::io::Write;
+    if !out.is_empty() {
+        tls.writer().write_all(out).map_err(|e| e.to_string())?;
+        out.clear();
+    }
+    while tls.wants_write() {
+        tls.write_tls(wire).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -925,7 +1000,7 @@ mod tests {
     #[test]
     fn storm_connections_take_the_tokens_in_turn() {
         let plan = Plan {
-            target: ws_client::Target::parse("ws://127.0.0.1:1/{doc}?token={token}").unwrap(),
+            target: ws_client::Target::parse("ws://127.0.0.1:1/{doc}?token={token}", None).unwrap(),
             docs: 3,
             clients_per_doc: 1,
             rate_per_client: 0.0,

@@ -5,25 +5,35 @@ use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use wiresocket::ws::frame::Opcode;
 
 /// Response heads longer than this are refused (a server answering garbage).
 const RESPONSE_HEAD_BYTES_MAX: usize = 8 << 10;
 
-/// Where a document connection goes: `ws://host:port/path?query`, with `{doc}` in the path
-/// replaced by the document name (and `{token}`, if there, by a connection's token).
+/// Where a document connection goes: `ws://host:port/path?query` (or `wss://`), with `{doc}`
+/// in the path replaced by the document name (and `{token}`, if there, by a connection's
+/// token).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path_template: String,
+    /// For `wss://`: the client's TLS settings and the name the certificate must carry.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    /// `ca`: a PEM file of the certificates a `wss://` server's must chain to (a test CA).
+    pub fn parse(url: &str, ca: Option<&str>) -> Result<Target, String> {
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(format!("{url}: only ws:// and wss:// URLs are supported")),
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -37,10 +47,20 @@ impl Target {
             .map_err(|e| format!("{host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host}: no address"))?;
+        let tls = if tls {
+            let ca = ca.ok_or("a wss:// URL needs --ca FILE: the CA its certificate chains to")?;
+            let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+            let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|e| format!("{name}: {e}"))?;
+            Some((client_config(ca)?, name))
+        } else {
+            None
+        };
         Ok(Target {
             addr,
             host: host.to_owned(),
             path_template: path.to_owned(),
+            tls,
         })
     }
 
@@ -55,6 +75,25 @@ impl Target {
             None => path,
         }
     }
+}
+
+/// TLS 1.2 and 1.3 trusting only the certificates in `ca`, ALPN `http/1.1`.
+fn client_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca}: {e}"))? {
+        let cert = cert.map_err(|e| format!("{ca}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{ca}: {e}"))?;
+    }
+    #[allow(deprecated)] // ring, as the server (no post-quantum key exchange)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The upgrade request for `path` (from [`Target::path`]).
@@ -238,13 +277,18 @@ mod tests {
 
     #[test]
     fn urls_need_a_document_placeholder() {
-        let t = Target::parse("ws://127.0.0.1:8080/{doc}?token=x").unwrap();
+        let t = Target::parse("ws://127.0.0.1:8080/{doc}?token=x", None).unwrap();
         assert_eq!(t.path("a", Some("ignored")), "/a?token=x");
         assert!(!t.has_token_placeholder());
-        let t = Target::parse("ws://127.0.0.1:8080/{doc}?token={token}").unwrap();
+        let t = Target::parse("ws://127.0.0.1:8080/{doc}?token={token}", None).unwrap();
         assert_eq!(t.path("a", Some("jwt")), "/a?token=jwt");
         assert!(t.has_token_placeholder());
-        assert!(Target::parse("ws://127.0.0.1:8080/fixed").is_err());
-        assert!(Target::parse("wss://127.0.0.1:8080/{doc}").is_err());
+        assert!(Target::parse("ws://127.0.0.1:8080/fixed", None).is_err());
+        let no_ca = Target::parse("wss://localhost:8080/{doc}", None).unwrap_err();
+        assert!(no_ca.contains("--ca"), "{no_ca}");
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/tls/ca.pem");
+        let t = Target::parse("wss://localhost:8080/{doc}", Some(ca)).unwrap();
+        assert!(t.tls.is_some());
+        assert!(Target::parse("http://127.0.0.1:8080/{doc}", None).is_err());
     }
 }

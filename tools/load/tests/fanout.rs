@@ -9,18 +9,28 @@ use wiresocket::config::Config;
 use wiresocket::registry::{embedded::EmbeddedRegistry, Registry};
 
 fn node() -> wiresocket::server::Node {
-    let toml =
-        "listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n[rate_limits]\nhandshakes_per_minute = 100000\n";
-    let config = Config::from_toml(toml, "test").unwrap();
+    node_with("")
+}
+
+/// A node with `extra` configuration (a `[tls]` section) too.
+fn node_with(extra: &str) -> wiresocket::server::Node {
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nallow_development_tenant = true\nshards = 1\n{extra}\n[rate_limits]\nhandshakes_per_minute = 100000\n"
+    );
+    let config = Config::from_toml(&toml, "test").unwrap();
     let registry = Arc::new(EmbeddedRegistry::new(10_000)) as Arc<dyn Registry>;
     wiresocket::server::start(config, registry).unwrap()
 }
 
-/// How a run reaches the node: a development token, or none (to be refused).
+/// How a run reaches the node: a development token, or none (to be refused); over TLS with
+/// the test CA.
 enum Auth {
     Token,
     None,
+    TlsToken,
 }
+
+const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/tls");
 
 fn dev_token() -> String {
     let directory = Directory::from_config(&Config::default()).unwrap();
@@ -37,12 +47,22 @@ fn load(
     mode: &str,
     args: &[&str],
 ) -> (bool, serde_json::Value) {
-    let url = match auth {
-        Auth::Token => format!("ws://{}/{{doc}}?token={}", node.addr, dev_token()),
-        Auth::None => format!("ws://{}/{{doc}}", node.addr),
+    let (url, ca) = match auth {
+        Auth::Token => (
+            format!("ws://{}/{{doc}}?token={}", node.addr, dev_token()),
+            None,
+        ),
+        Auth::None => (format!("ws://{}/{{doc}}", node.addr), None),
+        Auth::TlsToken => (
+            format!("wss://{}/{{doc}}?token={}", node.addr, dev_token()),
+            Some(format!("{TLS_DIR}/ca.pem")),
+        ),
     };
+    let ca_args = ca.map(|ca| vec!["--ca".to_owned(), ca]).unwrap_or_default();
     let out = Command::new(env!("CARGO_BIN_EXE_wiresocket-load"))
-        .args([mode, "--url", &url, "--server-pid"])
+        .args([mode, "--url", &url])
+        .args(&ca_args)
+        .arg("--server-pid")
         .arg(std::process::id().to_string())
         .args(args)
         .arg("--json")
@@ -58,35 +78,41 @@ fn load(
     (out.status.success(), serde_json::from_str(line).unwrap())
 }
 
-#[test]
-fn a_fanout_run_delivers_every_update_and_converges() {
-    let (ok, report) = load(
-        &node(),
-        Auth::Token,
-        "fanout",
-        &[
-            "--docs",
-            "6",
-            "--clients",
-            "4",
-            "--rate",
-            "20",
-            "--duration-s",
-            "1",
-            "--threads",
-            "2",
-            "--floor-sends",
-            "2000",
-        ],
-    );
+/// 6 documents of 4 clients, each sending 20 updates a second for a second.
+const SMALL_FANOUT: [&str; 12] = [
+    "--docs",
+    "6",
+    "--clients",
+    "4",
+    "--rate",
+    "20",
+    "--duration-s",
+    "1",
+    "--threads",
+    "2",
+    "--floor-sends",
+    "2000",
+];
+
+/// The updates a [`SMALL_FANOUT`] run sent, after checking that all 24 clients connected,
+/// that about as many as planned were sent, and that each reached the 3 other clients of
+/// its document.
+fn every_update_delivered(ok: bool, report: &serde_json::Value) -> u64 {
     assert!(ok, "{report}");
     assert_eq!(report["connected"], 24);
     let sent = report["updates_sent"].as_u64().unwrap();
     // 24 clients x 20/s x 1 s, give or take the edges of the second.
     assert!((400..=500).contains(&sent), "{report}");
-    // Each update reaches the 3 other clients of its document.
     assert_eq!(report["deliveries"].as_u64().unwrap(), sent * 3, "{report}");
     assert_eq!(report["expected_deliveries"], report["deliveries"]);
+    assert_eq!(report["failures"], serde_json::json!([]));
+    sent
+}
+
+#[test]
+fn a_fanout_run_delivers_every_update_and_converges() {
+    let (ok, report) = load(&node(), Auth::Token, "fanout", &SMALL_FANOUT);
+    every_update_delivered(ok, &report);
     assert!(report["p99_us"].as_u64().unwrap() > 0);
     assert!(report["server_cpu_s"].as_f64().is_some());
     // The floor was measured, and the server's cost set beside it.
@@ -98,7 +124,15 @@ fn a_fanout_run_delivers_every_update_and_converges() {
         report["of_floor"].as_f64().is_some_and(|f| f > 0.0),
         "{report}"
     );
-    assert_eq!(report["failures"], serde_json::json!([]));
+}
+
+#[test]
+fn a_fanout_run_over_wss_delivers_every_update_and_converges() {
+    let tls = format!(
+        "[tls]\ncert_file = \"{TLS_DIR}/server.pem\"\nkey_file = \"{TLS_DIR}/server.key\"\n"
+    );
+    let (ok, report) = load(&node_with(&tls), Auth::TlsToken, "fanout", &SMALL_FANOUT);
+    every_update_delivered(ok, &report);
 }
 
 #[test]
