@@ -194,3 +194,33 @@ fn sighup_serves_a_renewed_certificate_and_open_sessions_go_on() {
     );
     assert_eq!(served_certificate(&server.addr), certificate("server2.pem"));
 }
+
+#[test]
+fn at_the_open_file_limit_a_tls_upgrade_is_refused_with_503() {
+    // 200 files less 64 kept back, three to a TLS connection (its socket and a socket
+    // pair): 45 connections fit.
+    const OPEN_FILES: u64 = 200;
+    const CONNECTIONS: usize = 45;
+    let server =
+        common::Server::start_with_open_files(&tls_section("server.pem", "server.key"), OPEN_FILES);
+    let token = common::editor_token();
+    let open: Vec<_> = (0..CONNECTIONS)
+        .map(|i| common::connect_tls(&server.addr, &format!("/fd-{}?token={token}", i / 8)))
+        .collect();
+    let upgrade = format!(
+        "GET /one-more?token={token} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let answer = https(&server.addr, &upgrade);
+        if common::status(&answer) == 503 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(common::status(&refused), 503, "{refused}");
+    assert!(refused.contains("Retry-After:"), "{refused}");
+    drop(open);
+}

@@ -58,6 +58,13 @@ pub async fn refuse_http(shard: &Rc<Shard>, stream: &SharedStream, refusal: &Ref
 }
 
 pub async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
+    count_reply(shard, &bytes);
+    let _ = socket::write_all(stream, &bytes).await;
+    linger_and_close(shard, stream).await;
+}
+
+/// Counts an HTTP answer about to be written (its status among the rejections, if one).
+pub fn count_reply(shard: &Shard, bytes: &[u8]) {
     stats::add(&shard.my_stats().http_requests_total, 1);
     // "HTTP/1.1 NNN": the status is bytes 9 to 12.
     if let Some(status) = bytes
@@ -66,8 +73,6 @@ pub async fn reply(shard: &Rc<Shard>, stream: &SharedStream, bytes: Vec<u8>) {
     {
         shard.my_stats().count_rejection(status);
     }
-    let _ = socket::write_all(stream, &bytes).await;
-    linger_and_close(shard, stream).await;
 }
 
 /// Half-closes and waits briefly for the peer to finish, so that unread request bytes do not

@@ -15,6 +15,7 @@
 use super::shard::Shard;
 use super::socket::{self, Stream};
 use super::stats;
+use crate::refusal::Refusal;
 use glommio::net::TcpStream;
 use rustls::ServerConnection;
 use std::cell::RefCell;
@@ -55,10 +56,18 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
         return;
     };
     stats::add(&stats.tls_handshakes_total, 1);
-    let (ours, theirs) = match pair() {
+    // A TLS connection takes two more descriptors: past the node's share, it is told so
+    // over TLS (there is no pair to pass the answer through), as a plain one would be.
+    let paired = if shard.out_of_sockets() {
+        Err(io::ErrorKind::OutOfMemory.into())
+    } else {
+        pair()
+    };
+    let (ours, theirs) = match paired {
         Ok(pair) => pair,
         Err(e) => {
-            crate::log::warn("tls_failed", &[("error", &e)]);
+            crate::log::warn("tls_refused", &[("error", &e)]);
+            refuse(&shard, &tcp, &conn, &Refusal::OutOfSockets).await;
             return;
         }
     };
@@ -83,6 +92,19 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
             .detach();
     }
     super::router::serve(shard, theirs, peer).await;
+}
+
+/// Answers `refusal` over TLS and closes the connection.
+async fn refuse(shard: &Shard, tcp: &Stream, conn: &RefCell<ServerConnection>, refusal: &Refusal) {
+    let answer = refusal.http_response();
+    super::respond::count_reply(shard, &answer);
+    {
+        let mut conn = conn.borrow_mut();
+        let _ = conn.writer().write_all(&answer);
+        conn.send_close_notify();
+    }
+    let _ = flush(tcp, conn).await;
+    socket::shutdown(tcp);
 }
 
 /// Both ends of a socket pair, as the streams the plain path takes.
