@@ -5,7 +5,8 @@
 //! kernel (not in this project's machines', so it is not used).
 //!
 //! Per connection: the handshake runs on the admission queue within the request deadline
-//! (`http.request_timeout_ms`: a client that stops halfway is dropped then); then a bridge of
+//! (`http.request_timeout_ms`: a client that stops halfway is dropped then), its cryptography
+//! on the shard's blocking thread at the lowest priority (`offload`); then a bridge of
 //! two tasks on the sessions' queue moves bytes, client → decrypt → pair and pair → encrypt →
 //! client, through the shard's scratch buffer (an idle connection holds no buffer; the
 //! certificate is `server::certificate`'s). Backpressure is the sockets': a client
@@ -41,20 +42,21 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
             return;
         }
     };
-    let (tcp, conn) = (Rc::new(RefCell::new(tcp)), Rc::new(RefCell::new(conn)));
+    let tcp = Rc::new(RefCell::new(tcp));
     let deadline = Duration::from_millis(shard.config().http.request_timeout_ms);
     let shaken = glommio::timer::timeout(deadline, async {
-        handshake(&tcp, &conn)
+        handshake(&shard, &tcp, Box::new(conn))
             .await
             .map_err(glommio::GlommioError::from)
     })
     .await;
     let stats = shard.my_stats();
-    let Ok(plain) = shaken else {
+    let Ok((conn, plain)) = shaken else {
         stats::add(&stats.tls_handshakes_failed_total, 1);
         socket::shutdown(&tcp);
         return;
     };
+    let conn = Rc::new(RefCell::new(*conn));
     stats::add(&stats.tls_handshakes_total, 1);
     // A TLS connection takes two more descriptors: past the node's share, it is told so
     // over TLS (there is no pair to pass the answer through), as a plain one would be.
@@ -126,23 +128,24 @@ fn pair() -> io::Result<(TcpStream, TcpStream)> {
 
 /// Writes what rustls has to send.
 async fn flush(tcp: &Stream, conn: &RefCell<ServerConnection>) -> io::Result<()> {
-    let out = {
-        let mut conn = conn.borrow_mut();
-        let mut out = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut out)?;
-        }
-        out
-    };
+    let out = to_send(&mut conn.borrow_mut())?;
     socket::write_all(tcp, &out).await
+}
+
+/// What rustls has to send, taken out of it.
+fn to_send(conn: &mut ServerConnection) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out)?;
+    }
+    Ok(out)
 }
 
 /// Feeds `bytes` from the client to rustls, taking the plaintext out as it comes (rustls holds
 /// only a little); that plaintext, and whether the client closed (close_notify). An error (a
 /// bad record, a failed handshake) is answered with the alert rustls queued, by the caller's
 /// next flush.
-fn take(conn: &RefCell<ServerConnection>, mut bytes: &[u8]) -> io::Result<(Vec<u8>, bool)> {
-    let mut conn = conn.borrow_mut();
+fn take(conn: &mut ServerConnection, mut bytes: &[u8]) -> io::Result<(Vec<u8>, bool)> {
     let mut plain = Vec::new();
     loop {
         match conn.reader().read_to_end(&mut plain) {
@@ -159,29 +162,49 @@ fn take(conn: &RefCell<ServerConnection>, mut bytes: &[u8]) -> io::Result<(Vec<u
     }
 }
 
-/// The handshake; the plaintext that came with its last flight (a request sent at once).
-async fn handshake(tcp: &Stream, conn: &RefCell<ServerConnection>) -> io::Result<Vec<u8>> {
+/// The handshake; the connection, and the plaintext that came with its last flight (a
+/// request sent at once). Its cryptography (key exchange, the certificate's signature, about
+/// 0.75 ms with P-256) runs on the shard's blocking thread at the lowest priority, like a
+/// token's signature: a storm of handshakes waits there, not the live documents; past
+/// `Work::TlsHandshake`'s bound a handshake fails at once (the client tries again).
+async fn handshake(
+    shard: &Shard,
+    tcp: &Stream,
+    mut conn: Box<ServerConnection>,
+) -> io::Result<(Box<ServerConnection>, Vec<u8>)> {
     let mut buf = [0u8; HANDSHAKE_READ_BYTES];
     let mut plain = Vec::new();
-    while conn.borrow().is_handshaking() {
-        flush(tcp, conn).await?;
-        if !conn.borrow().is_handshaking() {
+    while conn.is_handshaking() {
+        socket::write_all(tcp, &to_send(&mut conn)?).await?;
+        if !conn.is_handshaking() {
             break;
         }
         let n = socket::read(tcp, &mut buf).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        match take(conn, &buf[..n]) {
+        let bytes = buf[..n].to_vec();
+        let job = move || {
+            let taken = take(&mut conn, &bytes);
+            (conn, taken)
+        };
+        let (back, taken) = shard
+            .offload
+            .run(super::offload::Work::TlsHandshake, job)
+            .await
+            .map_err(|_| io::Error::other("too many TLS handshakes wait"))?;
+        conn = back;
+        match taken {
             Ok((more, _)) => plain.extend_from_slice(&more),
             Err(e) => {
-                let _ = flush(tcp, conn).await;
+                // Its alert, if rustls queued one.
+                let _ = socket::write_all(tcp, &to_send(&mut conn)?).await;
                 return Err(e);
             }
         }
     }
-    flush(tcp, conn).await?;
-    Ok(plain)
+    socket::write_all(tcp, &to_send(&mut conn)?).await?;
+    Ok((conn, plain))
 }
 
 /// Client → pair: decrypts what the client sends (`plain` first: what came with the
@@ -204,7 +227,7 @@ async fn decrypt(
             if n == 0 {
                 return Ok(());
             }
-            let taken = take(&conn, &shard.scratch.borrow()[..n]);
+            let taken = take(&mut conn.borrow_mut(), &shard.scratch.borrow()[..n]);
             let ended = match taken {
                 Ok((more, ended)) => {
                     plain = more;

@@ -1,9 +1,10 @@
-// The demo page a newcomer opens first (GET /demo, development tenant): two headless Chromium
-// pages load it over https:// from the node itself (TLS with the test certificate, which
-// Chromium is told to trust by its key), each gets a development token from the node and
-// connects back over wss:// with the token in the `access_token` subprotocol; typing in one
-// appears in the other, and each shows the other's presence and cursor. Run through
-// `cargo test` (tests/interop_js.rs); the page's script is the bundle build.rs made.
+// The demo page a newcomer opens first (GET /demo, development tenant), in headless Chromium:
+// at the URL `wiresocket serve` prints without a configuration (plain http/ws); and over
+// https:// from the node itself (TLS with the test certificate, which Chromium is told to
+// trust by its key), where each page gets a development token from the node and connects back
+// over wss:// with the token in the `access_token` subprotocol; typing in one appears in the
+// other, and each shows the other's presence and cursor. Run through `cargo test`
+// (tests/interop_js.rs); the page's script is the bundle build.rs made.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { startServer } from './server.mjs'
@@ -42,6 +43,29 @@ async function openDemo (browser, url) {
 }
 
 const presence = page => page.$$eval('#presence li', items => items.map(i => i.dataset.name))
+
+// What a newcomer does: `wiresocket serve` with no configuration prints the demo's URL;
+// open it in two windows.
+test('demo: the URL serve prints with no configuration, in two Chromium pages, over http/ws', { timeout: 120000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: apt-get install chromium (or set CHROMIUM_BIN)`)
+  const server = await startServer()
+  let browser
+  try {
+    assert.match(server.printed, /try it: open (http:\/\/127\.0\.0\.1:\d+\/demo) in two browser windows/)
+    const url = server.printed.match(/open (\S+) in two/)[1]
+    browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'], timeout: 30000, protocolTimeout: 20000 })
+    const a = await openDemo(browser, `${url}#newcomer`)
+    const b = await openDemo(browser, `${url}#newcomer`)
+    await a.click('.ProseMirror')
+    await a.keyboard.type('First words.')
+    await b.waitForFunction(() => window.demo.editor.getText().includes('First words.'), WAIT)
+    const nameA = await a.evaluate(() => window.demo.user.name)
+    await b.waitForFunction(n => [...document.querySelectorAll('#presence li')].some(li => li.dataset.name === n), WAIT, nameA)
+  } finally {
+    await browser?.close()
+    await server.stop()
+  }
+})
 
 test('demo: two Chromium pages on /demo over https/wss edit together and see each other', { timeout: 120000 }, async () => {
   assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: apt-get install chromium (or set CHROMIUM_BIN)`)

@@ -18,6 +18,8 @@ export async function startServer (listen = '127.0.0.1:0', extraArgs = []) {
       const exited = once(proc, 'exit')
       return {
         addr: m[1],
+        // What it printed on stdout (the listening line, and for a newcomer what to try).
+        printed: out,
         url: `ws://${m[1]}`,
         stop: async () => { proc.kill('SIGKILL'); await exited },
         // A drain (SIGTERM): resolves when the process has exited.

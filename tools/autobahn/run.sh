@@ -38,7 +38,7 @@ port_file=$(mktemp)
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$port_file"' EXIT
 for _ in $(seq 100); do grep -q listening "$port_file" && break; sleep 0.1; done
-addr=$(grep -o '127.0.0.1:[0-9]*' "$port_file")
+addr=$(grep -o '127.0.0.1:[0-9]*' "$port_file" | head -1)
 
 mkdir -p "$reports"
 cat >"$reports/fuzzingclient.json" <<JSON
