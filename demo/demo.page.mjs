@@ -12,6 +12,26 @@ import { WebsocketProvider } from 'y-websocket'
 
 const COLORS = ['#d1495b', '#00798c', '#edae49', '#66a182', '#8e6c8a', '#2e4057']
 
+// Another editor's awareness is anyone's input: its colour goes into style only when it is
+// a plain #rrggbb, and its name only as text.
+const safeColor = color => /^#[0-9a-f]{6}$/i.test(color) ? color : '#888888'
+
+function cursorBuilder (user) {
+  const cursor = document.createElement('span')
+  cursor.classList.add('ProseMirror-yjs-cursor')
+  cursor.style.borderColor = safeColor(user.color)
+  const label = document.createElement('div')
+  label.style.backgroundColor = safeColor(user.color)
+  label.textContent = String(user.name).slice(0, 64)
+  cursor.append('\u2060', label, '\u2060')
+  return cursor
+}
+
+const selectionBuilder = user => ({
+  style: `background-color: ${safeColor(user.color)}70`,
+  class: 'ProseMirror-yjs-selection'
+})
+
 async function developmentToken () {
   const body = 'grant_type=client_credentials&client_id=dev&client_secret=dev-secret'
   const answer = await fetch('/connect/token', {
@@ -29,9 +49,10 @@ function showPresence (awareness, list) {
     .map(([id, state]) => ({ id, ...state.user, me: id === awareness.clientID }))
   list.replaceChildren(...here.map(user => {
     const item = document.createElement('li')
-    item.textContent = user.me ? `${user.name} (you)` : user.name
-    item.style.color = user.color
-    item.dataset.name = user.name
+    const name = String(user.name).slice(0, 64)
+    item.textContent = user.me ? `${name} (you)` : name
+    item.style.color = safeColor(user.color)
+    item.dataset.name = name
     return item
   }))
 }
@@ -53,7 +74,7 @@ async function start () {
   provider.awareness.setLocalStateField('user', user)
   const Cursors = Extension.create({
     name: 'cursors',
-    addProseMirrorPlugins: () => [yCursorPlugin(provider.awareness)]
+    addProseMirrorPlugins: () => [yCursorPlugin(provider.awareness, { cursorBuilder, selectionBuilder })]
   })
   const editor = new Editor({
     element: document.querySelector('#editor'),

@@ -136,6 +136,18 @@ fn jwks_verifies_issued_tokens() {
 }
 
 #[test]
+fn a_tenant_named_like_the_demo_has_its_jwks_served() {
+    let server = Server::start(&format!(
+        "{}[[apps]]\nid = \"web\"\ntenant = \"democorp\"\n",
+        common::eddsa_tenant("democorp")
+    ));
+    let r = server.get("/democorp/.well-known/jwks");
+    assert_eq!(status(&r), 200, "{r}");
+    // No demo without the development tenant.
+    assert_eq!(status(&server.get("/demo")), 404);
+}
+
+#[test]
 fn usage_reports_counts_against_limits() {
     let server = Server::start("");
     let token = dev_token(serde_json::json!({"limits": {"maxConnections": 4, "maxDocuments": 10}}));

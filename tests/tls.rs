@@ -224,3 +224,47 @@ fn at_the_open_file_limit_a_tls_upgrade_is_refused_with_503() {
     assert!(refused.contains("Retry-After:"), "{refused}");
     drop(open);
 }
+
+/// The descriptors the server process holds.
+fn open_fds(server: &common::Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A client that stops reading is cut off like a plain one, and the TLS bridge behind its
+/// session ends with it: the descriptors go back. (The bound on a send to a client whose
+/// window stays shut, `idle_timeout_ms`, is not reached here: the session ends first.)
+#[test]
+fn a_tls_client_that_stops_reading_does_not_keep_its_descriptors() {
+    let server = common::Server::start(&format!(
+        "{}[websocket]\noutbound_bytes_max = 65536\nping_interval_ms = 500\nidle_timeout_ms = 3000\n",
+        tls_section("server.pem", "server.key")
+    ));
+    let token = common::editor_token();
+    let baseline = open_fds(&server);
+    // A reader that never reads, and a writer that sends it megabytes.
+    let stalled = common::connect_tls(&server.addr, &format!("/stalled?token={token}"));
+    let mut writer = common::YClient::from_ws(
+        common::connect_tls(&server.addr, &format!("/stalled?token={token}")),
+        2,
+    );
+    let chunk = "x".repeat(10 << 10);
+    // 15 MiB, more than the loopback's socket buffers hold, in fewer messages than the
+    // writer's message-rate burst.
+    for i in 0..1_500 {
+        writer.insert(0, &chunk);
+        if i % 100 == 0 {
+            // The writer keeps reading its own socket, so only the stalled one fills.
+            writer.pump_until(Duration::from_millis(1), |_| false);
+        }
+    }
+    // The stalled client's session is cut off, and its bridge ends with it: the server is
+    // back to its descriptors and the writer's three.
+    server.wait_for(
+        "the stalled connection's descriptors",
+        Duration::from_secs(15),
+        |s| open_fds(s) <= baseline + 3,
+    );
+    drop(stalled);
+}

@@ -36,12 +36,9 @@ pub async fn answer(
         (_, "/health" | "/metrics" | "/usage" | "/connect/token") => {
             Refusal::MethodNotAllowed.http_response()
         }
-        ("GET", path) if path.starts_with("/demo") => {
+        ("GET", path @ ("/demo" | "/demo/" | "/demo/demo.js")) => {
             let development = shard.shared.directory().is_development;
-            match super::demo::answer(path, development) {
-                Some(bytes) => bytes,
-                None => return false,
-            }
+            super::demo::answer(path, development)
         }
         ("GET", path) => match path
             .strip_suffix("/.well-known/jwks")

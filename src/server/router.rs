@@ -211,10 +211,10 @@ enum Routed {
 
 /// Counts its socket in the shard's `admissions` for as long as it lives: it is dropped on
 /// every way out of an admission.
-struct InAdmission<'s>(&'s stats::ShardStats);
+pub(super) struct InAdmission<'s>(&'s stats::ShardStats);
 
 impl<'s> InAdmission<'s> {
-    fn new(stats: &'s stats::ShardStats) -> Self {
+    pub(super) fn new(stats: &'s stats::ShardStats) -> Self {
         stats::add(&stats.admissions, 1);
         InAdmission(stats)
     }

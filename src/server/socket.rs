@@ -53,9 +53,18 @@ pub async fn write_all(stream: &Stream, mut buf: &[u8]) -> io::Result<()> {
 
 /// Shuts the socket down both ways: the peer sees the end, and our own pending read returns.
 pub fn shutdown(stream: &Stream) {
+    shutdown_how(stream, libc::SHUT_RDWR);
+}
+
+/// Shuts the socket's sending side: the peer reads the end, and may still send.
+pub fn shutdown_write(stream: &Stream) {
+    shutdown_how(stream, libc::SHUT_WR);
+}
+
+fn shutdown_how(stream: &Stream, how: libc::c_int) {
     let fd = stream.borrow().as_raw_fd();
     // SAFETY: `fd` is the stream's open socket; shutdown does not close it.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    unsafe { libc::shutdown(fd, how) };
 }
 
 /// Writes what the outbox holds, until it is closed and empty (ready with `Ok`) or the peer

@@ -35,6 +35,12 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
     let Some(tls) = shard.shared.tls.as_ref() else {
         unreachable!("TLS connections are accepted only with [tls]");
     };
+    // A socket in its handshake counts like one in admission: past the descriptors' share
+    // it is dropped at once (nothing can be answered before the handshake).
+    let counted = super::router::InAdmission::new(shard.my_stats());
+    if shard.out_of_sockets() {
+        return;
+    }
     let conn = match ServerConnection::new(tls.current()) {
         Ok(conn) => conn,
         Err(e) => {
@@ -45,11 +51,14 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
     let tcp = Rc::new(RefCell::new(tcp));
     let deadline = Duration::from_millis(shard.config().http.request_timeout_ms);
     let shaken = glommio::timer::timeout(deadline, async {
-        handshake(&shard, &tcp, Box::new(conn))
-            .await
+        let shaking = handshake(&shard, &tcp, Box::new(conn));
+        let shaken = super::contain::future(shard.my_stats(), "tls_handshake", shaking).await;
+        shaken
+            .unwrap_or_else(|| Err(io::Error::other("the handshake panicked")))
             .map_err(glommio::GlommioError::from)
     })
     .await;
+    drop(counted);
     let stats = shard.my_stats();
     let Ok((conn, plain)) = shaken else {
         stats::add(&stats.tls_handshakes_failed_total, 1);
@@ -84,12 +93,27 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
         conn.clone(),
         plain,
     );
-    let encrypting = encrypt(shard.clone(), tcp, ours, conn);
-    for half in [
-        Box::pin(decrypting) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-        Box::pin(encrypting),
-    ] {
-        glommio::spawn_local_into(half, queue)
+    let encrypting = encrypt(shard.clone(), tcp.clone(), ours.clone(), conn);
+    let halves = [
+        (
+            "tls_decrypt",
+            Box::pin(decrypting) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+        ),
+        ("tls_encrypt", Box::pin(encrypting)),
+    ];
+    for (what, half) in halves {
+        let (shard, tcp, ours) = (shard.clone(), tcp.clone(), ours.clone());
+        let contained = async move {
+            // A panic in one half ends the connection, not the shard.
+            if super::contain::future(shard.my_stats(), what, half)
+                .await
+                .is_none()
+            {
+                socket::shutdown(&tcp);
+                socket::shutdown(&ours);
+            }
+        };
+        glommio::spawn_local_into(contained, queue)
             .expect("the sessions' task queue lives as long as the shard")
             .detach();
     }
@@ -174,6 +198,9 @@ async fn handshake(
 ) -> io::Result<(Box<ServerConnection>, Vec<u8>)> {
     let mut buf = [0u8; HANDSHAKE_READ_BYTES];
     let mut plain = Vec::new();
+    // Bytes read, not yet a whole record: the blocking thread is asked only about whole
+    // records, so a client sending a byte at a time costs the executor an append each.
+    let mut partial: Vec<u8> = Vec::new();
     while conn.is_handshaking() {
         socket::write_all(tcp, &to_send(&mut conn)?).await?;
         if !conn.is_handshaking() {
@@ -183,7 +210,12 @@ async fn handshake(
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let bytes = buf[..n].to_vec();
+        partial.extend_from_slice(&buf[..n]);
+        let whole = whole_records(&partial)?;
+        if whole == 0 {
+            continue;
+        }
+        let bytes: Vec<u8> = partial.drain(..whole).collect();
         let job = move || {
             let taken = take(&mut conn, &bytes);
             (conn, taken)
@@ -207,10 +239,34 @@ async fn handshake(
     Ok((conn, plain))
 }
 
+/// The largest TLS record: 16 KiB of plaintext plus the most a cipher may add.
+const RECORD_BYTES_MAX: usize = 5 + (16 << 10) + 2048;
+
+/// How many bytes at the start of `bytes` are whole TLS records (each a 5-byte header with
+/// its length, then that much); an error for a record longer than TLS allows.
+fn whole_records(bytes: &[u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 5) {
+        let length = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if length > RECORD_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a TLS record too long",
+            ));
+        }
+        if bytes.len() < at + length {
+            break;
+        }
+        at += length;
+    }
+    Ok(at)
+}
+
 /// Client → pair: decrypts what the client sends (`plain` first: what came with the
-/// handshake). Ends (shutting the pair, so the session sees the end) when the client closes
-/// or sends what does not decrypt. Reads into the shard's scratch buffer, borrowed only while
-/// a read is polled and its bytes are taken: an idle connection holds no buffer here.
+/// handshake). Reads into the shard's scratch buffer, borrowed only while a read is polled and
+/// its bytes are taken: an idle connection holds no buffer here. When the client closes, the
+/// session is told (the pair's write side shut) and the encrypting half finishes sending
+/// what the session still writes; what does not decrypt ends the connection.
 async fn decrypt(
     shard: Rc<Shard>,
     tcp: Rc<Stream>,
@@ -218,7 +274,7 @@ async fn decrypt(
     conn: Rc<RefCell<ServerConnection>>,
     mut plain: Vec<u8>,
 ) {
-    let _ = async {
+    let ended = async {
         loop {
             if !plain.is_empty() {
                 socket::write_all(&pair, &plain).await?;
@@ -228,50 +284,66 @@ async fn decrypt(
                 return Ok(());
             }
             let taken = take(&mut conn.borrow_mut(), &shard.scratch.borrow()[..n]);
-            let ended = match taken {
-                Ok((more, ended)) => {
-                    plain = more;
-                    ended
-                }
-                // Alerts and key updates otherwise go with the encrypting half's next flush
-                // (it alone writes to the client); an error ends the connection after its
-                // alert.
-                Err(e) => {
-                    let _ = flush(&tcp, &conn).await;
-                    return Err(e);
-                }
-            };
-            if ended {
+            // An error's alert, if rustls queued one, goes with the end of the connection.
+            let (more, closed) = taken?;
+            plain = more;
+            if closed {
                 socket::write_all(&pair, &plain).await?;
                 return Ok(());
             }
         }
     }
     .await;
-    socket::shutdown(&pair);
-    socket::shutdown(&tcp);
+    match ended {
+        Ok(()) => socket::shutdown_write(&pair),
+        Err::<(), io::Error>(_) => {
+            socket::shutdown(&pair);
+            socket::shutdown(&tcp);
+        }
+    }
 }
 
 /// Pair → client: encrypts what the session writes (through the shard's scratch buffer, as
 /// [`decrypt`]). Ends with a close_notify when the session closes its end, or when the
-/// client is gone.
+/// client is gone. A client that takes nothing for `websocket.idle_timeout_ms` is dropped
+/// (its session, whose sends then wait, is cut off as a slow client already), and the
+/// close_notify gets `websocket.close_timeout_ms`: no client keeps the connection's
+/// descriptors and buffers by not reading.
 async fn encrypt(
     shard: Rc<Shard>,
     tcp: Rc<Stream>,
     pair: Rc<Stream>,
     conn: Rc<RefCell<ServerConnection>>,
 ) {
+    let websocket = &shard.config().websocket;
+    let (idle, closing) = (
+        Duration::from_millis(websocket.idle_timeout_ms),
+        Duration::from_millis(websocket.close_timeout_ms),
+    );
+    let within = |limit: Duration| {
+        let (tcp, conn) = (tcp.clone(), conn.clone());
+        async move {
+            let flushed = glommio::timer::timeout(limit, async {
+                flush(&tcp, &conn)
+                    .await
+                    .map_err(glommio::GlommioError::from)
+            });
+            flushed
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+        }
+    };
     let _ = async {
         loop {
             let n = socket::read_with(&pair, &shard.scratch).await?;
             if n == 0 {
                 conn.borrow_mut().send_close_notify();
-                return flush(&tcp, &conn).await;
+                return within(closing).await;
             }
             conn.borrow_mut()
                 .writer()
                 .write_all(&shard.scratch.borrow()[..n])?;
-            flush(&tcp, &conn).await?;
+            within(idle).await?;
         }
     }
     .await;
