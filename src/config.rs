@@ -229,6 +229,24 @@ pub struct AppConfig {
     /// How long a starting session waits for the load hook; then its clients get 1013.
     #[serde(default = "load_timeout_ms")]
     pub load_timeout_ms: u64,
+    /// The authorization callback (PRODUCT.md 9.4): asked, after a token verifies, whether
+    /// its user may open the document and with which role; signed with `webhook_secret`,
+    /// under the same address rules as `webhook_url`.
+    pub authorize_url: Option<String>,
+    /// No answer within it (or a 5xx): the connection is closed with 1013, never allowed.
+    #[serde(default = "authorize_timeout_ms")]
+    pub authorize_timeout_ms: u64,
+    /// How long an answer holds for the same user (`sub`) and document.
+    #[serde(default = "authorize_cache_s")]
+    pub authorize_cache_s: u64,
+}
+
+fn authorize_timeout_ms() -> u64 {
+    2_000
+}
+
+fn authorize_cache_s() -> u64 {
+    30
 }
 
 fn load_timeout_ms() -> u64 {
@@ -590,6 +608,10 @@ impl Config {
                     && self.webhooks.app_calls_queued_max >= 1,
                 "webhooks.call_threads must be 1 to 256, calls_queued_max, app_calls_max and app_calls_queued_max at least 1",
             ),
+            (
+                self.webhooks.authorize_cache_entries_max >= 1,
+                "webhooks.authorize_cache_entries_max must be at least 1",
+            ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError((*msg).to_owned()));
@@ -618,6 +640,18 @@ impl Config {
             if app.load_timeout_ms == 0 || app.load_timeout_ms > 60_000 {
                 return Err(ConfigError(format!(
                     "apps.{}.load_timeout_ms must be 1 to 60000",
+                    app.id
+                )));
+            }
+            if app.authorize_timeout_ms == 0 || app.authorize_timeout_ms > 60_000 {
+                return Err(ConfigError(format!(
+                    "apps.{}.authorize_timeout_ms must be 1 to 60000",
+                    app.id
+                )));
+            }
+            if app.authorize_cache_s > 3_600 {
+                return Err(ConfigError(format!(
+                    "apps.{}.authorize_cache_s must be 0 (no cache) to 3600",
                     app.id
                 )));
             }

@@ -119,6 +119,9 @@ struct TokenArgs {
     /// Documents granted, comma-separated; `prefix*` patterns allowed.
     #[arg(long, value_name = "a,b-*")]
     docs: Option<String>,
+    /// The user the token names (`sub`), as an app's authorization callback sees it.
+    #[arg(long, value_name = "ID", default_value = "wiresocket-cli")]
+    sub: String,
 }
 
 fn main() -> ExitCode {
@@ -310,7 +313,7 @@ fn token(args: &TokenArgs) -> Result<String, String> {
         let docs: Vec<String> = docs.split(',').map(str::to_owned).collect();
         extra.insert("docs".into(), docs.into());
     }
-    directory.mint(&app, "wiresocket-cli", args.ttl_s, extra.into())
+    directory.mint(&app, &args.sub, args.ttl_s, extra.into())
 }
 
 /// SIGTERM and SIGINT drain the node (PRODUCT.md 8): no new upgrades, sessions closed

@@ -96,6 +96,11 @@ pub enum Refusal {
     RegistryUnavailable,
     /// The app's load hook gave no state for the starting session (PRODUCT.md 9.2).
     DocumentNotLoaded,
+    /// The app's authorization callback said no, with its reason (PRODUCT.md 9.4).
+    NotAuthorized(String),
+    /// The app's authorization callback gave no decision in time (or a 5xx, or a malformed
+    /// answer): never taken for a yes.
+    AuthorizationUnavailable,
     /// A design comment the app's full webhook queue could not take (not shown to anyone).
     CommentNotTaken,
 
@@ -320,6 +325,12 @@ impl Refusal {
             RegistryUnavailable => close(
                 TRY_AGAIN_LATER,
                 "Service unavailable: the registry did not answer, try again later".into(),
+            ),
+            NotAuthorized(reason) => close(FORBIDDEN, format!("Forbidden: {reason}").into()),
+            AuthorizationUnavailable => close(
+                TRY_AGAIN_LATER,
+                "Service unavailable: the application did not authorize the connection, try again later"
+                    .into(),
             ),
             DocumentNotLoaded => close(
                 TRY_AGAIN_LATER,
@@ -574,6 +585,8 @@ mod tests {
             Redirect("REDIRECT:ws://a/b".into()),
             RegistryUnavailable,
             DocumentNotLoaded,
+            NotAuthorized("x".repeat(crate::webhook::authorize::REASON_BYTES_MAX)),
+            AuthorizationUnavailable,
             CommentNotTaken,
             BadClose(CloseError::Truncated),
             BadClose(CloseError::ReasonNotUtf8),

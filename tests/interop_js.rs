@@ -1,7 +1,8 @@
 //! Runs the real-client interop suites (tests/js: npm `yjs`, `y-websocket`, `ws` in
 //! interop.test.mjs; `@hocuspocus/provider` 2.x, 3.x and 4.x in hocuspocus.test.mjs; Tiptap
 //! editors in headless Chromium pages, driven by `puppeteer-core`, in tiptap.test.mjs; the demo
-//! page over https/wss in two Chromium pages in demo.test.mjs; all pinned
+//! page over https/wss in two Chromium pages in demo.test.mjs; the authorization callback with
+//! the README's example receiver in authorize.test.mjs; all pinned
 //! by the committed package-lock.json) against the binary cargo built, so that `cargo test` is
 //! the one command for every test. Needs Node 20, npm and Debian's Chromium
 //! (`apt-get install chromium`); fails (never skips) without them.
@@ -40,6 +41,7 @@ fn yjs_and_y_websocket_clients_interoperate() {
             "tiptap.test.mjs",
             "webhook.test.mjs",
             "demo.test.mjs",
+            "authorize.test.mjs",
         ])
         .current_dir(&js)
         .env("WIRESOCKET_BIN", env!("CARGO_BIN_EXE_wiresocket"))
@@ -55,15 +57,16 @@ fn yjs_and_y_websocket_clients_interoperate() {
     );
     // node's runner prints "# pass N" (all files together); make sure every test ran:
     // 9 in interop.test.mjs, 15 in hocuspocus.test.mjs (5 for each provider release),
-    // 1 in tiptap.test.mjs, 2 in webhook.test.mjs, 2 in demo.test.mjs.
+    // 1 in tiptap.test.mjs, 2 in webhook.test.mjs, 2 in demo.test.mjs, 2 in
+    // authorize.test.mjs.
     let passed: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(
-        passed >= 29,
-        "expected 29 passing interop tests, got {passed}"
+        passed >= 31,
+        "expected 31 passing interop tests, got {passed}"
     );
 }
 

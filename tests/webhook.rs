@@ -4,18 +4,16 @@
 mod common;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wiresocket::webhook::delivery::{Deliveries, DeliveryConfig, Fate, Receipt, Refused, Sink};
 use wiresocket::webhook::event::{Event, EventKind, Subject};
 use wiresocket::webhook::signature::WebhookSecret;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/webhook_receiver.py");
+use common::receiver::{requests_until, Receiver, RECEIVER, SECRET};
 
 fn verdict(id: &str, timestamp_s: u64, signature: &str, body: &[u8]) -> String {
     let mut child = Command::new("python3")
@@ -61,13 +59,6 @@ fn signatures_verify_independently_and_replayed_or_altered_ones_fail() {
     assert_eq!(verdict("msg_2", now_s, &signature, body), "bad signature");
 }
 
-/// The receiver process and the JSON lines it prints, one per request.
-struct Receiver {
-    child: Child,
-    port: u16,
-    lines: mpsc::Receiver<Value>,
-}
-
 impl Receiver {
     fn start(fail_first: usize) -> Receiver {
         Self::start_with(&[RECEIVER, "serve", SECRET, &fail_first.to_string()])
@@ -76,39 +67,6 @@ impl Receiver {
     /// A receiver whose `/load` answers as the files in `load_dir` say (see the script).
     fn with_load_hook(load_dir: &std::path::Path) -> Receiver {
         Self::start_with(&[RECEIVER, "serve", SECRET, "0", load_dir.to_str().unwrap()])
-    }
-
-    fn start_with(args: &[&str]) -> Receiver {
-        let mut child = Command::new("python3")
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let port = first.trim().parse().expect("the receiver prints its port");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { return };
-                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                    return;
-                }
-            }
-        });
-        Receiver { child, port, lines }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hooks", self.port)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -436,6 +394,22 @@ fn a_webhook_the_rules_refuse_stops_the_start_with_the_field_named() {
             "apps.web.webhook_secret: set exactly one",
         ),
         (
+            format!("authorize_url = \"http://[fd00:ec2::254]/authorize\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true"),
+            "apps.web.authorize_url: fd00:ec2::254 is never allowed",
+        ),
+        (
+            format!("authorize_url = \"https://127.0.0.1/authorize\"\nwebhook_secret = \"{SECRET}\""),
+            "apps.web.authorize_url: 127.0.0.1 is a loopback or private address",
+        ),
+        (
+            "authorize_url = \"http://127.0.0.1/authorize\"\nwebhook_allow_private = true".to_owned(),
+            "apps.web.webhook_secret: set exactly one",
+        ),
+        (
+            format!("authorize_url = \"https://127.0.0.1/\"\nwebhook_secret = \"{SECRET}\"\nwebhook_allow_private = true\nauthorize_timeout_ms = 0"),
+            "apps.web.authorize_timeout_ms must be 1 to 60000",
+        ),
+        (
             // `.invalid` never resolves (RFC 6761); without DNS the lookup times out (5 s).
             format!("webhook_url = \"https://no-such-host.invalid/\"\nwebhook_secret = \"{SECRET}\""),
             "apps.web.webhook_url: cannot resolve no-such-host.invalid",
@@ -668,22 +642,6 @@ fn load_hook_server(receiver: &Receiver, load_timeout_ms: u64) -> (common::Serve
     let directory = common::directory(&toml);
     let token = directory.mint("web", "test", 600, Value::Null).unwrap();
     (common::Server::start(&toml), token)
-}
-
-/// The receiver's requests until `until` holds for the last one (or 10 s pass).
-fn requests_until(receiver: &Receiver, mut until: impl FnMut(&Value) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut requests = Vec::new();
-    loop {
-        assert!(Instant::now() < deadline, "not seen: {requests:?}");
-        if let Ok(r) = receiver.lines.recv_timeout(Duration::from_millis(100)) {
-            let done = until(&r);
-            requests.push(r);
-            if done {
-                return requests;
-            }
-        }
-    }
 }
 
 #[test]

@@ -113,6 +113,7 @@ impl Directory {
                 client_secret_hash: a.client_secret_hash.clone(),
                 license_region: a.license_region.clone(),
                 allowed_domains: a.allowed_domains.clone(),
+                authorizes: a.authorize_url.is_some(),
             })
             .collect();
         for a in &apps {
@@ -151,6 +152,7 @@ impl Directory {
             client_secret_hash: Some(DEV_CLIENT_SECRET_HASH.into()),
             license_region: "aws-eu-west-1".into(),
             allowed_domains: Vec::new(),
+            authorizes: false,
         };
         let tenant = Tenant {
             id: DEV.into(),

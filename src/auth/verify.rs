@@ -38,6 +38,9 @@ pub struct App {
     pub license_region: String,
     /// Carried in issued tokens as `allowed_domain_1..3`.
     pub allowed_domains: Vec<String>,
+    /// The app has an authorization callback (PRODUCT.md 9.4): its tokens' claims are kept
+    /// for it.
+    pub authorizes: bool,
 }
 
 /// Who a verified token speaks for.
@@ -58,6 +61,9 @@ pub struct Identity {
     /// Shared by every connection admitted with the token (the verified-token cache holds
     /// one), so it costs a connection a pointer.
     pub user: std::sync::Arc<super::claims::User>,
+    /// The token's claims as sent, kept only for an app with an authorization callback
+    /// (which is sent them).
+    pub claims: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// Why a token is refused (4002 or 4003: see `refusal`).
@@ -213,6 +219,14 @@ impl Verifier {
         .flatten()
         .filter(|d| !d.is_empty())
         .collect();
+        // Verified above: decoding the payload again only reads it whole.
+        let all_claims = if app.authorizes {
+            let all = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
+                .map_err(|_| Refusal::Invalid("malformed"))?;
+            Some(std::sync::Arc::new(all))
+        } else {
+            None
+        };
         Ok(Identity {
             tenant_id: tenant.id.clone(),
             app: app.clone(),
@@ -226,6 +240,7 @@ impl Verifier {
                 claims.sub.as_ref(),
                 claims.name.as_ref(),
             )),
+            claims: all_claims,
         })
     }
 
@@ -315,6 +330,7 @@ mod tests {
             client_secret_hash: None,
             license_region: String::new(),
             allowed_domains: Vec::new(),
+            authorizes: false,
         }
     }
 

@@ -6,6 +6,7 @@
 //! the bytes are `sync::hocuspocus`'s, the rooms `sync::room`'s.
 
 use super::admission::{decide, Admission};
+use super::authorization::authorize;
 use super::handler::Handler;
 use super::handlers::{count_wait, new_message_rate};
 use super::link::RemoteDocument;
@@ -802,6 +803,7 @@ impl Socket {
             Err(
                 Refusal::Token(TokenRefusal::Invalid("expired"))
                 | Refusal::VerifierBusy
+                | Refusal::AuthorizationUnavailable
                 | Refusal::AdmissionPanicked,
             ) => return,
             // Another tenant's or app's token cannot take over this document.
@@ -1041,9 +1043,10 @@ async fn decided(
         Ok(Err(refusal)) => return Err(Refusal::Token(refusal)),
         Err(super::offload::Busy) => return Err(Refusal::VerifierBusy),
     };
-    let s = socket.borrow();
     let name = document_name(address);
-    let (admission, owner) = decide(&identity, name, name, s.origin.as_deref(), shard.shards)?;
+    let origin = socket.borrow().origin.clone();
+    let (admission, owner) = decide(&identity, name, name, origin.as_deref(), shard.shards)?;
+    let admission = authorize(shard, &identity, name, admission).await?;
     Ok((admission, owner, identity.expires_at_s))
 }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod admission;
 mod api;
+mod authorization;
 mod certificate;
 mod contain;
 mod deadline;

@@ -3,6 +3,7 @@
 
 use super::admission::{decide, Admission, Handed};
 use super::api;
+use super::authorization::authorize;
 use super::handler::Handler;
 use super::handlers::{DocumentHandler, EchoHandler};
 use super::hocuspocus::HocuspocusHandler;
@@ -346,7 +347,13 @@ async fn route(
     };
     let origin = req.header("origin");
     let named_as = &req.path[1..];
-    let (admission, owner) = match decide(&identity, &raw_name, named_as, origin, shard.shards) {
+    let decided = match decide(&identity, &raw_name, named_as, origin, shard.shards) {
+        Ok((admission, owner)) => authorize(shard, &identity, &raw_name, admission)
+            .await
+            .map(|admission| (admission, owner)),
+        Err(refusal) => Err(refusal),
+    };
+    let (admission, owner) = match decided {
         Ok(decided) => decided,
         Err(refusal) => {
             refuse(refusal).await;

@@ -125,17 +125,20 @@ fn render_handshakes(out: &mut String, shards: &[ShardStats]) {
     let _ = writeln!(out, "wiresocket_handshake_seconds_count {count}");
 }
 
-/// The webhook counts of every app with a webhook (PRODUCT.md 9.1).
-/// Every metric: the shards' and the webhooks'.
+/// Every metric: the shards', the webhooks' and the authorization callbacks'.
 pub fn render_all(shards: &[ShardStats], webhooks: &crate::webhook::Webhooks) -> String {
     let mut text = ShardStats::render(shards);
     render_webhooks(&mut text, &webhooks.stats());
+    render_authorize(&mut text, &webhooks.authorize_stats());
     text
 }
 
+/// One metric per app: its name (after `wiresocket_`), type, help and value.
+type PerApp<'a, S> = (&'a str, &'a str, &'a str, fn(&S) -> f64);
+
+/// The webhook counts of every app with a webhook (PRODUCT.md 9.1).
 pub fn render_webhooks(out: &mut String, apps: &[(String, crate::webhook::delivery::AppStats)]) {
-    type Field = fn(&crate::webhook::delivery::AppStats) -> f64;
-    let metrics: [(&str, &str, &str, Field); 7] = [
+    let metrics: [PerApp<crate::webhook::delivery::AppStats>; 7] = [
         (
             "webhook_delivered_total",
             "counter",
@@ -179,6 +182,50 @@ pub fn render_webhooks(out: &mut String, apps: &[(String, crate::webhook::delive
             |s| s.oldest_ms as f64 / 1e3,
         ),
     ];
+    render_per_app(out, &metrics, apps);
+}
+
+/// The authorization callbacks' counts of every app that has one (PRODUCT.md 9.4).
+pub fn render_authorize(
+    out: &mut String,
+    apps: &[(String, crate::webhook::authorize::AuthorizeStats)],
+) {
+    let metrics: [PerApp<crate::webhook::authorize::AuthorizeStats>; 5] = [
+        (
+            "authorize_calls_total",
+            "counter",
+            "Calls made to an app's authorization callback",
+            |s| s.calls as f64,
+        ),
+        (
+            "authorize_cached_total",
+            "counter",
+            "Admissions decided by a kept answer or another admission's call",
+            |s| s.cached as f64,
+        ),
+        (
+            "authorize_denied_total",
+            "counter",
+            "Calls the app answered with allow: false",
+            |s| s.denied as f64,
+        ),
+        (
+            "authorize_errors_total",
+            "counter",
+            "Calls without a decision (no answer in time, 5xx, malformed, not made): their connections got 1013",
+            |s| s.errors as f64,
+        ),
+        (
+            "authorize_seconds_total",
+            "counter",
+            "Time the calls took (divided by authorize_calls_total: the mean latency)",
+            |s| s.seconds_total,
+        ),
+    ];
+    render_per_app(out, &metrics, apps);
+}
+
+fn render_per_app<S>(out: &mut String, metrics: &[PerApp<'_, S>], apps: &[(String, S)]) {
     for (name, kind, help, value) in metrics {
         let _ = writeln!(out, "# HELP wiresocket_{name} {help}");
         let _ = writeln!(out, "# TYPE wiresocket_{name} {kind}");

@@ -49,6 +49,8 @@ pub struct DeliveryConfig {
     pub app_calls_max: usize,
     /// Such calls waiting or running for one app.
     pub app_calls_queued_max: usize,
+    /// Authorization callback answers kept (by app, user and document) on this node.
+    pub authorize_cache_entries_max: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -67,6 +69,7 @@ impl Default for DeliveryConfig {
             calls_queued_max: 1_024,
             app_calls_max: 4,
             app_calls_queued_max: 64,
+            authorize_cache_entries_max: 100_000,
         }
     }
 }

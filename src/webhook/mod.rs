@@ -8,6 +8,7 @@
 //! reload. [`load`] is the load hook, whose answer a starting session waits for, called from
 //! [`call`]'s threads through the same [`endpoint`] rules.
 
+pub mod authorize;
 pub mod call;
 pub mod delivery;
 pub mod endpoint;
@@ -17,6 +18,7 @@ pub mod signature;
 pub mod target;
 
 use crate::config::{AppConfig, Config};
+use authorize::{Authorizer, Decision, Decisions, Lookup, Question};
 use call::{Calls, CallsConfig};
 use delivery::{AppStats, Deliveries, DeliveryConfig, Receipt, Sink};
 use endpoint::Endpoint;
@@ -38,15 +40,29 @@ pub struct Webhooks {
     receivers: RwLock<Arc<Receivers>>,
     deliveries: OnceLock<Deliveries>,
     calls: OnceLock<Calls>,
+    /// The authorization callbacks' answers, kept.
+    decisions: Arc<Decisions>,
 }
 
 /// Every app's receivers, by `{tenant}::{app}`, as one configuration gave them.
 pub struct Receivers {
     sinks: HashMap<String, Arc<Sink>>,
     loaders: HashMap<String, (Arc<str>, Arc<Loader>)>,
+    authorizers: HashMap<String, (Arc<str>, Arc<Authorizer>)>,
     /// Each app's settings as read (see [`settings`]): a reload keeps the receivers of an
     /// app whose settings are the same, without resolving their hosts again.
     settings: HashMap<String, String>,
+}
+
+/// An admission's authorization (PRODUCT.md 9.4).
+pub enum Authorization {
+    /// Answered already (kept, or a call refused before it was made).
+    Known(Result<Decision, authorize::Failure>),
+    /// Asked: its answer, and how long to wait for it.
+    Wait {
+        answer: authorize::Waiting,
+        timeout: Duration,
+    },
 }
 
 /// A load hook's call, made: its answer (`None`: start empty; else the state, prepared) and
@@ -67,6 +83,7 @@ impl Webhooks {
             receivers: RwLock::new(Arc::new(receivers)),
             deliveries: OnceLock::new(),
             calls: OnceLock::new(),
+            decisions: Arc::new(Decisions::new(config.webhooks.authorize_cache_entries_max)),
         })
     }
 
@@ -86,8 +103,10 @@ impl Webhooks {
 
     /// Puts `receivers` in force: new events and load calls use them at once, and the events
     /// already waiting for an app that still has a receiver go to its new one (an app whose
-    /// receiver was removed still gets what was waiting for it: nothing is dropped).
+    /// receiver was removed still gets what was waiting for it: nothing is dropped). Every
+    /// kept authorization answer is forgotten (the reload may change who may do what).
     pub fn replace(&self, receivers: Receivers) {
+        self.decisions.clear();
         // Under the lock a push holds while it queues (receivers, then the queues: one
         // order), so no event is queued for a receiver already replaced.
         let mut current = self.receivers.write().unwrap_or_else(|p| p.into_inner());
@@ -167,6 +186,70 @@ impl Webhooks {
         Some(LoadCall { answer, timeout })
     }
 
+    /// Whether `app` (`{tenant}::{app}`) has an authorization callback.
+    pub fn authorizes(&self, app: &str) -> bool {
+        self.receivers().authorizers.contains_key(app)
+    }
+
+    /// Asks `app`'s authorization callback `question`, on a call thread, unless its answer
+    /// is kept (made under the revocation `generation`) or being asked already (`None`: the
+    /// app has none).
+    pub fn authorize(
+        &self,
+        app: &str,
+        question: &Question<'_>,
+        generation: u64,
+    ) -> Option<Authorization> {
+        let (app_key, authorizer) = self.receivers().authorizers.get(app).cloned()?;
+        let timeout = authorizer.timeout;
+        let asked =
+            match self
+                .decisions
+                .lookup(&app_key, question, generation, authorizer.cache_ttl)
+            {
+                Lookup::Known(decision) => return Some(Authorization::Known(Ok(decision))),
+                Lookup::Wait(answer) => return Some(Authorization::Wait { answer, timeout }),
+                Lookup::Ask(asked) => asked,
+            };
+        let answer = asked.waiting();
+        let body = question.body();
+        let deadline = Instant::now() + timeout;
+        let app = app_key.clone();
+        let call = move || {
+            let started = Instant::now();
+            let outcome = authorizer.ask(&body, deadline);
+            match &outcome {
+                Err(authorize::Failure::Unavailable(why)) => crate::log::warn(
+                    "authorize_unavailable",
+                    &[
+                        ("app", &app),
+                        ("url", &authorizer.endpoint.url),
+                        ("why", why),
+                    ],
+                ),
+                Err(authorize::Failure::Malformed(why)) => crate::log::event(
+                    "error",
+                    "authorize_malformed",
+                    &[
+                        ("app", &app),
+                        ("url", &authorizer.endpoint.url),
+                        ("why", why),
+                    ],
+                ),
+                Ok(_) => {}
+            }
+            asked.answer(outcome, started.elapsed());
+        };
+        // Refused, the call is dropped unmade, which tells its waiters (see `Asked`).
+        let _unawaited = self.calls().run(&app_key, deadline, call);
+        Some(Authorization::Wait { answer, timeout })
+    }
+
+    /// The authorization callbacks' counts per app.
+    pub fn authorize_stats(&self) -> Vec<(String, authorize::AuthorizeStats)> {
+        self.decisions.stats()
+    }
+
     /// Queues `event` about `document` of `app` if the app wants it; what became of it is on
     /// the receipt.
     pub fn push_event(&self, app: &str, document: &str, event: Event) -> Option<Receipt> {
@@ -238,8 +321,12 @@ fn read(
     timeout_ms: u64,
     running: Option<&Receivers>,
 ) -> Result<Receivers, String> {
-    let (mut sinks, mut loaders, mut all_settings) =
-        (HashMap::new(), HashMap::new(), HashMap::new());
+    let (mut sinks, mut loaders, mut authorizers, mut all_settings) = (
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+    );
     for app in apps {
         let key = format!("{}::{}", app.tenant, app.id);
         let named = |why: String| format!("apps.{}.{why}", app.id);
@@ -252,6 +339,9 @@ fn read(
             if let Some(loader) = running.loaders.get(&key) {
                 loaders.insert(key.clone(), loader.clone());
             }
+            if let Some(authorizer) = running.authorizers.get(&key) {
+                authorizers.insert(key.clone(), authorizer.clone());
+            }
             all_settings.insert(key, settings);
             continue;
         }
@@ -263,13 +353,18 @@ fn read(
         if let Some(sink) = hooks.sink {
             sinks.insert(key.clone(), Arc::new(sink));
         }
+        let app_key: Arc<str> = Arc::from(key.as_str());
         if let Some(loader) = hooks.loader {
-            loaders.insert(key.clone(), (Arc::from(key), Arc::new(loader)));
+            loaders.insert(key.clone(), (app_key.clone(), Arc::new(loader)));
+        }
+        if let Some(authorizer) = hooks.authorizer {
+            authorizers.insert(key, (app_key, Arc::new(authorizer)));
         }
     }
     Ok(Receivers {
         sinks,
         loaders,
+        authorizers,
         settings: all_settings,
     })
 }
@@ -285,6 +380,9 @@ fn settings(app: &AppConfig, secret_text: Option<&str>, timeout_ms: u64) -> Stri
             &app.load_url,
             app.webhook_allow_private,
             app.load_timeout_ms,
+            &app.authorize_url,
+            app.authorize_timeout_ms,
+            app.authorize_cache_s,
             timeout_ms,
             secret_text,
         )
@@ -293,10 +391,13 @@ fn settings(app: &AppConfig, secret_text: Option<&str>, timeout_ms: u64) -> Stri
 
 /// The app's webhook secret as written (`None`: the app has no webhook and no load hook).
 fn secret_text(app: &AppConfig) -> Result<Option<String>, String> {
-    let configured = app.webhook_url.is_some() || app.load_url.is_some();
+    let configured =
+        app.webhook_url.is_some() || app.load_url.is_some() || app.authorize_url.is_some();
     if !configured {
         if app.webhook_secret.is_some() || app.webhook_secret_file.is_some() {
-            return Err("webhook_secret: set without webhook_url or load_url".into());
+            return Err(
+                "webhook_secret: set without webhook_url, load_url or authorize_url".into(),
+            );
         }
         return Ok(None);
     }
@@ -306,7 +407,7 @@ fn secret_text(app: &AppConfig) -> Result<Option<String>, String> {
             .map(Some)
             .map_err(|e| format!("webhook_secret_file: cannot read {path}: {e}")),
         _ => Err(
-            "webhook_secret: set exactly one of webhook_secret and webhook_secret_file (it signs the webhooks and the load hook's calls)".into(),
+            "webhook_secret: set exactly one of webhook_secret and webhook_secret_file (it signs the webhooks, the load hook's and the authorization callback's calls)".into(),
         ),
     }
 }
@@ -315,6 +416,7 @@ fn secret_text(app: &AppConfig) -> Result<Option<String>, String> {
 struct Hooks {
     sink: Option<Sink>,
     loader: Option<Loader>,
+    authorizer: Option<Authorizer>,
 }
 
 /// The receivers of an app that has a webhook or a load hook, signed with `secret_text`.
@@ -361,9 +463,22 @@ fn hooks(
         None => None,
         Some(url) => Some(Loader {
             endpoint: endpoint("load_url", url, app.load_timeout_ms)?,
-            secret,
+            secret: secret.clone(),
             timeout: Duration::from_millis(app.load_timeout_ms),
         }),
     };
-    Ok(Hooks { sink, loader })
+    let authorizer = match &app.authorize_url {
+        None => None,
+        Some(url) => Some(Authorizer {
+            endpoint: endpoint("authorize_url", url, app.authorize_timeout_ms)?,
+            secret,
+            timeout: Duration::from_millis(app.authorize_timeout_ms),
+            cache_ttl: Duration::from_secs(app.authorize_cache_s),
+        }),
+    };
+    Ok(Hooks {
+        sink,
+        loader,
+        authorizer,
+    })
 }

@@ -2,6 +2,9 @@
 //! (tungstenite for WebSocket, yrs as the Yjs peer).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod hocuspocus;
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -524,7 +527,7 @@ impl<S: Socket> YClient<S> {
         }
     }
 
-    fn handle(&mut self, msg: &[u8]) {
+    pub fn handle(&mut self, msg: &[u8]) {
         if msg[0] != 0 {
             return; // awareness and others
         }

@@ -8,6 +8,12 @@ verifier (Python's hmac), written from the specification, not from the server's 
         Requests to /load are the load hook's: each is answered as LOAD_DIR says when it
         comes (the test changes it between requests): the status in LOAD_DIR/status, after
         LOAD_DIR/delay_ms if present, with LOAD_DIR/state as the body if present.
+    webhook_receiver.py authorize SECRET ANSWERS_FILE
+        an authorization callback (PRODUCT.md 9.4) on 127.0.0.1 (a free port, printed
+        first), answering several requests at once: each as ANSWERS_FILE says when it comes,
+        a JSON object by the request's data.sub ("*" for any other):
+        {"status": 200, "body": {...}, "delay_ms": 0}; prints a JSON line per request as
+        `serve` does (printed when it comes, before any delay)
     webhook_receiver.py verify SECRET ID TIMESTAMP SIGNATURE < BODY
         prints the verdict: ok, stale or bad signature
 """
@@ -18,7 +24,7 @@ import json
 import os
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 TOLERANCE_S = 300
 
@@ -91,8 +97,54 @@ def serve(secret, fail_first, load_dir):
     server.serve_forever()
 
 
+def authorize(secret, answers_file):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            request = json.loads(body)
+            with open(answers_file) as f:
+                answers = json.load(f)
+            sub = (request.get("data") or {}).get("sub")
+            answer = answers.get(sub) or answers["*"]
+            status = answer.get("status", 200)
+            line = {
+                "id": self.headers["webhook-id"],
+                "verdict": verify(
+                    secret,
+                    self.headers["webhook-id"],
+                    self.headers["webhook-timestamp"],
+                    self.headers["webhook-signature"],
+                    body,
+                ),
+                "status": status,
+                "body": request,
+                "path": self.path,
+            }
+            print(json.dumps(line), flush=True)
+            time.sleep(answer.get("delay_ms", 0) / 1000)
+            out = json.dumps(answer.get("body", {})).encode()
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the caller stopped waiting (a timeout the test asked for)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
+    if sys.argv[1] == "authorize":
+        authorize(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "serve":
         serve(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         print(verify(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.stdin.buffer.read()))
