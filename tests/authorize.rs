@@ -269,8 +269,11 @@ fn no_answer_in_time_a_5xx_or_a_malformed_answer_is_1013_never_a_yes() {
     callback.answer(json!({"*": {"body": {"allow": true}}}));
     h.attach("plan", &bobs, 1);
     assert!(h.pump_until(WAIT, |c| c.doc("plan").synced));
-    let (errors, _) = server.metric("authorize_errors_total");
-    assert_eq!(errors, 6, "two timeouts, a 503, three malformed");
+    // Two timeouts (each counted when its call ends, a moment after its client was told),
+    // a 503, three malformed.
+    server.wait_for("6 errors counted", WAIT, |s| {
+        s.metric("authorize_errors_total").0 == 6
+    });
 }
 
 #[test]
@@ -312,4 +315,71 @@ fn a_reconnect_storm_of_one_user_makes_one_call_until_a_reload() {
     let mut again = YClient::from_ws(open(&server, "plan", &token), 3);
     assert!(again.pump_until(WAIT, |c| c.text().len() == 16));
     assert_eq!(callback.calls().len(), 1);
+}
+
+/// Sends an edit of `address` and waits for its acknowledgement: whether it was applied.
+fn edit_applied(c: &mut HClient, address: &str) -> bool {
+    let (applied, refused) = (c.doc(address).applied, c.doc(address).refused);
+    c.insert(address, 0, "x");
+    assert!(c.pump_until(WAIT, |c| c.doc(address).applied > applied
+        || c.doc(address).refused > refused));
+    c.doc(address).applied > applied
+}
+
+#[test]
+fn a_hocuspocus_refresh_is_asked_too_and_without_an_answer_only_the_token_lowers_a_role() {
+    let callback = Callback::start(json!({"*": {"body": {"allow": true}}}));
+    let toml = config(&callback, "authorize_cache_s = 0");
+    let tokens = Tokens::of(&toml);
+    let server = Server::start(&toml);
+    let (editor, viewer) = (
+        tokens.editor("alice"),
+        tokens.mint("alice", json!({"role": "viewer"})),
+    );
+    let mut c = HClient::connect(&server.addr, "/");
+    c.attach("d", &editor, 1);
+    // Synced, and its answer to the server's step 1 acknowledged: one acknowledgement per
+    // edit from here.
+    assert!(c.pump_until(WAIT, |c| c.doc("d").synced && c.doc("d").applied == 1));
+    assert!(edit_applied(&mut c, "d"));
+    assert_eq!(callback.calls().len(), 1, "the attach was asked");
+    // Sends a refreshed token, waits for the app to be asked, then for the answer (or the
+    // 400 ms timeout) to be dealt with.
+    let refresh = |c: &mut HClient, token: &str, settle_ms: u64| {
+        c.send(common::hocuspocus::auth_token("d", token, Some("4.8.0")));
+        let call = callback.receiver.lines.recv_timeout(WAIT).expect("asked");
+        assert_eq!(call["verdict"], "ok");
+        std::thread::sleep(Duration::from_millis(settle_ms));
+    };
+    // The app makes the open document read-only, then gives it back.
+    callback.answer(json!({"*": {"body": {"allow": true, "role": "viewer"}}}));
+    refresh(&mut c, &editor, 300);
+    assert!(
+        !edit_applied(&mut c, "d"),
+        "read-only after the app said viewer"
+    );
+    callback.answer(json!({"*": {"body": {"allow": true}}}));
+    refresh(&mut c, &editor, 300);
+    assert!(edit_applied(&mut c, "d"), "an editor again");
+    // No answer in time (400 ms): the document stays as it was...
+    callback.answer(json!({"*": {"delay_ms": 3000, "body": {"allow": true}}}));
+    refresh(&mut c, &editor, 800);
+    assert!(edit_applied(&mut c, "d"), "still an editor");
+    // ...but a refreshed viewer token still makes it read-only.
+    refresh(&mut c, &viewer, 800);
+    assert!(!edit_applied(&mut c, "d"), "the viewer token applies");
+    // And an editor token without an answer does not raise it back.
+    refresh(&mut c, &editor, 800);
+    assert!(!edit_applied(&mut c, "d"), "not raised without the app");
+    // A refusal closes the document, the socket staying open.
+    callback.answer(json!({"*": {"body": {"allow": false, "reason": "removed"}}}));
+    refresh(&mut c, &editor, 0);
+    assert!(c.pump_until(WAIT, |c| c.doc("d").denied.is_some()));
+    assert_eq!(
+        c.doc("d").denied.as_deref(),
+        Some("4003 Forbidden: removed")
+    );
+    c.attach("e", &editor, 2);
+    assert!(c.pump_until(WAIT, |c| c.doc("e").denied.is_some()));
+    callback.calls();
 }

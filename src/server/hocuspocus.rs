@@ -17,6 +17,7 @@ use super::side_messages::{self, Outgoing};
 use super::stats;
 use crate::auth;
 use crate::auth::claims::User;
+use crate::auth::verify::Identity;
 use crate::auth::verify::Refusal as TokenRefusal;
 use crate::config::HocuspocusConfig;
 use crate::outbox::{binary_frame, Outbox};
@@ -787,8 +788,12 @@ impl Socket {
         let refusal = match checked {
             Ok(refreshed) if refreshed.key == open.key => {
                 let expires_at_s = refreshed.expires_at_s;
-                open.place
-                    .set_grant(refreshed.can_write, refreshed.signing_key);
+                let can_write = if refreshed.authorized {
+                    refreshed.can_write
+                } else {
+                    refreshed.can_write && open.place.can_write()
+                };
+                open.place.set_grant(can_write, refreshed.signing_key);
                 // Asked again only about a later `exp` (a token still within the leeway
                 // would otherwise be asked for at once, again and again).
                 if expires_at_s > open.expires_at_s {
@@ -803,7 +808,6 @@ impl Socket {
             Err(
                 Refusal::Token(TokenRefusal::Invalid("expired"))
                 | Refusal::VerifierBusy
-                | Refusal::AuthorizationUnavailable
                 | Refusal::AdmissionPanicked,
             ) => return,
             // Another tenant's or app's token cannot take over this document.
@@ -983,7 +987,9 @@ async fn admit(
     token: String,
 ) -> Result<Admitted, Refusal> {
     let shard = socket.borrow().shard.clone();
-    let (admission, owner, expires_at_s) = decided(&shard, socket, address, token).await?;
+    let (identity, admission, owner) = decided(&shard, socket, address, token).await?;
+    let admission = authorize(&shard, &identity, document_name(address), admission).await?;
+    let expires_at_s = identity.expires_at_s;
     let count = app_count(socket, &shard, &admission.app, &admission.limits).await?;
     let (key, user) = (admission.key.clone(), admission.user.clone());
     let joining = if owner == shard.id {
@@ -1028,13 +1034,14 @@ async fn app_count(
 }
 
 /// A token checked as an upgrade's is (its signature and claims), then decided on for the
-/// document at `address` from the socket's `Origin` (see `admission::decide`).
+/// document at `address` from the socket's `Origin` (see `admission::decide`), before the
+/// app's authorization callback.
 async fn decided(
     shard: &Rc<Shard>,
     socket: &Rc<RefCell<Socket>>,
     address: &str,
     token: String,
-) -> Result<(Admission, usize, u64), Refusal> {
+) -> Result<(Identity, Admission, usize), Refusal> {
     if token.is_empty() {
         return Err(Refusal::MissingToken);
     }
@@ -1046,8 +1053,7 @@ async fn decided(
     let name = document_name(address);
     let origin = socket.borrow().origin.clone();
     let (admission, owner) = decide(&identity, name, name, origin.as_deref(), shard.shards)?;
-    let admission = authorize(shard, &identity, name, admission).await?;
-    Ok((admission, owner, identity.expires_at_s))
+    Ok((identity, admission, owner))
 }
 
 /// A refreshed token, checked.
@@ -1055,6 +1061,9 @@ struct Refreshed {
     /// The document it names (`{tenant}::{app}::{document}`).
     key: String,
     can_write: bool,
+    /// The app's authorization callback decided `can_write` (false: it gave no answer, and
+    /// the token's role can only lower the document's).
+    authorized: bool,
     expires_at_s: u64,
     signing_key: Option<Arc<str>>,
 }
@@ -1074,12 +1083,23 @@ fn spawn_refresh(
     let (socket, owned, token) = (this.clone(), address.to_owned(), token.to_owned());
     let shard_of = shard.clone();
     let check = async move {
-        let (admission, _, expires_at_s) = decided(&shard_of, &socket, &owned, token).await?;
+        let (identity, admission, _) = decided(&shard_of, &socket, &owned, token).await?;
+        let key = admission.key.clone();
+        let signing_key = admission.signing_key.clone();
+        let token_can_write = admission.can_write;
+        let (can_write, authorized) =
+            match authorize(&shard_of, &identity, document_name(&owned), admission).await {
+                Ok(admission) => (admission.can_write, true),
+                // The app said nothing: the token's role may still lower the document's.
+                Err(Refusal::AuthorizationUnavailable) => (token_can_write, false),
+                Err(refusal) => return Err(refusal),
+            };
         Ok(Refreshed {
-            key: admission.key,
-            can_write: admission.can_write,
-            expires_at_s,
-            signing_key: admission.signing_key,
+            key,
+            can_write,
+            authorized,
+            expires_at_s: identity.expires_at_s,
+            signing_key,
         })
     };
     let address = address.to_owned();

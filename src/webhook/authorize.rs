@@ -16,7 +16,7 @@ use super::event::Event;
 use super::signature::WebhookSecret;
 use crate::auth::claims::Role;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,9 +70,10 @@ impl Question<'_> {
         serde_json::to_vec(&body).expect("JSON values serialize")
     }
 
-    /// The cache's key: the same user asking for the same document of the same app.
-    /// Hashed, so a key costs 32 bytes whatever the claims hold; `None` for a token without
-    /// `sub` (its users cannot be told apart, so nothing is kept).
+    /// The cache's key: the same user with the same token role asking for the same
+    /// document of the same app (the role is part of it: an answer to a viewer's token never
+    /// decides an editor's). Hashed, so a key costs 32 bytes whatever the names hold; `None`
+    /// for a token without `sub` (its users cannot be told apart, so nothing is kept).
     fn key(&self) -> Option<[u8; 32]> {
         let sub = self.sub?;
         let mut hash = Sha256::new();
@@ -80,6 +81,7 @@ impl Question<'_> {
             hash.update((part.len() as u64).to_le_bytes());
             hash.update(part.as_bytes());
         }
+        hash.update([self.role as u8]);
         Some(hash.finalize().into())
     }
 }
@@ -195,6 +197,10 @@ pub struct Decisions {
 #[derive(Default)]
 struct Cache {
     entries: HashMap<[u8; 32], Entry>,
+    /// Keys of kept answers, oldest first, which go first when the cache is full (a key
+    /// answered again is here twice, one that left is passed over; at most twice
+    /// `entries_max` long).
+    order: VecDeque<[u8; 32]>,
     /// Bumped by [`Decisions::clear`]: an answer to a question asked before is not kept.
     epoch: u64,
     stats: HashMap<Arc<str>, AuthorizeStats>,
@@ -207,7 +213,14 @@ enum Entry {
         /// The revocation generation it was decided under: a revocation forgets it.
         generation: u64,
     },
-    Asking(Arc<Flight>),
+    Asking {
+        flight: Arc<Flight>,
+        /// The revocation generation it was asked under: a later admission asks again.
+        generation: u64,
+        /// The call's deadline: a question still being asked after it (a call thread that
+        /// hangs) is asked again.
+        until: Instant,
+    },
 }
 
 /// Counts per app, for `/metrics`.
@@ -245,13 +258,13 @@ impl Decisions {
 
     /// The decision for `question` of `app` (`{tenant}::{app}`) if it is kept and was made
     /// under the revocation `generation`, or the call to wait for, or the right to make it
-    /// (whose answer is then kept for `ttl`).
+    /// (a call of at most `timeout`, whose answer is then kept for `ttl`).
     pub fn lookup(
         self: &Arc<Self>,
         app: &Arc<str>,
         question: &Question<'_>,
         generation: u64,
-        ttl: Duration,
+        (timeout, ttl): (Duration, Duration),
     ) -> Lookup {
         let now = Instant::now();
         let mut cache = lock(&self.state);
@@ -266,7 +279,11 @@ impl Decisions {
                 cache.stats.entry(app.clone()).or_default().cached += 1;
                 return Lookup::Known(decision);
             }
-            Some(Entry::Asking(flight)) => {
+            Some(Entry::Asking {
+                flight,
+                generation: asked_under,
+                until,
+            }) if *asked_under == generation && *until > now => {
                 let waiting = Waiting(flight.clone());
                 cache.stats.entry(app.clone()).or_default().cached += 1;
                 return Lookup::Wait(waiting);
@@ -284,12 +301,12 @@ impl Decisions {
             done: false,
         };
         if let Some(key) = key {
-            cache.insert(
-                key,
-                Entry::Asking(asked.flight.clone()),
-                self.entries_max,
-                now,
-            );
+            let entry = Entry::Asking {
+                flight: asked.flight.clone(),
+                generation,
+                until: now + timeout,
+            };
+            cache.insert(key, entry, self.entries_max);
         }
         Lookup::Ask(asked)
     }
@@ -297,8 +314,12 @@ impl Decisions {
     /// Forgets every answer (a reload; questions being asked are answered but not kept).
     pub fn clear(&self) {
         let mut cache = lock(&self.state);
-        cache.entries.clear();
+        let entries = std::mem::take(&mut cache.entries);
+        cache.order = VecDeque::new();
         cache.epoch += 1;
+        drop(cache);
+        // Freed without the lock the shards' admissions take.
+        drop(entries);
     }
 
     pub fn stats(&self) -> Vec<(String, AuthorizeStats)> {
@@ -319,31 +340,34 @@ impl Decisions {
 }
 
 impl Cache {
-    /// Inserts within `entries_max`: when full, expired answers go first, then an arbitrary
-    /// answer (a question being asked stays: its call ends it).
-    fn insert(&mut self, key: [u8; 32], entry: Entry, entries_max: usize, now: Instant) {
-        if !self.entries.contains_key(&key) && self.entries.len() >= entries_max {
-            self.entries.retain(|_, e| match e {
-                Entry::Decided { expires, .. } => *expires > now,
-                Entry::Asking(_) => true,
-            });
-            if self.entries.len() >= entries_max {
-                let any = self
-                    .entries
-                    .iter()
-                    .find(|(_, e)| matches!(e, Entry::Decided { .. }))
-                    .map(|(k, _)| *k);
-                match any {
-                    Some(any) => {
-                        self.entries.remove(&any);
-                    }
-                    // Full of questions being asked (bounded by the call queue): not kept.
-                    None => return,
+    /// Inserts within `entries_max`: when full, the oldest kept answers go first (a question
+    /// being asked stays: its call ends it; a cache full of them keeps nothing more). O(1)
+    /// amortized: every key is pushed on `order` once per insertion and popped at most once.
+    fn insert(&mut self, key: [u8; 32], entry: Entry, entries_max: usize) {
+        let kept = matches!(entry, Entry::Decided { .. });
+        if !self.entries.contains_key(&key) {
+            while self.entries.len() >= entries_max {
+                let Some(oldest) = self.order.pop_front() else {
+                    return;
+                };
+                if matches!(self.entries.get(&oldest), Some(Entry::Decided { .. })) {
+                    self.entries.remove(&oldest);
                 }
             }
         }
         self.entries.insert(key, entry);
+        if kept {
+            self.order.push_back(key);
+            if self.order.len() > 2 * entries_max {
+                // Keys that left, and repeats, dropped: at most `entries_max` stay.
+                let (entries, mut seen) = (&self.entries, HashSet::new());
+                self.order.retain(|k| {
+                    matches!(entries.get(k), Some(Entry::Decided { .. })) && seen.insert(*k)
+                });
+            }
+        }
         assert!(self.entries.len() <= entries_max);
+        assert!(self.order.len() <= 2 * entries_max);
     }
 }
 
@@ -395,7 +419,7 @@ impl Asked {
             if let Some(key) = self.key {
                 let ours = matches!(
                     cache.entries.get(&key),
-                    Some(Entry::Asking(f)) if Arc::ptr_eq(f, &self.flight)
+                    Some(Entry::Asking { flight, .. }) if Arc::ptr_eq(flight, &self.flight)
                 );
                 if ours {
                     cache.entries.remove(&key);
@@ -407,7 +431,7 @@ impl Asked {
                         expires: now + self.ttl,
                         generation: self.generation,
                     };
-                    cache.insert(key, entry, self.decisions.entries_max, now);
+                    cache.insert(key, entry, self.decisions.entries_max);
                 }
             }
         }
@@ -562,6 +586,22 @@ mod tests {
         assert!(close.len() <= 123, "{}", close.len());
     }
 
+    fn question_as<'a>(
+        role: Role,
+        sub: Option<&'a str>,
+        document: &'a str,
+        claims: &'a serde_json::Value,
+    ) -> Question<'a> {
+        Question {
+            tenant: "t",
+            app: "a",
+            document,
+            sub,
+            role,
+            claims,
+        }
+    }
+
     fn question<'a>(
         sub: Option<&'a str>,
         document: &'a str,
@@ -592,6 +632,7 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(30);
+    const TIMEOUT: Duration = Duration::from_secs(2);
 
     fn wait(waiting: Waiting) -> Result<Decision, Failure> {
         glommio::LocalExecutor::default().run(waiting)
@@ -603,40 +644,45 @@ mod tests {
         let app: Arc<str> = "t::a".into();
         let claims = serde_json::Value::Null;
         let q = question(Some("u1"), "doc", &claims);
-        let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, TTL) else {
+        let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
             panic!("the first asks");
         };
         // Others asking meanwhile wait for the same call.
-        let Lookup::Wait(second) = decisions.lookup(&app, &q, 0, TTL) else {
+        let Lookup::Wait(second) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
             panic!("the second waits");
         };
         let allow = Decision::Allow { viewer: true };
         asked.answer(Ok(allow.clone()), Duration::from_millis(2));
         assert_eq!(wait(second), Ok(allow.clone()));
-        assert!(matches!(decisions.lookup(&app, &q, 0, TTL), Lookup::Known(d) if d == allow));
+        assert!(
+            matches!(decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)), Lookup::Known(d) if d == allow)
+        );
         // Another user, another document: asked again.
         let other = question(Some("u2"), "doc", &claims);
         assert!(matches!(
-            decisions.lookup(&app, &other, 0, TTL),
+            decisions.lookup(&app, &other, 0, (TIMEOUT, TTL)),
             Lookup::Ask(_)
         ));
         // A revocation (the generation moved) forgets it.
-        let Lookup::Ask(again) = decisions.lookup(&app, &q, 1, TTL) else {
+        let Lookup::Ask(again) = decisions.lookup(&app, &q, 1, (TIMEOUT, TTL)) else {
             panic!("asked again after a revocation");
         };
         again.answer(Ok(allow.clone()), Duration::ZERO);
         assert!(matches!(
-            decisions.lookup(&app, &q, 1, TTL),
+            decisions.lookup(&app, &q, 1, (TIMEOUT, TTL)),
             Lookup::Known(_)
         ));
         decisions.clear();
-        let Lookup::Ask(cleared) = decisions.lookup(&app, &q, 1, TTL) else {
+        let Lookup::Ask(cleared) = decisions.lookup(&app, &q, 1, (TIMEOUT, TTL)) else {
             panic!("asked again after a clear");
         };
         // A call asked before a clear answers its waiters but is not kept.
         decisions.clear();
         cleared.answer(Ok(allow), Duration::ZERO);
-        assert!(matches!(decisions.lookup(&app, &q, 1, TTL), Lookup::Ask(_)));
+        assert!(matches!(
+            decisions.lookup(&app, &q, 1, (TIMEOUT, TTL)),
+            Lookup::Ask(_)
+        ));
         let stats = decisions.stats();
         assert_eq!(stats.len(), 1);
         // Three calls made; a waiter and two kept answers; two questions dropped unasked.
@@ -652,26 +698,29 @@ mod tests {
         let app: Arc<str> = "t::a".into();
         let claims = serde_json::Value::Null;
         let q = question(Some("u1"), "doc", &claims);
-        let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, TTL) else {
+        let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
             panic!()
         };
         let failed = Err(Failure::Unavailable("timeout".into()));
         asked.answer(failed.clone(), Duration::ZERO);
-        let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, TTL) else {
+        let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
             panic!("a failure is not kept")
         };
         let waiting = asked.waiting();
         drop(asked);
         assert!(matches!(wait(waiting), Err(Failure::Unavailable(_))));
-        assert!(matches!(decisions.lookup(&app, &q, 0, TTL), Lookup::Ask(_)));
+        assert!(matches!(
+            decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)),
+            Lookup::Ask(_)
+        ));
         // Without a `sub`, users cannot be told apart: every connection asks.
         let anonymous = question(None, "doc", &claims);
-        let Lookup::Ask(asked) = decisions.lookup(&app, &anonymous, 0, TTL) else {
+        let Lookup::Ask(asked) = decisions.lookup(&app, &anonymous, 0, (TIMEOUT, TTL)) else {
             panic!()
         };
         asked.answer(Ok(Decision::Allow { viewer: false }), Duration::ZERO);
         assert!(matches!(
-            decisions.lookup(&app, &anonymous, 0, TTL),
+            decisions.lookup(&app, &anonymous, 0, (TIMEOUT, TTL)),
             Lookup::Ask(_)
         ));
         // The failed call, and three questions dropped unasked.
@@ -686,7 +735,7 @@ mod tests {
         for i in 0..100 {
             let sub = format!("u{i}");
             let q = question(Some(&sub), "doc", &claims);
-            let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, TTL) else {
+            let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
                 panic!()
             };
             asked.answer(Ok(Decision::Allow { viewer: false }), Duration::ZERO);
@@ -695,7 +744,7 @@ mod tests {
         // The latest is kept.
         let q = question(Some("u99"), "doc", &claims);
         assert!(matches!(
-            decisions.lookup(&app, &q, 0, TTL),
+            decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)),
             Lookup::Known(_)
         ));
         // Full of questions being asked: a fifth is asked, not kept.
@@ -703,13 +752,90 @@ mod tests {
             .map(|i| {
                 let sub = format!("w{i}");
                 let q = question(Some(&sub), "doc", &claims);
-                decisions.lookup(&app, &q, 0, TTL)
+                decisions.lookup(&app, &q, 0, (TIMEOUT, TTL))
             })
             .collect();
         assert_eq!(decisions.len(), 4);
         let q = question(Some("w9"), "doc", &claims);
-        assert!(matches!(decisions.lookup(&app, &q, 0, TTL), Lookup::Ask(_)));
+        assert!(matches!(
+            decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)),
+            Lookup::Ask(_)
+        ));
         assert_eq!(decisions.len(), 4);
         drop(asking);
+    }
+
+    #[test]
+    fn an_answer_decides_only_the_same_role_and_a_question_asked_too_long_or_before_a_revocation_is_asked_again(
+    ) {
+        let decisions = Arc::new(Decisions::new(8));
+        let app: Arc<str> = "t::a".into();
+        let claims = serde_json::Value::Null;
+        let viewer = question_as(Role::Viewer, Some("u1"), "doc", &claims);
+        let Lookup::Ask(asked) = decisions.lookup(&app, &viewer, 0, (TIMEOUT, TTL)) else {
+            panic!()
+        };
+        asked.answer(Ok(Decision::Allow { viewer: false }), Duration::ZERO);
+        assert!(matches!(
+            decisions.lookup(&app, &viewer, 0, (TIMEOUT, TTL)),
+            Lookup::Known(_)
+        ));
+        // The same user's editor token is asked about itself.
+        let editor = question_as(Role::Editor, Some("u1"), "doc", &claims);
+        let Lookup::Ask(_editor_asked) = decisions.lookup(&app, &editor, 0, (TIMEOUT, TTL)) else {
+            panic!("an editor's token asked again")
+        };
+        // A call out since before a revocation is not joined: asked again.
+        let Lookup::Ask(_after) = decisions.lookup(&app, &editor, 1, (TIMEOUT, TTL)) else {
+            panic!("asked again after the revocation")
+        };
+        // A call past its deadline (its thread hung) is not joined either.
+        let other = question(Some("u2"), "doc", &claims);
+        let Lookup::Ask(_hung) = decisions.lookup(&app, &other, 1, (Duration::ZERO, TTL)) else {
+            panic!()
+        };
+        assert!(matches!(
+            decisions.lookup(&app, &other, 1, (TIMEOUT, TTL)),
+            Lookup::Ask(_)
+        ));
+    }
+
+    #[test]
+    fn a_full_cache_lets_its_oldest_answers_go_first() {
+        let decisions = Arc::new(Decisions::new(3));
+        let app: Arc<str> = "t::a".into();
+        let claims = serde_json::Value::Null;
+        let subs = ["a", "b", "c", "d"];
+        for sub in subs {
+            let q = question(Some(sub), "doc", &claims);
+            let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
+                panic!()
+            };
+            asked.answer(Ok(Decision::Allow { viewer: false }), Duration::ZERO);
+        }
+        // Newest first: asking about a forgotten one would let the next oldest go.
+        let mut kept: Vec<bool> = subs
+            .iter()
+            .rev()
+            .map(|sub| {
+                let q = question(Some(sub), "doc", &claims);
+                matches!(
+                    decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)),
+                    Lookup::Known(_)
+                )
+            })
+            .collect();
+        kept.reverse();
+        assert_eq!(kept, [false, true, true, true]);
+        // Answering one key again and again keeps `order` bounded.
+        for _ in 0..100 {
+            let q = question(Some("b"), "doc", &claims);
+            decisions.clear();
+            let Lookup::Ask(asked) = decisions.lookup(&app, &q, 0, (TIMEOUT, TTL)) else {
+                panic!()
+            };
+            asked.answer(Ok(Decision::Allow { viewer: false }), Duration::ZERO);
+        }
+        assert!(lock(&decisions.state).order.len() <= 6);
     }
 }

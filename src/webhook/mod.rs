@@ -106,7 +106,6 @@ impl Webhooks {
     /// receiver was removed still gets what was waiting for it: nothing is dropped). Every
     /// kept authorization answer is forgotten (the reload may change who may do what).
     pub fn replace(&self, receivers: Receivers) {
-        self.decisions.clear();
         // Under the lock a push holds while it queues (receivers, then the queues: one
         // order), so no event is queued for a receiver already replaced.
         let mut current = self.receivers.write().unwrap_or_else(|p| p.into_inner());
@@ -114,6 +113,9 @@ impl Webhooks {
             deliveries.replace_sinks(&receivers.sinks);
         }
         *current = Arc::new(receivers);
+        // Under the write lock, which every lookup holds the read side of: no answer of the
+        // old settings is kept after this.
+        self.decisions.clear();
     }
 
     fn receivers(&self) -> std::sync::RwLockReadGuard<'_, Arc<Receivers>> {
@@ -200,17 +202,21 @@ impl Webhooks {
         question: &Question<'_>,
         generation: u64,
     ) -> Option<Authorization> {
-        let (app_key, authorizer) = self.receivers().authorizers.get(app).cloned()?;
+        let receivers = self.receivers();
+        let (app_key, authorizer) = receivers.authorizers.get(app).cloned()?;
         let timeout = authorizer.timeout;
-        let asked =
-            match self
-                .decisions
-                .lookup(&app_key, question, generation, authorizer.cache_ttl)
-            {
-                Lookup::Known(decision) => return Some(Authorization::Known(Ok(decision))),
-                Lookup::Wait(answer) => return Some(Authorization::Wait { answer, timeout }),
-                Lookup::Ask(asked) => asked,
-            };
+        let looked_up = self.decisions.lookup(
+            &app_key,
+            question,
+            generation,
+            (timeout, authorizer.cache_ttl),
+        );
+        drop(receivers);
+        let asked = match looked_up {
+            Lookup::Known(decision) => return Some(Authorization::Known(Ok(decision))),
+            Lookup::Wait(answer) => return Some(Authorization::Wait { answer, timeout }),
+            Lookup::Ask(asked) => asked,
+        };
         let answer = asked.waiting();
         let body = question.body();
         let deadline = Instant::now() + timeout;
