@@ -63,7 +63,7 @@ export function authorizeServer ({ secret, roleOf }) {
   })
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const roles = () => JSON.parse(readFileSync(process.env.ROLES_FILE, 'utf8'))
   const server = authorizeServer({
     secret: process.env.WEBHOOK_SECRET,

@@ -98,7 +98,13 @@ impl Sink {
     ) -> Sink {
         Sink {
             app,
-            endpoint: Endpoint::new(url, allow_private, own, timeout_ms),
+            endpoint: Endpoint::new(
+                url,
+                allow_private,
+                own,
+                timeout_ms,
+                DeliveryConfig::default().app_workers_max,
+            ),
             secret,
             events,
         }

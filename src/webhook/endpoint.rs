@@ -29,10 +29,20 @@ pub struct Answer {
 impl Endpoint {
     /// A receiver at `url` (already checked by [`Endpoint::check_at_start`]), reached only
     /// at addresses `target::check` allows (`own`: this node's listeners). One call takes
-    /// at most `timeout_ms` unless the call says otherwise.
-    pub fn new(url: String, allow_private: bool, own: Vec<SocketAddr>, timeout_ms: u64) -> Self {
+    /// at most `timeout_ms` unless the call says otherwise. Up to `connections_max`
+    /// connections are kept open between calls (as many as may run at once: a call does not
+    /// pay for a new connection, and the receiver is not left with a socket per call).
+    pub fn new(
+        url: String,
+        allow_private: bool,
+        own: Vec<SocketAddr>,
+        timeout_ms: u64,
+        connections_max: usize,
+    ) -> Self {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(timeout_ms)))
+            .max_idle_connections(connections_max)
+            .max_idle_connections_per_host(connections_max)
             .max_redirects(0)
             .proxy(None)
             .http_status_as_error(false)

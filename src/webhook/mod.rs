@@ -76,7 +76,7 @@ impl Webhooks {
     /// Reads every app's webhook and load hook settings, resolving each receiver's host and
     /// checking its addresses (`own`: this node's listeners). An error names the field.
     pub fn from_config(config: &Config, own: &[SocketAddr]) -> Result<Webhooks, String> {
-        let receivers = read(&config.apps, own, config.webhooks.timeout_ms, None)?;
+        let receivers = read(&config.apps, own, &config.webhooks, None)?;
         Ok(Webhooks {
             config: config.webhooks,
             own: own.to_vec(),
@@ -93,12 +93,7 @@ impl Webhooks {
     /// section stays as the node started.
     pub fn read_apps(&self, apps: &[AppConfig]) -> Result<Receivers, String> {
         let running = self.receivers().clone();
-        read(
-            apps,
-            &self.own,
-            self.config.timeout_ms,
-            Some(running.as_ref()),
-        )
+        read(apps, &self.own, &self.config, Some(running.as_ref()))
     }
 
     /// Puts `receivers` in force: new events and load calls use them at once, and the events
@@ -316,15 +311,15 @@ impl Webhooks {
 /// Checks every app's webhook and load hook settings as a start would (secret files, DNS,
 /// addresses), without starting anything.
 pub fn check(config: &Config, own: &[SocketAddr]) -> Result<(), String> {
-    read(&config.apps, own, config.webhooks.timeout_ms, None).map(|_| ())
+    read(&config.apps, own, &config.webhooks, None).map(|_| ())
 }
 
-/// Every app's receivers, by `{tenant}::{app}` (`timeout_ms`: one webhook attempt's), those
-/// of apps whose settings are as in `running` taken from there.
+/// Every app's receivers, by `{tenant}::{app}` (`webhooks`: the node's bounds of the calls),
+/// those of apps whose settings are as in `running` taken from there.
 fn read(
     apps: &[AppConfig],
     own: &[SocketAddr],
-    timeout_ms: u64,
+    webhooks: &DeliveryConfig,
     running: Option<&Receivers>,
 ) -> Result<Receivers, String> {
     let (mut sinks, mut loaders, mut authorizers, mut all_settings) = (
@@ -337,7 +332,7 @@ fn read(
         let key = format!("{}::{}", app.tenant, app.id);
         let named = |why: String| format!("apps.{}.{why}", app.id);
         let secret_text = secret_text(app).map_err(named)?;
-        let settings = settings(app, secret_text.as_deref(), timeout_ms);
+        let settings = settings(app, secret_text.as_deref(), webhooks);
         if let Some(running) = running.filter(|r| r.settings.get(&key) == Some(&settings)) {
             if let Some(sink) = running.sinks.get(&key) {
                 sinks.insert(key.clone(), sink.clone());
@@ -355,7 +350,7 @@ fn read(
         let Some(secret_text) = secret_text else {
             continue;
         };
-        let hooks = hooks(app, &secret_text, own, timeout_ms).map_err(named)?;
+        let hooks = hooks(app, &secret_text, own, webhooks).map_err(named)?;
         if let Some(sink) = hooks.sink {
             sinks.insert(key.clone(), Arc::new(sink));
         }
@@ -377,7 +372,7 @@ fn read(
 
 /// An app's hook settings as one string (its secret's text included: a secret file changed
 /// in place changes them).
-fn settings(app: &AppConfig, secret_text: Option<&str>, timeout_ms: u64) -> String {
+fn settings(app: &AppConfig, secret_text: Option<&str>, webhooks: &DeliveryConfig) -> String {
     format!(
         "{:?}",
         (
@@ -389,7 +384,7 @@ fn settings(app: &AppConfig, secret_text: Option<&str>, timeout_ms: u64) -> Stri
             &app.authorize_url,
             app.authorize_timeout_ms,
             app.authorize_cache_s,
-            timeout_ms,
+            webhooks.timeout_ms,
             secret_text,
         )
     )
@@ -430,11 +425,12 @@ fn hooks(
     app: &AppConfig,
     secret_text: &str,
     own: &[SocketAddr],
-    timeout_ms: u64,
+    webhooks: &DeliveryConfig,
 ) -> Result<Hooks, String> {
     let secret =
         WebhookSecret::parse(secret_text).map_err(|why| format!("webhook_secret: {why}"))?;
-    let endpoint = |field: &str, url: &String, timeout_ms: u64| {
+    // Each endpoint keeps as many connections as may call it at once.
+    let endpoint = |field: &str, url: &String, timeout_ms: u64, connections_max: usize| {
         Endpoint::check_at_start(url, app.webhook_allow_private, own)
             .map_err(|why| format!("{field}: {why}"))?;
         Ok::<_, String>(Endpoint::new(
@@ -442,6 +438,7 @@ fn hooks(
             app.webhook_allow_private,
             own.to_vec(),
             timeout_ms,
+            connections_max,
         ))
     };
     let sink = match &app.webhook_url {
@@ -459,7 +456,12 @@ fn hooks(
             };
             Some(Sink {
                 app: format!("{}::{}", app.tenant, app.id),
-                endpoint: endpoint("webhook_url", url, timeout_ms)?,
+                endpoint: endpoint(
+                    "webhook_url",
+                    url,
+                    webhooks.timeout_ms,
+                    webhooks.app_workers_max,
+                )?,
                 secret: secret.clone(),
                 events,
             })
@@ -468,7 +470,7 @@ fn hooks(
     let loader = match &app.load_url {
         None => None,
         Some(url) => Some(Loader {
-            endpoint: endpoint("load_url", url, app.load_timeout_ms)?,
+            endpoint: endpoint("load_url", url, app.load_timeout_ms, webhooks.app_calls_max)?,
             secret: secret.clone(),
             timeout: Duration::from_millis(app.load_timeout_ms),
         }),
@@ -476,7 +478,12 @@ fn hooks(
     let authorizer = match &app.authorize_url {
         None => None,
         Some(url) => Some(Authorizer {
-            endpoint: endpoint("authorize_url", url, app.authorize_timeout_ms)?,
+            endpoint: endpoint(
+                "authorize_url",
+                url,
+                app.authorize_timeout_ms,
+                webhooks.app_calls_max,
+            )?,
             secret,
             timeout: Duration::from_millis(app.authorize_timeout_ms),
             cache_ttl: Duration::from_secs(app.authorize_cache_s),
