@@ -607,14 +607,7 @@ mod tests {
         document: &'a str,
         claims: &'a serde_json::Value,
     ) -> Question<'a> {
-        Question {
-            tenant: "t",
-            app: "a",
-            document,
-            sub,
-            role: Role::Editor,
-            claims,
-        }
+        question_as(Role::Editor, sub, document, claims)
     }
 
     #[test]

@@ -50,10 +50,53 @@ def read(load_dir, name):
         return None
 
 
+class Recording(BaseHTTPRequestHandler):
+    """Prints a JSON line per request (its signature verified with `secret`) and answers."""
+
+    secret = None
+
+    def record(self, body, status):
+        line = {
+            "id": self.headers["webhook-id"],
+            "verdict": verify(
+                self.secret,
+                self.headers["webhook-id"],
+                self.headers["webhook-timestamp"],
+                self.headers["webhook-signature"],
+                body,
+            ),
+            "status": status,
+            "body": json.loads(body),
+            "path": self.path,
+        }
+        print(json.dumps(line), flush=True)
+
+    def answer(self, status, out, content_type=None):
+        try:
+            self.send_response(status)
+            if content_type:
+                self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller stopped waiting (a timeout the test asked for)
+
+    def log_message(self, *args):
+        pass
+
+
+def listen(server_class, handler):
+    server = server_class(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
 def serve(secret, fail_first, load_dir):
     seen = {"count": 0}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(Recording):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
             answer = b""
@@ -66,79 +109,30 @@ def serve(secret, fail_first, load_dir):
             else:
                 seen["count"] += 1
                 status = 500 if seen["count"] <= fail_first else 204
-            verdict = verify(
-                secret,
-                self.headers["webhook-id"],
-                self.headers["webhook-timestamp"],
-                self.headers["webhook-signature"],
-                body,
-            )
-            line = {
-                "id": self.headers["webhook-id"],
-                "verdict": verdict,
-                "status": status,
-                "body": json.loads(body),
-                "path": self.path,
-            }
-            print(json.dumps(line), flush=True)
-            try:
-                self.send_response(status)
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the caller stopped waiting (a timeout the test asked for)
+            self.record(body, status)
+            self.answer(status, answer)
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    Handler.secret = secret
+    listen(HTTPServer, Handler)
 
 
 def authorize(secret, answers_file):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(Recording):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
-            request = json.loads(body)
             with open(answers_file) as f:
                 answers = json.load(f)
-            sub = (request.get("data") or {}).get("sub")
+            sub = (json.loads(body).get("data") or {}).get("sub")
             answer = answers.get(sub) or answers["*"]
             status = answer.get("status", 200)
-            line = {
-                "id": self.headers["webhook-id"],
-                "verdict": verify(
-                    secret,
-                    self.headers["webhook-id"],
-                    self.headers["webhook-timestamp"],
-                    self.headers["webhook-signature"],
-                    body,
-                ),
-                "status": status,
-                "body": request,
-                "path": self.path,
-            }
-            print(json.dumps(line), flush=True)
+            # Printed when the call comes, before any delay.
+            self.record(body, status)
             time.sleep(answer.get("delay_ms", 0) / 1000)
             out = json.dumps(answer.get("body", {})).encode()
-            try:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the caller stopped waiting (a timeout the test asked for)
+            self.answer(status, out, "application/json")
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    Handler.secret = secret
+    listen(ThreadingHTTPServer, Handler)
 
 
 if __name__ == "__main__":
