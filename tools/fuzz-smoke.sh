@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 export RUSTC_BOOTSTRAP=1   # cargo-fuzz needs nightly flags; the stable toolchain allows them so
-for target in frame http_request sync_message hocuspocus_message token side_message; do
+for target in frame http_request sync_message hocuspocus_message token side_message authorize_answer; do
   scratch=$(mktemp -d)
   log="$scratch.log"
   echo "fuzz $target for ${seconds}s"

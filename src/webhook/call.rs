@@ -1,6 +1,6 @@
-//! Calls whose answer a connection waits for (the load hook): made on threads of their own,
-//! never on a data-plane executor, which awaits the answer as a future (the thread wakes the
-//! waiting task across threads).
+//! Calls whose answer a connection waits for (the load hook, the authorization callback):
+//! made on threads of their own, never on a data-plane executor, which awaits the answer as a
+//! future (the thread wakes the waiting task across threads).
 //!
 //! Bounded: at most `calls_queued_max` calls wait or run, one app has at most
 //! `app_calls_queued_max` of them and `app_calls_max` running, so an app whose receiver hangs

@@ -5,8 +5,9 @@
 //! receiver checks), [`target`] (the URL and the address rules). [`delivery`] sends them
 //! from threads of its own, never from a data-plane executor. [`Webhooks`] is what the
 //! server holds: every app's receiver, read from the configuration at start and again on a
-//! reload. [`load`] is the load hook, whose answer a starting session waits for, called from
-//! [`call`]'s threads through the same [`endpoint`] rules.
+//! reload. [`load`] is the load hook, whose answer a starting session waits for, and
+//! [`authorize`] the authorization callback, whose answer an admission waits for; both are
+//! called from [`call`]'s threads through the same [`endpoint`] rules.
 
 pub mod authorize;
 pub mod call;
@@ -30,8 +31,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-/// The node's calls to applications: every app's webhook receiver and load hook, and the
-/// threads that call them (started with the first call: a node whose apps have none has
+/// The node's calls to applications: every app's webhook receiver, load hook and
+/// authorization callback, and the threads that call them (started with the first call: a node whose apps have none has
 /// none).
 pub struct Webhooks {
     config: DeliveryConfig,
