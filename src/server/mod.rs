@@ -10,6 +10,7 @@ mod certificate;
 mod contain;
 mod deadline;
 mod demo;
+mod descriptors;
 mod handler;
 mod handlers;
 mod held;
@@ -201,6 +202,10 @@ fn open_foundationdb(_: &Config) -> Result<Arc<dyn Registry>, StartError> {
 /// one registry in one process (the multi-node tests do).
 pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartError> {
     let requested = config.validate().map_err(|e| StartError(e.0))?;
+    // Before any shard runs: see `descriptors` for the stalls a growing table makes.
+    if let Err(e) = descriptors::reserve_table() {
+        crate::log::warn("descriptor_table_not_reserved", &[("error", &e)]);
+    }
     let directory = Directory::from_config(&config).map_err(|e| StartError(e.0))?;
     if directory.is_development {
         crate::log::warn(

@@ -43,26 +43,6 @@ pub struct Shared {
     pub tls: Option<super::certificate::Tls>,
 }
 
-/// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
-/// event fds) and enough to accept a client and answer it 503 rather than leave it waiting
-/// in the listen backlog.
-const FD_RESERVE: u64 = 64;
-
-/// The process's open-file limit less [`FD_RESERVE`]; unbounded if there is no limit.
-fn connections_fd_max() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit to write into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
-        || limit.rlim_cur == libc::RLIM_INFINITY
-    {
-        return u64::MAX;
-    }
-    limit.rlim_cur.saturating_sub(FD_RESERVE)
-}
-
 impl Shared {
     pub fn new(
         config: Config,
@@ -95,7 +75,7 @@ impl Shared {
             tls,
             refresh_tokens: RefreshStore::default(),
             draining: AtomicBool::new(false),
-            connections_fd_max: connections_fd_max() / fds_per_connection,
+            connections_fd_max: super::descriptors::connections_max() / fds_per_connection,
             incomplete_bytes: AtomicUsize::new(0),
             webhooks,
             memory: super::memory::MemoryWatch::new(
@@ -146,12 +126,15 @@ impl Shared {
             || self.memory.over_high_water(crate::log::monotonic_ms())
     }
 
-    /// Whether client sockets (`sockets`) have eaten half of [`FD_RESERVE`] as well. The
-    /// overload guard refuses upgrades once their head is read, so sockets that send no head,
-    /// or plain requests with a slow body, pass it (a flood of half-open requests). Past
-    /// this a new socket is answered 503 at once, without waiting for its request, so that
-    /// descriptors do not run out.
+    /// Whether client sockets (`sockets`) have eaten half of the descriptors kept back
+    /// (`descriptors::RESERVED`) as well. The overload guard refuses upgrades once their head
+    /// is read, so sockets that send no head, or plain requests with a slow body, pass it (a
+    /// flood of half-open requests). Past this a new socket is answered 503 at once, without
+    /// waiting for its request, so that descriptors do not run out.
     pub fn out_of_sockets(&self, sockets: u64) -> bool {
-        sockets >= self.connections_fd_max.saturating_add(FD_RESERVE / 2)
+        sockets
+            >= self
+                .connections_fd_max
+                .saturating_add(super::descriptors::RESERVED / 2)
     }
 }
