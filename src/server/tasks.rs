@@ -118,7 +118,18 @@ pub async fn run(setup: Setup) {
         }
         drain(&shard).await;
     };
-    futures_lite::future::or(accept_loop(&shard, &listener), drained).await;
+    // Accepting runs on the admission queue (see `accept_loop`); dropping the task ends it,
+    // with the listener.
+    let accepting = {
+        let (accepter, queue) = (shard.clone(), shard.admission_queue);
+        glommio::spawn_local_into(
+            async move { accept_loop(&accepter, &listener).await },
+            queue,
+        )
+        .expect("the admission task queue lives as long as the shard")
+    };
+    drained.await;
+    drop(accepting);
 }
 
 /// Runs a connection's admission as a task on the admission queue (see `router::serve`).
@@ -172,10 +183,15 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(socket)
 }
 
+/// Accepts connections and starts each one's admission. On the admission queue, and giving
+/// way once its preemption period (1 ms) is over: while the backlog holds connections,
+/// `accept` never waits, so without that a storm kept the loop accepting for tens of
+/// milliseconds, live reads unseen meanwhile.
 async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                glommio::yield_if_needed().await;
                 let _ = stream.set_nodelay(true);
                 stats::add(&shard.my_stats().connections_accepted_total, 1);
                 let peer = stream
