@@ -7,7 +7,7 @@ use super::admission::Admission;
 use super::shard::Shard;
 use crate::auth::verify::Identity;
 use crate::refusal::Refusal;
-use crate::webhook::authorize::{Decision, Failure, Question};
+use crate::webhook::authorize::{Decision, Question};
 use crate::webhook::Authorization;
 
 /// `admission` of `identity` to the document `name` as the app decides: unchanged, made
@@ -30,29 +30,30 @@ pub async fn authorize(
         claims: identity.claims.as_deref().unwrap_or(&null),
     };
     let generation = shard.shared.revoked.generation();
-    let outcome = match shard
+    let decision = match shard
         .shared
         .webhooks
         .authorize(&admission.app, &question, generation)
     {
         // An app the token's directory said has a callback, which a reload removed a
         // moment ago: refused (its client comes back), never let in unasked.
-        None if identity.app.authorizes => Err(Failure::Unavailable("reloading".into())),
+        None if identity.app.authorizes => return Err(Refusal::AuthorizationUnavailable),
         None => return Ok(admission),
-        Some(Authorization::Known(outcome)) => outcome,
+        Some(Authorization::Known(decision)) => decision,
+        // No answer in time, or none at all: failures are logged once, where the call was
+        // made (`webhook::Webhooks::authorize`).
         Some(Authorization::Wait { answer, timeout }) => {
-            glommio::timer::timeout(timeout, async { Ok(answer.await) })
-                .await
-                .unwrap_or_else(|_| Err(Failure::Unavailable("no answer in time".into())))
+            match glommio::timer::timeout(timeout, async { Ok(answer.await) }).await {
+                Ok(Ok(decision)) => decision,
+                Ok(Err(_)) | Err(_) => return Err(Refusal::AuthorizationUnavailable),
+            }
         }
     };
-    // Failures are logged once, where the call was made (`webhook::Webhooks::authorize`).
-    match outcome {
-        Ok(Decision::Allow { viewer }) => {
+    match decision {
+        Decision::Allow { viewer } => {
             admission.can_write &= !viewer;
             Ok(admission)
         }
-        Ok(Decision::Deny { reason }) => Err(Refusal::NotAuthorized(reason)),
-        Err(_) => Err(Refusal::AuthorizationUnavailable),
+        Decision::Deny { reason } => Err(Refusal::NotAuthorized(reason)),
     }
 }

@@ -1051,8 +1051,8 @@ async fn decided(
         Err(super::offload::Busy) => return Err(Refusal::VerifierBusy),
     };
     let name = document_name(address);
-    let origin = socket.borrow().origin.clone();
-    let (admission, owner) = decide(&identity, name, name, origin.as_deref(), shard.shards)?;
+    let s = socket.borrow();
+    let (admission, owner) = decide(&identity, name, name, s.origin.as_deref(), shard.shards)?;
     Ok((identity, admission, owner))
 }
 

@@ -243,7 +243,7 @@ pub enum Lookup {
     Known(Decision),
     /// Being asked (by this admission's call or another's): wait for it.
     Wait(Waiting),
-    /// Nobody asks yet: make the call (see [`Decisions::ask`]).
+    /// Nobody asks yet: make the call, and end it with [`Asked::answer`].
     Ask(Asked),
 }
 
@@ -276,7 +276,7 @@ impl Decisions {
                 generation: made_under,
             }) if *expires > now && *made_under == generation => {
                 let decision = decision.clone();
-                cache.stats.entry(app.clone()).or_default().cached += 1;
+                cache.stats_of(app).cached += 1;
                 return Lookup::Known(decision);
             }
             Some(Entry::Asking {
@@ -285,7 +285,7 @@ impl Decisions {
                 until,
             }) if *asked_under == generation && *until > now => {
                 let waiting = Waiting(flight.clone());
-                cache.stats.entry(app.clone()).or_default().cached += 1;
+                cache.stats_of(app).cached += 1;
                 return Lookup::Wait(waiting);
             }
             _ => {}
@@ -340,6 +340,15 @@ impl Decisions {
 }
 
 impl Cache {
+    /// `app`'s counts (a new entry only for an app's first admission: no clone of its name
+    /// on every one).
+    fn stats_of(&mut self, app: &Arc<str>) -> &mut AuthorizeStats {
+        if !self.stats.contains_key(app) {
+            self.stats.insert(app.clone(), AuthorizeStats::default());
+        }
+        self.stats.get_mut(app).expect("inserted above")
+    }
+
     /// Inserts within `entries_max`: when full, the oldest kept answers go first (a question
     /// being asked stays: its call ends it; a cache full of them keeps nothing more). O(1)
     /// amortized: every key is pushed on `order` once per insertion and popped at most once.
@@ -406,7 +415,7 @@ impl Asked {
         let now = Instant::now();
         {
             let mut cache = lock(&self.decisions.state);
-            let stats = cache.stats.entry(self.app.clone()).or_default();
+            let stats = cache.stats_of(&self.app);
             if let Some(took) = took {
                 stats.calls += 1;
                 stats.seconds_total += took.as_secs_f64();
@@ -791,6 +800,15 @@ mod tests {
             decisions.lookup(&app, &other, 1, (TIMEOUT, TTL)),
             Lookup::Ask(_)
         ));
+    }
+
+    /// What the README and ARCHITECTURE.md say a kept answer costs: a slot of the map and
+    /// one of `order`, plus a refusal's reason (at most [`REASON_BYTES_MAX`]) on the heap.
+    #[test]
+    fn a_kept_answer_costs_at_most_136_bytes() {
+        let slot = std::mem::size_of::<([u8; 32], Entry)>() + 1; // and hashbrown's control byte
+        let order = std::mem::size_of::<[u8; 32]>();
+        assert!(slot + order <= 136, "{slot} + {order}");
     }
 
     #[test]

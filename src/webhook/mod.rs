@@ -57,8 +57,8 @@ pub struct Receivers {
 
 /// An admission's authorization (PRODUCT.md 9.4).
 pub enum Authorization {
-    /// Answered already (kept, or a call refused before it was made).
-    Known(Result<Decision, authorize::Failure>),
+    /// Answered already: kept.
+    Known(Decision),
     /// Asked: its answer, and how long to wait for it.
     Wait {
         answer: authorize::Waiting,
@@ -184,11 +184,6 @@ impl Webhooks {
         Some(LoadCall { answer, timeout })
     }
 
-    /// Whether `app` (`{tenant}::{app}`) has an authorization callback.
-    pub fn authorizes(&self, app: &str) -> bool {
-        self.receivers().authorizers.contains_key(app)
-    }
-
     /// Asks `app`'s authorization callback `question`, on a call thread, unless its answer
     /// is kept (made under the revocation `generation`) or being asked already (`None`: the
     /// app has none).
@@ -209,7 +204,7 @@ impl Webhooks {
         );
         drop(receivers);
         let asked = match looked_up {
-            Lookup::Known(decision) => return Some(Authorization::Known(Ok(decision))),
+            Lookup::Known(decision) => return Some(Authorization::Known(decision)),
             Lookup::Wait(answer) => return Some(Authorization::Wait { answer, timeout }),
             Lookup::Ask(asked) => asked,
         };
