@@ -1,5 +1,6 @@
 //! The plain HTTP endpoints: health, metrics, usage, the OAuth 2 token endpoint, the
-//! tenants' JWK sets and the demo page (`server::demo`). Each answer is one response on a closing connection.
+//! tenants' JWK sets and the demo page (`server::demo`). Each answer is one response on a
+//! closing connection.
 
 use super::shard::Shard;
 use super::socket::{self, SharedStream};

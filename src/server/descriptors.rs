@@ -4,10 +4,10 @@
 //! Why the table: Linux grows a process's descriptor table by doubling it, and in a process
 //! with several threads each growth waits for an RCU grace period (`expand_fdtable` →
 //! `synchronize_rcu`), which blocks the thread that opened the descriptor, here a shard in
-//! `accept`, for 10-35 ms at a time (measured during a storm of new connections: the live
+//! `accept`, for 12-18 ms at a time (measured during a storm of new connections: the live
 //! documents on that shard waited as long). A table never shrinks, so growing it to the
-//! limit before any thread starts costs those stalls nothing later; the kernel keeps 8 bytes
-//! (and two bits) per slot, 8 MiB for a limit of 1,048,576.
+//! limit before this node's shards start spares them those stalls; the kernel keeps 8
+//! bytes (and two bits) per slot, 8 MiB for a limit of 1,048,576.
 
 /// File descriptors kept back from connections: the node's own (listeners, io_uring rings,
 /// event fds) and enough to accept a client and answer it 503 rather than leave it waiting

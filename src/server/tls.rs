@@ -70,14 +70,14 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
     // A TLS connection takes two more descriptors: past the node's share, it is told so
     // over TLS (there is no pair to pass the answer through), as a plain one would be.
     let paired = if shard.out_of_sockets() {
-        Err(io::ErrorKind::OutOfMemory.into())
+        Err("the node's share of descriptors is taken".to_owned())
     } else {
-        pair()
+        pair().map_err(|e| e.to_string())
     };
     let (ours, theirs) = match paired {
         Ok(pair) => pair,
-        Err(e) => {
-            crate::log::warn("tls_refused", &[("error", &e)]);
+        Err(why) => {
+            crate::log::warn("tls_refused", &[("error", &why)]);
             refuse(&shard, &tcp, &conn, &Refusal::OutOfSockets).await;
             return;
         }
@@ -156,6 +156,11 @@ async fn flush(tcp: &Stream, conn: &RefCell<ServerConnection>) -> io::Result<()>
     socket::write_all(tcp, &out).await
 }
 
+/// [`flush`] for a connection the caller holds alone (during its handshake).
+async fn send_pending(tcp: &Stream, conn: &mut ServerConnection) -> io::Result<()> {
+    socket::write_all(tcp, &to_send(conn)?).await
+}
+
 /// What rustls has to send, taken out of it.
 fn to_send(conn: &mut ServerConnection) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -202,7 +207,7 @@ async fn handshake(
     // records, so a client sending a byte at a time costs the executor an append each.
     let mut partial: Vec<u8> = Vec::new();
     while conn.is_handshaking() {
-        socket::write_all(tcp, &to_send(&mut conn)?).await?;
+        send_pending(tcp, &mut conn).await?;
         if !conn.is_handshaking() {
             break;
         }
@@ -215,7 +220,12 @@ async fn handshake(
         if whole == 0 {
             continue;
         }
-        let bytes: Vec<u8> = partial.drain(..whole).collect();
+        // Usually all of it: taken whole, not copied.
+        let bytes: Vec<u8> = if whole == partial.len() {
+            std::mem::take(&mut partial)
+        } else {
+            partial.drain(..whole).collect()
+        };
         let job = move || {
             let taken = take(&mut conn, &bytes);
             (conn, taken)
@@ -230,12 +240,12 @@ async fn handshake(
             Ok((more, _)) => plain.extend_from_slice(&more),
             Err(e) => {
                 // Its alert, if rustls queued one.
-                let _ = socket::write_all(tcp, &to_send(&mut conn)?).await;
+                let _ = send_pending(tcp, &mut conn).await;
                 return Err(e);
             }
         }
     }
-    socket::write_all(tcp, &to_send(&mut conn)?).await?;
+    send_pending(tcp, &mut conn).await?;
     Ok((conn, plain))
 }
 
@@ -323,14 +333,10 @@ async fn encrypt(
     let within = |limit: Duration| {
         let (tcp, conn) = (tcp.clone(), conn.clone());
         async move {
-            let flushed = glommio::timer::timeout(limit, async {
-                flush(&tcp, &conn)
-                    .await
-                    .map_err(glommio::GlommioError::from)
-            });
-            flushed
+            // Only the deadline is told as a timeout; the send's own error is its own.
+            glommio::timer::timeout(limit, async { Ok(flush(&tcp, &conn).await) })
                 .await
-                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
         }
     };
     let _ = async {
