@@ -22,7 +22,7 @@ use rustls::ServerConnection;
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -164,10 +164,16 @@ async fn send_pending(tcp: &Stream, conn: &mut ServerConnection) -> io::Result<(
 /// What rustls has to send, taken out of it.
 fn to_send(conn: &mut ServerConnection) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out)?;
-    }
+    take_records(conn, &mut out)?;
     Ok(out)
+}
+
+/// Appends what rustls has to send to `out`.
+fn take_records(conn: &mut ServerConnection, out: &mut Vec<u8>) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(out)?;
+    }
+    Ok(())
 }
 
 /// Feeds `bytes` from the client to rustls, taking the plaintext out as it comes (rustls holds
@@ -313,6 +319,35 @@ async fn decrypt(
     }
 }
 
+/// Sends what rustls has to send through `out`: at once if the socket takes it all (the
+/// usual case: no timer), else the rest within `limit` (only the deadline is told as a
+/// timeout; a send's own error is its own).
+async fn send_within(
+    tcp: &Stream,
+    conn: &RefCell<ServerConnection>,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> io::Result<()> {
+    out.clear();
+    take_records(&mut conn.borrow_mut(), out)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let fd = tcp.borrow().as_raw_fd();
+    let sent = match socket::send_vectored(fd, &mut std::iter::once(&out[..])) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if sent == out.len() {
+        return Ok(());
+    }
+    let rest = &out[sent..];
+    glommio::timer::timeout(limit, async { Ok(socket::write_all(tcp, rest).await) })
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
 /// Pair → client: encrypts what the session writes (through the shard's scratch buffer, as
 /// [`decrypt`]). Ends with a close_notify when the session closes its end, or when the
 /// client is gone. A client that takes nothing for `websocket.idle_timeout_ms` is dropped
@@ -330,26 +365,19 @@ async fn encrypt(
         Duration::from_millis(websocket.idle_timeout_ms),
         Duration::from_millis(websocket.close_timeout_ms),
     );
-    let within = |limit: Duration| {
-        let (tcp, conn) = (tcp.clone(), conn.clone());
-        async move {
-            // Only the deadline is told as a timeout; the send's own error is its own.
-            glommio::timer::timeout(limit, async { Ok(flush(&tcp, &conn).await) })
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-        }
-    };
+    // The records to send, in one buffer kept for the connection's life.
+    let mut out = Vec::new();
     let _ = async {
         loop {
             let n = socket::read_with(&pair, &shard.scratch).await?;
             if n == 0 {
                 conn.borrow_mut().send_close_notify();
-                return within(closing).await;
+                return send_within(&tcp, &conn, &mut out, closing).await;
             }
             conn.borrow_mut()
                 .writer()
                 .write_all(&shard.scratch.borrow()[..n])?;
-            within(idle).await?;
+            send_within(&tcp, &conn, &mut out, idle).await?;
         }
     }
     .await;
