@@ -18,7 +18,10 @@
 # single-threaded tokio runtime, so each has one core); numbers are per server CPU-second,
 # read from /proc. Three loads, each against every server:
 #   light      LIGHT_RATE updates/s per client (default 1); the generator has core 1 to
-#              itself: latency, and the cost of a delivery when nothing batches
+#              itself: latency, and the cost of a delivery when nothing batches. A thread
+#              of the generator sleeps on core 0 (--probe-cpu 0) and counts the times the
+#              machine stopped that core; the table gives p99 also for the updates sent
+#              in the 100 ms spans no such stop touched ("untouched")
 #   saturated  SATURATED_RATE updates/s per client (default 20); two generator threads,
 #              not pinned, over both cores: they take part of core 0 from the server so
 #              that it falls behind on purpose, which is what this load measures (what a
@@ -256,9 +259,9 @@ cargo build --release --quiet --bin wiresocket -p wiresocket -p wiresocket-load
 load=target/release/wiresocket-load
 for load_name in $LOADS; do
     case "$load_name" in
-    light) generator=(taskset -c 1 "$load" fanout --threads 1 --docs "$DOCS" --clients "$CLIENTS" --rate "$LIGHT_RATE") ;;
+    light) generator=(taskset -c 1 "$load" fanout --threads 1 --docs "$DOCS" --clients "$CLIENTS" --rate "$LIGHT_RATE" --probe-cpu 0) ;;
     saturated) generator=("$load" fanout --threads 2 --docs "$DOCS" --clients "$CLIENTS" --rate "$SATURATED_RATE") ;;
-    prepend) generator=(taskset -c 1 "$load" prepend) ;;
+    prepend) generator=(taskset -c 1 "$load" prepend --probe-cpu 0) ;;
     *) echo "unknown load $load_name" >&2 && exit 1 ;;
     esac
     for server in $SERVERS; do
@@ -275,10 +278,17 @@ python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 head = ["load", "server", "docs x clients", "rate/s", "deliveries", "deliv/s", "server CPU s",
-        "deliv/CPU-s", "p50 ms", "p99 ms", "p99.9 ms", "received min % (send end / drained)",
+        "deliv/CPU-s", "p50 ms", "p99 ms", "p99.9 ms", "untouched p99 / p99.9 ms (share)",
+        "core 0 stops > 2 ms (worst ms)", "received min % (send end / drained)",
         "RSS MiB connected / max", "result"]
 def ms(us): return "-" if us is None else f"{us / 1000:.2f}"
 def pct(share): return "-" if share is None else f"{100 * share:.0f}"
+def untouched(r):
+    u = r.get("latency_untouched_us")
+    return "-" if u is None else f'{ms(u["p99"])} / {ms(u["p999"])} ({pct(u["share"])} %)'
+def stops(r):
+    s = r.get("core_stops")
+    return "-" if s is None else f'{s["count"]} ({s["worst_ms"]:.1f})'
 def result(r):
     if not r["failures"]:
         return "OK"
@@ -291,7 +301,7 @@ for r in rows:
     out.append(r["label"].split(" ", 1) + [f'{r["docs"]} x {r["clients"]}', f'{r["rate"]:g}',
                 f'{r["deliveries"]:,}', f'{r["deliveries_per_s"]:,.0f}',
                 f'{r["server_cpu_s"]:.2f}', f'{r["deliveries_per_cpu_s"] or 0:,.0f}',
-                ms(r["p50_us"]), ms(r["p99_us"]), ms(r["p999_us"]),
+                ms(r["p50_us"]), ms(r["p99_us"]), ms(r["p999_us"]), untouched(r), stops(r),
                 f'{pct(r["received_share_at_send_end"]["min"])} / {pct(r["received_share_after_drain"]["min"])}',
                 f'{r["rss_connected_kib"] / 1024:.0f} / {r["rss_max_kib"] / 1024:.0f}',
                 result(r)])

@@ -167,12 +167,13 @@ fn cpus() -> (usize, usize) {
     (sender, reader)
 }
 
-fn pin(cpu: usize) {
+/// Pins the calling thread to `cpu`; false if the kernel refused (errno says why).
+pub fn pin(cpu: usize) -> bool {
     // SAFETY: an empty set with one CPU added, for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0
     }
 }
 

@@ -6,6 +6,7 @@ mod floor;
 mod peer;
 mod run;
 mod server_stats;
+mod stops;
 mod ws_client;
 
 use hdrhistogram::Histogram;
@@ -87,6 +88,11 @@ OPTIONS (defaults are fanout's and storm's; prepend's where they differ):
     --label NAME             name of this run in the JSON line (default run)
     --floor-sends N          sends the floor is measured with, before a run that sends
                              (default 50000; 0: none)
+    --probe-cpu N            a thread sleeping 1 ms at a time on CPU N (the server's)
+                             reports each time it woke over 2 ms late: the machine stopped
+                             everything on that core (the hypervisor, another process);
+                             the run then also gives the latency of the updates sent in
+                             the 100 ms spans no such stop touched (default: no probe)
     --json                   print one JSON line instead of the report
 
 STORM OPTIONS:
@@ -336,6 +342,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         "insert",
         "framing",
         "apply-live",
+        "probe-cpu",
     ];
     if mode == Mode::Storm {
         known.extend([
@@ -365,6 +372,14 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
             n.div_ceil(clients_per_doc)
         }
     };
+    let probe_cpu: Option<usize> = options
+        .text("probe-cpu")
+        .map(|c| c.parse())
+        .transpose()
+        .map_err(|_| "--probe-cpu: not a CPU number")?;
+    if probe_cpu.is_some() && !mode.sends() {
+        return Err("--probe-cpu is for runs that send".into());
+    }
     let plan = Plan {
         target,
         docs,
@@ -397,6 +412,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         },
         tokens: Vec::new(),
         live_wait_ms: if mode == Mode::Storm { 1 } else { 0 },
+        by_slot: probe_cpu.is_some(),
     };
     if plan.docs == 0 || plan.clients_per_doc == 0 || plan.threads == 0 || plan.sources == 0 {
         return Err("--docs, --clients, --threads and --sources must be at least 1".into());
@@ -424,7 +440,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         Mode::Capacity => None,
         _ => measure_floor(&options, floor_shape(&plan), floor::Via::Sendmsg)?,
     };
-    let mut measured = coordinate(Arc::new(plan), storm, pid, hold)?;
+    let mut measured = coordinate(Arc::new(plan), storm, pid, hold, probe_cpu)?;
     measured.floor = floor;
     let ok = measured.failures().is_empty();
     let label = options.text("label").unwrap_or("run");
@@ -492,6 +508,7 @@ fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), S
         framing: Framing::YWebsocket,
         tokens,
         live_wait_ms: 1,
+        by_slot: false,
     };
     Ok((Arc::new(plan), warmup))
 }
@@ -536,6 +553,8 @@ struct Measured {
     server_cpu_s: Option<f64>,
     wall: Duration,
     floor: Option<floor::Floor>,
+    /// What the probe of the server's core saw (`--probe-cpu`), and when sending began.
+    stops: Option<(Instant, stops::Stops)>,
 }
 
 /// How often the server's RSS is read while clients send.
@@ -567,6 +586,7 @@ fn coordinate(
     storm: Option<(Arc<Plan>, Duration)>,
     pid: Option<u32>,
     hold: Duration,
+    probe_cpu: Option<usize>,
 ) -> Result<Measured, String> {
     let rss = |pid: Option<u32>| pid.map(server_stats::rss_kib).transpose();
     let cpu = |pid: Option<u32>| pid.map(server_stats::cpu_seconds).transpose();
@@ -610,12 +630,14 @@ fn coordinate(
     std::thread::sleep(Duration::from_millis(500));
     let rss_connected_kib = rss(pid)?;
     let cpu_start = cpu(pid)?;
+    let probe = probe_cpu.map(stops::Probe::start);
     let start = Instant::now();
     let mut sampler = RssSampler {
         pid,
         max_kib: rss_connected_kib,
         next: start,
     };
+    control.epoch.set(start).expect("set once");
     control.go.store(true, Ordering::SeqCst);
     wait_until(&|| threads_at(&control.drained), &mut sampler)?;
     // A storm still connecting when the clients have drained is part of the run.
@@ -624,6 +646,7 @@ fn coordinate(
         &mut sampler,
     )?;
     let wall = start.elapsed();
+    let stops = probe.map(stops::Probe::finish).transpose()?;
     let cpu_end = cpu(pid)?;
     let rss_end_kib = rss(pid)?;
     std::thread::sleep(hold);
@@ -648,6 +671,7 @@ fn coordinate(
         server_cpu_s: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
         wall,
         floor: None,
+        stops: stops.map(|s| (start, s)),
     })
 }
 
@@ -672,6 +696,37 @@ impl Measured {
         all
     }
 
+    /// With a probe of the server's core: the latencies of updates sent in the spans no stop
+    /// of that core touched, and their share of all deliveries; only spans wholly inside
+    /// `within` (the storm) if given.
+    fn untouched(&self, within: Option<(Instant, Instant)>) -> Option<(Histogram<u64>, f64)> {
+        let (epoch, seen) = self.stops.as_ref()?;
+        let by_slot: Vec<&stops::BySlot> = self
+            .reports
+            .iter()
+            .filter_map(|r| r.by_slot.as_ref())
+            .collect();
+        let slots = by_slot.iter().map(|b| b.len()).max()?;
+        let keep: Vec<bool> = stops::touched(&seen.stops, *epoch, slots)
+            .into_iter()
+            .enumerate()
+            .map(|(slot, touched)| {
+                let begins = *epoch + stops::SLOT * slot as u32;
+                let inside =
+                    within.is_none_or(|(from, to)| begins >= from && begins + stops::SLOT <= to);
+                !touched && inside
+            })
+            .collect();
+        let mut kept = by_slot[0].empty_like();
+        let mut all = by_slot[0].empty_like();
+        for b in &by_slot {
+            b.add_to(&mut kept, &keep);
+            b.add_to(&mut all, &[]);
+        }
+        let share = kept.len() as f64 / all.len().max(1) as f64;
+        Some((kept, share))
+    }
+
     /// The least and the mean of the clients' received shares that `f` picks.
     fn received(&self, f: impl Fn(&ThreadReport) -> &Vec<f64>) -> Option<(f64, f64)> {
         let shares: Vec<f64> = self
@@ -681,6 +736,12 @@ impl Measured {
             .collect();
         let least = shares.iter().copied().reduce(f64::min)?;
         Some((least, shares.iter().sum::<f64>() / shares.len() as f64))
+    }
+
+    /// When the storm's first handshake started and its last one ended.
+    fn storm_span(&self) -> Option<(Instant, Instant)> {
+        let s = self.storm.as_ref()?;
+        Some((s.started, s.started + s.elapsed))
     }
 
     fn storm_connect_per_s(&self) -> Option<f64> {
@@ -836,6 +897,24 @@ impl Measured {
                 self.deliveries_per_s()
             );
             println!("latency        {}", latency_text(&self.latency(&WINDOWS)));
+            if let Some((_, seen)) = &self.stops {
+                println!(
+                    "core stops     CPU {} (a thread sleeping 1 ms at a time there) stopped {} times for over {} ms while measured: worst {:.1} ms, {:.0} ms in all",
+                    seen.cpu,
+                    seen.count,
+                    stops::STOP_MIN.as_millis(),
+                    seen.worst.as_secs_f64() * 1e3,
+                    seen.total.as_secs_f64() * 1e3
+                );
+            }
+            if let Some((kept, share)) = self.untouched(None) {
+                println!(
+                    "  untouched    sent in the {} ms spans no stop touched ({:.1} % of deliveries): {}",
+                    stops::SLOT.as_millis(),
+                    share * 100.0,
+                    latency_text(&kept)
+                );
+            }
             if let Some(s) = &self.storm {
                 println!(
                     "storm          {} connections after {:.1} s: {} synced in {:.2} s ({:.0} connections/s), {} failed, {} closed by the server later",
@@ -849,6 +928,14 @@ impl Measured {
                 );
                 for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_NAMES) {
                     println!("  sent {when:<13}{}", latency_text(&self.latency(&[*w])));
+                }
+                if let Some((kept, share)) = self.storm_span().and_then(|s| self.untouched(Some(s)))
+                {
+                    println!(
+                        "  during storm, untouched spans ({:.1} % of all deliveries): {}",
+                        share * 100.0,
+                        latency_text(&kept)
+                    );
                 }
             }
             if let (Some((end_min, end_mean)), Some((drained_min, drained_mean))) = (
@@ -966,6 +1053,23 @@ impl Measured {
             "rss_per_connection_bytes": self.rss_per_connection_bytes().map(f64::round),
             "failures": self.failures(),
         });
+        if let Some((_, seen)) = &self.stops {
+            let fields = report.as_object_mut().expect("an object");
+            fields.insert(
+                "core_stops".into(),
+                serde_json::json!({
+                    "cpu": seen.cpu,
+                    "count": seen.count,
+                    "worst_ms": seen.worst.as_secs_f64() * 1e3,
+                    "total_ms": seen.total.as_secs_f64() * 1e3,
+                }),
+            );
+            if let Some((kept, share)) = self.untouched(None) {
+                let mut untouched = latency_json(&kept);
+                untouched["share"] = share.into();
+                fields.insert("latency_untouched_us".into(), untouched);
+            }
+        }
         if let Some(s) = &self.storm {
             let fields = report.as_object_mut().expect("an object");
             fields.insert(
@@ -984,6 +1088,11 @@ impl Measured {
             );
             for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_KEYS) {
                 fields.insert(when.into(), latency_json(&self.latency(&[*w])));
+            }
+            if let Some((kept, share)) = self.storm_span().and_then(|s| self.untouched(Some(s))) {
+                let mut untouched = latency_json(&kept);
+                untouched["share"] = share.into();
+                fields.insert("latency_during_storm_untouched_us".into(), untouched);
             }
         }
         report.to_string()

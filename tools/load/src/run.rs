@@ -10,6 +10,7 @@
 //! keeps that cost out of the server's CPU seconds.
 
 use crate::peer::{Editing, Framing, Incoming, Peer};
+use crate::stops::BySlot;
 use crate::ws_client::{self, parse_server_frame};
 use hdrhistogram::Histogram;
 use socket2::Socket;
@@ -115,6 +116,9 @@ pub struct Plan {
     /// SCHED_IDLE on the same core, runs only while the live clients have nothing to do, and the
     /// live latency measured is the server's, not the two threads taking turns.
     pub live_wait_ms: i32,
+    /// Also keep latencies by the span they were sent in (`stops::BySlot`), for a run that
+    /// probes the server's core for stops.
+    pub by_slot: bool,
 }
 
 impl Plan {
@@ -172,6 +176,8 @@ pub struct Control {
     /// When the storm's first handshake started, and when its last one ended.
     pub storm_started: OnceLock<Instant>,
     pub storm_finished: OnceLock<Instant>,
+    /// Set before `go`: where the spans of `stops::BySlot` are counted from.
+    pub epoch: OnceLock<Instant>,
 }
 
 impl Control {
@@ -202,6 +208,8 @@ pub struct ThreadReport {
     pub dropped: u64,
     /// Delivery latencies by the send's `Window`.
     pub latency_us: [Histogram<u64>; 3],
+    /// And by the span they were sent in, if the plan asks (`Plan::by_slot`).
+    pub by_slot: Option<BySlot>,
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
     /// Time spent handling events while measuring (the rest was polling for them).
@@ -226,6 +234,8 @@ pub struct StormReport {
     pub failed: u64,
     /// Storm connections the server closed after they synced.
     pub dropped: u64,
+    /// When the first handshake started.
+    pub started: Instant,
     /// From the first handshake to the last one's end (synced or failed).
     pub elapsed: Duration,
     pub first_error: Option<String>,
@@ -276,6 +286,7 @@ struct Thread {
     dropped: u64,
     skipped: u64,
     latency_us: [Histogram<u64>; 3],
+    by_slot: Option<BySlot>,
     last_delivery: Option<Instant>,
     busy: Duration,
 }
@@ -319,6 +330,7 @@ pub fn storm_main(plan: Arc<Plan>, control: Arc<Control>, warmup: Duration) -> S
         connected: t.synced,
         failed: t.failed,
         dropped: t.dropped,
+        started,
         elapsed: finished - started,
         first_error: t.first_error.clone(),
     };
@@ -371,6 +383,7 @@ impl Thread {
             skipped: 0,
             latency_us: WINDOWS
                 .map(|_| Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds")),
+            by_slot: None,
             last_delivery: None,
             busy: Duration::ZERO,
         };
@@ -432,6 +445,10 @@ impl Thread {
         if self.plan.rate_per_client > 0.0 {
             let start = Instant::now();
             first_send = Some(start);
+            if self.plan.by_slot {
+                let epoch = *control.epoch.get().expect("the epoch is set before go");
+                self.by_slot = Some(BySlot::new(epoch, LATENCY_US_MAX));
+            }
             self.measuring = true;
             self.send_updates(start);
             received_at_send_end = self.received_shares();
@@ -464,6 +481,7 @@ impl Thread {
             echoes: self.echoes,
             dropped: self.dropped,
             latency_us: self.latency_us.clone(),
+            by_slot: self.by_slot.take(),
             first_send,
             last_delivery: self.last_delivery,
             busy: self.busy,
@@ -866,6 +884,9 @@ impl Thread {
                         let us = now.duration_since(sent).as_micros() as u64;
                         let window = self.control.window(sent) as usize;
                         self.latency_us[window].saturating_record(us.max(1));
+                        if let Some(by_slot) = &mut self.by_slot {
+                            by_slot.record(sent, us);
+                        }
                     }
                 }
             }
@@ -1015,6 +1036,7 @@ mod tests {
             framing: Framing::YWebsocket,
             tokens: vec!["a".into(), "b".into()],
             live_wait_ms: 0,
+            by_slot: false,
         };
         let paths: Vec<String> = (0..3).map(|doc| plan.path(doc)).collect();
         assert_eq!(paths, ["/s-0?token=a", "/s-1?token=b", "/s-2?token=a"]);
