@@ -183,6 +183,36 @@ fn the_echo_route_is_off_by_default_and_echoes_when_enabled() {
     assert_eq!(ws.read().unwrap(), Message::Binary(big.into()));
 }
 
+/// The head is read through the shard's scratch buffer a piece at a time: one cut anywhere
+/// (even inside the blank line that ends it) is joined up, and a frame sent in the same
+/// write as the head's end is the session's first.
+#[test]
+fn a_head_in_pieces_and_a_frame_right_behind_it() {
+    let server = Server::start_with("", &["--echo-path", "/echo"]);
+    let head = b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    // A masked text frame "hi" (mask 1 2 3 4).
+    let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    for cut in [5, 40, head.len() - 3, head.len() - 1] {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(&head[..cut]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut rest = head[cut..].to_vec();
+        rest.extend_from_slice(&frame);
+        s.write_all(&rest).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        // The 101 and the echoed frame ("hi", unmasked from the server).
+        while !got.ends_with(&[0x81, 2, b'h', b'i']) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(status(&String::from_utf8_lossy(&got)), 101, "cut at {cut}");
+    }
+}
+
 #[test]
 fn protocol_errors_close_with_rfc_codes() {
     let server = Server::start_with(

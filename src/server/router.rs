@@ -154,7 +154,7 @@ async fn admit(shard: Rc<Shard>, stream: SharedStream, peer: IpAddr) -> Option<A
         return None;
     }
     let limit = shard.config().http.head_bytes_max;
-    let head = match within(deadline, read_head(&stream, limit)).await {
+    let head = match within(deadline, read_head(&shard, &stream, limit)).await {
         None => {
             refuse_http(&shard, &stream, &Refusal::RequestTimeout).await;
             return None;
@@ -232,7 +232,15 @@ enum HeadError {
     Http(HttpError),
 }
 
-async fn read_head(stream: &SharedStream, limit: usize) -> Result<Vec<u8>, HeadError> {
+/// Reads until a whole request head is in, through the shard's scratch buffer: the head
+/// kept is only as large as what arrived (a few hundred bytes), where a buffer of
+/// `head_bytes_max` held by each admission in flight left that much of the heap in holes
+/// after a storm (about 150 bytes per connection at 19,000, BENCHMARKS.md).
+async fn read_head(
+    shard: &Shard,
+    stream: &SharedStream,
+    limit: usize,
+) -> Result<Vec<u8>, HeadError> {
     let mut buf = Vec::new();
     loop {
         match parse_request(&buf, limit) {
@@ -240,15 +248,16 @@ async fn read_head(stream: &SharedStream, limit: usize) -> Result<Vec<u8>, HeadE
             Ok(None) => {}
             Err(e) => return Err(HeadError::Http(e)),
         }
-        let start = buf.len();
-        buf.resize(limit.max(start + 1), 0);
-        let n = socket::read(stream, &mut buf[start..])
+        // Up to the limit, as before: what follows the head is the client's first frames.
+        let room = limit.saturating_sub(buf.len()).max(1);
+        let n = socket::read_with(stream, &shard.scratch, room)
             .await
             .map_err(|_| HeadError::Io)?;
-        buf.truncate(start + n);
         if n == 0 {
             return Err(HeadError::Io);
         }
+        // Taken before anything else can run on this shard and use the scratch buffer.
+        buf.extend_from_slice(&shard.scratch.borrow()[..n]);
     }
 }
 

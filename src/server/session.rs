@@ -70,7 +70,9 @@ pub fn run(
                 async {
                     std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
                     if pending.is_empty() {
-                        return Step::Read(socket::read_with(&stream, &shard.scratch).await);
+                        return Step::Read(
+                            socket::read_with(&stream, &shard.scratch, SCRATCH_BYTES).await,
+                        );
                     }
                     let start = pending.len();
                     let want = frames.next_read_len(&pending);

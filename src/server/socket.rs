@@ -22,15 +22,18 @@ pub type SharedStream = Rc<Stream>;
 /// Frames gathered into one `sendmsg`.
 const BATCH_FRAMES_MAX: usize = 64;
 
-/// Reads into `buf`, which is only borrowed while the read is polled: callers pass a shared
-/// scratch buffer through `with_buf`.
-pub async fn read_with<B>(stream: &Stream, buf: &RefCell<B>) -> io::Result<usize>
+/// Reads at most `bytes_max` bytes into the start of `buf`, which is only borrowed while
+/// the read is polled: callers pass the shard's shared scratch buffer and take what they
+/// need from it before they next await.
+pub async fn read_with<B>(stream: &Stream, buf: &RefCell<B>, bytes_max: usize) -> io::Result<usize>
 where
     B: AsMut<[u8]>,
 {
     poll_fn(|cx| {
         let mut buf = buf.borrow_mut();
-        Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf.as_mut())
+        let buf = buf.as_mut();
+        let len = bytes_max.min(buf.len());
+        Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[..len])
     })
     .await
 }
