@@ -235,7 +235,8 @@ enum HeadError {
 /// Reads until a whole request head is in, through the shard's scratch buffer: the head
 /// kept is only as large as what arrived (a few hundred bytes), where a buffer of
 /// `head_bytes_max` held by each admission in flight left that much of the heap in holes
-/// after a storm (about 150 bytes per connection at 19,000, BENCHMARKS.md).
+/// after a storm (free chunks of 184 bytes per connection at 19,000, 111 since:
+/// BENCHMARKS.md).
 async fn read_head(
     shard: &Shard,
     stream: &SharedStream,

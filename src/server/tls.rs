@@ -13,7 +13,7 @@
 //! that does not read stops the encrypting task, whose pair fills, so the session's outbox
 //! grows and cuts it off as it would any slow client.
 
-use super::shard::Shard;
+use super::shard::{Shard, SCRATCH_BYTES};
 use super::socket::{self, Stream};
 use super::stats;
 use crate::refusal::Refusal;
@@ -295,7 +295,7 @@ async fn decrypt(
             if !plain.is_empty() {
                 socket::write_all(&pair, &plain).await?;
             }
-            let n = socket::read_with(&tcp, &shard.scratch, super::shard::SCRATCH_BYTES).await?;
+            let n = socket::read_with(&tcp, &shard.scratch, SCRATCH_BYTES).await?;
             if n == 0 {
                 return Ok(());
             }
@@ -369,7 +369,7 @@ async fn encrypt(
     let mut out = Vec::new();
     let _ = async {
         loop {
-            let n = socket::read_with(&pair, &shard.scratch, super::shard::SCRATCH_BYTES).await?;
+            let n = socket::read_with(&pair, &shard.scratch, SCRATCH_BYTES).await?;
             if n == 0 {
                 conn.borrow_mut().send_close_notify();
                 return send_within(&tcp, &conn, &mut out, closing).await;

@@ -65,13 +65,13 @@ pub fn measure(frame_bytes: usize, sends: usize, shape: Shape, via: Via) -> io::
     let total_bytes = frame_bytes * sends;
     let (sender_cpu, reader_cpu) = cpus();
     let reader = std::thread::spawn(move || {
-        pin(reader_cpu);
+        pin(reader_cpu)?;
         read_all(receivers, total_bytes)
     });
     // The sends run where a server would: on a core the generator was not given (compare.sh
     // gives it one, the server the other), while the reader polls on the generator's.
     let sending = std::thread::spawn(move || {
-        pin(sender_cpu);
+        pin(sender_cpu)?;
         send_all(&senders, frame_bytes, sends, shape, via)
     });
     let send_us = sending.join().expect("sender thread")?;
@@ -167,13 +167,18 @@ fn cpus() -> (usize, usize) {
     (sender, reader)
 }
 
-/// Pins the calling thread to `cpu`; false if the kernel refused (errno says why).
-pub fn pin(cpu: usize) -> bool {
+/// Pins the calling thread to `cpu`.
+pub fn pin(cpu: usize) -> io::Result<()> {
     // SAFETY: an empty set with one CPU added, for this thread.
-    unsafe {
+    let pinned = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0
+    };
+    if pinned {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -88,11 +88,14 @@ OPTIONS (defaults are fanout's and storm's; prepend's where they differ):
     --label NAME             name of this run in the JSON line (default run)
     --floor-sends N          sends the floor is measured with, before a run that sends
                              (default 50000; 0: none)
-    --probe-cpu N            a thread sleeping 1 ms at a time on CPU N (the server's)
-                             reports each time it woke over 2 ms late: the machine stopped
-                             everything on that core (the hypervisor, another process);
-                             the run then also gives the latency of the updates sent in
-                             the 100 ms spans no such stop touched (default: no probe)
+    --probe-cpu N            a thread sleeping 1 ms at a time on CPU N (the server's),
+                             and one on the generator's CPU if it is pinned to another,
+                             report each time they woke over 2 ms late for a reason other
+                             than the server or the generator (their CPU time in the gap
+                             is taken out; the server's needs --server-pid): something
+                             else held that core (the hypervisor, another process); the
+                             run then also gives the latency of the updates sent in the
+                             100 ms spans no such stop touched (default: no probe)
     --json                   print one JSON line instead of the report
 
 STORM OPTIONS:
@@ -553,8 +556,9 @@ struct Measured {
     server_cpu_s: Option<f64>,
     wall: Duration,
     floor: Option<floor::Floor>,
-    /// What the probe of the server's core saw (`--probe-cpu`), and when sending began.
-    stops: Option<(Instant, stops::Stops)>,
+    /// What the probes of the server's and the generator's cores saw (`--probe-cpu`), and
+    /// when sending began.
+    stops: Option<(Instant, Vec<stops::Stops>)>,
 }
 
 /// How often the server's RSS is read while clients send.
@@ -630,7 +634,19 @@ fn coordinate(
     std::thread::sleep(Duration::from_millis(500));
     let rss_connected_kib = rss(pid)?;
     let cpu_start = cpu(pid)?;
-    let probe = probe_cpu.map(stops::Probe::start);
+    // The server's core, and the generator's if it is pinned to another one: a stop of
+    // either delays what the generator measures.
+    let probed = probe_cpu.map_or(Vec::new(), |server_cpu| {
+        let mut cores = vec![(server_cpu, stops::Owner::Server(pid))];
+        if let Some(own) = stops::own_cpu().filter(|&own| own != server_cpu) {
+            cores.push((own, stops::Owner::Generator));
+        }
+        cores
+    });
+    let probes = probed
+        .into_iter()
+        .map(|(cpu, owner)| stops::Probe::start(cpu, owner))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     let mut sampler = RssSampler {
         pid,
@@ -646,7 +662,10 @@ fn coordinate(
         &mut sampler,
     )?;
     let wall = start.elapsed();
-    let stops = probe.map(stops::Probe::finish).transpose()?;
+    let stops = probes
+        .into_iter()
+        .map(stops::Probe::finish)
+        .collect::<Result<Vec<_>, _>>()?;
     let cpu_end = cpu(pid)?;
     let rss_end_kib = rss(pid)?;
     std::thread::sleep(hold);
@@ -671,7 +690,7 @@ fn coordinate(
         server_cpu_s: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
         wall,
         floor: None,
-        stops: stops.map(|s| (start, s)),
+        stops: (!stops.is_empty()).then_some((start, stops)),
     })
 }
 
@@ -696,18 +715,23 @@ impl Measured {
         all
     }
 
-    /// With a probe of the server's core: the latencies of updates sent in the spans no stop
-    /// of that core touched, and their share of all deliveries; only spans wholly inside
-    /// `within` (the storm) if given.
+    /// With probes of the cores: the latencies of updates sent in the spans no stop of either
+    /// core touched, and their share of all deliveries; only spans wholly inside `within`
+    /// (the storm) if given.
     fn untouched(&self, within: Option<(Instant, Instant)>) -> Option<(Histogram<u64>, f64)> {
-        let (epoch, seen) = self.stops.as_ref()?;
+        let (epoch, seen) = self
+            .stops
+            .as_ref()
+            .filter(|(_, seen)| seen.iter().all(stops::Stops::complete))?;
+        let all_stops: Vec<stops::Stop> =
+            seen.iter().flat_map(|s| s.stops.iter().copied()).collect();
         let by_slot: Vec<&stops::BySlot> = self
             .reports
             .iter()
             .filter_map(|r| r.by_slot.as_ref())
             .collect();
         let slots = by_slot.iter().map(|b| b.len()).max()?;
-        let keep: Vec<bool> = stops::touched(&seen.stops, *epoch, slots)
+        let keep: Vec<bool> = stops::touched(&all_stops, *epoch, slots)
             .into_iter()
             .enumerate()
             .map(|(slot, touched)| {
@@ -897,15 +921,27 @@ impl Measured {
                 self.deliveries_per_s()
             );
             println!("latency        {}", latency_text(&self.latency(&WINDOWS)));
-            if let Some((_, seen)) = &self.stops {
+            for seen in self.stops.iter().flat_map(|(_, seen)| seen) {
                 println!(
-                    "core stops     CPU {} (a thread sleeping 1 ms at a time there) stopped {} times for over {} ms while measured: worst {:.1} ms, {:.0} ms in all",
+                    "core stops     CPU {} ({}): a thread sleeping 1 ms at a time there was held off it by something else {} times for over {} ms while measured{}: worst {:.1} ms, {:.0} ms in all",
                     seen.cpu,
+                    seen.owner.name(),
                     seen.count,
                     stops::STOP_MIN.as_millis(),
+                    if seen.owner_subtracted {
+                        ""
+                    } else {
+                        " (no --server-pid: the server's own use counted too)"
+                    },
                     seen.worst.as_secs_f64() * 1e3,
                     seen.total.as_secs_f64() * 1e3
                 );
+                if !seen.complete() {
+                    println!(
+                        "  untouched    not told apart: more stops than the {} kept",
+                        seen.stops.len()
+                    );
+                }
             }
             if let Some((kept, share)) = self.untouched(None) {
                 println!(
@@ -1055,20 +1091,22 @@ impl Measured {
         });
         if let Some((_, seen)) = &self.stops {
             let fields = report.as_object_mut().expect("an object");
-            fields.insert(
-                "core_stops".into(),
-                serde_json::json!({
-                    "cpu": seen.cpu,
-                    "count": seen.count,
-                    "worst_ms": seen.worst.as_secs_f64() * 1e3,
-                    "total_ms": seen.total.as_secs_f64() * 1e3,
-                }),
-            );
-            if let Some((kept, share)) = self.untouched(None) {
-                let mut untouched = latency_json(&kept);
-                untouched["share"] = share.into();
-                fields.insert("latency_untouched_us".into(), untouched);
-            }
+            let cores: Vec<serde_json::Value> = seen
+                .iter()
+                .map(|seen| {
+                    serde_json::json!({
+                        "cpu": seen.cpu,
+                        "owner": seen.owner.name(),
+                        "owner_subtracted": seen.owner_subtracted,
+                        "count": seen.count,
+                        "complete": seen.complete(),
+                        "worst_ms": seen.worst.as_secs_f64() * 1e3,
+                        "total_ms": seen.total.as_secs_f64() * 1e3,
+                    })
+                })
+                .collect();
+            fields.insert("core_stops".into(), cores.into());
+            insert_untouched(fields, "untouched", self.untouched(None));
         }
         if let Some(s) = &self.storm {
             let fields = report.as_object_mut().expect("an object");
@@ -1089,11 +1127,11 @@ impl Measured {
             for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_KEYS) {
                 fields.insert(when.into(), latency_json(&self.latency(&[*w])));
             }
-            if let Some((kept, share)) = self.storm_span().and_then(|s| self.untouched(Some(s))) {
-                let mut untouched = latency_json(&kept);
-                untouched["share"] = share.into();
-                fields.insert("latency_during_storm_untouched_us".into(), untouched);
-            }
+            insert_untouched(
+                fields,
+                "during_storm_untouched",
+                self.storm_span().and_then(|s| self.untouched(Some(s))),
+            );
         }
         report.to_string()
     }
@@ -1116,6 +1154,18 @@ fn latency_text(h: &Histogram<u64>) -> String {
         h.value_at_quantile(0.999),
         h.max()
     )
+}
+
+/// `latency_{key}_us` and the share of all deliveries they are, `{key}_deliveries_share`.
+fn insert_untouched(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    untouched: Option<(Histogram<u64>, f64)>,
+) {
+    if let Some((kept, share)) = untouched {
+        fields.insert(format!("latency_{key}_us"), latency_json(&kept));
+        fields.insert(format!("{key}_deliveries_share"), share.into());
+    }
 }
 
 fn latency_json(h: &Histogram<u64>) -> serde_json::Value {

@@ -1,9 +1,13 @@
-//! The machine's stops: a thread that sleeps 1 ms at a time on the server's core and notes
-//! each time it woke more than `STOP_MIN` late. Whatever took the core then (the hypervisor,
-//! another process, the kernel) stopped the server too, whichever server it is; a run's
-//! latency tail can then be read against what the machine itself did. Deliveries are also
-//! grouped by when they were sent, in `SLOT`s, so a run can report the latency of the spans
-//! no stop touched beside the one of them all.
+//! The cores' stops: a thread that sleeps 1 ms at a time on the server's core (and one on
+//! the generator's) notes each time it woke more than `STOP_MIN` late for a reason other
+//! than the process that core is given to. It runs at that process's priority, so whatever
+//! holds it off (the hypervisor, the kernel, another process: on this project's VM its own
+//! agent at nice -10) holds that process off too; the process's own CPU time in each gap,
+//! read from its CPU clock, is taken out of the lateness, so a busy server does not count as
+//! a stop of itself. (A real-time probe was tried: it preempts those other processes and saw
+//! none of what held the server.) Deliveries are also grouped by when they were sent, in
+//! `SLOT`s, so a run can report the latency of the spans no stop touched beside that of
+//! them all.
 
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +19,17 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(1);
 /// A wake-up later than this is a stop (the probe's own wake-up costs tens of microseconds).
 pub const STOP_MIN: Duration = Duration::from_millis(2);
-/// Stops kept; a machine stopping more often than this in one run is reported by the count.
+/// Stops kept; past this the spans cannot be told apart and the run says so.
 const STOPS_MAX: usize = 100_000;
 /// Deliveries are grouped by their send time in spans this long.
 pub const SLOT: Duration = Duration::from_millis(100);
-/// Spans kept (an hour of sending); updates sent later are left out of the grouping only.
-pub const SLOTS_MAX: usize = 36_000;
+/// Spans kept: 5 minutes of sending. A span's histogram (two significant figures up to
+/// the generator's latency bound) is about 20 KiB, so at most about 60 MiB per generator
+/// thread; updates sent later are left out of the grouping only.
+const SLOTS_MAX: usize = 3_000;
 /// A stop is taken to delay what was sent this long before it (still in flight at its
-/// start) and after it (queued behind what it held back).
+/// start) and after it (queued behind what it held back): latencies above it mean the
+/// server is behind, and then no span is untouched in any useful sense.
 const MARGIN: Duration = Duration::from_millis(10);
 
 /// A span in which the probe did not run.
@@ -35,12 +42,62 @@ pub struct Stop {
 pub struct Probe {
     cpu: usize,
     done: Arc<AtomicBool>,
-    handle: JoinHandle<Result<Stops, String>>,
+    handle: JoinHandle<Stops>,
 }
 
-/// What the probe saw.
+/// Whose core a probe watches: that process's own CPU time is not a stop.
+#[derive(Clone, Copy)]
+pub enum Owner {
+    /// The server, by pid; `None`: not known, so its use of the core counts as stops.
+    Server(Option<u32>),
+    /// This process (the generator's threads; the probes' own time is a few microseconds).
+    Generator,
+}
+
+impl Owner {
+    pub fn name(self) -> &'static str {
+        match self {
+            Owner::Server(_) => "the server's",
+            Owner::Generator => "the generator's",
+        }
+    }
+
+    /// The CPU clock to take out of each gap, if there is one.
+    fn clock(self) -> Result<Option<libc::clockid_t>, String> {
+        match self {
+            Owner::Server(None) => Ok(None),
+            Owner::Server(Some(pid)) => cpu_clock(pid).map(Some),
+            Owner::Generator => Ok(Some(libc::CLOCK_PROCESS_CPUTIME_ID)),
+        }
+    }
+}
+
+/// The one CPU this process is allowed on, if it is pinned to one (`taskset -c 1`).
+pub fn own_cpu() -> Option<usize> {
+    // SAFETY: reads this process's affinity into a zeroed set that outlives the call.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
+            return None;
+        }
+        set
+    };
+    // SAFETY: CPU_ISSET reads the set for a CPU number below its size.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    match cpus[..] {
+        [one] => Some(one),
+        _ => None,
+    }
+}
+
+/// What a probe saw.
 pub struct Stops {
     pub cpu: usize,
+    pub owner: Owner,
+    /// Whether the owner's CPU time was taken out (without the server's pid it is not).
+    pub owner_subtracted: bool,
     /// The first `STOPS_MAX` stops, in order.
     pub stops: Vec<Stop>,
     /// Every stop, kept or not.
@@ -49,42 +106,99 @@ pub struct Stops {
     pub worst: Duration,
 }
 
+impl Stops {
+    fn new(cpu: usize, owner: Owner, owner_subtracted: bool) -> Stops {
+        Stops {
+            cpu,
+            owner,
+            owner_subtracted,
+            stops: Vec::new(),
+            count: 0,
+            total: Duration::ZERO,
+            worst: Duration::ZERO,
+        }
+    }
+
+    /// Whether every stop is in `stops` (so the spans they touched are known).
+    pub fn complete(&self) -> bool {
+        self.count == self.stops.len() as u64
+    }
+}
+
 impl Probe {
-    /// Starts the probe on `cpu` (its thread pinned there).
-    pub fn start(cpu: usize) -> Probe {
+    /// Starts a probe on `cpu` (its thread pinned there), taking `owner`'s CPU time out of
+    /// each gap.
+    pub fn start(cpu: usize, owner: Owner) -> Result<Probe, String> {
+        let clock = owner.clock()?;
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
-        let handle = std::thread::spawn(move || watch(cpu, &flag));
-        Probe { cpu, done, handle }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let pinned = crate::floor::pin(cpu);
+            let failed = pinned.is_err();
+            let _ = ready_tx.send(pinned);
+            let seen = Stops::new(cpu, owner, clock.is_some());
+            if failed {
+                return seen;
+            }
+            watch(seen, clock, &flag)
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Probe { cpu, done, handle }),
+            Ok(Err(e)) => Err(format!(
+                "--probe-cpu {cpu}: cannot run a thread there ({e})"
+            )),
+            Err(_) => Err(format!(
+                "--probe-cpu {cpu}: the probe thread ended at its start"
+            )),
+        }
     }
 
     pub fn finish(self) -> Result<Stops, String> {
         self.done.store(true, Ordering::SeqCst);
         self.handle
             .join()
-            .map_err(|_| format!("the stop probe on CPU {} panicked", self.cpu))?
+            .map_err(|_| format!("the stop probe on CPU {} panicked", self.cpu))
     }
 }
 
-fn watch(cpu: usize, done: &AtomicBool) -> Result<Stops, String> {
-    if !crate::floor::pin(cpu) {
-        return Err(format!(
-            "--probe-cpu {cpu}: cannot run a thread there ({})",
-            std::io::Error::last_os_error()
-        ));
+/// The CPU clock of process `pid` (all its threads' CPU time, to the nanosecond).
+fn cpu_clock(pid: u32) -> Result<libc::clockid_t, String> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes the clock id into `clock`, which outlives the call.
+    match unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } {
+        0 => Ok(clock),
+        e => Err(format!(
+            "--probe-cpu: no CPU clock for the server (pid {pid}): {}",
+            std::io::Error::from_raw_os_error(e)
+        )),
     }
-    let mut seen = Stops {
-        cpu,
-        stops: Vec::new(),
-        count: 0,
-        total: Duration::ZERO,
-        worst: Duration::ZERO,
+}
+
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
+    // SAFETY: writes into `ts`, which outlives the call; a failure (the server gone) reads 0.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+fn watch(mut seen: Stops, owner: Option<libc::clockid_t>, done: &AtomicBool) -> Stops {
+    let owner_time = || owner.map_or(Duration::ZERO, cpu_time);
     while !done.load(Ordering::Relaxed) {
-        let asleep = Instant::now();
+        let (asleep, owner_before) = (Instant::now(), owner_time());
         std::thread::sleep(TICK);
-        let woke = Instant::now();
-        let late = woke.duration_since(asleep).saturating_sub(TICK);
+        let (woke, owner_after) = (Instant::now(), owner_time());
+        // Time past the tick that the owner did not spend either: someone else had the core.
+        let late = woke
+            .duration_since(asleep)
+            .saturating_sub(TICK)
+            .saturating_sub(owner_after.saturating_sub(owner_before));
         if late > STOP_MIN {
             seen.count += 1;
             seen.total += late;
@@ -97,18 +211,21 @@ fn watch(cpu: usize, done: &AtomicBool) -> Result<Stops, String> {
             }
         }
     }
-    Ok(seen)
+    seen
+}
+
+/// The span of `SLOT` from `epoch` that `at` falls in (0 for a moment before `epoch`).
+fn slot_of(epoch: Instant, at: Instant) -> usize {
+    (at.saturating_duration_since(epoch).as_nanos() / SLOT.as_nanos()) as usize
 }
 
 /// Which of `slots` spans of `SLOT` from `epoch` a stop touched: those holding any moment
 /// from `MARGIN` before a stop to `MARGIN` after it.
 pub fn touched(stops: &[Stop], epoch: Instant, slots: usize) -> Vec<bool> {
     let mut touched = vec![false; slots];
-    let slot_of =
-        |at: Instant| (at.saturating_duration_since(epoch).as_nanos() / SLOT.as_nanos()) as usize;
     for stop in stops {
-        let first = slot_of(stop.start.checked_sub(MARGIN).unwrap_or(stop.start));
-        let last = slot_of(stop.end + MARGIN);
+        let first = slot_of(epoch, stop.start.checked_sub(MARGIN).unwrap_or(stop.start));
+        let last = slot_of(epoch, stop.end + MARGIN);
         for t in touched.iter_mut().take(last.saturating_add(1)).skip(first) {
             *t = true;
         }
@@ -117,6 +234,7 @@ pub fn touched(stops: &[Stop], epoch: Instant, slots: usize) -> Vec<bool> {
 }
 
 /// Latencies of updates by the `SLOT` they were sent in, made as they are first needed.
+/// Two significant figures (the run's overall histogram has three), to keep each small.
 pub struct BySlot {
     epoch: Instant,
     slots: Vec<Option<Histogram<u64>>>,
@@ -133,8 +251,7 @@ impl BySlot {
     }
 
     pub fn record(&mut self, sent: Instant, us: u64) {
-        let slot =
-            (sent.saturating_duration_since(self.epoch).as_nanos() / SLOT.as_nanos()) as usize;
+        let slot = slot_of(self.epoch, sent);
         if slot >= SLOTS_MAX {
             return;
         }
@@ -143,10 +260,7 @@ impl BySlot {
         }
         let max = self.latency_us_max;
         self.slots[slot]
-            .get_or_insert_with(|| {
-                // Two significant figures: one histogram per 100 ms of sending.
-                Histogram::new_with_bounds(1, max, 2).expect("valid bounds")
-            })
+            .get_or_insert_with(|| slot_histogram(max))
             .saturating_record(us.max(1));
     }
 
@@ -154,7 +268,7 @@ impl BySlot {
         self.slots.len()
     }
 
-    /// Adds the spans `keep` says to `into`.
+    /// Adds the spans `keep` says to `into` (spans past its end are kept).
     pub fn add_to(&self, into: &mut Histogram<u64>, keep: &[bool]) {
         for (slot, h) in self.slots.iter().enumerate() {
             if let Some(h) = h
@@ -167,8 +281,12 @@ impl BySlot {
     }
 
     pub fn empty_like(&self) -> Histogram<u64> {
-        Histogram::new_with_bounds(1, self.latency_us_max, 2).expect("valid bounds")
+        slot_histogram(self.latency_us_max)
     }
+}
+
+fn slot_histogram(latency_us_max: u64) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, latency_us_max, 2).expect("valid bounds")
 }
 
 #[cfg(test)]
