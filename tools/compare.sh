@@ -34,7 +34,7 @@
 #              do not apply), generator on core 1: whether a server relays a hot
 #              document's updates as fast as they come (the share of the others' updates
 #              each writer had when sending ended), and its memory (RSS every 100 ms);
-#              core 0 probed as in light
+#              both cores probed as in light
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -281,7 +281,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 head = ["load", "server", "docs x clients", "rate/s", "deliveries", "deliv/s", "server CPU s",
         "deliv/CPU-s", "p50 ms", "p99 ms", "p99.9 ms", "untouched p99 / p99.9 ms (share)",
-        "stops > 2 ms of core 0, core 1 (worst ms)", "received min % (send end / drained)",
+        "core: stops > 2 ms (worst ms)", "received min % (send end / drained)",
         "RSS MiB connected / max", "result"]
 def ms(us): return "-" if us is None else f"{us / 1000:.2f}"
 def pct(share): return "-" if share is None else f"{100 * share:.0f}"
@@ -290,7 +290,7 @@ def untouched(r):
     return "-" if u is None else f'{ms(u["p99"])} / {ms(u["p999"])} ({pct(r["untouched_deliveries_share"])} %)'
 def stops(r):
     cores = r.get("core_stops")
-    return "-" if cores is None else ", ".join(f'{c["count"]} ({c["worst_ms"]:.1f})' for c in cores)
+    return "-" if cores is None else ", ".join(f'{c["cpu"]}: {c["count"]} ({c["worst_ms"]:.1f})' for c in cores)
 def result(r):
     if not r["failures"]:
         return "OK"

@@ -742,12 +742,11 @@ impl Measured {
             })
             .collect();
         let mut kept = by_slot[0].empty_like();
-        let mut all = by_slot[0].empty_like();
         for b in &by_slot {
             b.add_to(&mut kept, &keep);
-            b.add_to(&mut all, &[]);
         }
-        let share = kept.len() as f64 / all.len().max(1) as f64;
+        // Of every delivery, those sent past the spans kept (`stops::SLOTS_MAX`) too.
+        let share = kept.len() as f64 / self.latency(&WINDOWS).len().max(1) as f64;
         Some((kept, share))
     }
 
@@ -923,7 +922,7 @@ impl Measured {
             println!("latency        {}", latency_text(&self.latency(&WINDOWS)));
             for seen in self.stops.iter().flat_map(|(_, seen)| seen) {
                 println!(
-                    "core stops     CPU {} ({}): a thread sleeping 1 ms at a time there was held off it by something else {} times for over {} ms while measured{}: worst {:.1} ms, {:.0} ms in all",
+                    "core stops     CPU {} (the {}'s): a thread sleeping 1 ms at a time there was held off it by something else {} times for over {} ms while measured{}: worst {:.1} ms, {:.0} ms in all",
                     seen.cpu,
                     seen.owner.name(),
                     seen.count,
@@ -936,12 +935,25 @@ impl Measured {
                     seen.worst.as_secs_f64() * 1e3,
                     seen.total.as_secs_f64() * 1e3
                 );
+                if seen.clock_failures > 0 {
+                    println!(
+                        "  clock        the {}'s CPU clock failed {} times (gone?): those gaps count whole",
+                        seen.owner.name(),
+                        seen.clock_failures
+                    );
+                }
                 if !seen.complete() {
                     println!(
                         "  untouched    not told apart: more stops than the {} kept",
                         seen.stops.len()
                     );
                 }
+            }
+            if let Some((_, [server])) = self.stops.as_ref().map(|(e, s)| (e, &s[..])) {
+                println!(
+                    "  generator    not pinned to one other CPU: its own time on CPU {} counts as stops, and its core is not probed",
+                    server.cpu
+                );
             }
             if let Some((kept, share)) = self.untouched(None) {
                 println!(
@@ -1098,6 +1110,7 @@ impl Measured {
                         "cpu": seen.cpu,
                         "owner": seen.owner.name(),
                         "owner_subtracted": seen.owner_subtracted,
+                        "clock_failures": seen.clock_failures,
                         "count": seen.count,
                         "complete": seen.complete(),
                         "worst_ms": seen.worst.as_secs_f64() * 1e3,

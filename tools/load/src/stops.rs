@@ -1,10 +1,10 @@
 //! The cores' stops: a thread that sleeps 1 ms at a time on the server's core (and one on
 //! the generator's) notes each time it woke more than `STOP_MIN` late for a reason other
-//! than the process that core is given to. It runs at that process's priority, so whatever
-//! holds it off (the hypervisor, the kernel, another process: on this project's VM its own
-//! agent at nice -10) holds that process off too; the process's own CPU time in each gap,
-//! read from its CPU clock, is taken out of the lateness, so a busy server does not count as
-//! a stop of itself. (A real-time probe was tried: it preempts those other processes and saw
+//! than the process that core is given to. It runs at normal priority, as the servers
+//! compared do (nice 0 under compare.sh), so whatever holds it off (the hypervisor, the
+//! kernel, another process: on this project's VM its own agent at nice -10) holds that
+//! process off too; the process's own CPU time in each gap, read from its CPU clock, is
+//! taken out of the lateness, so a busy server does not count as a stop of itself. (A real-time probe was tried: it preempts those other processes and saw
 //! none of what held the server.) Deliveries are also grouped by when they were sent, in
 //! `SLOT`s, so a run can report the latency of the spans no stop touched beside that of
 //! them all.
@@ -41,8 +41,10 @@ pub struct Stop {
 
 pub struct Probe {
     cpu: usize,
+    owner: Owner,
     done: Arc<AtomicBool>,
-    handle: JoinHandle<Stops>,
+    /// Taken by `finish`; a probe dropped without it (a later probe failed to start) stops.
+    handle: Option<JoinHandle<Stops>>,
 }
 
 /// Whose core a probe watches: that process's own CPU time is not a stop.
@@ -57,8 +59,8 @@ pub enum Owner {
 impl Owner {
     pub fn name(self) -> &'static str {
         match self {
-            Owner::Server(_) => "the server's",
-            Owner::Generator => "the generator's",
+            Owner::Server(_) => "server",
+            Owner::Generator => "generator",
         }
     }
 
@@ -98,6 +100,9 @@ pub struct Stops {
     pub owner: Owner,
     /// Whether the owner's CPU time was taken out (without the server's pid it is not).
     pub owner_subtracted: bool,
+    /// Readings of the owner's CPU clock that failed (the server gone): those gaps were
+    /// taken whole.
+    pub clock_failures: u64,
     /// The first `STOPS_MAX` stops, in order.
     pub stops: Vec<Stop>,
     /// Every stop, kept or not.
@@ -112,6 +117,7 @@ impl Stops {
             cpu,
             owner,
             owner_subtracted,
+            clock_failures: 0,
             stops: Vec::new(),
             count: 0,
             total: Duration::ZERO,
@@ -135,30 +141,41 @@ impl Probe {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
             let pinned = crate::floor::pin(cpu);
-            let failed = pinned.is_err();
+            let watching = pinned.is_ok();
             let _ = ready_tx.send(pinned);
-            let seen = Stops::new(cpu, owner, clock.is_some());
-            if failed {
-                return seen;
+            let mut seen = Stops::new(cpu, owner, clock.is_some());
+            if watching {
+                watch(&mut seen, clock, &flag);
             }
-            watch(seen, clock, &flag)
+            seen
         });
+        let what = format!("the probe of the {} CPU ({cpu})", owner.name());
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Probe { cpu, done, handle }),
-            Ok(Err(e)) => Err(format!(
-                "--probe-cpu {cpu}: cannot run a thread there ({e})"
-            )),
-            Err(_) => Err(format!(
-                "--probe-cpu {cpu}: the probe thread ended at its start"
-            )),
+            Ok(Ok(())) => Ok(Probe {
+                cpu,
+                owner,
+                done,
+                handle: Some(handle),
+            }),
+            Ok(Err(e)) => Err(format!("--probe-cpu: {what} cannot run there ({e})")),
+            Err(_) => Err(format!("--probe-cpu: {what} ended at its start")),
         }
     }
 
-    pub fn finish(self) -> Result<Stops, String> {
+    pub fn finish(mut self) -> Result<Stops, String> {
         self.done.store(true, Ordering::SeqCst);
+        let (cpu, owner) = (self.cpu, self.owner.name());
         self.handle
+            .take()
+            .expect("finished once")
             .join()
-            .map_err(|_| format!("the stop probe on CPU {} panicked", self.cpu))
+            .map_err(|_| format!("the probe of the {owner} CPU ({cpu}) panicked"))
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
     }
 }
 
@@ -175,43 +192,63 @@ fn cpu_clock(pid: u32) -> Result<libc::clockid_t, String> {
     }
 }
 
-fn cpu_time(clock: libc::clockid_t) -> Duration {
+/// A CPU clock's reading; `None` if it failed (the server gone).
+fn cpu_time(clock: libc::clockid_t) -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: writes into `ts`, which outlives the call; a failure (the server gone) reads 0.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    Duration::new(
+    // SAFETY: writes into `ts`, which outlives the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
         ts.tv_sec.max(0) as u64,
         ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
+    ))
 }
 
-fn watch(mut seen: Stops, owner: Option<libc::clockid_t>, done: &AtomicBool) -> Stops {
-    let owner_time = || owner.map_or(Duration::ZERO, cpu_time);
+fn watch(seen: &mut Stops, owner: Option<libc::clockid_t>, done: &AtomicBool) {
+    // Without a clock nothing is taken out.
+    let owner_time = || owner.map_or(Some(Duration::ZERO), cpu_time);
     while !done.load(Ordering::Relaxed) {
         let (asleep, owner_before) = (Instant::now(), owner_time());
         std::thread::sleep(TICK);
         let (woke, owner_after) = (Instant::now(), owner_time());
-        // Time past the tick that the owner did not spend either: someone else had the core.
-        let late = woke
-            .duration_since(asleep)
-            .saturating_sub(TICK)
-            .saturating_sub(owner_after.saturating_sub(owner_before));
-        if late > STOP_MIN {
+        let owner_ran = match (owner_before, owner_after) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => {
+                seen.clock_failures += 1;
+                Duration::ZERO
+            }
+        };
+        if let Some((late, stop)) = judge(asleep, woke, owner_ran) {
             seen.count += 1;
             seen.total += late;
             seen.worst = seen.worst.max(late);
             if seen.stops.len() < STOPS_MAX {
-                seen.stops.push(Stop {
-                    start: woke - late,
-                    end: woke,
-                });
+                seen.stops.push(stop);
             }
         }
     }
-    seen
+}
+
+/// Whether a sleep of `TICK` from `asleep` to `woke`, while the owner ran `owner_ran`, was a
+/// stop: time past the tick that the owner did not spend either (someone else had the
+/// core; a lower bound, as what the owner ran during the tick itself is taken out too), and
+/// the span it covers: the whole gap, since where in it the core was taken is not known.
+fn judge(asleep: Instant, woke: Instant, owner_ran: Duration) -> Option<(Duration, Stop)> {
+    let late = woke
+        .duration_since(asleep)
+        .saturating_sub(TICK)
+        .saturating_sub(owner_ran);
+    (late > STOP_MIN).then_some((
+        late,
+        Stop {
+            start: asleep,
+            end: woke,
+        },
+    ))
 }
 
 /// The span of `SLOT` from `epoch` that `at` falls in (0 for a moment before `epoch`).
@@ -320,6 +357,20 @@ mod tests {
             [false, false, true, false, false, true, true, false],
             "spans 2, 5 and 6"
         );
+    }
+
+    #[test]
+    fn lateness_the_owner_explains_is_no_stop_and_a_stop_covers_its_whole_gap() {
+        let asleep = Instant::now();
+        let after = |ms: u64| asleep + Duration::from_millis(ms);
+        // 2 ms late, not over the bound.
+        assert!(judge(asleep, after(3), Duration::ZERO).is_none());
+        // 9 ms late with the owner (the server) busy 8 of them: its own doing.
+        assert!(judge(asleep, after(10), Duration::from_millis(8)).is_none());
+        // 29 ms late, the owner 25 ms of it: 4 ms someone else's, somewhere in the gap.
+        let (late, stop) = judge(asleep, after(30), Duration::from_millis(25)).unwrap();
+        assert_eq!(late, Duration::from_millis(4));
+        assert_eq!((stop.start, stop.end), (asleep, after(30)));
     }
 
     #[test]
