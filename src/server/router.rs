@@ -249,8 +249,9 @@ async fn read_head(
             Ok(None) => {}
             Err(e) => return Err(HeadError::Http(e)),
         }
-        // Up to the limit, as before: what follows the head is the client's first frames.
-        let room = limit.saturating_sub(buf.len()).max(1);
+        // Up to the limit (a head that reaches it was refused above): what follows the head
+        // is the client's first frames.
+        let room = limit - buf.len();
         let n = socket::read_with(stream, &shard.scratch, room)
             .await
             .map_err(|_| HeadError::Io)?;

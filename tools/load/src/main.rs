@@ -415,7 +415,6 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         },
         tokens: Vec::new(),
         live_wait_ms: if mode == Mode::Storm { 1 } else { 0 },
-        by_slot: probe_cpu.is_some(),
     };
     if plan.docs == 0 || plan.clients_per_doc == 0 || plan.threads == 0 || plan.sources == 0 {
         return Err("--docs, --clients, --threads and --sources must be at least 1".into());
@@ -511,7 +510,6 @@ fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), S
         framing: Framing::YWebsocket,
         tokens,
         live_wait_ms: 1,
-        by_slot: false,
     };
     Ok((Arc::new(plan), warmup))
 }
@@ -653,7 +651,9 @@ fn coordinate(
         max_kib: rss_connected_kib,
         next: start,
     };
-    control.epoch.set(start).expect("set once");
+    if !probes.is_empty() {
+        control.epoch.set(start).expect("set once");
+    }
     control.go.store(true, Ordering::SeqCst);
     wait_until(&|| threads_at(&control.drained), &mut sampler)?;
     // A storm still connecting when the clients have drained is part of the run.
@@ -949,7 +949,7 @@ impl Measured {
                     );
                 }
             }
-            if let Some((_, [server])) = self.stops.as_ref().map(|(e, s)| (e, &s[..])) {
+            if let Some([server]) = self.stops.as_ref().map(|(_, seen)| seen.as_slice()) {
                 println!(
                     "  generator    not pinned to one other CPU: its own time on CPU {} counts as stops, and its core is not probed",
                     server.cpu

@@ -116,9 +116,6 @@ pub struct Plan {
     /// SCHED_IDLE on the same core, runs only while the live clients have nothing to do, and the
     /// live latency measured is the server's, not the two threads taking turns.
     pub live_wait_ms: i32,
-    /// Also keep latencies by the span they were sent in (`stops::BySlot`), for a run that
-    /// probes the server's core for stops.
-    pub by_slot: bool,
 }
 
 impl Plan {
@@ -176,7 +173,8 @@ pub struct Control {
     /// When the storm's first handshake started, and when its last one ended.
     pub storm_started: OnceLock<Instant>,
     pub storm_finished: OnceLock<Instant>,
-    /// Set before `go`: where the spans of `stops::BySlot` are counted from.
+    /// Set before `go` in a run that probes its cores for stops: latencies are then also
+    /// kept by the span they were sent in (`stops::BySlot`), counted from here.
     pub epoch: OnceLock<Instant>,
 }
 
@@ -208,7 +206,7 @@ pub struct ThreadReport {
     pub dropped: u64,
     /// Delivery latencies by the send's `Window`.
     pub latency_us: [Histogram<u64>; 3],
-    /// And by the span they were sent in, if the plan asks (`Plan::by_slot`).
+    /// And by the span they were sent in, in a run that probes its cores (`Control::epoch`).
     pub by_slot: Option<BySlot>,
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
@@ -445,10 +443,10 @@ impl Thread {
         if self.plan.rate_per_client > 0.0 {
             let start = Instant::now();
             first_send = Some(start);
-            if self.plan.by_slot {
-                let epoch = *control.epoch.get().expect("the epoch is set before go");
-                self.by_slot = Some(BySlot::new(epoch, LATENCY_US_MAX));
-            }
+            self.by_slot = control
+                .epoch
+                .get()
+                .map(|&epoch| BySlot::new(epoch, LATENCY_US_MAX));
             self.measuring = true;
             self.send_updates(start);
             received_at_send_end = self.received_shares();
@@ -1036,7 +1034,6 @@ mod tests {
             framing: Framing::YWebsocket,
             tokens: vec!["a".into(), "b".into()],
             live_wait_ms: 0,
-            by_slot: false,
         };
         let paths: Vec<String> = (0..3).map(|doc| plan.path(doc)).collect();
         assert_eq!(paths, ["/s-0?token=a", "/s-1?token=b", "/s-2?token=a"]);
