@@ -236,6 +236,16 @@ pub fn refused_start(config_toml: &str, args: &[&str]) -> String {
     ));
     let mut command = Command::new(env!("CARGO_BIN_EXE_wiresocket"));
     command.args(["serve", "--shards", "1"]).args(args);
+    // A port of its own unless the test names one: a refusal that comes after the listener
+    // is bound must not turn into "address in use" because a server runs on the default
+    // port (the README's first command, say).
+    let listens = args.contains(&"--listen")
+        || config_toml
+            .lines()
+            .any(|l| l.trim_start().starts_with("listen"));
+    if !listens {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     let _config = (!config_toml.is_empty()).then(|| {
         std::fs::write(&path, config_toml).unwrap();
         command.arg("--config").arg(&path);
