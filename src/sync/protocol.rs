@@ -67,6 +67,9 @@ impl ProtocolError {
             ProtocolError::Update(UpdateError::Subdocument) => {
                 "update has a subdocument, which this server does not support"
             }
+            ProtocolError::Update(UpdateError::ClockOverflow) => {
+                "update's clocks run past 2^31, which this server cannot apply"
+            }
             ProtocolError::Update(_) => "malformed update",
             ProtocolError::UnknownType => "unknown message type",
             ProtocolError::AwarenessNotJson => "awareness state is not JSON",

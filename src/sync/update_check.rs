@@ -46,7 +46,16 @@ pub enum UpdateError {
     /// leak every document it touches (found by the `hocuspocus_message` fuzz target's leak
     /// check).
     Subdocument,
+    /// A struct or delete range reaching past [`CLOCK_MAX`]. yrs 0.28 takes the difference
+    /// of two clocks as `i32`, so past it a client's blocks land out of order and a later
+    /// lookup indexes out of bounds (found by the `hocuspocus_message` fuzz target: a GC
+    /// range at clock 2^31 + 2^28). A Yjs client reaches it after 2^31 insertions of its own.
+    ClockOverflow,
 }
+
+/// The highest clock (exclusive end of a range) an update may reach: what yrs's `i32`
+/// clock arithmetic holds.
+pub const CLOCK_MAX: u64 = i32::MAX as u64;
 
 impl From<DecodeError> for UpdateError {
     fn from(e: DecodeError) -> Self {
@@ -87,7 +96,12 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
     for _ in 0..clients {
         let structs = r.count(2)?;
         let client = r.var_u64()?;
-        let _clock = r.var_u32()?;
+        // Where the section's structs end, counted high (a string's UTF-8 bytes stand for
+        // its UTF-16 length): checked after each struct, so it stays far below u64's range.
+        let mut clock_end = u64::from(r.var_u32()?);
+        if clock_end > CLOCK_MAX {
+            return Err(UpdateError::ClockOverflow);
+        }
         if clients > 1 {
             client_ids.push(client);
         }
@@ -96,7 +110,10 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
             return Err(UpdateError::TooManyStructs);
         }
         for _ in 0..structs {
-            walk_struct(&mut r, limits)?;
+            clock_end += walk_struct(&mut r, limits)?;
+            if clock_end > CLOCK_MAX {
+                return Err(UpdateError::ClockOverflow);
+            }
         }
     }
     client_ids.sort_unstable();
@@ -109,8 +126,10 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
         let _client = r.var_u64()?;
         let ranges = r.count(2)?;
         for _ in 0..ranges {
-            r.var_u32()?;
-            r.var_u32()?;
+            let clock = u64::from(r.var_u32()?);
+            if clock + u64::from(r.var_u32()?) > CLOCK_MAX {
+                return Err(UpdateError::ClockOverflow);
+            }
         }
         stats.delete_ranges += ranges;
         if stats.structs + stats.delete_ranges > limits.structs_max {
@@ -121,14 +140,16 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
     Ok(stats)
 }
 
-fn walk_struct(r: &mut Reader<'_>, limits: &UpdateLimits) -> Result<(), UpdateError> {
+/// Walks one struct; its length in clock ticks, or more (never less) for a string.
+fn walk_struct(r: &mut Reader<'_>, limits: &UpdateLimits) -> Result<u64, UpdateError> {
     let info = r.u8()?;
     match info {
         GC | SKIP => {
-            if r.var_u32()? == 0 {
+            let len = r.var_u32()?;
+            if len == 0 {
                 return Err(UpdateError::EmptyRange);
             }
-            return Ok(());
+            return Ok(len.into());
         }
         _ => {}
     }
@@ -155,46 +176,48 @@ fn walk_struct(r: &mut Reader<'_>, limits: &UpdateLimits) -> Result<(), UpdateEr
     walk_content(r, info & 0x1F, limits)
 }
 
+/// Walks an item's content; its length as [`walk_struct`] counts it.
 fn walk_content(
     r: &mut Reader<'_>,
     content_ref: u8,
     limits: &UpdateLimits,
-) -> Result<(), UpdateError> {
-    match content_ref {
-        1 => {
-            // Deleted: a length.
-            r.var_u32()?;
-        }
+) -> Result<u64, UpdateError> {
+    let len = match content_ref {
+        1 => r.var_u32()?.into(), // Deleted: a length.
         2 => return Err(UpdateError::LegacyJson),
         3 => {
             r.var_bytes()?; // Binary
+            1
         }
-        4 => {
-            r.var_str()?; // String
-        }
+        // String: its length is in UTF-16 units, never more than its UTF-8 bytes.
+        4 => r.var_str()?.len() as u64,
         5 => {
             r.var_str()?; // Embed (JSON text)
+            1
         }
         6 => {
             r.var_str()?; // Format key
             r.var_str()?; // Format value (JSON text)
+            1
         }
         7 => {
             // Type: a type ref byte, XML elements carry their tag name.
             if r.u8()? == TYPE_XML_ELEMENT {
                 r.var_str()?;
             }
+            1
         }
         8 => {
             let n = r.count(1)?;
             for _ in 0..n {
                 walk_any(r, 0, limits)?;
             }
+            n as u64
         }
         9 => return Err(UpdateError::Subdocument),
         _ => return Err(DecodeError::UnknownTag.into()),
-    }
-    Ok(())
+    };
+    Ok(len)
 }
 
 fn walk_any(r: &mut Reader<'_>, depth: usize, limits: &UpdateLimits) -> Result<(), UpdateError> {
@@ -348,6 +371,78 @@ mod tests {
             check_update_v1(&found, &limits()),
             Err(UpdateError::Subdocument)
         );
+    }
+
+    /// A GC range of client 1 from `clock`, `len` long, and a delete range of client 1.
+    fn gc_at(clock: u32, len: u32, deleted: (u32, u32)) -> Vec<u8> {
+        let mut update = vec![1, 1, 1];
+        crate::sync::lib0::write_var_u64(&mut update, clock.into());
+        update.push(GC);
+        crate::sync::lib0::write_var_u64(&mut update, len.into());
+        update.extend_from_slice(&[1, 1, 1]);
+        crate::sync::lib0::write_var_u64(&mut update, deleted.0.into());
+        crate::sync::lib0::write_var_u64(&mut update, deleted.1.into());
+        update
+    }
+
+    #[test]
+    fn clocks_past_what_yrs_holds_are_refused() {
+        let max = CLOCK_MAX as u32;
+        // At the bound, struct and delete range alike: taken, and yrs applies it.
+        let at_bound = gc_at(max - 5, 5, (max - 3, 3));
+        check_update_v1(&at_bound, &limits()).unwrap();
+        Doc::new()
+            .transact_mut()
+            .apply_update(Update::decode_v1(&at_bound).unwrap())
+            .unwrap();
+        // One past it, either way.
+        for past in [gc_at(max - 5, 6, (0, 1)), gc_at(0, 1, (max - 3, 4))] {
+            assert_eq!(
+                check_update_v1(&past, &limits()),
+                Err(UpdateError::ClockOverflow)
+            );
+        }
+        // A section starting past it, and a string that runs past it.
+        let mut late_start = gc_at(0, 1, (0, 1));
+        late_start.splice(3..4, [0x80, 0x80, 0x80, 0x80, 0x08]);
+        assert_eq!(
+            check_update_v1(&late_start, &limits()),
+            Err(UpdateError::ClockOverflow)
+        );
+        // A string item of root type "t" at `clock`, then an empty delete set.
+        let string_at = |clock: u64, text: &[u8]| {
+            let mut update = vec![1, 1, 1];
+            crate::sync::lib0::write_var_u64(&mut update, clock);
+            update.extend_from_slice(&[4, 1, 1, b't', text.len() as u8]);
+            update.extend_from_slice(text);
+            update.push(0);
+            update
+        };
+        check_update_v1(&string_at(CLOCK_MAX - 2, b"ab"), &limits()).unwrap();
+        assert_eq!(
+            check_update_v1(&string_at(CLOCK_MAX - 2, b"abc"), &limits()),
+            Err(UpdateError::ClockOverflow)
+        );
+    }
+
+    #[test]
+    fn the_clock_past_i32_the_fuzzer_found_is_refused_because_yrs_panics_on_it() {
+        // The update inside the `hocuspocus_message` fuzz input: client 0's GC range at clock
+        // 2^31 + 2^28 - 1, then client 103's item whose parent is (0, 0).
+        let found = [
+            2, 1, 0, 0xff, 0xff, 0xff, 0xff, 8, 0, 28, 2, 103, 3, 10, 2, 1, 0, 0, 28, 0xff, 0, 0,
+        ];
+        assert_eq!(
+            check_update_v1(&found, &limits()),
+            Err(UpdateError::ClockOverflow)
+        );
+        // Why it must be refused: yrs indexes out of bounds applying it.
+        let applied = std::panic::catch_unwind(|| {
+            let doc = Doc::new();
+            let update = Update::decode_v1(&found).unwrap();
+            let _ = doc.transact_mut().apply_update(update);
+        });
+        assert!(applied.is_err());
     }
 
     #[test]
