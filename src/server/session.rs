@@ -16,6 +16,7 @@ use crate::ws::message::{Assembler, Event};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// What counts as progress for an incomplete frame or message, besides a message ending:
@@ -36,99 +37,85 @@ pub fn run(
     mut handler: Box<dyn Handler>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        let shard = &shard;
-        let handler = handler.as_mut();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream.borrow());
         let registration = shard.register(outbox.clone(), fd);
-        let live = &registration.live;
         // The 101 is out: from here a push that finds nothing queued is sent at once.
         outbox.write_through(crate::outbox::WriteThrough {
             fd,
             send: socket::send_vectored,
         });
-        let mut frames = Frames {
-            peer_closed: false,
-            shard,
-            outbox: &outbox,
-            assembler: Assembler::new(shard.message_limits),
-            frame_bytes_max: shard.config().websocket.frame_bytes_max,
-            held_bytes: 0,
-            progress_mark_bytes: 0,
-            message_completed: false,
-        };
-        // `pending` holds only the bytes of a frame cut across reads; whole frames are handled
-        // straight from the shard's scratch buffer.
-        let mut open = pending.is_empty() || frames.process_pending(&mut pending, handler);
-        open = open && frames.hold(&pending);
-        frames.track_progress(&pending, live);
-        while open {
-            // One task reads and writes: the outbox is drained while the read waits (an idle
-            // connection holds no writer task of its own). Dropping the drain when the read
-            // completes loses nothing: it consumes what a send took within the same poll, and
-            // glommio's write of a full socket is re-polled from the outbox's head.
-            let step = futures_lite::future::or(
-                async {
-                    std::future::poll_fn(|cx| handler.poll_read_ready(cx)).await;
-                    if pending.is_empty() {
-                        return Step::Read(
-                            socket::read_with(&stream, &shard.scratch, SCRATCH_BYTES).await,
-                        );
+        // The reading phase, in a block of its own: the future then keeps no room for its
+        // state through the close wait after it. (Every idle connection holds this future,
+        // sized for its largest wait, so the waits hold references, not copies.)
+        let peer_closed = {
+            let mut frames = Frames {
+                peer_closed: false,
+                shard: &shard,
+                outbox: &outbox,
+                assembler: Assembler::new(shard.message_limits),
+                frame_bytes_max: shard.config().websocket.frame_bytes_max,
+                held_bytes: 0,
+                progress_mark_bytes: 0,
+                message_completed: false,
+            };
+            // `pending` holds only the bytes of a frame cut across reads; whole frames are
+            // handled straight from the shard's scratch buffer.
+            let mut open =
+                pending.is_empty() || frames.process_pending(&mut pending, handler.as_mut());
+            open = open && frames.hold(&pending);
+            frames.track_progress(&pending, &registration.live);
+            while open {
+                // One task reads and writes: the outbox is drained while the read waits (an
+                // idle connection holds no writer task of its own). One poll function, not
+                // two futures raced: its state is a few references. A poll that reads skips
+                // the drain; the next wait drains (the outbox keeps its place).
+                let step = std::future::poll_fn(|cx| {
+                    let read = poll_read(
+                        cx,
+                        &shard,
+                        &stream,
+                        handler.as_mut(),
+                        &mut frames,
+                        &mut pending,
+                    );
+                    if read.is_ready() {
+                        return read;
                     }
-                    let start = pending.len();
-                    let want = frames.next_read_len(&pending);
-                    // Grown by a quarter (at least a scratch buffer), reserved exactly, only
-                    // when the room left is too small: so the buffer holds at most a quarter
-                    // more than has arrived, and reallocation is amortized over many reads.
-                    if pending.capacity() - start < want {
-                        pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
-                    }
-                    pending.resize(start + want, 0);
-                    if !frames.hold(&pending) {
-                        return Step::Refused;
-                    }
-                    let n = socket::read(&stream, &mut pending[start..]).await;
-                    pending.truncate(start + *n.as_ref().unwrap_or(&0));
-                    Step::Read(n)
-                },
-                async {
                     // Done: the outbox is closed and written, or the peer is gone.
-                    let _ =
-                        std::future::poll_fn(|cx| socket::poll_drain(&stream, &outbox, cx)).await;
-                    Step::Written
-                },
-            )
-            .await;
-            let n = match step {
-                Step::Read(Ok(n)) if n > 0 => n,
-                Step::Written => {
-                    socket::shutdown(&stream);
+                    socket::poll_drain(&stream, &outbox, cx).map(|_| Step::Written)
+                })
+                .await;
+                let n = match step {
+                    Step::Read(Ok(n)) if n > 0 => n,
+                    Step::Written => {
+                        socket::shutdown(&stream);
+                        break;
+                    }
+                    Step::Read(_) | Step::Refused => break,
+                };
+                // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
+                if outbox.closed().is_some() {
                     break;
                 }
-                Step::Read(_) | Step::Refused => break,
-            };
-            // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
-            if outbox.closed().is_some() {
-                break;
+                registration.live.last_rx.set(Stamp::now());
+                stats::add(&shard.my_stats().bytes_in_total, n as u64);
+                open = if pending.is_empty() {
+                    let mut scratch = shard.scratch.borrow_mut();
+                    let data = &mut scratch[..n];
+                    let (consumed, open) = frames.process(data, handler.as_mut());
+                    if open {
+                        pending.extend_from_slice(&data[consumed..]);
+                    }
+                    open
+                } else {
+                    frames.process_pending(&mut pending, handler.as_mut())
+                };
+                open = open && frames.hold(&pending);
+                frames.track_progress(&pending, &registration.live);
             }
-            live.last_rx.set(Stamp::now());
-            stats::add(&shard.my_stats().bytes_in_total, n as u64);
-            open = if pending.is_empty() {
-                let mut scratch = shard.scratch.borrow_mut();
-                let data = &mut scratch[..n];
-                let (consumed, open) = frames.process(data, handler);
-                if open {
-                    pending.extend_from_slice(&data[consumed..]);
-                }
-                open
-            } else {
-                frames.process_pending(&mut pending, handler)
-            };
-            open = open && frames.hold(&pending);
-            frames.track_progress(&pending, live);
-        }
-        let peer_closed = frames.peer_closed;
-        drop(frames);
-        super::contain::end(shard.my_stats(), handler);
+            frames.peer_closed
+        };
+        super::contain::end(shard.my_stats(), handler.as_mut());
         if outbox.closed() == Some(Closed::Overflowed) {
             stats::add(&shard.my_stats().slow_consumer_closes_total, 1);
         }
@@ -148,6 +135,44 @@ pub fn run(
         socket::shutdown(&stream);
         drop(registration);
     }
+}
+
+/// One poll of the session's read, once its handler takes messages: into the shard's
+/// scratch buffer, or after the bytes of a frame cut across reads.
+fn poll_read(
+    cx: &mut Context<'_>,
+    shard: &Shard,
+    stream: &Stream,
+    handler: &mut dyn Handler,
+    frames: &mut Frames<'_>,
+    pending: &mut Vec<u8>,
+) -> Poll<Step> {
+    if handler.poll_read_ready(cx).is_pending() {
+        return Poll::Pending;
+    }
+    if pending.is_empty() {
+        return socket::poll_read_with(stream, &shard.scratch, SCRATCH_BYTES, cx).map(Step::Read);
+    }
+    let start = pending.len();
+    let want = frames.next_read_len(pending);
+    // Grown by a quarter (at least a scratch buffer), reserved exactly, only when the room
+    // left is too small: so the buffer holds at most a quarter more than has arrived, and
+    // reallocation is amortized over many reads.
+    if pending.capacity() - start < want {
+        pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
+    }
+    pending.resize(start + want, 0);
+    if !frames.hold(pending) {
+        return Poll::Ready(Step::Refused);
+    }
+    let read = socket::poll_read(stream, &mut pending[start..], cx);
+    // What did not arrive is not kept (the room reserved is).
+    let arrived = match &read {
+        Poll::Ready(Ok(n)) => *n,
+        _ => 0,
+    };
+    pending.truncate(start + arrived);
+    read.map(Step::Read)
 }
 
 /// What one turn of the session loop came to.
@@ -372,6 +397,20 @@ mod tests {
     use super::*;
     use crate::sync::room::{Room, RoomConfig};
     use std::cell::RefCell;
+
+    /// Every idle connection holds its session's future (boxed), sized for its largest wait:
+    /// 528 bytes when the wait raced two futures that held copies of their references.
+    #[test]
+    fn a_sessions_future_stays_small() {
+        fn output_bytes<F, R>(_: &F) -> usize
+        where
+            F: FnOnce(Rc<Shard>, Stream, Rc<Outbox>, Vec<u8>, Box<dyn Handler>) -> R,
+        {
+            std::mem::size_of::<R>()
+        }
+        let bytes = output_bytes(&run);
+        assert!(bytes <= 400, "the session future grew to {bytes} bytes");
+    }
 
     #[test]
     fn a_panic_in_a_handler_is_contained_and_the_room_stays_usable() {

@@ -1,8 +1,9 @@
 //! Socket I/O for one connection: reads into caller buffers, and the writer that drains an
 //! `Outbox` with vectored, non-blocking sends.
 //!
-//! Reader and writer are separate tasks over one glommio `TcpStream`; the stream sits in a
-//! `RefCell` that is borrowed only inside a single `poll`, never across an `.await`.
+//! A session's read and its outbox's drain are polled by one task over one glommio
+//! `TcpStream`; the stream sits in a `RefCell` that is borrowed only inside a single `poll`,
+//! never across an `.await`.
 
 use crate::outbox::Outbox;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -13,6 +14,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 /// A connection's socket, borrowed by whichever of its reader and writer is polled.
 pub type Stream = RefCell<TcpStream>;
@@ -29,18 +31,33 @@ pub async fn read_with<B>(stream: &Stream, buf: &RefCell<B>, bytes_max: usize) -
 where
     B: AsMut<[u8]>,
 {
-    poll_fn(|cx| {
-        let mut buf = buf.borrow_mut();
-        let buf = buf.as_mut();
-        let len = bytes_max.min(buf.len());
-        Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[..len])
-    })
-    .await
+    poll_fn(|cx| poll_read_with(stream, buf, bytes_max, cx)).await
+}
+
+/// One poll of [`read_with`].
+pub fn poll_read_with<B>(
+    stream: &Stream,
+    buf: &RefCell<B>,
+    bytes_max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>>
+where
+    B: AsMut<[u8]>,
+{
+    let mut buf = buf.borrow_mut();
+    let buf = buf.as_mut();
+    let len = bytes_max.min(buf.len());
+    poll_read(stream, &mut buf[..len], cx)
 }
 
 /// Reads into a buffer the caller owns.
 pub async fn read(stream: &Stream, buf: &mut [u8]) -> io::Result<usize> {
-    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await
+    poll_fn(|cx| poll_read(stream, buf, cx)).await
+}
+
+/// One poll of [`read`].
+pub fn poll_read(stream: &Stream, buf: &mut [u8], cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)
 }
 
 pub async fn write_all(stream: &Stream, mut buf: &[u8]) -> io::Result<()> {
@@ -77,12 +94,7 @@ fn shutdown_how(stream: &Stream, how: libc::c_int) {
 /// written), so the session can drop and re-poll it freely, and it costs the idle session
 /// nothing. (Pushes that find the outbox empty are sent by the pusher: see
 /// `Outbox::write_through`.)
-pub fn poll_drain(
-    stream: &Stream,
-    outbox: &Outbox,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<io::Result<()>> {
-    use std::task::Poll;
+pub fn poll_drain(stream: &Stream, outbox: &Outbox, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     let fd = stream.borrow().as_raw_fd();
     loop {
         match outbox.poll_pending(cx) {
