@@ -65,19 +65,19 @@ pub fn run(
             open = open && frames.hold(&pending);
             frames.track_progress(&pending, &registration.live);
             while open {
+                // A frame cut across reads is read into room after its bytes, made here once
+                // per read (not on every poll of the wait).
+                let start = pending.len();
+                if start > 0 && !frames.make_room(&mut pending) {
+                    break;
+                }
                 // One task reads and writes: the outbox is drained while the read waits (an
                 // idle connection holds no writer task of its own). One poll function, not
                 // two futures raced: its state is a few references. A poll that reads skips
                 // the drain; the next wait drains (the outbox keeps its place).
                 let step = std::future::poll_fn(|cx| {
-                    let read = poll_read(
-                        cx,
-                        &shard,
-                        &stream,
-                        handler.as_mut(),
-                        &mut frames,
-                        &mut pending,
-                    );
+                    let read =
+                        poll_read(cx, &shard, &stream, handler.as_mut(), &mut pending[start..]);
                     if read.is_ready() {
                         return read;
                     }
@@ -91,8 +91,12 @@ pub fn run(
                         socket::shutdown(&stream);
                         break;
                     }
-                    Step::Read(_) | Step::Refused => break,
+                    Step::Read(_) => break,
                 };
+                if start > 0 {
+                    // What did not arrive is not kept (the room made is).
+                    pending.truncate(start + n);
+                }
                 // Refused meanwhile (the sweep, a full outbox): nothing more it sends counts.
                 if outbox.closed().is_some() {
                     break;
@@ -137,49 +141,30 @@ pub fn run(
     }
 }
 
-/// One poll of the session's read, once its handler takes messages: into the shard's
-/// scratch buffer, or after the bytes of a frame cut across reads.
+/// One poll of the session's read, once its handler takes messages: into `room` after the
+/// bytes of a frame cut across reads, or (no such frame: `room` is empty) into the shard's
+/// scratch buffer.
 fn poll_read(
     cx: &mut Context<'_>,
     shard: &Shard,
     stream: &Stream,
     handler: &mut dyn Handler,
-    frames: &mut Frames<'_>,
-    pending: &mut Vec<u8>,
+    room: &mut [u8],
 ) -> Poll<Step> {
     if handler.poll_read_ready(cx).is_pending() {
         return Poll::Pending;
     }
-    if pending.is_empty() {
-        return socket::poll_read_with(stream, &shard.scratch, SCRATCH_BYTES, cx).map(Step::Read);
-    }
-    let start = pending.len();
-    let want = frames.next_read_len(pending);
-    // Grown by a quarter (at least a scratch buffer), reserved exactly, only when the room
-    // left is too small: so the buffer holds at most a quarter more than has arrived, and
-    // reallocation is amortized over many reads.
-    if pending.capacity() - start < want {
-        pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
-    }
-    pending.resize(start + want, 0);
-    if !frames.hold(pending) {
-        return Poll::Ready(Step::Refused);
-    }
-    let read = socket::poll_read(stream, &mut pending[start..], cx);
-    // What did not arrive is not kept (the room reserved is).
-    let arrived = match &read {
-        Poll::Ready(Ok(n)) => *n,
-        _ => 0,
+    let read = if room.is_empty() {
+        socket::poll_read_with(stream, &shard.scratch, SCRATCH_BYTES, cx)
+    } else {
+        socket::poll_read(stream, room, cx)
     };
-    pending.truncate(start + arrived);
     read.map(Step::Read)
 }
 
 /// What one turn of the session loop came to.
 enum Step {
     Read(std::io::Result<usize>),
-    /// Refused for the bytes it holds (see `Frames::hold`).
-    Refused,
     /// The outbox is closed and written (or the peer is gone): the session is over.
     Written,
 }
@@ -265,6 +250,21 @@ impl Frames<'_> {
             *pending = Vec::new();
         }
         open
+    }
+
+    /// Makes room after the bytes of a frame cut across reads for the next read, counted
+    /// by [`Frames::hold`]; false if that refuses the connection. Grown by a quarter (at least
+    /// a scratch buffer), reserved exactly, only when the room left is too small: so the
+    /// buffer holds at most a quarter more than has arrived, and reallocation is amortized
+    /// over many reads.
+    fn make_room(&mut self, pending: &mut Vec<u8>) -> bool {
+        let start = pending.len();
+        let want = self.next_read_len(pending);
+        if pending.capacity() - start < want {
+            pending.reserve_exact((start / 4).max(SCRATCH_BYTES));
+        }
+        pending.resize(start + want, 0);
+        self.hold(pending)
     }
 
     /// How much to read next into `pending`: a scratch buffer's worth, never more than the
@@ -399,7 +399,9 @@ mod tests {
     use std::cell::RefCell;
 
     /// Every idle connection holds its session's future (boxed), sized for its largest wait:
-    /// 528 bytes when the wait raced two futures that held copies of their references.
+    /// 528 bytes when the wait raced two futures that held copies of their references. (The
+    /// compiler lays it out: after a toolchain update, see `-Zprint-type-sizes` before moving
+    /// the bound.)
     #[test]
     fn a_sessions_future_stays_small() {
         fn output_bytes<F, R>(_: &F) -> usize

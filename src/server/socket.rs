@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-/// A connection's socket, borrowed by whichever of its reader and writer is polled.
+/// A connection's socket, borrowed only within one poll of its read or its drain.
 pub type Stream = RefCell<TcpStream>;
 /// Shared while a connection is admitted; its session then owns it (see `session::run`).
 pub type SharedStream = Rc<Stream>;
