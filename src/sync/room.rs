@@ -1511,20 +1511,36 @@ mod tests {
     }
 
     #[test]
-    fn the_fuzz_crash_is_refused_and_the_room_goes_on() {
-        // fuzz/artifacts crash-cd98b553: one update naming client 0 twice, which made yrs
-        // panic while committing; it is refused before yrs sees it.
-        let (mut room, _a, b, sa) = two_subscribers();
-        let crash = [
-            0, 2, 18, 4, 0, 48, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 46, 7, 0,
+    fn the_fuzz_crashes_are_refused_unrelayed_and_the_room_goes_on() {
+        // Updates on which yrs panics, each refused before yrs sees it and before any relay:
+        // fuzz/artifacts crash-cd98b553, client 0 named twice (yrs panicked committing), and
+        // fuzz/corpus/hocuspocus_message/clock-past-i32, a GC range at clock 2^31 + 2^28
+        // (yrs indexed out of bounds integrating the next item).
+        let crashes: [(&[u8], &str); 2] = [
+            (
+                &[
+                    0, 2, 18, 4, 0, 48, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 46, 7, 0,
+                ],
+                "malformed update: a client appears twice",
+            ),
+            (
+                &[
+                    0, 1, 22, 2, 1, 0, 0xff, 0xff, 0xff, 0xff, 8, 0, 28, 2, 103, 3, 10, 2, 1, 0, 0,
+                    28, 0xff, 0, 0,
+                ],
+                "update's clocks run past 2^31, which this server cannot apply",
+            ),
         ];
-        let refusal = room.stage(sa, &crash, true).unwrap_err();
-        assert_eq!(refusal.code(), 1007);
-        assert_eq!(room.flush().deliveries, 0);
-        assert!(drain(&b).is_empty());
-        let good = client_update("still fine");
-        assert_eq!(room.receive(sa, &good, true).unwrap().deliveries, 1);
-        assert_eq!(text(&room), "still fine");
+        for (crash, reason) in crashes {
+            let (mut room, _a, b, sa) = two_subscribers();
+            let refusal = room.stage(sa, crash, true).unwrap_err();
+            assert_eq!(refusal.close(), (1007, reason.into()));
+            assert_eq!(room.flush().deliveries, 0);
+            assert!(drain(&b).is_empty());
+            let good = client_update("still fine");
+            assert_eq!(room.receive(sa, &good, true).unwrap().deliveries, 1);
+            assert_eq!(text(&room), "still fine");
+        }
     }
 
     #[test]

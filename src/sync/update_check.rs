@@ -98,10 +98,7 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
         let client = r.var_u64()?;
         // Where the section's structs end, counted high (a string's UTF-8 bytes stand for
         // its UTF-16 length): checked after each struct, so it stays far below u64's range.
-        let mut clock_end = u64::from(r.var_u32()?);
-        if clock_end > CLOCK_MAX {
-            return Err(UpdateError::ClockOverflow);
-        }
+        let mut clock_end = within_clocks(r.var_u32()?.into())?;
         if clients > 1 {
             client_ids.push(client);
         }
@@ -110,10 +107,7 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
             return Err(UpdateError::TooManyStructs);
         }
         for _ in 0..structs {
-            clock_end += walk_struct(&mut r, limits)?;
-            if clock_end > CLOCK_MAX {
-                return Err(UpdateError::ClockOverflow);
-            }
+            clock_end = within_clocks(clock_end + walk_struct(&mut r, limits)?)?;
         }
     }
     client_ids.sort_unstable();
@@ -127,9 +121,7 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
         let ranges = r.count(2)?;
         for _ in 0..ranges {
             let clock = u64::from(r.var_u32()?);
-            if clock + u64::from(r.var_u32()?) > CLOCK_MAX {
-                return Err(UpdateError::ClockOverflow);
-            }
+            within_clocks(clock + u64::from(r.var_u32()?))?;
         }
         stats.delete_ranges += ranges;
         if stats.structs + stats.delete_ranges > limits.structs_max {
@@ -138,6 +130,14 @@ pub fn check_update_v1(update: &[u8], limits: &UpdateLimits) -> Result<UpdateSta
     }
     r.finish()?;
     Ok(stats)
+}
+
+/// `clock_end`, if yrs can hold it.
+fn within_clocks(clock_end: u64) -> Result<u64, UpdateError> {
+    if clock_end > CLOCK_MAX {
+        return Err(UpdateError::ClockOverflow);
+    }
+    Ok(clock_end)
 }
 
 /// Walks one struct; its length in clock ticks, or more (never less) for a string.

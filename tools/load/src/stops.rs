@@ -4,8 +4,9 @@
 //! compared do (nice 0 under compare.sh), so whatever holds it off (the hypervisor, the
 //! kernel, another process: on this project's VM its own agent at nice -10) holds that
 //! process off too; the process's own CPU time in each gap, read from its CPU clock, is
-//! taken out of the lateness, so a busy server does not count as a stop of itself. (A real-time probe was tried: it preempts those other processes and saw
-//! none of what held the server.) Deliveries are also grouped by when they were sent, in
+//! taken out of the lateness, so a busy server does not count as a stop of itself. (A
+//! real-time probe was tried: it preempts those other processes and saw none of what held
+//! the server.) Deliveries are also grouped by when they were sent, in
 //! `SLOT`s, so a run can report the latency of the spans no stop touched beside that of
 //! them all.
 
