@@ -2,6 +2,7 @@
 //! the server delivered, how fast, at what CPU and memory cost, and whether every document
 //! converged on every client.
 
+mod arrival;
 mod floor;
 mod peer;
 mod run;
@@ -11,7 +12,7 @@ mod ws_client;
 
 use hdrhistogram::Histogram;
 use peer::{Editing, Framing, Insert};
-use run::{Control, Phases, Plan, StormReport, ThreadReport, Window, WINDOWS};
+use run::{Control, Latencies, Phases, Plan, StormReport, ThreadReport, Window, WINDOWS};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -96,6 +97,10 @@ OPTIONS (defaults are fanout's and storm's; prepend's where they differ):
                              else held that core (the hypervisor, another process); the
                              run then also gives the latency of the updates sent in the
                              100 ms spans no such stop touched (default: no probe)
+    --arrival-stamps         also time each delivery to the kernel's receive stamp
+                             (SO_TIMESTAMPNS), taken on loopback as the server's send
+                             leaves it: the server's part, without the generator's own
+                             delay in reading (printed \"at arrival\" beside each latency)
     --json                   print one JSON line instead of the report
 
 STORM OPTIONS:
@@ -195,20 +200,23 @@ impl Mode {
 
 struct Options {
     values: HashMap<String, String>,
-    json: bool,
+    /// Options given without a value (`SWITCHES`).
+    switches: Vec<&'static str>,
 }
+
+/// Options that take no value.
+const SWITCHES: [&str; 2] = ["json", "arrival-stamps"];
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
-        let mut values = HashMap::new();
-        let mut json = false;
+        let (mut values, mut switches) = (HashMap::new(), Vec::new());
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let key = arg
                 .strip_prefix("--")
                 .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-            if key == "json" {
-                json = true;
+            if let Some(&switch) = SWITCHES.iter().find(|&&s| s == key) {
+                switches.push(switch);
                 continue;
             }
             if key == "apply-live" {
@@ -226,7 +234,7 @@ impl Options {
             let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
             values.insert(key.to_owned(), value.clone());
         }
-        Ok(Options { values, json })
+        Ok(Options { values, switches })
     }
 
     fn get<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, String> {
@@ -238,6 +246,10 @@ impl Options {
 
     fn text(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.switches.contains(&key)
     }
 }
 
@@ -383,6 +395,9 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     if probe_cpu.is_some() && !mode.sends() {
         return Err("--probe-cpu is for runs that send".into());
     }
+    if options.flag("arrival-stamps") && !mode.sends() {
+        return Err("--arrival-stamps is for runs that send".into());
+    }
     let plan = Plan {
         target,
         docs,
@@ -415,6 +430,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
         },
         tokens: Vec::new(),
         live_wait_ms: if mode == Mode::Storm { 1 } else { 0 },
+        arrival_stamps: options.flag("arrival-stamps"),
     };
     if plan.docs == 0 || plan.clients_per_doc == 0 || plan.threads == 0 || plan.sources == 0 {
         return Err("--docs, --clients, --threads and --sources must be at least 1".into());
@@ -446,7 +462,7 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     measured.floor = floor;
     let ok = measured.failures().is_empty();
     let label = options.text("label").unwrap_or("run");
-    if options.json {
+    if options.flag("json") {
         println!("{}", measured.json(label, mode));
     } else {
         measured.print(mode);
@@ -510,6 +526,7 @@ fn storm_plan(options: &Options, live: &Plan) -> Result<(Arc<Plan>, Duration), S
         framing: Framing::YWebsocket,
         tokens,
         live_wait_ms: 1,
+        arrival_stamps: false,
     };
     Ok((Arc::new(plan), warmup))
 }
@@ -703,13 +720,15 @@ impl Measured {
         self.sum(|r| r.connected)
     }
 
-    /// Delivery latencies of updates sent in any of `windows`, from every thread.
-    fn latency(&self, windows: &[Window]) -> Histogram<u64> {
-        let mut all = self.reports[0].latency_us[0].clone();
+    /// Delivery latencies to `end` of updates sent in any of `windows`, from every thread
+    /// (empty for an end not measured).
+    fn latency(&self, end: End, windows: &[Window]) -> Histogram<u64> {
+        let mut all = self.reports[0].latency.by_window[0].clone();
         all.reset();
-        for r in &self.reports {
+        for latencies in self.reports.iter().filter_map(|r| end.of(r)) {
             for &w in windows {
-                all.add(&r.latency_us[w as usize]).expect("same bounds");
+                all.add(&latencies.by_window[w as usize])
+                    .expect("same bounds");
             }
         }
         all
@@ -718,7 +737,11 @@ impl Measured {
     /// With probes of the cores: the latencies of updates sent in the spans no stop of either
     /// core touched, and their share of all deliveries; only spans wholly inside `within`
     /// (the storm) if given.
-    fn untouched(&self, within: Option<(Instant, Instant)>) -> Option<(Histogram<u64>, f64)> {
+    fn untouched(
+        &self,
+        end: End,
+        within: Option<(Instant, Instant)>,
+    ) -> Option<(Histogram<u64>, f64)> {
         let (epoch, seen) = self
             .stops
             .as_ref()
@@ -728,7 +751,7 @@ impl Measured {
         let by_slot: Vec<&stops::BySlot> = self
             .reports
             .iter()
-            .filter_map(|r| r.by_slot.as_ref())
+            .filter_map(|r| end.of(r)?.by_slot.as_ref())
             .collect();
         let slots = by_slot.iter().map(|b| b.len()).max()?;
         let keep: Vec<bool> = stops::touched(&all_stops, *epoch, slots)
@@ -746,7 +769,7 @@ impl Measured {
             b.add_to(&mut kept, &keep);
         }
         // Of every delivery, those sent past the spans kept (`stops::SLOTS_MAX`) too.
-        let share = kept.len() as f64 / self.latency(&WINDOWS).len().max(1) as f64;
+        let share = kept.len() as f64 / self.latency(End::Read, &WINDOWS).len().max(1) as f64;
         Some((kept, share))
     }
 
@@ -759,6 +782,15 @@ impl Measured {
             .collect();
         let least = shares.iter().copied().reduce(f64::min)?;
         Some((least, shares.iter().sum::<f64>() / shares.len() as f64))
+    }
+
+    /// The ends deliveries were timed to.
+    fn ends(&self) -> Vec<End> {
+        let mut ends = vec![End::Read];
+        if self.plan.arrival_stamps {
+            ends.push(End::Arrival);
+        }
+        ends
     }
 
     /// When the storm's first handshake started and its last one ended.
@@ -919,7 +951,16 @@ impl Measured {
                 self.sum(|r| r.echoes),
                 self.deliveries_per_s()
             );
-            println!("latency        {}", latency_text(&self.latency(&WINDOWS)));
+            println!(
+                "latency        {}",
+                latency_text(&self.latency(End::Read, &WINDOWS))
+            );
+            if p.arrival_stamps {
+                println!(
+                    "  at arrival   {} (to the kernel's receive stamp, the generator's delay in reading left out)",
+                    latency_text(&self.latency(End::Arrival, &WINDOWS))
+                );
+            }
             for seen in self.stops.iter().flat_map(|(_, seen)| seen) {
                 println!(
                     "core stops     CPU {} (the {}'s): a thread sleeping 1 ms at a time there was held off it by something else {} times for over {} ms while measured{}: worst {:.1} ms, {:.0} ms in all",
@@ -955,13 +996,16 @@ impl Measured {
                     server.cpu
                 );
             }
-            if let Some((kept, share)) = self.untouched(None) {
-                println!(
-                    "  untouched    sent in the {} ms spans no stop touched ({:.1} % of deliveries): {}",
-                    stops::SLOT.as_millis(),
-                    share * 100.0,
-                    latency_text(&kept)
-                );
+            for end in self.ends() {
+                if let Some((kept, share)) = self.untouched(end, None) {
+                    println!(
+                        "  untouched    sent in the {} ms spans no stop touched ({:.1} % of deliveries){}: {}",
+                        stops::SLOT.as_millis(),
+                        share * 100.0,
+                        end.suffix(),
+                        latency_text(&kept)
+                    );
+                }
             }
             if let Some(s) = &self.storm {
                 println!(
@@ -974,16 +1018,24 @@ impl Measured {
                     s.failed,
                     s.dropped
                 );
-                for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_NAMES) {
-                    println!("  sent {when:<13}{}", latency_text(&self.latency(&[*w])));
-                }
-                if let Some((kept, share)) = self.storm_span().and_then(|s| self.untouched(Some(s)))
-                {
-                    println!(
-                        "  during storm, untouched spans ({:.1} % of all deliveries): {}",
-                        share * 100.0,
-                        latency_text(&kept)
-                    );
+                for end in self.ends() {
+                    for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_NAMES) {
+                        println!(
+                            "  sent {when:<13}{}{}",
+                            latency_text(&self.latency(end, &[*w])),
+                            end.suffix()
+                        );
+                    }
+                    if let Some((kept, share)) =
+                        self.storm_span().and_then(|s| self.untouched(end, Some(s)))
+                    {
+                        println!(
+                            "  during storm, untouched spans ({:.1} % of all deliveries){}: {}",
+                            share * 100.0,
+                            end.suffix(),
+                            latency_text(&kept)
+                        );
+                    }
                 }
             }
             if let (Some((end_min, end_mean)), Some((drained_min, drained_mean))) = (
@@ -1056,7 +1108,7 @@ impl Measured {
 
     fn json(&self, label: &str, mode: Mode) -> String {
         let p = &self.plan;
-        let h = self.latency(&WINDOWS);
+        let h = self.latency(End::Read, &WINDOWS);
         let sends = mode.sends();
         let received = |f: fn(&ThreadReport) -> &Vec<f64>| {
             self.received(f).map_or(
@@ -1119,7 +1171,10 @@ impl Measured {
                 })
                 .collect();
             fields.insert("core_stops".into(), cores.into());
-            insert_untouched(fields, "untouched", self.untouched(None));
+            for end in self.ends() {
+                let key = format!("untouched{}", end.key());
+                insert_untouched(fields, &key, self.untouched(end, None));
+            }
         }
         if let Some(s) = &self.storm {
             let fields = report.as_object_mut().expect("an object");
@@ -1137,14 +1192,17 @@ impl Measured {
                     "first_error": s.first_error,
                 }),
             );
-            for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_KEYS) {
-                fields.insert(when.into(), latency_json(&self.latency(&[*w])));
+            for end in self.ends() {
+                for (w, when) in WINDOWS.iter().zip(STORM_WINDOW_KEYS) {
+                    let key = format!("latency_{when}_storm{}_us", end.key());
+                    fields.insert(key, latency_json(&self.latency(end, &[*w])));
+                }
+                insert_untouched(
+                    fields,
+                    &format!("during_storm_untouched{}", end.key()),
+                    self.storm_span().and_then(|s| self.untouched(end, Some(s))),
+                );
             }
-            insert_untouched(
-                fields,
-                "during_storm_untouched",
-                self.storm_span().and_then(|s| self.untouched(Some(s))),
-            );
         }
         report.to_string()
     }
@@ -1152,11 +1210,40 @@ impl Measured {
 
 /// The storm's latency groups, in `WINDOWS` order.
 const STORM_WINDOW_NAMES: [&str; 3] = ["before storm", "during storm", "after storm"];
-const STORM_WINDOW_KEYS: [&str; 3] = [
-    "latency_before_storm_us",
-    "latency_during_storm_us",
-    "latency_after_storm_us",
-];
+const STORM_WINDOW_KEYS: [&str; 3] = ["before", "during", "after"];
+
+/// Which end of a delivery a latency runs to.
+#[derive(Clone, Copy)]
+enum End {
+    /// The generator's read of it.
+    Read,
+    /// The kernel's receive stamp on it (`--arrival-stamps`).
+    Arrival,
+}
+
+impl End {
+    fn of(self, report: &ThreadReport) -> Option<&Latencies> {
+        match self {
+            End::Read => Some(&report.latency),
+            End::Arrival => report.arrival.as_ref(),
+        }
+    }
+
+    /// Said after a line of latencies, and added to their JSON keys.
+    fn suffix(self) -> &'static str {
+        match self {
+            End::Read => "",
+            End::Arrival => " at arrival",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            End::Read => "",
+            End::Arrival => "_at_arrival",
+        }
+    }
+}
 
 fn latency_text(h: &Histogram<u64>) -> String {
     format!(

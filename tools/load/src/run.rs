@@ -9,6 +9,7 @@
 //! interrupt, dear in a VM) which a real network card would absorb; a polling generator
 //! keeps that cost out of the server's CPU seconds.
 
+use crate::arrival;
 use crate::peer::{Editing, Framing, Incoming, Peer};
 use crate::stops::BySlot;
 use crate::ws_client::{self, parse_server_frame};
@@ -116,6 +117,8 @@ pub struct Plan {
     /// SCHED_IDLE on the same core, runs only while the live clients have nothing to do, and the
     /// live latency measured is the server's, not the two threads taking turns.
     pub live_wait_ms: i32,
+    /// Also time deliveries to the kernel's receive stamp (`arrival`), not only to the read.
+    pub arrival_stamps: bool,
 }
 
 impl Plan {
@@ -204,10 +207,9 @@ pub struct ThreadReport {
     pub echoes: u64,
     /// Connections the server closed while the run was live.
     pub dropped: u64,
-    /// Delivery latencies by the send's `Window`.
-    pub latency_us: [Histogram<u64>; 3],
-    /// And by the span they were sent in, in a run that probes its cores (`Control::epoch`).
-    pub by_slot: Option<BySlot>,
+    /// Delivery latencies to the read, and (`Plan::arrival_stamps`) to the kernel's stamp.
+    pub latency: Latencies,
+    pub arrival: Option<Latencies>,
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
     /// Time spent handling events while measuring (the rest was polling for them).
@@ -219,6 +221,31 @@ pub struct ThreadReport {
     /// received when sending ended, and after the drain.
     pub received_at_send_end: Vec<f64>,
     pub received_after_drain: Vec<f64>,
+}
+
+/// Delivery latencies, each from the update's send to one end of its delivery.
+pub struct Latencies {
+    /// By the send's `Window`.
+    pub by_window: [Histogram<u64>; 3],
+    /// And by the span it was sent in, in a run that probes its cores (`Control::epoch`).
+    pub by_slot: Option<BySlot>,
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies {
+            by_window: WINDOWS
+                .map(|_| Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds")),
+            by_slot: None,
+        }
+    }
+
+    fn record(&mut self, window: Window, sent: Instant, us: u64) {
+        self.by_window[window as usize].saturating_record(us.max(1));
+        if let Some(by_slot) = &mut self.by_slot {
+            by_slot.record(sent, us);
+        }
+    }
 }
 
 /// What the storm thread saw.
@@ -283,8 +310,10 @@ struct Thread {
     echoes: u64,
     dropped: u64,
     skipped: u64,
-    latency_us: [Histogram<u64>; 3],
-    by_slot: Option<BySlot>,
+    latency: Latencies,
+    arrival: Option<Latencies>,
+    /// When the bytes of the read being handled arrived, if the kernel stamped them.
+    arrived: Option<Instant>,
     last_delivery: Option<Instant>,
     busy: Duration,
 }
@@ -379,9 +408,9 @@ impl Thread {
             echoes: 0,
             dropped: 0,
             skipped: 0,
-            latency_us: WINDOWS
-                .map(|_| Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds")),
-            by_slot: None,
+            latency: Latencies::new(),
+            arrival: plan.arrival_stamps.then(Latencies::new),
+            arrived: None,
             last_delivery: None,
             busy: Duration::ZERO,
         };
@@ -443,10 +472,10 @@ impl Thread {
         if self.plan.rate_per_client > 0.0 {
             let start = Instant::now();
             first_send = Some(start);
-            self.by_slot = control
-                .epoch
-                .get()
-                .map(|&epoch| BySlot::new(epoch, LATENCY_US_MAX));
+            let epoch = control.epoch.get().copied();
+            for latencies in std::iter::once(&mut self.latency).chain(&mut self.arrival) {
+                latencies.by_slot = epoch.map(|epoch| BySlot::new(epoch, LATENCY_US_MAX));
+            }
             self.measuring = true;
             self.send_updates(start);
             received_at_send_end = self.received_shares();
@@ -478,8 +507,8 @@ impl Thread {
             deliveries: self.deliveries,
             echoes: self.echoes,
             dropped: self.dropped,
-            latency_us: self.latency_us.clone(),
-            by_slot: self.by_slot.take(),
+            latency: std::mem::replace(&mut self.latency, Latencies::new()),
+            arrival: self.arrival.take(),
             first_send,
             last_delivery: self.last_delivery,
             busy: self.busy,
@@ -631,7 +660,13 @@ impl Thread {
             self.next_connect += 1;
             let source = (plan.sources > 1)
                 .then(|| Ipv4Addr::new(127, 0, 0, 1 + (idx % plan.sources as usize) as u8));
-            match ws_client::connect(plan.target.addr, source) {
+            let connected = ws_client::connect(plan.target.addr, source).and_then(|socket| {
+                if plan.arrival_stamps {
+                    arrival::enable(socket.as_raw_fd())?;
+                }
+                Ok(socket)
+            });
+            match connected {
                 Ok(socket) => {
                     let conn = &mut self.conns[idx];
                     conn.phase = Phase::Connecting;
@@ -769,32 +804,26 @@ impl Thread {
 
     /// Reads everything the socket has, then handles it.
     fn read(&mut self, idx: usize) {
+        self.arrived = None;
         loop {
             let Some(socket) = &self.conns[idx].socket else {
                 return;
             };
-            // SAFETY: `scratch` is valid for its length; the socket is open.
-            let n = unsafe {
-                libc::recv(
-                    socket.as_raw_fd(),
-                    self.scratch.as_mut_ptr() as *mut libc::c_void,
-                    self.scratch.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n == 0 {
-                self.handle_input(idx);
-                return self.close(idx, "the server closed the connection".into());
-            }
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    break;
+            let n = match arrival::recv(socket.as_raw_fd(), &mut self.scratch) {
+                Ok((0, _)) => {
+                    self.handle_input(idx);
+                    return self.close(idx, "the server closed the connection".into());
                 }
-                return self.close(idx, format!("read: {e}"));
-            }
+                Ok((n, arrived)) => {
+                    // The latest stamp: every frame this read completes is dated by it.
+                    self.arrived = arrived.max(self.arrived);
+                    n
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return self.close(idx, format!("read: {e}")),
+            };
             let conn = &mut self.conns[idx];
-            let received = &self.scratch[..n as usize];
+            let received = &self.scratch[..n];
             match conn.tls.as_mut() {
                 None => conn.inbuf.extend_from_slice(received),
                 Some(tls) => {
@@ -803,7 +832,7 @@ impl Thread {
                     }
                 }
             }
-            if (n as usize) < self.scratch.len() {
+            if n < self.scratch.len() {
                 break;
             }
         }
@@ -879,11 +908,12 @@ impl Thread {
                         .local_index(author)
                         .and_then(|i| self.peers[i].sent_at(clock));
                     if let Some(sent) = sent {
-                        let us = now.duration_since(sent).as_micros() as u64;
-                        let window = self.control.window(sent) as usize;
-                        self.latency_us[window].saturating_record(us.max(1));
-                        if let Some(by_slot) = &mut self.by_slot {
-                            by_slot.record(sent, us);
+                        let window = self.control.window(sent);
+                        let us =
+                            |at: Instant| at.saturating_duration_since(sent).as_micros() as u64;
+                        self.latency.record(window, sent, us(now));
+                        if let (Some(arrival), Some(arrived)) = (&mut self.arrival, self.arrived) {
+                            arrival.record(window, sent, us(arrived));
                         }
                     }
                 }
@@ -1034,6 +1064,7 @@ mod tests {
             framing: Framing::YWebsocket,
             tokens: vec!["a".into(), "b".into()],
             live_wait_ms: 0,
+            arrival_stamps: false,
         };
         let paths: Vec<String> = (0..3).map(|doc| plan.path(doc)).collect();
         assert_eq!(paths, ["/s-0?token=a", "/s-1?token=b", "/s-2?token=a"]);

@@ -319,6 +319,7 @@ fn a_storm_run_reports_latency_around_the_storm_and_its_connections() {
             tokens.to_str().unwrap(),
             "--floor-sends",
             "0",
+            "--arrival-stamps",
         ],
     );
     std::fs::remove_file(&tokens).unwrap();
@@ -351,5 +352,25 @@ fn a_storm_run_reports_latency_around_the_storm_and_its_connections() {
             "{report}"
         );
     }
+    // Timed to the kernel's stamp too: a delivery arrives before it is read, so no group's
+    // worst is later at arrival than at the read. (The kernel starts stamping a moment
+    // after it is asked to, so the first deliveries may go unstamped.)
+    let mut stamped = 0;
+    for when in ["before", "during", "after"] {
+        let (read, arrival) = (
+            &report[format!("latency_{when}_storm_us")],
+            &report[format!("latency_{when}_storm_at_arrival_us")],
+        );
+        let count = arrival["deliveries"].as_u64().unwrap();
+        assert!(count <= read["deliveries"].as_u64().unwrap(), "{report}");
+        if count > 0 {
+            assert!(
+                arrival["max"].as_u64().unwrap() <= read["max"].as_u64().unwrap(),
+                "{report}"
+            );
+        }
+        stamped += count;
+    }
+    assert!(stamped > 0, "no delivery was stamped: {report}");
     assert_eq!(report["failures"], serde_json::json!([]));
 }
