@@ -50,8 +50,8 @@ pub struct Members(RefCell<HashMap<LinkId, Rc<RefCell<Member>>>>);
 pub fn start(shard: &Rc<Shard>) {
     shard.links.start(shard.shards);
     for peer in (0..shard.shards).filter(|&p| p != shard.id) {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
+        let (shard, queue) = (shard.clone(), shard.session_queue);
+        let send = async move {
             loop {
                 let next = std::future::poll_fn(|cx| shard.links.poll_next(peer, cx)).await;
                 // A closed mesh means the process is stopping.
@@ -59,8 +59,11 @@ pub fn start(shard: &Rc<Shard>) {
                     return;
                 }
             }
-        })
-        .detach();
+        };
+        // On the sessions' queue: relaying is live work (see `tasks::serving_queue`).
+        glommio::spawn_local_into(send, queue)
+            .expect("the sessions' task queue lives as long as the shard")
+            .detach();
     }
 }
 

@@ -66,6 +66,14 @@ const IO_MEMORY_BYTES: usize = 256 << 10;
 /// thousand entries, 18 % of a shard's CPU under light load (BENCHMARKS.md).
 const RING_DEPTH: usize = 4096;
 
+/// The shards' executors: one thread each, spread over the CPUs.
+pub(super) fn shard_executors(shards: usize) -> LocalExecutorPoolBuilder {
+    LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+        .io_memory(IO_MEMORY_BYTES)
+        .ring_depth(RING_DEPTH)
+        .name("wiresocket-shard")
+}
+
 /// A started node: its shards are listening.
 pub struct Node {
     pub addr: SocketAddr,
@@ -273,10 +281,7 @@ pub fn start(config: Config, registry: Arc<dyn Registry>) -> Result<Node, StartE
     let node_shared = shared.clone();
     let stats_for_admin = stats.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
-        .io_memory(IO_MEMORY_BYTES)
-        .ring_depth(RING_DEPTH)
-        .name("wiresocket-shard")
+    let handles = shard_executors(shards)
         .on_all_shards(move || {
             let (shared, stats, mesh, ready, first_listener, jobs) = (
                 shared.clone(),

@@ -139,7 +139,7 @@ pub struct Shard {
     /// Where connections are accepted and admitted (request heads, tokens, registry calls,
     /// joins): a task queue with a quarter of the sessions' shares.
     pub admission_queue: glommio::TaskQueueHandle,
-    /// Where sessions run: the executor's default queue.
+    /// Where sessions and the mesh's relays run (see `tasks::serving_queue`).
     pub session_queue: glommio::TaskQueueHandle,
     /// Tokens this shard verified, until they expire: a reconnect storm is not a storm of
     /// signature checks. (A reload or a revocation, when they exist, must empty it.)
@@ -162,6 +162,7 @@ impl Shard {
         stats: Arc<[ShardStats]>,
         mesh: Senders<Mesh>,
         admission_queue: glommio::TaskQueueHandle,
+        session_queue: glommio::TaskQueueHandle,
     ) -> Shard {
         let config = &shared.config;
         let documents = &config.documents;
@@ -200,7 +201,7 @@ impl Shard {
             offload: super::offload::Offload::default(),
             integrator: super::integrate::Integrator::default(),
             admission_queue,
-            session_queue: glommio::executor().current_task_queue(),
+            session_queue,
             app_keys: RefCell::new(std::collections::HashSet::new()),
             credentials: RefCell::new(HashMap::new()),
             token_cache: RefCell::new(crate::auth::token_cache::TokenCache::new(

@@ -68,19 +68,19 @@ pub async fn run(setup: Setup) {
         }
     };
     let id = senders.peer_id();
-    let admission_queue = background_queue("admission");
     let shard = Rc::new(Shard::new(
         id,
         shared,
         shards,
         stats,
         senders,
-        admission_queue,
+        serving_queue("admission", BACKGROUND_SHARES),
+        serving_queue("sessions", SESSION_SHARES),
     ));
     let members = Rc::new(super::link::Members::default());
     for (_, receiver) in receivers.streams() {
-        let (shard, members) = (shard.clone(), members.clone());
-        glommio::spawn_local(async move {
+        let (shard, members, queue) = (shard.clone(), members.clone(), shard.session_queue);
+        let receive = async move {
             while let Some(message) = receiver.recv().await {
                 let handoff = match message {
                     Mesh::Handoff(handoff) => handoff,
@@ -95,8 +95,10 @@ pub async fn run(setup: Setup) {
                 let handed = super::router::serve_handed(shard.clone(), stream, handoff.handed);
                 admit_later(&shard, handed);
             }
-        })
-        .detach();
+        };
+        glommio::spawn_local_into(receive, queue)
+            .expect("the sessions' task queue lives as long as the shard")
+            .detach();
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
     glommio::spawn_local(super::operator::serve_jobs(shard.clone(), jobs)).detach();
@@ -139,33 +141,44 @@ fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'st
         .detach();
 }
 
-/// A task queue for work that must not hold up live sessions (admissions, integration): a
-/// quarter of the sessions' shares, so when both have work, sessions (reads, relays, sends)
-/// get four fifths of the core; with the executor's short preemption period they wait at
-/// most about that long for it.
-fn background_queue(name: &str) -> glommio::TaskQueueHandle {
+/// A task queue for the work of serving connections: sessions and the mesh's relays, and
+/// at a quarter of their shares the work that must not hold them up (admissions,
+/// integration), so when both have work sessions get four fifths of the core.
+///
+/// glommio looks at its sockets only between runs of task queues, and a run lasts until no
+/// queue has a task left or the preemption timer fires. It arms that timer when it polls,
+/// for the shortest period asked by the queues active then, and a queue woken during the
+/// run runs under it. Every serving queue asks for `PREEMPT_PERIOD`, so while any of them
+/// has work the shard looks at its sockets about every millisecond. (With the sessions on
+/// glommio's default queue, which asks for 100 ms, admissions woken while sessions ran went
+/// on for 5-75 ms in a storm, live reads unseen: BENCHMARKS.md, "The preemption timer".)
+/// The price: a timer that short is set in the CPU's timer register on most polls (1.5
+/// writes per update under light load, against 0.1), a register write on bare metal but an
+/// exit to the hypervisor in a VM. The default queue keeps the shard's start and
+/// housekeeping, so a shard starting up runs under the long period: glommio parks with
+/// tasks still runnable if its timer fires before the first of them runs (the machine took
+/// the core away), and until a first timer of the shard's is armed nothing would wake it.
+fn serving_queue(name: &str, shares: usize) -> glommio::TaskQueueHandle {
     glommio::executor().create_task_queue(
-        glommio::Shares::Static(BACKGROUND_SHARES),
-        glommio::Latency::Matters(BACKGROUND_SLICE),
+        glommio::Shares::Static(shares),
+        glommio::Latency::Matters(PREEMPT_PERIOD),
         name,
     )
 }
 
-/// The default task queue's shares are 1,000.
+/// The default queue's shares, like the sessions'.
+const SESSION_SHARES: usize = 1_000;
 const BACKGROUND_SHARES: usize = 250;
 
-/// How long background work runs before the executor looks at I/O again. glommio polls its
-/// rings only between runs of task queues, and a queue runs until it has no task left or
-/// the preemption timer fires (100 ms by default): without this, a storm of admissions
-/// kept live reads unseen for as long as it had runnable tasks.
-const BACKGROUND_SLICE: Duration = Duration::from_millis(1);
+/// How long serving work runs before the shard looks at its sockets again.
+const PREEMPT_PERIOD: Duration = Duration::from_millis(1);
 
 /// Integration on its own background queue (see `server::integrate`).
 fn spawn_integration(shard: &Rc<Shard>) {
     let shard = shard.clone();
     glommio::spawn_local_into(
         async move { shard.integrator.run(shard.my_stats()).await },
-        background_queue("integrate"),
+        serving_queue("integrate", BACKGROUND_SHARES),
     )
     .expect("the integration task queue was just created")
     .detach();
@@ -483,5 +496,48 @@ mod tests {
         pairs[0].1.set_nonblocking(true).unwrap();
         let err = (&pairs[0].1).read(&mut byte).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    /// A queue woken while the sessions' queue runs (as a session wakes an admission in a
+    /// storm) gives way within about `PREEMPT_PERIOD`, not glommio's default 100 ms: the
+    /// executor's `need_preempt` turns true for a task spinning on it. The fastest of five
+    /// spins is taken, so a moment the machine takes the core away cannot fail it.
+    #[test]
+    fn a_queue_woken_by_a_session_gives_way_within_the_preemption_period() {
+        let fastest = super::super::shard_executors(1)
+            .on_all_shards(|| async {
+                let sessions = serving_queue("sessions", SESSION_SHARES);
+                let admissions = serving_queue("admission", BACKGROUND_SHARES);
+                let session = async move {
+                    let mut fastest = Duration::MAX;
+                    for _ in 0..5 {
+                        // Woken by a timer, as a session by its socket: the executor polls
+                        // with the sessions' queue active.
+                        sleep(Duration::from_millis(1)).await;
+                        let spin = async {
+                            let started = Instant::now();
+                            while !glommio::executor().need_preempt()
+                                && started.elapsed() < Duration::from_secs(1)
+                            {
+                                std::hint::spin_loop();
+                            }
+                            started.elapsed()
+                        };
+                        let spin = glommio::spawn_local_into(spin, admissions).unwrap();
+                        fastest = fastest.min(spin.await);
+                    }
+                    fastest
+                };
+                glommio::spawn_local_into(session, sessions).unwrap().await
+            })
+            .unwrap()
+            .join_all()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(
+            fastest < Duration::from_millis(20),
+            "a woken queue ran {fastest:?} before it was asked to give way"
+        );
     }
 }
