@@ -370,7 +370,9 @@ async fn join_member(
                 .links
                 .send(id.socket_shard, Link::Joined { id, refused: None });
             let (shard, members, member) = (shard.clone(), members.clone(), member.clone());
-            glommio::spawn_local(async move {
+            let queue = shard.session_queue;
+            // Joined on the admission queue; forwarding is live work, on the sessions'.
+            let forwarding = async move {
                 let forwarding = forward(&shard, &members, id, outbox, &member);
                 if super::contain::future(shard.my_stats(), "link_forward", forwarding)
                     .await
@@ -384,8 +386,10 @@ async fn join_member(
                         .links
                         .send(id.socket_shard, Link::SocketClosed { id, code, reason });
                 }
-            })
-            .detach();
+            };
+            glommio::spawn_local_into(forwarding, queue)
+                .expect("the sessions' task queue lives as long as the shard")
+                .detach();
         }
         Err(refusal) => {
             members.0.borrow_mut().remove(&id);

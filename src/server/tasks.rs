@@ -148,10 +148,12 @@ fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'st
 /// glommio looks at its sockets only between runs of task queues, and a run lasts until no
 /// queue has a task left or the preemption timer fires. It arms that timer when it polls,
 /// for the shortest period asked by the queues active then, and a queue woken during the
-/// run runs under it. Every serving queue asks for `PREEMPT_PERIOD`, so while any of them
-/// has work the shard looks at its sockets about every millisecond. (With the sessions on
-/// glommio's default queue, which asks for 100 ms, admissions woken while sessions ran went
-/// on for 5-75 ms in a storm, live reads unseen: BENCHMARKS.md, "The preemption timer".)
+/// run runs under it. Every serving queue asks for `PREEMPT_PERIOD`, so when one of them
+/// was active at the poll the shard looks at its sockets again within about a millisecond.
+/// (With the sessions on glommio's default queue, which asks for 100 ms, admissions woken
+/// while sessions ran went on for 5-75 ms in a storm, live reads unseen: BENCHMARKS.md,
+/// "The preemption timer". Housekeeping that wakes many sessions at once, the keepalive
+/// sweep closing them, may still run them under the default period: rare, each turn short.)
 /// The price: a timer that short is set in the CPU's timer register on most polls (1.5
 /// writes per update under light load, against 0.1), a register write on bare metal but an
 /// exit to the hypervisor in a VM. The default queue keeps the shard's start and
@@ -166,7 +168,7 @@ fn serving_queue(name: &str, shares: usize) -> glommio::TaskQueueHandle {
     )
 }
 
-/// The default queue's shares, like the sessions'.
+/// As glommio's default queue.
 const SESSION_SHARES: usize = 1_000;
 const BACKGROUND_SHARES: usize = 250;
 
@@ -506,6 +508,14 @@ mod tests {
     fn a_queue_woken_by_a_session_gives_way_within_the_preemption_period() {
         let fastest = super::super::shard_executors(1)
             .on_all_shards(|| async {
+                // A timer always pending, as the shard's drain watch: glommio parks with tasks
+                // runnable if its timer fires before they run, and only a timer or I/O wakes it.
+                glommio::spawn_local(async {
+                    loop {
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .detach();
                 let sessions = serving_queue("sessions", SESSION_SHARES);
                 let admissions = serving_queue("admission", BACKGROUND_SHARES);
                 let session = async move {
