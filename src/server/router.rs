@@ -76,8 +76,22 @@ pub async fn serve_handed(shard: Rc<Shard>, stream: TcpStream, handed: Handed) {
     start_session(shard, stream, admitted).await;
 }
 
-/// How long a session runs on the admission queue before it moves to the sessions' queue
-/// (see `start_session`): long enough for a client's first exchange on a busy shard.
+/// Pending once without waking itself: the task runs on when something else wakes it.
+async fn next_wake() {
+    let mut first = true;
+    std::future::poll_fn(|_| {
+        if std::mem::take(&mut first) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await
+}
+
+/// How long a session runs on the admission queue at least, before it moves to the
+/// sessions' queue at its next wake (see `start_session`): long enough for a client's first
+/// exchange on a busy shard.
 const JOINING_PHASE: Duration = Duration::from_millis(100);
 
 /// Runs the first moments of an admitted connection's session (its 101 written), then moves
@@ -123,6 +137,11 @@ async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<
                 if super::contain::future(stats, "session", phase).await != Some(true) {
                     return;
                 }
+                // Not at once: a storm's sessions would all move `JOINING_PHASE` after they
+                // came, thousands of tasks in one run of the sessions' queue (75 ms were
+                // seen). `run`'s last poll left its wakers with this task, so it moves when
+                // the session next has something to do; an idle one stays here at no cost.
+                next_wake().await;
                 let session_queue = shard.session_queue;
                 let live = async move {
                     super::contain::future(shard.my_stats(), "session", run).await;

@@ -74,8 +74,8 @@ pub async fn run(setup: Setup) {
         shards,
         stats,
         senders,
-        serving_queue("admission", BACKGROUND_SHARES),
-        serving_queue("sessions", SESSION_SHARES),
+        serving_queue("admission", BACKGROUND_SHARES, PREEMPT_PERIOD),
+        serving_queue("sessions", SESSION_SHARES, SESSION_PERIOD),
     ));
     let members = Rc::new(super::link::Members::default());
     for (_, receiver) in receivers.streams() {
@@ -148,22 +148,21 @@ fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'st
 /// glommio looks at its sockets only between runs of task queues, and a run lasts until no
 /// queue has a task left or the preemption timer fires. It arms that timer when it polls,
 /// for the shortest period asked by the queues active then, and a queue woken during the
-/// run runs under it. Every serving queue asks for `PREEMPT_PERIOD`, so when one of them
-/// was active at the poll the shard looks at its sockets again within about a millisecond.
-/// (With the sessions on glommio's default queue, which asks for 100 ms, admissions woken
-/// while sessions ran went on for 5-75 ms in a storm, live reads unseen: BENCHMARKS.md,
-/// "The preemption timer". Housekeeping that wakes many sessions at once, the keepalive
-/// sweep closing them, may still run them under the default period: rare, each turn short.)
-/// The price: a timer that short is set in the CPU's timer register on most polls (1.5
-/// writes per update under light load, against 0.1), a register write on bare metal but an
-/// exit to the hypervisor in a VM. The default queue keeps the shard's start and
-/// housekeeping, so a shard starting up runs under the long period: glommio parks with
-/// tasks still runnable if its timer fires before the first of them runs (the machine took
-/// the core away), and until a first timer of the shard's is armed nothing would wake it.
-fn serving_queue(name: &str, shares: usize) -> glommio::TaskQueueHandle {
+/// run runs under it. With the sessions on glommio's default queue (100 ms), admissions
+/// woken while sessions ran went on for 2-11 ms in a storm, and the storm's sessions moving
+/// to their queue all at once for 75 ms, live reads unseen (BENCHMARKS.md, "The preemption
+/// timer"). So every serving queue asks for a period: `SESSION_PERIOD` bounds what runs
+/// while sessions do, and admissions and integration ask for `PREEMPT_PERIOD` when the poll
+/// finds them waiting. (A session moves off the admission queue at its first wake after
+/// its joining phase, `router::start_session`, so a storm's moves are spread out.)
+/// The default queue keeps the shard's start and housekeeping, so a shard starting up runs
+/// under the long period: glommio parks with tasks still runnable if its timer fires before
+/// the first of them runs (the machine took the core away), and until a first timer of the
+/// shard's is armed nothing would wake it.
+fn serving_queue(name: &str, shares: usize, period: Duration) -> glommio::TaskQueueHandle {
     glommio::executor().create_task_queue(
         glommio::Shares::Static(shares),
-        glommio::Latency::Matters(PREEMPT_PERIOD),
+        glommio::Latency::Matters(period),
         name,
     )
 }
@@ -172,15 +171,20 @@ fn serving_queue(name: &str, shares: usize) -> glommio::TaskQueueHandle {
 const SESSION_SHARES: usize = 1_000;
 const BACKGROUND_SHARES: usize = 250;
 
-/// How long serving work runs before the shard looks at its sockets again.
+/// How long admissions and integration run before the shard looks at its sockets again.
 const PREEMPT_PERIOD: Duration = Duration::from_millis(1);
+/// And anything while sessions run: longer than the kernel's tick (4 ms at 250 Hz), so
+/// arming it does not rewrite the CPU's timer register, which a 1 ms period did on most
+/// polls (an exit to the hypervisor in a VM: 12 % of the light load's CPU on this
+/// project's VM, BENCHMARKS.md).
+const SESSION_PERIOD: Duration = Duration::from_millis(5);
 
 /// Integration on its own background queue (see `server::integrate`).
 fn spawn_integration(shard: &Rc<Shard>) {
     let shard = shard.clone();
     glommio::spawn_local_into(
         async move { shard.integrator.run(shard.my_stats()).await },
-        serving_queue("integrate", BACKGROUND_SHARES),
+        serving_queue("integrate", BACKGROUND_SHARES, PREEMPT_PERIOD),
     )
     .expect("the integration task queue was just created")
     .detach();
@@ -501,7 +505,7 @@ mod tests {
     }
 
     /// A queue woken while the sessions' queue runs (as a session wakes an admission in a
-    /// storm) gives way within about `PREEMPT_PERIOD`, not glommio's default 100 ms: the
+    /// storm) gives way within about `SESSION_PERIOD`, not glommio's default 100 ms: the
     /// executor's `need_preempt` turns true for a task spinning on it. The fastest of five
     /// spins is taken, so a moment the machine takes the core away cannot fail it.
     #[test]
@@ -516,8 +520,8 @@ mod tests {
                     }
                 })
                 .detach();
-                let sessions = serving_queue("sessions", SESSION_SHARES);
-                let admissions = serving_queue("admission", BACKGROUND_SHARES);
+                let sessions = serving_queue("sessions", SESSION_SHARES, SESSION_PERIOD);
+                let admissions = serving_queue("admission", BACKGROUND_SHARES, PREEMPT_PERIOD);
                 let session = async move {
                     let mut fastest = Duration::MAX;
                     for _ in 0..5 {
