@@ -12,7 +12,7 @@ use super::handlers::{count_wait, new_message_rate};
 use super::link::RemoteDocument;
 use super::membership::{ConnectionCount, ConnectionGauge, Membership, RoomClaim};
 use super::mesh::{DocumentEvents, LinkId};
-use super::shard::Shard;
+use super::shard::{spawn_detached, Shard};
 use super::side_messages::{self, Outgoing};
 use super::stats;
 use crate::auth;
@@ -938,9 +938,7 @@ fn spawn_check<T: 'static>(
         then(&mut s, &socket, checked);
         s.check_ended();
     };
-    glommio::spawn_local_into(task, shard.admission_queue)
-        .expect("the admission task queue lives as long as the shard")
-        .detach();
+    spawn_detached(shard.admission_queue, task);
 }
 
 /// Checks a document's token and opens it.

@@ -12,7 +12,7 @@ use super::admission::Admission;
 use super::handlers::new_message_rate;
 use super::membership::{Membership, RoomClaim};
 use super::mesh::{DocumentEvents, Link, LinkId, Mesh};
-use super::shard::Shard;
+use super::shard::{spawn_detached, Shard};
 use super::stats;
 use crate::outbox::Outbox;
 use crate::refusal::Refusal;
@@ -61,9 +61,7 @@ pub fn start(shard: &Rc<Shard>) {
             }
         };
         // On the sessions' queue: relaying is live work (see `tasks::serving_queue`).
-        glommio::spawn_local_into(send, queue)
-            .expect("the sessions' task queue lives as long as the shard")
-            .detach();
+        spawn_detached(queue, send);
     }
 }
 
@@ -208,9 +206,7 @@ pub fn receive(shard: &Rc<Shard>, members: &Rc<Members>, link: Link) {
                         .send(id.socket_shard, Link::Joined { id, refused });
                 }
             };
-            glommio::spawn_local_into(join, queue)
-                .expect("the admission task queue lives as long as the shard")
-                .detach();
+            spawn_detached(queue, join);
         }
         Link::Message { payload, .. } => {
             if let Some(member) = member {
@@ -387,9 +383,7 @@ async fn join_member(
                         .send(id.socket_shard, Link::SocketClosed { id, code, reason });
                 }
             };
-            glommio::spawn_local_into(forwarding, queue)
-                .expect("the sessions' task queue lives as long as the shard")
-                .detach();
+            spawn_detached(queue, forwarding);
         }
         Err(refusal) => {
             members.0.borrow_mut().remove(&id);

@@ -8,7 +8,7 @@ use super::handler::Handler;
 use super::handlers::{DocumentHandler, EchoHandler};
 use super::hocuspocus::HocuspocusHandler;
 use super::respond::{linger, refuse_http, refuse_upgrade, within};
-use super::shard::Shard;
+use super::shard::{spawn_detached, Shard};
 use super::socket::{self, SharedStream};
 use super::stats;
 use crate::auth;
@@ -140,19 +140,16 @@ async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<
                 // Not at once: a storm's sessions would all move `JOINING_PHASE` after they
                 // came, thousands of tasks in one run of the sessions' queue (75 ms were
                 // seen). `run`'s last poll left its wakers with this task, so it moves when
-                // the session next has something to do; an idle one stays here at no cost.
+                // the session next has something to do. An idle one stays here, in this
+                // larger task (about 80 bytes more per idle connection, BENCHMARKS.md).
                 next_wake().await;
                 let session_queue = shard.session_queue;
                 let live = async move {
                     super::contain::future(shard.my_stats(), "session", run).await;
                 };
-                glommio::spawn_local_into(live, session_queue)
-                    .expect("the sessions' task queue lives as long as the shard")
-                    .detach();
+                spawn_detached(session_queue, live);
             };
-            glommio::spawn_local_into(joining, queue)
-                .expect("the admission task queue lives as long as the shard")
-                .detach();
+            spawn_detached(queue, joining);
         }
         Some(None) => {}
         // The 101 is admission's last step, so the panic came before it. If an answer was

@@ -18,6 +18,7 @@ use crate::ws::message::MessageLimits;
 use glommio::channels::channel_mesh::Senders;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -398,4 +399,11 @@ impl Drop for Registration<'_> {
         self.live.report_bytes_out(self.shard.my_stats());
         stats::sub(&self.shard.my_stats().sessions, 1);
     }
+}
+
+/// Runs `task` to its end on one of the shard's task queues (they live as long as it does).
+pub fn spawn_detached(queue: glommio::TaskQueueHandle, task: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(task, queue)
+        .expect("a shard's task queues live as long as the shard")
+        .detach();
 }

@@ -3,7 +3,7 @@
 //! links), the drain, the node heartbeat and the keepalive sweep.
 
 use super::mesh::Mesh;
-use super::shard::{Liveness, Shard, Stamp, Taken};
+use super::shard::{spawn_detached, Liveness, Shard, Stamp, Taken};
 use super::shared::Shared;
 use super::stats::{self, ShardStats};
 use crate::refusal::Refusal;
@@ -96,9 +96,7 @@ pub async fn run(setup: Setup) {
                 admit_later(&shard, handed);
             }
         };
-        glommio::spawn_local_into(receive, queue)
-            .expect("the sessions' task queue lives as long as the shard")
-            .detach();
+        spawn_detached(queue, receive);
     }
     glommio::spawn_local(keepalive(shard.clone())).detach();
     glommio::spawn_local(super::operator::serve_jobs(shard.clone(), jobs)).detach();
@@ -136,9 +134,7 @@ pub async fn run(setup: Setup) {
 
 /// Runs a connection's admission as a task on the admission queue (see `router::serve`).
 fn admit_later(shard: &Shard, serve: impl std::future::Future<Output = ()> + 'static) {
-    glommio::spawn_local_into(serve, shard.admission_queue)
-        .expect("the admission task queue lives as long as the shard")
-        .detach();
+    spawn_detached(shard.admission_queue, serve);
 }
 
 /// A task queue for the work of serving connections: sessions and the mesh's relays, and
@@ -182,12 +178,10 @@ const SESSION_PERIOD: Duration = Duration::from_millis(5);
 /// Integration on its own background queue (see `server::integrate`).
 fn spawn_integration(shard: &Rc<Shard>) {
     let shard = shard.clone();
-    glommio::spawn_local_into(
-        async move { shard.integrator.run(shard.my_stats()).await },
+    spawn_detached(
         serving_queue("integrate", BACKGROUND_SHARES, PREEMPT_PERIOD),
-    )
-    .expect("the integration task queue was just created")
-    .detach();
+        async move { shard.integrator.run(shard.my_stats()).await },
+    );
 }
 
 /// A listening socket shared by every shard through SO_REUSEPORT. SO_REUSEADDR as well, so

@@ -13,7 +13,7 @@
 //! that does not read stops the encrypting task, whose pair fills, so the session's outbox
 //! grows and cuts it off as it would any slow client.
 
-use super::shard::{Shard, SCRATCH_BYTES};
+use super::shard::{spawn_detached, Shard, SCRATCH_BYTES};
 use super::socket::{self, Stream};
 use super::stats;
 use crate::refusal::Refusal;
@@ -113,9 +113,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
                 socket::shutdown(&ours);
             }
         };
-        glommio::spawn_local_into(contained, queue)
-            .expect("the sessions' task queue lives as long as the shard")
-            .detach();
+        spawn_detached(queue, contained);
     }
     super::router::serve(shard, theirs, peer).await;
 }
