@@ -16,7 +16,10 @@
 # script writes a small server around its BroadcastGroup into $PEERS_DIR/yrs-warp and
 # builds it there. Every server runs on core 0 (wiresocket with one shard, yrs-warp on a
 # single-threaded tokio runtime, so each has one core); numbers are per server CPU-second,
-# read from /proc. Three loads, each against every server:
+# read from /proc, and also given as shares of the floors the generator measures before
+# each run in its shape (`wiresocket-load floor`: a loopback send per delivery, and a relay
+# that does nothing but wake, read and send, on epoll and on glommio). Three loads, each
+# against every server:
 #   light      LIGHT_RATE updates/s per client (default 1); the generator has core 1 to
 #              itself: latency, and the cost of a delivery when nothing batches. A thread
 #              of the generator sleeps on core 0 (--probe-cpu 0), another on core 1, and
@@ -280,11 +283,14 @@ python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 head = ["load", "server", "docs x clients", "rate/s", "deliveries", "deliv/s", "server CPU s",
-        "deliv/CPU-s", "p50 ms", "p99 ms", "p99.9 ms", "untouched p99 / p99.9 ms (share)",
+        "deliv/CPU-s", "of floors: send / epoll relay / glommio relay", "p50 ms", "p99 ms", "p99.9 ms", "untouched p99 / p99.9 ms (share)",
         "core: stops > 2 ms (worst ms)", "received min % (send end / drained)",
         "RSS MiB connected / max", "result"]
 def ms(us): return "-" if us is None else f"{us / 1000:.2f}"
 def pct(share): return "-" if share is None else f"{100 * share:.0f}"
+def floors(r):
+    shares = [r.get(k) for k in ("of_floor", "of_epoll_relay_floor", "of_glommio_relay_floor")]
+    return " / ".join("-" if s is None else f"{s:.2f}" for s in shares)
 def untouched(r):
     u = r.get("latency_untouched_us")
     return "-" if u is None else f'{ms(u["p99"])} / {ms(u["p999"])} ({pct(r["untouched_deliveries_share"])} %)'
@@ -302,7 +308,7 @@ out = [head]
 for r in rows:
     out.append(r["label"].split(" ", 1) + [f'{r["docs"]} x {r["clients"]}', f'{r["rate"]:g}',
                 f'{r["deliveries"]:,}', f'{r["deliveries_per_s"]:,.0f}',
-                f'{r["server_cpu_s"]:.2f}', f'{r["deliveries_per_cpu_s"] or 0:,.0f}',
+                f'{r["server_cpu_s"]:.2f}', f'{r["deliveries_per_cpu_s"] or 0:,.0f}', floors(r),
                 ms(r["p50_us"]), ms(r["p99_us"]), ms(r["p999_us"]), untouched(r), stops(r),
                 f'{pct(r["received_share_at_send_end"]["min"])} / {pct(r["received_share_after_drain"]["min"])}',
                 f'{r["rss_connected_kib"] / 1024:.0f} / {r["rss_max_kib"] / 1024:.0f}',

@@ -58,13 +58,14 @@ impl std::fmt::Display for StartError {
 
 /// io_uring memory per shard. The registered-buffer pool is for file I/O, which this server
 /// does not do; keeping it small lets several shards start under an 8 MiB memlock limit.
-const IO_MEMORY_BYTES: usize = 256 << 10;
+/// (Public, as `RING_DEPTH`, for the load generator's relay floor on the same runtime.)
+pub const IO_MEMORY_BYTES: usize = 256 << 10;
 /// io_uring submission entries per ring. Linux sizes a ring's cancellation hash table from
 /// its completion queue (2 x this), to at most 256 buckets at 4,096 and above. Every armed
 /// socket poll sits in that table, and glommio cancels a poll on each park/wake cycle: with
 /// glommio's default of 128 (8 buckets), 8,000 idle sockets made each cancel walk about a
 /// thousand entries, 18 % of a shard's CPU under light load (BENCHMARKS.md).
-const RING_DEPTH: usize = 4096;
+pub const RING_DEPTH: usize = 4096;
 
 /// The shards' executors: one thread each, spread over the CPUs.
 pub(super) fn shard_executors(shards: usize) -> LocalExecutorPoolBuilder {

@@ -253,19 +253,32 @@ impl Options {
     }
 }
 
-/// The loopback send floor, measured with `--floor-sends` sends (0: not measured), one
-/// send per delivery, laid out as `shape`.
+/// Which floor: the sends alone, made one way or the other, or a relay's whole work on one
+/// waiter or the other.
+#[derive(Debug, Clone, Copy)]
+enum FloorOf {
+    Sends(floor::Via),
+    Relay(floor::Waiter),
+}
+
+/// A floor, measured over `--floor-sends` deliveries (0: not measured), laid out as `shape`.
 fn measure_floor(
     options: &Options,
     shape: floor::Shape,
-    via: floor::Via,
+    of: FloorOf,
 ) -> Result<Option<floor::Floor>, String> {
-    match options.get("floor-sends", 50_000usize)? {
-        0 => Ok(None),
-        sends => floor::measure(FLOOR_FRAME_BYTES, sends, shape, via)
-            .map(Some)
-            .map_err(|e| format!("measuring the floor: {e}")),
+    let deliveries = match options.get("floor-sends", 50_000usize)? {
+        0 => return Ok(None),
+        n => n,
+    };
+    match of {
+        FloorOf::Sends(via) => floor::measure(FLOOR_FRAME_BYTES, deliveries, shape, via),
+        FloorOf::Relay(waiter) => {
+            floor::measure_relay(FLOOR_FRAME_BYTES, deliveries, shape, waiter)
+        }
     }
+    .map(Some)
+    .map_err(|e| format!("measuring the floor ({of:?}): {e}"))
 }
 
 /// A 40-byte frame: about what a small update's broadcast is.
@@ -291,8 +304,8 @@ fn floor_shape(plan: &Plan) -> floor::Shape {
     }
 }
 
-/// `floor`: the floor of a D=1000 x K=8 x 1/s run by default, one send per delivery and
-/// each group through one io_uring submission, side by side.
+/// `floor`: the floors of a D=1000 x K=8 x 1/s run by default, side by side: one send per
+/// delivery, each group through one io_uring submission, and a relay that does nothing else.
 fn print_floor(options: Options) -> Result<bool, String> {
     let known = [
         "floor-sends",
@@ -308,26 +321,34 @@ fn print_floor(options: Options) -> Result<bool, String> {
         group: options.get("floor-group", 7)?,
         gap_us: options.get("floor-gap-us", 125)?,
     };
-    if shape.sockets == 0 || shape.group == 0 {
-        return Err("--floor-sockets and --floor-group must be at least 1".into());
+    if shape.group == 0 || shape.sockets <= shape.group {
+        return Err("--floor-group must be at least 1 and --floor-sockets more than it".into());
     }
-    for (via, how) in [
-        (floor::Via::Sendmsg, "one send per delivery"),
+    for (of, how) in [
+        (FloorOf::Sends(floor::Via::Sendmsg), "one send per delivery"),
         (
-            floor::Via::Ring,
+            FloorOf::Sends(floor::Via::Ring),
             "a group's sends in one io_uring submission",
         ),
+        (
+            FloorOf::Relay(floor::Waiter::Epoll),
+            "a relay on epoll (per update a wake, a recv and the group's sends)",
+        ),
+        (
+            FloorOf::Relay(floor::Waiter::Glommio),
+            "the same relay on glommio (a task per socket)",
+        ),
     ] {
-        let Some(f) = measure_floor(&options, shape, via)? else {
+        let Some(f) = measure_floor(&options, shape, of)? else {
             return Err("--floor-sends must be at least 1".into());
         };
         println!(
-            "floor          {how}: a {}-byte frame to one of {} sockets, {} at a time every {} us, costs {:.2} us of CPU: at most {:.0} deliveries per CPU-second",
+            "floor          {how}: a {}-byte frame to one of {} sockets, {} at a time every {} us, costs {:.2} us of CPU per delivery: at most {:.0} deliveries per CPU-second",
             f.frame_bytes,
             shape.sockets,
             shape.group,
             shape.gap_us,
-            f.send_us,
+            f.delivery_us,
             f.deliveries_per_cpu_s()
         );
     }
@@ -454,12 +475,21 @@ fn execute(options: Options, mode: Mode) -> Result<bool, String> {
     }
     let hold = Duration::from_secs_f64(options.get("hold-s", 0.0)?);
     // Before connecting: the server is idle and the machine quiet.
-    let floor = match mode {
-        Mode::Capacity => None,
-        _ => measure_floor(&options, floor_shape(&plan), floor::Via::Sendmsg)?,
+    let shape = floor_shape(&plan);
+    // A relay needs a whole group to relay to.
+    let relays = !matches!(mode, Mode::Capacity) && shape.sockets > shape.group;
+    let floor_of = |of| match of {
+        FloorOf::Relay(_) if !relays => Ok(None),
+        _ if matches!(mode, Mode::Capacity) => Ok(None),
+        of => measure_floor(&options, shape, of),
+    };
+    let floors = Floors {
+        sends: floor_of(FloorOf::Sends(floor::Via::Sendmsg))?,
+        epoll_relay: floor_of(FloorOf::Relay(floor::Waiter::Epoll))?,
+        glommio_relay: floor_of(FloorOf::Relay(floor::Waiter::Glommio))?,
     };
     let mut measured = coordinate(Arc::new(plan), storm, pid, hold, probe_cpu)?;
-    measured.floor = floor;
+    measured.floors = floors;
     let ok = measured.failures().is_empty();
     let label = options.text("label").unwrap_or("run");
     if options.flag("json") {
@@ -558,6 +588,14 @@ fn create_doc(url: &str, doc: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The floors measured before a run, in its shape (see `floor`).
+#[derive(Default)]
+struct Floors {
+    sends: Option<floor::Floor>,
+    epoll_relay: Option<floor::Floor>,
+    glommio_relay: Option<floor::Floor>,
+}
+
 struct Measured {
     plan: Arc<Plan>,
     reports: Vec<ThreadReport>,
@@ -570,7 +608,7 @@ struct Measured {
     rss_end_kib: Option<u64>,
     server_cpu_s: Option<f64>,
     wall: Duration,
-    floor: Option<floor::Floor>,
+    floors: Floors,
     /// What the probes of the server's and the generator's cores saw (`--probe-cpu`), and
     /// when sending began.
     stops: Option<(Instant, Vec<stops::Stops>)>,
@@ -706,7 +744,7 @@ fn coordinate(
         rss_end_kib,
         server_cpu_s: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
         wall,
-        floor: None,
+        floors: Floors::default(),
         stops: (!stops.is_empty()).then_some((start, stops)),
     })
 }
@@ -826,9 +864,9 @@ impl Measured {
             .map(|c| self.sum(|r| r.deliveries) as f64 / c)
     }
 
-    /// The server's deliveries per CPU-second as a share of the floor's.
-    fn of_floor(&self) -> Option<f64> {
-        Some(self.deliveries_per_cpu_s()? / self.floor?.deliveries_per_cpu_s())
+    /// The server's deliveries per CPU-second as a share of `floor`'s.
+    fn of(&self, floor: Option<floor::Floor>) -> Option<f64> {
+        Some(self.deliveries_per_cpu_s()? / floor?.deliveries_per_cpu_s())
     }
 
     /// Time the generator threads spent handling events while measuring, against the time
@@ -1058,23 +1096,37 @@ impl Measured {
                     self.deliveries_per_cpu_s().unwrap_or(0.0)
                 );
             }
-            if let Some(f) = self.floor {
-                let server = self.deliveries_per_cpu_s().map_or(
-                    "no server CPU (--server-pid)".to_owned(),
-                    |d| {
+            let server = |floor| {
+                self.deliveries_per_cpu_s()
+                    .map_or("no server CPU (--server-pid)".to_owned(), |d| {
                         format!(
                             "the server reached {:.2} of that rate ({:.2} us per delivery)",
-                            self.of_floor().unwrap_or(0.0),
+                            self.of(floor).unwrap_or(0.0),
                             1e6 / d
                         )
-                    },
-                );
+                    })
+            };
+            if let Some(f) = self.floors.sends {
                 println!(
-                    "floor          one loopback send of a {}-byte frame costs {:.2} us here ({:.0} per CPU-second); {server}",
+                    "floor          one loopback send of a {}-byte frame costs {:.2} us here ({:.0} per CPU-second); {}",
                     f.frame_bytes,
-                    f.send_us,
-                    f.deliveries_per_cpu_s()
+                    f.delivery_us,
+                    f.deliveries_per_cpu_s(),
+                    server(Some(f))
                 );
+            }
+            for (f, waiter) in [
+                (self.floors.epoll_relay, "epoll"),
+                (self.floors.glommio_relay, "glommio (a task per socket)"),
+            ] {
+                if let Some(f) = f {
+                    println!(
+                        "relay floor    a relay that does nothing else, on {waiter} (per update a wake, a recv and the document's other clients' sends), costs {:.2} us per delivery here ({:.0} per CPU-second); {}",
+                        f.delivery_us,
+                        f.deliveries_per_cpu_s(),
+                        server(Some(f))
+                    );
+                }
             }
             println!(
                 "generator      busy {:.0} % of the run (the rest polling): near 100 %, the generator is the bottleneck",
@@ -1137,8 +1189,12 @@ impl Measured {
             "server_cpu_s": self.server_cpu_s,
             "deliveries_per_cpu_s": self.deliveries_per_cpu_s().map(f64::round),
             "server_cpu_percent": self.server_cpu_s.map(|c| (c / self.wall.as_secs_f64() * 100.0).round()),
-            "floor_send_us": self.floor.map(|f| f.send_us),
-            "of_floor": self.of_floor(),
+            "floor_send_us": self.floors.sends.map(|f| f.delivery_us),
+            "of_floor": self.of(self.floors.sends),
+            "epoll_relay_floor_us": self.floors.epoll_relay.map(|f| f.delivery_us),
+            "of_epoll_relay_floor": self.of(self.floors.epoll_relay),
+            "glommio_relay_floor_us": self.floors.glommio_relay.map(|f| f.delivery_us),
+            "of_glommio_relay_floor": self.of(self.floors.glommio_relay),
             "generator_busy_percent": self.generator_busy_percent().round(),
             "p50_us": sends.then(|| h.value_at_quantile(0.5)),
             "p99_us": sends.then(|| h.value_at_quantile(0.99)),

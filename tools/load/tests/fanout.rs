@@ -115,15 +115,21 @@ fn a_fanout_run_delivers_every_update_and_converges() {
     every_update_delivered(ok, &report);
     assert!(report["p99_us"].as_u64().unwrap() > 0);
     assert!(report["server_cpu_s"].as_f64().is_some());
-    // The floor was measured, and the server's cost set beside it.
-    assert!(
-        report["floor_send_us"].as_f64().is_some_and(|us| us > 0.0),
-        "{report}"
-    );
-    assert!(
-        report["of_floor"].as_f64().is_some_and(|f| f > 0.0),
-        "{report}"
-    );
+    // The floors were measured, and the server's cost set beside each.
+    for (floor, of) in [
+        ("floor_send_us", "of_floor"),
+        ("epoll_relay_floor_us", "of_epoll_relay_floor"),
+        ("glommio_relay_floor_us", "of_glommio_relay_floor"),
+    ] {
+        assert!(
+            report[floor].as_f64().is_some_and(|us| us > 0.0),
+            "{floor}: {report}"
+        );
+        assert!(
+            report[of].as_f64().is_some_and(|f| f > 0.0),
+            "{of}: {report}"
+        );
+    }
 }
 
 #[test]
