@@ -46,6 +46,8 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+pub use tasks::sessions_queue;
+
 /// Why the server could not start.
 #[derive(Debug)]
 pub struct StartError(pub String);
@@ -58,7 +60,8 @@ impl std::fmt::Display for StartError {
 
 /// io_uring memory per shard. The registered-buffer pool is for file I/O, which this server
 /// does not do; keeping it small lets several shards start under an 8 MiB memlock limit.
-/// (Public, as `RING_DEPTH`, for the load generator's relay floor on the same runtime.)
+/// (Public, as `RING_DEPTH` and `sessions_queue`, for the load generator's relay floor,
+/// which measures the runtime as a shard runs it.)
 pub const IO_MEMORY_BYTES: usize = 256 << 10;
 /// io_uring submission entries per ring. Linux sizes a ring's cancellation hash table from
 /// its completion queue (2 x this), to at most 256 buckets at 4,096 and above. Every armed

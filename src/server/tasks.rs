@@ -75,7 +75,7 @@ pub async fn run(setup: Setup) {
         stats,
         senders,
         serving_queue("admission", BACKGROUND_SHARES, PREEMPT_PERIOD),
-        serving_queue("sessions", SESSION_SHARES, SESSION_PERIOD),
+        sessions_queue(),
     ));
     let members = Rc::new(super::link::Members::default());
     for (_, receiver) in receivers.streams() {
@@ -161,6 +161,12 @@ fn serving_queue(name: &str, shares: usize, period: Duration) -> glommio::TaskQu
         glommio::Latency::Matters(period),
         name,
     )
+}
+
+/// The sessions' queue, on the calling executor. (Public for the load generator's relay
+/// floor, which measures the runtime as the sessions run on it.)
+pub fn sessions_queue() -> glommio::TaskQueueHandle {
+    serving_queue("sessions", SESSION_SHARES, SESSION_PERIOD)
 }
 
 /// As glommio's default queue.
