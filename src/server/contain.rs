@@ -4,10 +4,13 @@
 
 use super::handler::Handler;
 use super::stats::{self, ShardStats};
+use futures_lite::future::CatchUnwind;
 use futures_lite::FutureExt;
 use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// `f()`, or `None` if it panicked.
 pub fn call<T>(stats: &ShardStats, what: &str, f: impl FnOnce() -> T) -> Option<T> {
@@ -17,12 +20,36 @@ pub fn call<T>(stats: &ShardStats, what: &str, f: impl FnOnce() -> T) -> Option<
 }
 
 /// `future`'s output, or `None` if one of its polls panicked (the future is then dropped).
-pub async fn future<F: Future>(stats: &ShardStats, what: &str, future: F) -> Option<F::Output> {
-    AssertUnwindSafe(future)
-        .catch_unwind()
-        .await
-        .map_err(|panic| caught(stats, what, &*panic))
-        .ok()
+/// Not an `async fn`, which would hold `future` twice (see `respond::within`).
+pub fn future<'a, F: Future>(stats: &'a ShardStats, what: &'a str, future: F) -> Contained<'a, F> {
+    Contained {
+        future: AssertUnwindSafe(future).catch_unwind(),
+        stats,
+        what,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`future`].
+    pub struct Contained<'a, F> {
+        #[pin]
+        future: CatchUnwind<AssertUnwindSafe<F>>,
+        stats: &'a ShardStats,
+        what: &'a str,
+    }
+}
+
+impl<F: Future> Future for Contained<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.future.poll(cx).map(|caught_or_not| {
+            caught_or_not
+                .map_err(|panic| caught(this.stats, this.what, &*panic))
+                .ok()
+        })
+    }
 }
 
 /// Ends a session's handler. If its end panics, the handler's state may be half-changed
@@ -81,6 +108,27 @@ mod tests {
             Some(2)
         );
         assert_eq!(stats::get(&stats.panics_total), 1);
+    }
+
+    #[test]
+    fn a_contained_future_holds_what_it_wraps_once() {
+        let large = || async {
+            let block = [7u8; 4096];
+            futures_lite::future::yield_now().await;
+            block.iter().map(|&b| usize::from(b)).sum::<usize>()
+        };
+        let inner = std::mem::size_of_val(&large());
+        assert!(inner >= 4096);
+        let stats = ShardStats::default();
+        let contained = future(&stats, "test", large());
+        // As an `async fn` it held the future twice, its argument and what it awaited: an
+        // admission in flight took 23 KiB.
+        assert!(
+            std::mem::size_of_val(&contained) < inner + 128,
+            "{} against {inner}",
+            std::mem::size_of_val(&contained)
+        );
+        assert_eq!(futures_lite::future::block_on(contained), Some(7 * 4096));
     }
 
     /// A handler whose end panics, recording whether it was reset.

@@ -7,16 +7,41 @@ use super::socket::{self, SharedStream};
 use super::stats;
 use crate::refusal::{Refusal, Wire};
 use crate::ws::handshake;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// `f`'s output, or `None` if `deadline` passes first.
-pub async fn within<T>(deadline: Instant, f: impl std::future::Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(f.await) }, async {
-        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-        None
-    })
-    .await
+/// `f`'s output, or `None` if `deadline` passes first. Not an `async fn`: one of those holds
+/// a future it is given twice, as its argument and as what it awaits (an admission's
+/// exchange is several KiB, and an admission in flight held 23 KiB: BENCHMARKS.md).
+pub fn within<F: Future>(deadline: Instant, f: F) -> Within<F> {
+    Within {
+        future: f,
+        timer: glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now())),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`within`].
+    pub struct Within<F> {
+        #[pin]
+        future: F,
+        timer: glommio::timer::Timer,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.future.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        Pin::new(this.timer).poll(cx).map(|_| None)
+    }
 }
 
 /// Refuses an upgrade as the refusal says: with its HTTP status before any frame, or with
@@ -96,4 +121,34 @@ async fn linger_and_close(shard: &Rc<Shard>, stream: &SharedStream) {
 /// How long a closing answer waits for the peer (see `linger_and_close`).
 pub fn linger(shard: &Shard) -> Duration {
     Duration::from_millis(shard.config().websocket.close_timeout_ms.min(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn within_holds_what_it_wraps_once_and_ends_it_at_the_deadline() {
+        let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
+        executor.run(async {
+            let slow = async {
+                let block = [7u8; 4096];
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                block[0]
+            };
+            let inner = std::mem::size_of_val(&slow);
+            let bounded = within(Instant::now() + Duration::from_millis(20), slow);
+            // As an `async fn` it held the future twice (see `within`).
+            assert!(
+                std::mem::size_of_val(&bounded) < inner + 128,
+                "{} against {inner}",
+                std::mem::size_of_val(&bounded)
+            );
+            let started = Instant::now();
+            assert_eq!(bounded.await, None);
+            assert!(started.elapsed() < Duration::from_secs(5));
+            let in_time = within(Instant::now() + Duration::from_secs(5), async { 3 });
+            assert_eq!(in_time.await, Some(3));
+        });
+    }
 }

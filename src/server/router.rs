@@ -38,8 +38,13 @@ use std::time::{Duration, Instant};
 /// connection's plaintext comes through a socket pair, which has none).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: IpAddr) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let admit = admit(shard.clone(), stream.clone(), peer);
-    let admitted = super::contain::future(shard.my_stats(), "admission", admit).await;
+    // Made in the call: a future first bound to a local is held twice across the await.
+    let admitted = super::contain::future(
+        shard.my_stats(),
+        "admission",
+        admit(shard.clone(), stream.clone(), peer),
+    )
+    .await;
     start_session(shard, stream, admitted).await;
 }
 
@@ -49,31 +54,32 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: IpAddr) {
 /// is read or checked twice.
 pub async fn serve_handed(shard: Rc<Shard>, stream: TcpStream, handed: Handed) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let join = async {
-        let _counted = InAdmission::new(shard.my_stats());
-        // The one check that can have changed since the decision.
-        if shard.shared.draining() {
-            refuse_http(&shard, &stream, &Refusal::Draining).await;
-            return None;
-        }
-        let Handed {
-            accept,
-            protocol,
-            leftover,
-            admission,
-        } = handed;
-        let session = join_document(
-            &shard,
-            accept,
-            protocol,
-            leftover,
-            Instant::now(),
-            admission,
-        );
-        upgrade(&shard, &stream, session.await).await
-    };
-    let admitted = super::contain::future(shard.my_stats(), "admission", join).await;
+    // Made in the call, as `serve`'s.
+    let admitted = super::contain::future(
+        shard.my_stats(),
+        "admission",
+        join_handed(&shard, &stream, handed),
+    )
+    .await;
     start_session(shard, stream, admitted).await;
+}
+
+/// `serve_handed`'s admission: joins the document and writes the 101.
+async fn join_handed(shard: &Rc<Shard>, stream: &SharedStream, handed: Handed) -> Option<Admitted> {
+    let _counted = InAdmission::new(shard.my_stats());
+    // The one check that can have changed since the decision.
+    if shard.shared.draining() {
+        refuse_http(shard, stream, &Refusal::Draining).await;
+        return None;
+    }
+    let Handed {
+        accept,
+        protocol,
+        leftover,
+        admission,
+    } = handed;
+    let session = join_document(shard, accept, protocol, leftover, Instant::now(), admission).await;
+    upgrade(shard, stream, session).await
 }
 
 /// Pending once without waking itself: the task runs on when something else wakes it.
@@ -120,8 +126,8 @@ async fn start_session(shard: Rc<Shard>, stream: SharedStream, admitted: Option<
             // the live documents keep theirs; then the same future moves to a task on the
             // sessions' queue. Each phase is a small task of its own: the admission's (its
             // request and token, several KiB) ends here. Counts and places are given back by
-            // values dropped as a panic unwinds (`contain::future` is an async fn: the
-            // session is passed by reference, or it would be held inline twice).
+            // values dropped as a panic unwinds. The session stays in its box throughout,
+            // passed by pointer, so no task holds it inline.
             let joining = async move {
                 let stats = shard.my_stats();
                 let phase = futures_lite::future::or(
@@ -189,16 +195,21 @@ async fn admit(shard: Rc<Shard>, stream: SharedStream, peer: IpAddr) -> Option<A
     let leftover = head[req.head_len..].to_vec();
     let upgrading = handshake::is_upgrade(&req);
     let started = Instant::now();
-    let exchange = route(&shard, &stream, &req, peer, leftover, started, deadline);
-    let routed = if upgrading {
-        // An upgrade's admission takes registry counts it must give back, so it is never
-        // cut short; its steps are bounded (the registry by `registry_timeout_ms`).
-        exchange.await
-    } else {
-        // A plain exchange holds nothing to give back and can end anywhere: its body must
-        // be in by the deadline (408), and its answer then has one linger to leave.
-        let backstop = deadline + linger(&shard);
-        within(backstop, exchange).await.unwrap_or(Routed::Done)
+    let routed = {
+        // Pinned here, so that waiting with a deadline or without holds it once.
+        let exchange = std::pin::pin!(route(
+            &shard, &stream, &req, peer, leftover, started, deadline
+        ));
+        if upgrading {
+            // An upgrade's admission takes registry counts it must give back, so it is never
+            // cut short; its steps are bounded (the registry by `registry_timeout_ms`).
+            exchange.await
+        } else {
+            // A plain exchange holds nothing to give back and can end anywhere: its body must
+            // be in by the deadline (408), and its answer then has one linger to leave.
+            let backstop = deadline + linger(&shard);
+            within(backstop, exchange).await.unwrap_or(Routed::Done)
+        }
     };
     match routed {
         Routed::Done => None,
@@ -396,8 +407,8 @@ async fn route(
         };
         return Routed::HandOff(owner, Box::new(handed));
     }
-    let session = join_document(shard, accept, marker, leftover, started, admission);
-    Routed::Session(session.await)
+    let session = join_document(shard, accept, marker, leftover, started, admission).await;
+    Routed::Session(session)
 }
 
 /// Joins a y-websocket connection to its document on this, its owner, shard: the session
