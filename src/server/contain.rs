@@ -19,7 +19,8 @@ pub fn call<T>(stats: &ShardStats, what: &str, f: impl FnOnce() -> T) -> Option<
         .ok()
 }
 
-/// `future`'s output, or `None` if one of its polls panicked (the future is then dropped).
+/// `future`'s output, or `None` if one of its polls panicked (what is left of the future is
+/// dropped with the returned one).
 /// Not an `async fn`, which would hold `future` twice (see `respond::within`).
 pub fn future<'a, F: Future>(stats: &'a ShardStats, what: &'a str, future: F) -> Contained<'a, F> {
     Contained {
@@ -31,6 +32,7 @@ pub fn future<'a, F: Future>(stats: &'a ShardStats, what: &'a str, future: F) ->
 
 pin_project_lite::pin_project! {
     /// See [`future`].
+    #[must_use = "futures do nothing unless polled"]
     pub struct Contained<'a, F> {
         #[pin]
         future: CatchUnwind<AssertUnwindSafe<F>>,

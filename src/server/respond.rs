@@ -25,6 +25,7 @@ pub fn within<F: Future>(deadline: Instant, f: F) -> Within<F> {
 
 pin_project_lite::pin_project! {
     /// See [`within`].
+    #[must_use = "futures do nothing unless polled"]
     pub struct Within<F> {
         #[pin]
         future: F,
@@ -146,9 +147,17 @@ mod tests {
             );
             let started = Instant::now();
             assert_eq!(bounded.await, None);
-            assert!(started.elapsed() < Duration::from_secs(5));
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_millis(10) && waited < Duration::from_secs(5),
+                "{waited:?}"
+            );
             let in_time = within(Instant::now() + Duration::from_secs(5), async { 3 });
             assert_eq!(in_time.await, Some(3));
+            // A future that is ready counts even when the deadline has passed: it is asked
+            // first.
+            let late_but_ready = within(Instant::now() - Duration::from_millis(1), async { 4 });
+            assert_eq!(late_but_ready.await, Some(4));
         });
     }
 }

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 /// connection's plaintext comes through a socket pair, which has none).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: IpAddr) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    // Made in the call: a future first bound to a local is held twice across the await.
+    // Made in the call: bound to a local first, the admission was held twice in this
+    // function's state (measured: 10,976 against 5,584 bytes, rustc 1.95).
     let admitted = super::contain::future(
         shard.my_stats(),
         "admission",

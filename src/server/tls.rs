@@ -13,6 +13,7 @@
 //! that does not read stops the encrypting task, whose pair fills, so the session's outbox
 //! grows and cuts it off as it would any slow client.
 
+use super::respond::within;
 use super::shard::{spawn_detached, Shard, SCRATCH_BYTES};
 use super::socket::{self, Stream};
 use super::stats;
@@ -24,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes a handshake reads at once.
 const HANDSHAKE_READ_BYTES: usize = 4096;
@@ -49,18 +50,22 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, peer: IpAddr) {
         }
     };
     let tcp = Rc::new(RefCell::new(tcp));
-    let deadline = Duration::from_millis(shard.config().http.request_timeout_ms);
-    let shaken = glommio::timer::timeout(deadline, async {
-        let shaking = handshake(&shard, &tcp, Box::new(conn));
-        let shaken = super::contain::future(shard.my_stats(), "tls_handshake", shaking).await;
-        shaken
-            .unwrap_or_else(|| Err(io::Error::other("the handshake panicked")))
-            .map_err(glommio::GlommioError::from)
-    })
+    let deadline = Instant::now() + Duration::from_millis(shard.config().http.request_timeout_ms);
+    // `within`, not glommio's `timeout`: an `async fn`, it would hold the handshake (a read
+    // buffer of `HANDSHAKE_READ_BYTES` among its state) twice in every admission's task.
+    let shaken = within(
+        deadline,
+        super::contain::future(
+            shard.my_stats(),
+            "tls_handshake",
+            handshake(&shard, &tcp, Box::new(conn)),
+        ),
+    )
     .await;
     drop(counted);
     let stats = shard.my_stats();
-    let Ok((conn, plain)) = shaken else {
+    // Failed, panicked (counted already) or too late: the same to the client.
+    let Some(Some(Ok((conn, plain)))) = shaken else {
         stats::add(&stats.tls_handshakes_failed_total, 1);
         socket::shutdown(&tcp);
         return;
