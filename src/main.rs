@@ -341,8 +341,12 @@ fn serve(config: Config) -> Result<(), String> {
     wiresocket::server::run(config, |node| {
         // Scripts and tests read the first line to learn the port, and may stop reading:
         // one write, and a closed stdout is no error.
+        // The admin listener's address too (`admin_listen` may ask for port 0).
+        let admin = node
+            .admin_addr
+            .map_or(String::new(), |a| format!(", admin on {a}"));
         let mut said = format!(
-            "wiresocket listening on {} ({} shards)\n",
+            "wiresocket listening on {} ({} shards){admin}\n",
             node.addr, node.shards
         );
         if newcomer {

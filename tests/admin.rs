@@ -19,14 +19,6 @@ struct Admin {
     _token_file: common::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Tenants `acme` (apps `web`, `docs`) and `beta` (app `other`), and an admin listener.
 fn start(extra: &str) -> Admin {
     let tenants = format!(
@@ -42,11 +34,12 @@ fn start_with(tenants: &str, extra: &str) -> Admin {
     let dir = common::TempDir::new("admin");
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
+    // Port 0: a port chosen here and bound by the server later could be taken in between by
+    // another test (seen in CI); the server says which it got.
     let toml = format!(
         r#"
 listen = "127.0.0.1:0"
-admin_listen = "{admin}"
+admin_listen = "127.0.0.1:0"
 admin_token_file = "{token}"
 {extra}
 {tenants}
@@ -66,8 +59,13 @@ tenant = "beta"
         hash = wiresocket::auth::secret::hash_secret(CLIENT_SECRET, 1_000),
     );
     let directory = common::directory(&toml);
+    let server = common::Server::start(&toml);
+    let admin = server
+        .admin_addr
+        .clone()
+        .expect("the first line names the admin listener");
     Admin {
-        server: common::Server::start(&toml),
+        server,
         admin,
         directory,
         _token_file: dir,

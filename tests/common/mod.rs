@@ -18,6 +18,8 @@ use yrs::{GetString, ReadTxn, Text, Transact};
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The admin listener's address, as the first line gave it (with `admin_listen`).
+    pub admin_addr: Option<String>,
     _config: Option<tempfile_path::TempPath>,
     /// The server's stderr, shown when the test fails.
     log: tempfile_path::TempPath,
@@ -130,9 +132,13 @@ impl Server {
             .find(|w| w.starts_with("127.0.0.1:"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned();
+        let admin_addr = line
+            .split_once(", admin on ")
+            .map(|(_, admin)| admin.trim().to_owned());
         Server {
             child,
             addr,
+            admin_addr,
             _config: Some(tempfile_path::TempPath(path)),
             log: tempfile_path::TempPath(log_path),
         }
