@@ -74,7 +74,7 @@ pub async fn run(setup: Setup) {
         shards,
         stats,
         senders,
-        serving_queue("admission", BACKGROUND_SHARES, PREEMPT_PERIOD),
+        admission_queue(),
         sessions_queue(),
     ));
     let members = Rc::new(super::link::Members::default());
@@ -175,6 +175,11 @@ fn serving_queue(name: &str, shares: usize, period: Duration) -> glommio::TaskQu
 /// floor, which measures the runtime as the sessions run on it.)
 pub fn sessions_queue() -> glommio::TaskQueueHandle {
     serving_queue("sessions", SESSION_SHARES, SESSION_PERIOD)
+}
+
+/// The admissions' queue, on the calling executor.
+fn admission_queue() -> glommio::TaskQueueHandle {
+    serving_queue("admission", BACKGROUND_SHARES, PREEMPT_PERIOD)
 }
 
 /// As glommio's default queue.
@@ -528,8 +533,8 @@ mod tests {
                     }
                 })
                 .detach();
-                let sessions = serving_queue("sessions", SESSION_SHARES, SESSION_PERIOD);
-                let admissions = serving_queue("admission", BACKGROUND_SHARES, PREEMPT_PERIOD);
+                let sessions = sessions_queue();
+                let admissions = admission_queue();
                 let session = async move {
                     let mut fastest = Duration::MAX;
                     for _ in 0..5 {
